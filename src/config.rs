@@ -1,0 +1,632 @@
+//! Configuration (SPEC §8): a TOML file, `DOCKSIDE__SECTION__KEY` environment
+//! overrides, humantime durations, `*_file` secrets, validation errors that
+//! name the key. `check-config` prints `Config::redacted_toml()`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_PATH: &str = "/etc/dockside/dockside.toml";
+pub const DEFAULT_SOCKET: &str = "unix:///var/run/docker.sock";
+const REDACTED: &str = "<redacted>";
+
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: &[&str] = &["events.types", "containers.include", "containers.exclude"];
+
+/// Event types Docker reports that dockside can forward.
+pub const EVENT_TYPES: &[&str] = &[
+    "container", "image", "network", "volume", "daemon", "plugin", "service", "node", "secret",
+    "config",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("{0}")]
+    Parse(String),
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub mqtt: MqttConfig,
+    pub endpoints: BTreeMap<String, EndpointConfig>,
+    pub containers: ContainersConfig,
+    pub events: EventsConfig,
+    pub state: StateConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            mqtt: MqttConfig::default(),
+            endpoints: BTreeMap::new(),
+            containers: ContainersConfig::default(),
+            events: EventsConfig::default(),
+            state: StateConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://host:1883` or `mqtts://host:8883`.
+    pub url: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// Defaults to `dockside-<base_topic>-<hostname>`: two instances must not share one.
+    pub client_id: Option<String>,
+    pub base_topic: String,
+    pub qos: u8,
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// One plain value per state key under `<ct>/state/<key>` (Jeedom).
+    pub flat_topics: bool,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            url: "mqtt://localhost:1883".into(),
+            username: None,
+            password: None,
+            password_file: None,
+            client_id: None,
+            base_topic: "dockside".into(),
+            qos: 1,
+            keep_alive: Duration::from_secs(30),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            flat_topics: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// `unix:///var/run/docker.sock`, `tcp://host:2375`, `https://host:2376`.
+    pub url: String,
+    /// CA bundle for `https://` engines.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for `https://` engines.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// Turns TLS verification off for this endpoint only.
+    pub tls_insecure: bool,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        Self {
+            url: DEFAULT_SOCKET.into(),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            tls_insecure: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContainersConfig {
+    /// Container names or globs to mirror; empty = all.
+    pub include: Vec<String>,
+    /// Container names or globs to leave out (wins over include).
+    pub exclude: Vec<String>,
+    /// How long a destroyed container keeps its topics, waiting for a recreate.
+    #[serde(with = "humantime_serde")]
+    pub removal_grace: Duration,
+    /// Full re-list that heals anything the event stream missed.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+}
+
+impl Default for ContainersConfig {
+    fn default() -> Self {
+        Self {
+            include: Vec::new(),
+            exclude: Vec::new(),
+            removal_grace: Duration::from_secs(30),
+            reconcile_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Docker event types published on `<base>/<ep>/events`.
+    pub types: Vec<String>,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            types: ["container", "image", "network", "volume"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    /// Persisted event cursors (and, later, update results).
+    pub dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("/var/lib/dockside"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `error|warn|info|debug|trace`, or a tracing filter such as `dockside=debug`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Parsed `mqtt.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+/// Where the config comes from, in SPEC §8 order.
+pub fn resolve_path(cli: Option<&Path>, env: &HashMap<String, String>) -> Option<PathBuf> {
+    if let Some(p) = cli {
+        return Some(p.to_path_buf());
+    }
+    if let Some(p) = env.get("DOCKSIDE_CONFIG").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let default = Path::new(DEFAULT_PATH);
+    default.exists().then(|| default.to_path_buf())
+}
+
+impl Config {
+    /// Loads file + environment, reads `*_file` secrets and validates.
+    pub fn load(path: Option<&Path>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = path {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+            // Parse with `toml` first: its errors carry line and column.
+            toml::from_str::<toml::Value>(&text).map_err(|e| ConfigError::File {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+        }
+        // Environment overrides, done by hand: config-rs's `try_parsing` would turn
+        // number-looking secrets into numbers, and it cannot split lists otherwise.
+        let mut vars: Vec<_> = env
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix("DOCKSIDE__").map(|k| (k, v)))
+            .collect();
+        vars.sort();
+        for (k, v) in vars {
+            let key = k.to_lowercase().replace("__", ".");
+            let res = if LIST_KEYS.contains(&key.as_str()) {
+                let items: Vec<String> = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect();
+                builder.set_override(key.clone(), items)
+            } else {
+                builder.set_override(key.clone(), v.clone())
+            };
+            builder = res.map_err(|e| invalid(format!("DOCKSIDE__{k}"), e.to_string()))?;
+        }
+        let built = builder
+            .build()
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut cfg: Config = built
+            .try_deserialize()
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        cfg.finish()?;
+        Ok(cfg)
+    }
+
+    /// Reads secrets from files, fills defaults that depend on other keys, validates.
+    fn finish(&mut self) -> Result<(), ConfigError> {
+        if let Some(file) = &self.mqtt.password_file {
+            if self.mqtt.password.is_some() {
+                return Err(invalid(
+                    "mqtt.password_file",
+                    "set either mqtt.password or mqtt.password_file, not both",
+                ));
+            }
+            self.mqtt.password = Some(read_secret("mqtt.password_file", file)?);
+        }
+        self.validate()
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.broker_addr()?;
+        let base = &self.mqtt.base_topic;
+        if base.is_empty()
+            || base.starts_with('/')
+            || base.ends_with('/')
+            || base.starts_with('$')
+            || base.contains(['+', '#', '\0'])
+        {
+            return Err(invalid(
+                "mqtt.base_topic",
+                "must be a non-empty topic without wildcards, leading `$` or leading/trailing `/`",
+            ));
+        }
+        if self.mqtt.qos > 2 {
+            return Err(invalid("mqtt.qos", "must be 0, 1 or 2"));
+        }
+        if self.mqtt.keep_alive < Duration::from_secs(5) {
+            return Err(invalid("mqtt.keep_alive", "must be at least 5s"));
+        }
+        if self.mqtt.password.is_some() && self.mqtt.username.is_none() {
+            return Err(invalid("mqtt.username", "a password needs a username"));
+        }
+        if self.mqtt.client_cert.is_some() != self.mqtt.client_key.is_some() {
+            return Err(invalid(
+                "mqtt.client_key",
+                "client_cert and client_key go together",
+            ));
+        }
+        if let Some(id) = &self.mqtt.client_id {
+            if id.is_empty() {
+                return Err(invalid("mqtt.client_id", "must not be empty"));
+            }
+        }
+        for (id, ep) in &self.endpoints {
+            let key = format!("endpoints.{id}");
+            if !valid_endpoint_id(id) {
+                return Err(invalid(
+                    key,
+                    "endpoint ids are lowercase and use only [a-z0-9_-]",
+                ));
+            }
+            parse_engine_url(&ep.url).map_err(|m| invalid(format!("{key}.url"), m))?;
+            if ep.client_cert.is_some() != ep.client_key.is_some() {
+                return Err(invalid(
+                    format!("{key}.client_key"),
+                    "client_cert and client_key go together",
+                ));
+            }
+        }
+        for (i, t) in self.events.types.iter().enumerate() {
+            if !EVENT_TYPES.contains(&t.as_str()) {
+                return Err(invalid(
+                    format!("events.types[{i}]"),
+                    format!("unknown event type `{t}` (one of {})", EVENT_TYPES.join(", ")),
+                ));
+            }
+        }
+        crate::filter::ContainerFilter::new(&self.containers)?;
+        if self.containers.reconcile_interval < Duration::from_secs(1) {
+            return Err(invalid("containers.reconcile_interval", "must be at least 1s"));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| invalid("log.level", e.to_string()))?;
+        if self.state.dir.as_os_str().is_empty() {
+            return Err(invalid("state.dir", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// The endpoints to watch: the configured ones, or the local socket as
+    /// `local` when none are configured.
+    pub fn effective_endpoints(&self) -> BTreeMap<String, EndpointConfig> {
+        if self.endpoints.is_empty() {
+            BTreeMap::from([("local".to_string(), EndpointConfig::default())])
+        } else {
+            self.endpoints.clone()
+        }
+    }
+
+    pub fn broker_addr(&self) -> Result<BrokerAddr, ConfigError> {
+        parse_broker_url(&self.mqtt.url).map_err(|m| invalid("mqtt.url", m))
+    }
+
+    pub fn client_id(&self) -> String {
+        self.mqtt.client_id.clone().unwrap_or_else(|| {
+            format!("dockside-{}-{}", self.mqtt.base_topic.replace('/', "-"), hostname())
+        })
+    }
+
+    /// The effective config as TOML with every secret replaced.
+    pub fn redacted_toml(&self) -> String {
+        let mut copy = self.clone();
+        if copy.mqtt.password.is_some() {
+            copy.mqtt.password = Some(REDACTED.into());
+        }
+        let mut out = String::from("# effective configuration (secrets redacted)\n");
+        if self.endpoints.is_empty() {
+            out.push_str("# no endpoints configured: watching the local socket as `local`\n");
+            copy.endpoints = self.effective_endpoints();
+        }
+        match toml::to_string_pretty(&copy) {
+            Ok(s) => out.push_str(&s),
+            Err(e) => out.push_str(&format!("# cannot render: {e}\n")),
+        }
+        out
+    }
+}
+
+fn read_secret(key: &str, path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
+}
+
+pub fn valid_endpoint_id(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+fn parse_broker_url(url: &str) -> Result<BrokerAddr, String> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtt://").or(url.strip_prefix("tcp://")) {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("mqtts://").or(url.strip_prefix("ssl://")) {
+        (true, r)
+    } else {
+        return Err(format!(
+            "`{url}`: expected mqtt://host[:port] or mqtts://host[:port]"
+        ));
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.contains('@') {
+        return Err("put credentials in mqtt.username / mqtt.password, not in the URL".into());
+    }
+    let (host, port) = split_host_port(rest, if tls { 8883 } else { 1883 })?;
+    Ok(BrokerAddr { tls, host, port })
+}
+
+fn split_host_port(s: &str, default_port: u16) -> Result<(String, u16), String> {
+    if s.is_empty() {
+        return Err("missing host".into());
+    }
+    // [v6]:port
+    if let Some(v6) = s.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').ok_or("unclosed `[` in host")?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| format!("bad port `{p}`"))?,
+            None if after.is_empty() => default_port,
+            None => return Err(format!("unexpected `{after}` after host")),
+        };
+        return Ok((host.to_string(), port));
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) => {
+            let port: u16 = p.parse().map_err(|_| format!("bad port `{p}`"))?;
+            if h.is_empty() || h.contains('/') {
+                return Err(format!("bad host `{h}`"));
+            }
+            Ok((h.to_string(), port))
+        }
+        None if s.contains('/') => Err(format!("bad host `{s}`")),
+        None => Ok((s.to_string(), default_port)),
+    }
+}
+
+/// A Docker engine address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineUrl {
+    Unix(PathBuf),
+    /// `http://host:port/` or `https://host:port/` base URL.
+    Http { base: String, tls: bool },
+}
+
+pub fn parse_engine_url(url: &str) -> Result<EngineUrl, String> {
+    if let Some(path) = url.strip_prefix("unix://") {
+        if !path.starts_with('/') {
+            return Err(format!("`{url}`: unix:// needs an absolute path"));
+        }
+        return Ok(EngineUrl::Unix(PathBuf::from(path)));
+    }
+    let (tls, rest) = if let Some(r) = url.strip_prefix("tcp://").or(url.strip_prefix("http://")) {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else {
+        return Err(format!(
+            "`{url}`: expected unix:///path, tcp://host:port or https://host:port"
+        ));
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = split_host_port(rest, if tls { 2376 } else { 2375 })?;
+    let host = if host.contains(':') { format!("[{host}]") } else { host };
+    let scheme = if tls { "https" } else { "http" };
+    Ok(EngineUrl::Http {
+        base: format!("{scheme}://{host}:{port}/"),
+        tls,
+    })
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("{:08x}", fastrand::u32(..)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn load_str(toml_text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut f = tempfile::NamedTempFile::new().expect("tempfile");
+        f.write_all(toml_text.as_bytes()).expect("write");
+        Config::load(Some(f.path()), &env(vars))
+    }
+
+    #[test]
+    fn defaults_without_any_config() {
+        let cfg = Config::load(None, &HashMap::new()).expect("defaults");
+        assert_eq!(cfg.mqtt.url, "mqtt://localhost:1883");
+        assert_eq!(cfg.mqtt.base_topic, "dockside");
+        let eps = cfg.effective_endpoints();
+        assert_eq!(eps.len(), 1);
+        assert_eq!(eps["local"].url, DEFAULT_SOCKET);
+        assert_eq!(cfg.containers.removal_grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn file_and_env_override() {
+        let cfg = load_str(
+            r#"
+            [mqtt]
+            url = "mqtt://broker:1884"
+            username = "u"
+            password = "0123"
+            [endpoints.nas]
+            url = "tcp://10.0.0.2:2375"
+            [containers]
+            removal_grace = "1m 30s"
+            "#,
+            &[
+                ("DOCKSIDE__MQTT__QOS", "0"),
+                ("DOCKSIDE__ENDPOINTS__NAS__TLS_INSECURE", "true"),
+                ("DOCKSIDE__ENDPOINTS__EXTRA__URL", "unix:///run/x.sock"),
+                ("DOCKSIDE__EVENTS__TYPES", "container, image"),
+                ("DOCKSIDE__CONTAINERS__EXCLUDE", "tmp-*"),
+            ],
+        )
+        .expect("load");
+        assert_eq!(cfg.mqtt.qos, 0);
+        assert_eq!(cfg.mqtt.password.as_deref(), Some("0123"));
+        assert!(cfg.endpoints["nas"].tls_insecure);
+        assert_eq!(cfg.endpoints["extra"].url, "unix:///run/x.sock");
+        assert_eq!(cfg.events.types, vec!["container", "image"]);
+        assert_eq!(cfg.containers.exclude, vec!["tmp-*"]);
+        assert_eq!(cfg.containers.removal_grace, Duration::from_secs(90));
+        assert_eq!(
+            cfg.broker_addr().expect("addr"),
+            BrokerAddr { tls: false, host: "broker".into(), port: 1884 }
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = load_str("[mqtt]\nqos = 5\n", &[]).expect_err("qos");
+        assert!(e.to_string().contains("mqtt.qos"), "{e}");
+        let e = load_str("[mqtt]\nbogus = 1\n", &[]).expect_err("unknown");
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let e = load_str("[containers]\nremoval_grace = \"soon\"\n", &[]).expect_err("dur");
+        assert!(e.to_string().contains("removal_grace"), "{e}");
+        let e = load_str("[endpoints.Nas]\nurl = \"tcp://h:1\"\n", &[]).expect_err("id");
+        assert!(e.to_string().contains("endpoints.Nas"), "{e}");
+        let e = load_str("[endpoints.a]\nurl = \"ftp://h\"\n", &[]).expect_err("url");
+        assert!(e.to_string().contains("endpoints.a.url"), "{e}");
+        let e = load_str("[events]\ntypes = [\"container\", \"nope\"]\n", &[]).expect_err("t");
+        assert!(e.to_string().contains("events.types[1]"), "{e}");
+        let e = load_str("[mqtt]\nurl = \"http://x\"\n", &[]).expect_err("mqtt url");
+        assert!(e.to_string().contains("mqtt.url"), "{e}");
+        let e = load_str("[log]\nformat = \"xml\"\n", &[]).expect_err("fmt");
+        assert!(e.to_string().contains("format"), "{e}");
+        let e = load_str("[mqtt\n", &[]).expect_err("syntax");
+        assert!(e.to_string().contains("line"), "{e}");
+    }
+
+    #[test]
+    fn password_file_and_redaction() {
+        let mut secret = tempfile::NamedTempFile::new().expect("tempfile");
+        secret.write_all(b"s3cr3t-pw\n").expect("write");
+        let path = secret.path().display().to_string();
+        let cfg = load_str(
+            &format!("[mqtt]\nusername = \"u\"\npassword_file = \"{path}\"\n"),
+            &[],
+        )
+        .expect("load");
+        assert_eq!(cfg.mqtt.password.as_deref(), Some("s3cr3t-pw"));
+        let shown = cfg.redacted_toml();
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains(REDACTED));
+        assert!(shown.contains("[endpoints.local]"), "{shown}");
+        // The redacted output is itself a valid config (modulo the secret).
+        toml::from_str::<toml::Value>(&shown).expect("valid toml");
+    }
+
+    #[test]
+    fn engine_urls() {
+        assert_eq!(
+            parse_engine_url("unix:///var/run/docker.sock"),
+            Ok(EngineUrl::Unix("/var/run/docker.sock".into()))
+        );
+        assert_eq!(
+            parse_engine_url("tcp://10.0.0.2"),
+            Ok(EngineUrl::Http { base: "http://10.0.0.2:2375/".into(), tls: false })
+        );
+        assert_eq!(
+            parse_engine_url("https://[::1]:2376/"),
+            Ok(EngineUrl::Http { base: "https://[::1]:2376/".into(), tls: true })
+        );
+        assert!(parse_engine_url("unix://relative").is_err());
+        assert!(parse_engine_url("tcp://h:99999").is_err());
+        assert!(parse_broker_url("mqtt://u:p@h").is_err());
+        assert_eq!(
+            parse_broker_url("mqtts://h").map(|b| (b.tls, b.port)),
+            Ok((true, 8883))
+        );
+    }
+}

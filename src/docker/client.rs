@@ -1,0 +1,454 @@
+//! One HTTP client per Docker engine. The API version is negotiated with the
+//! engine on every (re)connect (Docker 29 refuses anything below 1.44, old engines
+//! anything above their own), never hard-coded.
+
+use std::pin::Pin;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use reqwest::{StatusCode, Url};
+use serde::de::DeserializeOwned;
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::io::StreamReader;
+
+use super::models::{ContainerInspect, ContainerSummary, SystemInfo, Version, VolumeList};
+use crate::config::{EndpointConfig, EngineUrl, parse_engine_url};
+
+/// Newest API version whose fields this client knows; older engines get their own.
+pub const MAX_API: (u32, u32) = (1, 53);
+/// Oldest API version we accept (Docker 19.03).
+pub const MIN_API: (u32, u32) = (1, 40);
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Caps on what is read from an engine: a list of thousands of containers fits.
+const MAX_LIST_BODY: usize = 64 << 20;
+const MAX_OBJECT_BODY: usize = 8 << 20;
+/// One event line; Docker's are well under 4 KiB.
+const MAX_EVENT_LINE: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("invalid endpoint configuration: {0}")]
+    Config(String),
+    #[error("cannot reach the engine: {0}")]
+    Connect(String),
+    #[error("request timed out")]
+    Timeout,
+    #[error("not found")]
+    NotFound,
+    #[error("engine answered {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error("unexpected answer from the engine ({what}): {message}")]
+    Decode { what: &'static str, message: String },
+    #[error("engine API {0} is too old (dockside needs 1.40 or newer)")]
+    TooOld(String),
+}
+
+impl DockerError {
+    fn from_reqwest(e: reqwest::Error) -> Self {
+        if e.is_timeout() {
+            DockerError::Timeout
+        } else {
+            // `{:#}`-like chain without leaking URLs' credentials (none are in our URLs).
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(": ");
+                msg.push_str(&s.to_string());
+                src = s.source();
+            }
+            DockerError::Connect(msg)
+        }
+    }
+}
+
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<String, LinesCodecError>> + Send>>;
+
+#[derive(Debug)]
+pub struct DockerClient {
+    http: reqwest::Client,
+    base: Url,
+    /// `v1.41`-style prefix, set by `negotiate`.
+    api: RwLock<String>,
+}
+
+fn parse_api(v: &str) -> Option<(u32, u32)> {
+    let (a, b) = v.trim().trim_start_matches('v').split_once('.')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+impl DockerClient {
+    pub fn new(cfg: &EndpointConfig) -> Result<Self, DockerError> {
+        let url = parse_engine_url(&cfg.url).map_err(DockerError::Config)?;
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .no_proxy();
+        let base = match url {
+            EngineUrl::Unix(path) => {
+                builder = builder.unix_socket(path);
+                "http://docker/".to_string()
+            }
+            EngineUrl::Http { base, tls } => {
+                if tls {
+                    builder = tls_options(builder, cfg)?;
+                }
+                base
+            }
+        };
+        Self::with_client(builder, &base)
+    }
+
+    /// For sources that build their own reqwest client (Portainer's proxy prefix).
+    pub fn with_client(builder: reqwest::ClientBuilder, base: &str) -> Result<Self, DockerError> {
+        let http = builder
+            .build()
+            .map_err(|e| DockerError::Config(e.to_string()))?;
+        let base = Url::parse(base).map_err(|e| DockerError::Config(e.to_string()))?;
+        Ok(Self {
+            http,
+            base,
+            api: RwLock::new(format!("v{}.{}", MIN_API.0, MIN_API.1)),
+        })
+    }
+
+    pub fn api_version(&self) -> String {
+        self.api
+            .read()
+            .map(|v| v.trim_start_matches('v').to_string())
+            .unwrap_or_default()
+    }
+
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        let api = self.api.read().map(|v| v.clone()).unwrap_or_default();
+        if let Ok(mut segs) = url.path_segments_mut() {
+            segs.pop_if_empty();
+            if !api.is_empty() {
+                segs.push(&api);
+            }
+            segs.extend(segments);
+        }
+        url
+    }
+
+    /// `GET /_ping` (unversioned) and pick `min(engine, MAX_API)`.
+    pub async fn negotiate(&self) -> Result<String, DockerError> {
+        let mut url = self.base.clone();
+        if let Ok(mut segs) = url.path_segments_mut() {
+            segs.pop_if_empty().push("_ping");
+        }
+        let resp = self
+            .http
+            .get(url)
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .map_err(DockerError::from_reqwest)?;
+        let status = resp.status();
+        let header = resp
+            .headers()
+            .get("api-version")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        if !status.is_success() {
+            return Err(status_error(resp).await);
+        }
+        let engine = header
+            .as_deref()
+            .and_then(parse_api)
+            .ok_or_else(|| DockerError::Decode {
+                what: "_ping",
+                message: "no Api-Version header".into(),
+            })?;
+        if engine < MIN_API {
+            return Err(DockerError::TooOld(format!("{}.{}", engine.0, engine.1)));
+        }
+        let chosen = engine.min(MAX_API);
+        let v = format!("v{}.{}", chosen.0, chosen.1);
+        if let Ok(mut api) = self.api.write() {
+            *api = v.clone();
+        }
+        Ok(v)
+    }
+
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        what: &'static str,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        cap: usize,
+    ) -> Result<T, DockerError> {
+        let body = self.get_bytes(what, segments, query, cap).await?;
+        serde_json::from_slice(&body).map_err(|e| DockerError::Decode {
+            what,
+            message: e.to_string(),
+        })
+    }
+
+    async fn get_bytes(
+        &self,
+        what: &'static str,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        cap: usize,
+    ) -> Result<Vec<u8>, DockerError> {
+        let mut url = self.url(segments);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        let resp = self
+            .http
+            .get(url)
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .map_err(DockerError::from_reqwest)?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Err(DockerError::NotFound);
+        }
+        if !resp.status().is_success() {
+            return Err(status_error(resp).await);
+        }
+        read_capped(resp, cap, what).await
+    }
+
+    pub async fn version(&self) -> Result<Version, DockerError> {
+        self.get_json("version", &["version"], &[], MAX_OBJECT_BODY)
+            .await
+    }
+
+    pub async fn info(&self) -> Result<SystemInfo, DockerError> {
+        self.get_json("info", &["info"], &[], MAX_OBJECT_BODY).await
+    }
+
+    pub async fn volume_count(&self) -> Result<usize, DockerError> {
+        let v: VolumeList = self
+            .get_json("volumes", &["volumes"], &[], MAX_LIST_BODY)
+            .await?;
+        Ok(v.volumes.len())
+    }
+
+    /// All containers. A malformed entry is skipped and logged, not fatal.
+    pub async fn list_containers(&self) -> Result<Vec<ContainerSummary>, DockerError> {
+        let raw: Vec<serde_json::Value> = self
+            .get_json(
+                "containers/json",
+                &["containers", "json"],
+                &[("all", "1")],
+                MAX_LIST_BODY,
+            )
+            .await?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|v| match serde_json::from_value::<ContainerSummary>(v) {
+                Ok(c) if !c.id.is_empty() => Some(c),
+                Ok(_) => {
+                    tracing::warn!("skipping a container list entry without Id");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping a malformed container list entry");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    /// `None` when the container no longer exists.
+    pub async fn inspect(&self, id: &str) -> Result<Option<ContainerInspect>, DockerError> {
+        match self
+            .get_json("containers/{id}/json", &["containers", id, "json"], &[], MAX_OBJECT_BODY)
+            .await
+        {
+            Ok(c) => Ok(Some(c)),
+            Err(DockerError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens `/events` (no total or read timeout: Docker sends no heartbeats).
+    /// Returns the stream of lines and the engine's `Date` header as Unix seconds.
+    pub async fn events(
+        &self,
+        since: Option<&str>,
+        until: Option<&str>,
+        types: &[&str],
+    ) -> Result<(EventStream, Option<i64>), DockerError> {
+        let mut url = self.url(&["events"]);
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = since {
+                q.append_pair("since", s);
+            }
+            if let Some(u) = until {
+                q.append_pair("until", u);
+            }
+            if !types.is_empty() {
+                let filters = serde_json::json!({ "type": types });
+                q.append_pair("filters", &filters.to_string());
+            }
+        }
+        let mut req = self.http.get(url);
+        if until.is_some() {
+            req = req.timeout(REQUEST_TIMEOUT);
+        }
+        // Only the response head is bounded: the body may idle for hours.
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, req.send())
+            .await
+            .map_err(|_| DockerError::Timeout)?
+            .map_err(DockerError::from_reqwest)?;
+        if !resp.status().is_success() {
+            return Err(status_error(resp).await);
+        }
+        let date = resp
+            .headers()
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate_to_unix(v));
+        let bytes = resp.bytes_stream().map_err(std::io::Error::other);
+        let reader = StreamReader::new(bytes);
+        let lines = FramedRead::new(reader, LinesCodec::new_with_max_length(MAX_EVENT_LINE));
+        Ok((lines.boxed(), date))
+    }
+}
+
+fn tls_options(
+    mut builder: reqwest::ClientBuilder,
+    cfg: &EndpointConfig,
+) -> Result<reqwest::ClientBuilder, DockerError> {
+    if let Some(ca) = &cfg.ca_file {
+        let pem = std::fs::read(ca)
+            .map_err(|e| DockerError::Config(format!("ca_file {}: {e}", ca.display())))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| DockerError::Config(format!("ca_file {}: {e}", ca.display())))?;
+        for c in certs {
+            builder = builder.add_root_certificate(c);
+        }
+    }
+    if let (Some(cert), Some(key)) = (&cfg.client_cert, &cfg.client_key) {
+        let mut pem = std::fs::read(cert)
+            .map_err(|e| DockerError::Config(format!("client_cert {}: {e}", cert.display())))?;
+        pem.push(b'\n');
+        pem.extend(
+            std::fs::read(key)
+                .map_err(|e| DockerError::Config(format!("client_key {}: {e}", key.display())))?,
+        );
+        let id = reqwest::Identity::from_pem(&pem)
+            .map_err(|e| DockerError::Config(format!("client certificate: {e}")))?;
+        builder = builder.identity(id);
+    }
+    if cfg.tls_insecure {
+        tracing::warn!(url = %cfg.url, "TLS verification is OFF for this endpoint");
+        builder = builder.tls_danger_accept_invalid_certs(true);
+    }
+    Ok(builder)
+}
+
+async fn read_capped(
+    mut resp: reqwest::Response,
+    cap: usize,
+    what: &'static str,
+) -> Result<Vec<u8>, DockerError> {
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(DockerError::from_reqwest)? {
+        if out.len() + chunk.len() > cap {
+            return Err(DockerError::Decode {
+                what,
+                message: format!("answer larger than {cap} bytes"),
+            });
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// Engine error bodies are `{"message": "..."}`; anything else is shown truncated.
+async fn status_error(resp: reqwest::Response) -> DockerError {
+    let status = resp.status().as_u16();
+    let body = read_capped(resp, 64 << 10, "error body")
+        .await
+        .unwrap_or_default();
+    let message = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(String::from))
+        .unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(&body);
+            text.chars().take(200).collect::<String>().trim().to_string()
+        });
+    DockerError::Status { status, message }
+}
+
+/// `Sun, 22 Nov 2026 06:56:53 GMT` → Unix seconds.
+fn httpdate_to_unix(v: &str) -> Option<i64> {
+    let t = humantime::parse_rfc3339(&rfc1123_to_rfc3339(v)?).ok()?;
+    t.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs() as i64)
+}
+
+fn rfc1123_to_rfc3339(v: &str) -> Option<String> {
+    // "Sun, 22 Nov 2026 06:56:53 GMT"
+    let mut parts = v.split_whitespace();
+    let _dow = parts.next()?;
+    let day: u32 = parts.next()?.parse().ok()?;
+    let mon = match parts.next()? {
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
+        _ => return None,
+    };
+    let year: u32 = parts.next()?.parse().ok()?;
+    let time = parts.next()?;
+    if parts.next()? != "GMT" {
+        return None;
+    }
+    Some(format!("{year:04}-{mon:02}-{day:02}T{time}Z"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_versions() {
+        assert_eq!(parse_api("1.41"), Some((1, 41)));
+        assert_eq!(parse_api("v1.53"), Some((1, 53)));
+        assert_eq!(parse_api("x"), None);
+        assert!((1, 41) < MAX_API && (1, 9) < MIN_API && (1, 100) > MAX_API);
+    }
+
+    #[test]
+    fn url_keeps_base_path() {
+        let c = DockerClient::with_client(
+            reqwest::Client::builder(),
+            "https://p.example/api/endpoints/3/docker",
+        )
+        .expect("client");
+        let u = c.url(&["containers", "a/b", "json"]);
+        assert_eq!(
+            u.as_str(),
+            "https://p.example/api/endpoints/3/docker/v1.40/containers/a%2Fb/json"
+        );
+    }
+
+    #[test]
+    fn http_dates() {
+        assert_eq!(
+            httpdate_to_unix("Thu, 01 Jan 1970 00:01:40 GMT"),
+            Some(100)
+        );
+        assert_eq!(httpdate_to_unix("garbage"), None);
+    }
+}

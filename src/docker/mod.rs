@@ -1,0 +1,7 @@
+//! Docker Engine API client over reqwest (unix socket, TCP, TLS), the minimal
+//! models dockside reads, and the `/events` line stream.
+
+pub mod client;
+pub mod models;
+
+pub use client::{DockerClient, DockerError, EventStream};

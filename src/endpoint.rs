@@ -1,0 +1,721 @@
+//! One task per Docker engine: initial sync (list + inspect) → `/events` stream
+//! resumed with `since` → periodic reconcile. It owns the endpoint's container
+//! state (keyed by name, never by ID) and hands retained state and events to
+//! the MQTT outbox; it never waits on MQTT.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{StreamExt, stream};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::codec::LinesCodecError;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::docker::models::{ContainerInspect, Event};
+use crate::docker::{DockerClient, DockerError};
+use crate::filter::ContainerFilter;
+use crate::mqtt::{MqttHandle, Outbox, Sweep};
+use crate::payloads::{
+    ContainerCounts, ContainerState, EndpointInfo, EventMessage, container_event_payload,
+};
+use crate::persist::{Cursor, StateDir, event_key};
+use crate::topics::Topics;
+
+/// Inspects run at most this many at a time per endpoint.
+const INSPECT_CONCURRENCY: usize = 8;
+/// Coalesces endpoint-info recomputation during bursts.
+const INFO_DEBOUNCE: Duration = Duration::from_millis(200);
+/// Image/volume counts are re-read at most this often after such events.
+const FACTS_DEBOUNCE: Duration = Duration::from_secs(2);
+const CURSOR_SAVE_EVERY: Duration = Duration::from_secs(1);
+/// Actions that do not change a container's state: no inspect needed.
+const STATELESS_ACTIONS: &[&str] = &[
+    "attach",
+    "detach",
+    "resize",
+    "top",
+    "copy",
+    "export",
+    "commit",
+    "archive-path",
+    "extract-to-dir",
+    "exec_create",
+    "exec_start",
+    "exec_die",
+    "exec_detach",
+];
+
+/// Settings every endpoint task shares (from the config's global sections).
+#[derive(Debug)]
+pub struct EndpointSettings {
+    pub topics: Topics,
+    pub filter: ContainerFilter,
+    pub event_types: Vec<String>,
+    pub removal_grace: Duration,
+    pub reconcile_interval: Duration,
+    pub flat_topics: bool,
+    pub state_dir: Option<StateDir>,
+}
+
+/// What kind of source an endpoint comes from, for its info payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointMeta {
+    pub name: String,
+    pub kind: &'static str,
+    pub public_url: Option<String>,
+    pub portainer_id: Option<i64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error("event stream ended")]
+    StreamEnded,
+    #[error("event stream failed: {0}")]
+    Stream(String),
+}
+
+/// Engine facts for the info payload (SPEC §4.2).
+#[derive(Debug, Clone, Default)]
+struct Facts {
+    docker_version: Option<String>,
+    api_version: Option<String>,
+    os: Option<String>,
+    arch: Option<String>,
+    cpus: Option<i64>,
+    memory_bytes: Option<i64>,
+    images: Option<i64>,
+    volumes: Option<i64>,
+}
+
+type InspectResult = (String, Result<Option<ContainerInspect>, DockerError>);
+
+pub struct Endpoint {
+    id: String,
+    meta: EndpointMeta,
+    settings: Arc<EndpointSettings>,
+    outbox: Arc<Outbox>,
+    mqtt: MqttHandle,
+    client: Arc<DockerClient>,
+    /// name → last published state.
+    containers: HashMap<String, ContainerState>,
+    /// id → name, for events that only carry an id.
+    names: HashMap<String, String>,
+    /// Containers taken out by the `dockside.enable=false` label.
+    excluded: HashSet<String>,
+    /// Recently destroyed ids: a late inspect answer must not resurrect them.
+    destroyed: VecDeque<String>,
+    /// name → when its topics are cleared unless it comes back.
+    removals: HashMap<String, Instant>,
+    cursor: Cursor,
+    cursor_dirty: bool,
+    inflight: HashSet<String>,
+    again: HashSet<String>,
+    queued: VecDeque<String>,
+    inspects: JoinSet<InspectResult>,
+    facts: Facts,
+    online: Option<bool>,
+    last_info: Option<EndpointInfo>,
+    info_due: Option<Instant>,
+    facts_due: Option<Instant>,
+    swept: bool,
+    /// Restarted within this run: sweep every known topic, not only leftovers.
+    restarted: bool,
+}
+
+impl Endpoint {
+    pub fn new(
+        id: String,
+        meta: EndpointMeta,
+        client: DockerClient,
+        settings: Arc<EndpointSettings>,
+        mqtt: MqttHandle,
+    ) -> Self {
+        let mut cursor = settings
+            .state_dir
+            .as_ref()
+            .and_then(|d| d.load_cursor(&id))
+            .unwrap_or_default();
+        cursor.rebuild_index();
+        Self {
+            id,
+            meta,
+            outbox: mqtt.outbox.clone(),
+            mqtt,
+            settings,
+            client: Arc::new(client),
+            containers: HashMap::new(),
+            names: HashMap::new(),
+            excluded: HashSet::new(),
+            destroyed: VecDeque::new(),
+            removals: HashMap::new(),
+            cursor,
+            cursor_dirty: false,
+            inflight: HashSet::new(),
+            again: HashSet::new(),
+            queued: VecDeque::new(),
+            inspects: JoinSet::new(),
+            facts: Facts::default(),
+            online: None,
+            last_info: None,
+            info_due: None,
+            facts_due: None,
+            swept: false,
+            restarted: false,
+        }
+    }
+
+    /// Marks an endpoint started again within one run (reload).
+    pub fn restarted(mut self) -> Self {
+        self.restarted = true;
+        self
+    }
+
+    /// Runs sessions with backoff until cancelled.
+    pub async fn run(mut self, token: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        let mut first_failure = true;
+        loop {
+            backoff.mark_started();
+            let result = self.session(&token).await;
+            self.save_cursor();
+            let err = match result {
+                Ok(()) => return,
+                Err(e) => e,
+            };
+            if token.is_cancelled() {
+                return;
+            }
+            let was_online = self.online == Some(true);
+            self.set_online(false);
+            self.publish_info_now();
+            let delay = backoff.next_delay();
+            if was_online || first_failure {
+                first_failure = false;
+                tracing::warn!(endpoint = %self.id, error = %err, retry_in = ?delay, "endpoint offline");
+            } else {
+                tracing::debug!(endpoint = %self.id, error = %err, retry_in = ?delay, "endpoint still offline");
+            }
+            // Pending removals still fall due while the engine is away.
+            let until = Instant::now() + delay;
+            loop {
+                let removal_due = self.next_removal();
+                tokio::select! {
+                    _ = token.cancelled() => { self.save_cursor(); return; }
+                    _ = tokio::time::sleep_until(until) => break,
+                    _ = sleep_until_opt(removal_due) => self.run_removals(),
+                }
+            }
+        }
+    }
+
+    fn types_requested(&self) -> Vec<&str> {
+        // Container events drive state; image/volume events keep counts fresh.
+        let mut t: Vec<&str> = vec!["container", "image", "volume"];
+        for x in &self.settings.event_types {
+            if !t.contains(&x.as_str()) {
+                t.push(x);
+            }
+        }
+        t
+    }
+
+    async fn session(&mut self, token: &CancellationToken) -> Result<(), SessionError> {
+        self.client.negotiate().await?;
+        let since = self.cursor.since();
+        let types = self.types_requested();
+        // Subscribe before listing, so nothing falls between the list and the stream.
+        let (mut events, engine_date) = self.client.events(since.as_deref(), None, &types).await?;
+        if self.cursor.time_nano == 0 {
+            if let Some(secs) = engine_date {
+                // No event seen yet: a reconnect resumes from when we first listened.
+                self.cursor.time_nano = secs.saturating_mul(1_000_000_000);
+                self.cursor_dirty = true;
+            }
+        }
+        self.refresh_facts().await?;
+        self.full_sync().await?;
+        self.set_online(true);
+        self.publish_info_now();
+        if !self.swept {
+            self.swept = true;
+            let ep = self.id.clone();
+            let live = self.containers.keys().cloned().collect();
+            self.outbox.sweep(if self.restarted {
+                Sweep::Restarted { ep, live }
+            } else {
+                Sweep::Endpoint { ep, live }
+            });
+        }
+        tracing::info!(endpoint = %self.id, containers = self.containers.len(), api = %self.client.api_version(), "endpoint synced");
+
+        let period = self.settings.reconcile_interval;
+        let mut reconcile = tokio::time::interval_at(Instant::now() + period, period);
+        reconcile.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut save = tokio::time::interval(CURSOR_SAVE_EVERY);
+        save.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut resync = self.mqtt.resync_signal();
+        resync.mark_unchanged();
+
+        loop {
+            let (removal_due, info_due, facts_due) =
+                (self.next_removal(), self.info_due, self.facts_due);
+            tokio::select! {
+                biased;
+                _ = token.cancelled() => return Ok(()),
+                Some(res) = self.inspects.join_next(), if !self.inspects.is_empty() => {
+                    match res {
+                        Ok((id, r)) => self.on_inspect(id, r),
+                        Err(e) => tracing::error!(endpoint = %self.id, error = %e, "inspect task failed"),
+                    }
+                }
+                line = events.next() => match line {
+                    Some(Ok(line)) => self.on_line(&line),
+                    Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
+                        tracing::warn!(endpoint = %self.id, "skipping an oversized event line");
+                    }
+                    Some(Err(LinesCodecError::Io(e))) => return Err(SessionError::Stream(e.to_string())),
+                    None => return Err(SessionError::StreamEnded),
+                },
+                _ = sleep_until_opt(removal_due) => self.run_removals(),
+                _ = sleep_until_opt(info_due) => {
+                    self.info_due = None;
+                    self.publish_info_now();
+                }
+                _ = sleep_until_opt(facts_due) => {
+                    self.facts_due = None;
+                    self.refresh_facts().await?;
+                    self.info_changed();
+                }
+                _ = reconcile.tick() => {
+                    self.refresh_facts().await?;
+                    self.full_sync().await?;
+                    self.publish_info_now();
+                }
+                _ = save.tick(), if self.cursor_dirty => self.save_cursor(),
+                Ok(()) = resync.changed() => self.republish_all(),
+            }
+        }
+    }
+
+    fn save_cursor(&mut self) {
+        if !self.cursor_dirty {
+            return;
+        }
+        if let Some(dir) = &self.settings.state_dir {
+            if let Err(e) = dir.save_cursor(&self.id, &self.cursor) {
+                tracing::warn!(endpoint = %self.id, error = %e, "cannot save the event cursor");
+                return;
+            }
+        }
+        self.cursor_dirty = false;
+    }
+
+    async fn refresh_facts(&mut self) -> Result<(), DockerError> {
+        let version = self.client.version().await?;
+        let info = self.client.info().await?;
+        let volumes = match self.client.volume_count().await {
+            Ok(n) => Some(n as i64),
+            Err(e) => {
+                tracing::debug!(endpoint = %self.id, error = %e, "cannot count volumes");
+                None
+            }
+        };
+        let non_empty = |s: String| (!s.is_empty()).then_some(s);
+        self.facts = Facts {
+            docker_version: non_empty(version.version).or(non_empty(info.server_version)),
+            api_version: Some(self.client.api_version()),
+            os: non_empty(version.os).or(non_empty(info.os_type)),
+            arch: non_empty(info.architecture).or(non_empty(version.arch)),
+            cpus: (info.ncpu > 0).then_some(info.ncpu),
+            memory_bytes: (info.mem_total > 0).then_some(info.mem_total),
+            images: Some(info.images),
+            volumes,
+        };
+        Ok(())
+    }
+
+    /// List + inspect everything; heals whatever the stream missed.
+    async fn full_sync(&mut self) -> Result<(), DockerError> {
+        let list = self.client.list_containers().await?;
+        let mut wanted = Vec::new();
+        let mut listed = HashSet::new();
+        for c in &list {
+            let Some(name) = c.name() else { continue };
+            if !self.settings.filter.allows(name, &c.labels) {
+                continue;
+            }
+            listed.insert(name.to_string());
+            wanted.push(c.id.clone());
+        }
+        let client = self.client.clone();
+        let results: Vec<InspectResult> = stream::iter(wanted)
+            .map(|id| {
+                let client = client.clone();
+                async move {
+                    let r = client.inspect(&id).await;
+                    (id, r)
+                }
+            })
+            .buffer_unordered(INSPECT_CONCURRENCY)
+            .collect()
+            .await;
+        for (id, r) in results {
+            match r {
+                Ok(Some(ins)) => self.apply_inspect(&id, ins),
+                Ok(None) => {} // removed meanwhile; its destroy event follows
+                Err(DockerError::Decode { what, message }) => {
+                    tracing::warn!(endpoint = %self.id, container = %id, %what, %message, "skipping a malformed container")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let gone: Vec<String> = self
+            .containers
+            .keys()
+            .filter(|n| !listed.contains(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(st) = self.containers.remove(&name) {
+                self.names.remove(&st.id);
+            }
+            self.schedule_removal(&name);
+        }
+        Ok(())
+    }
+
+    fn on_line(&mut self, line: &str) {
+        let line = line.trim();
+        if line.is_empty() {
+            return;
+        }
+        let ev: Event = match serde_json::from_str(line) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(endpoint = %self.id, error = %e, "skipping a malformed event");
+                return;
+            }
+        };
+        let nanos = ev.nanos();
+        if !self
+            .cursor
+            .accept(nanos, event_key(nanos, &ev.actor.id, &ev.action))
+        {
+            return; // replayed duplicate
+        }
+        self.cursor_dirty = true;
+        let is_container = ev.kind == "container";
+        let visible = if is_container {
+            self.container_visible(&ev)
+        } else {
+            // Network (dis)connects name a container: hide those of filtered-out ones.
+            ev.actor
+                .attributes
+                .get("container")
+                .is_none_or(|id| self.names.contains_key(id))
+        };
+        if visible && self.settings.event_types.iter().any(|t| *t == ev.kind) {
+            match serde_json::to_vec(&EventMessage::from_event(&ev)) {
+                Ok(p) => self.outbox.send(self.settings.topics.endpoint_events(&self.id), p),
+                Err(e) => tracing::warn!(error = %e, "cannot encode event"),
+            }
+        }
+        match ev.kind.as_str() {
+            "container" if visible => self.on_container_event(&ev),
+            "image" | "volume" => {
+                if self.facts_due.is_none() {
+                    self.facts_due = Some(Instant::now() + FACTS_DEBOUNCE);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn container_visible(&self, ev: &Event) -> bool {
+        if self.excluded.contains(&ev.actor.id) {
+            return false;
+        }
+        match ev.name() {
+            Some(n) => self.settings.filter.allows_name(n),
+            None => self.names.contains_key(&ev.actor.id),
+        }
+    }
+
+    fn on_container_event(&mut self, ev: &Event) {
+        let id = ev.actor.id.clone();
+        if id.is_empty() {
+            return;
+        }
+        let action = ev.action.split(':').next().unwrap_or("").trim();
+        let name = ev
+            .name()
+            .map(String::from)
+            .or_else(|| self.names.get(&id).cloned());
+        if let Some(name) = &name {
+            if let Some(p) = container_event_payload(ev) {
+                match serde_json::to_vec(&p) {
+                    Ok(p) => self
+                        .outbox
+                        .send(self.settings.topics.container_event(&self.id, name), p),
+                    Err(e) => tracing::warn!(error = %e, "cannot encode event"),
+                }
+            }
+        }
+        match action {
+            "destroy" => self.on_gone(&id),
+            "rename" => {
+                if let Some(old) = ev.actor.attributes.get("oldName") {
+                    let old = old.trim_start_matches('/');
+                    if self.containers.get(old).is_some_and(|s| s.id == id) {
+                        self.containers.remove(old);
+                        self.clear_container(old);
+                    }
+                }
+                self.schedule_inspect(id);
+            }
+            a if STATELESS_ACTIONS.contains(&a) => {}
+            _ => {
+                if action == "create" {
+                    if let Some(n) = &name {
+                        self.removals.remove(n);
+                    }
+                }
+                self.schedule_inspect(id);
+            }
+        }
+    }
+
+    fn schedule_inspect(&mut self, id: String) {
+        if self.inflight.contains(&id) {
+            self.again.insert(id);
+            return;
+        }
+        if self.inspects.len() >= INSPECT_CONCURRENCY {
+            if !self.queued.contains(&id) {
+                self.queued.push_back(id);
+            }
+            return;
+        }
+        self.inflight.insert(id.clone());
+        let client = self.client.clone();
+        self.inspects.spawn(async move {
+            let r = client.inspect(&id).await;
+            (id, r)
+        });
+    }
+
+    fn on_inspect(&mut self, id: String, r: Result<Option<ContainerInspect>, DockerError>) {
+        self.inflight.remove(&id);
+        match r {
+            Ok(Some(ins)) => {
+                if !self.destroyed.contains(&id) {
+                    self.apply_inspect(&id, ins);
+                }
+            }
+            Ok(None) => self.on_gone(&id),
+            Err(e) => {
+                tracing::warn!(endpoint = %self.id, container = %id, error = %e, "inspect failed")
+            }
+        }
+        if self.again.remove(&id) {
+            self.schedule_inspect(id);
+        }
+        while self.inspects.len() < INSPECT_CONCURRENCY {
+            let Some(next) = self.queued.pop_front() else {
+                break;
+            };
+            self.schedule_inspect(next);
+        }
+    }
+
+    fn apply_inspect(&mut self, id: &str, ins: ContainerInspect) {
+        let name = ins.name.trim_start_matches('/').to_string();
+        if name.is_empty() || name.contains('/') {
+            tracing::warn!(endpoint = %self.id, container = %id, "skipping a container without a usable name");
+            return;
+        }
+        if !self.settings.filter.allows(&name, &ins.config.labels) {
+            self.excluded.insert(id.to_string());
+            if self.containers.get(&name).is_some_and(|s| s.id == id) {
+                self.containers.remove(&name);
+                self.clear_container(&name);
+            }
+            return;
+        }
+        // Renamed while we were not looking: the old name's topics go.
+        if let Some(old) = self.names.get(id).cloned() {
+            if old != name && self.containers.get(&old).is_some_and(|s| s.id == id) {
+                self.containers.remove(&old);
+                self.clear_container(&old);
+            }
+        }
+        self.names.insert(id.to_string(), name.clone());
+        self.removals.remove(&name);
+        let state = ContainerState::from_inspect(&self.id, &ins);
+        self.publish_state(&name, state, false);
+    }
+
+    fn publish_state(&mut self, name: &str, state: ContainerState, force: bool) {
+        let prev = self.containers.get(name);
+        if !force && prev == Some(&state) {
+            return;
+        }
+        let topics = &self.settings.topics;
+        match serde_json::to_vec(&state) {
+            Ok(p) => self.outbox.retain(topics.container_state(&self.id, name), p),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot encode state");
+                return;
+            }
+        }
+        if self.settings.flat_topics {
+            let before: HashMap<String, String> = match (force, prev) {
+                (false, Some(p)) => p.flat_values().into_iter().collect(),
+                _ => HashMap::new(),
+            };
+            for (k, v) in state.flat_values() {
+                if before.get(&k) != Some(&v) {
+                    self.outbox
+                        .retain(topics.container_state_key(&self.id, name, &k), v);
+                }
+            }
+        }
+        self.containers.insert(name.to_string(), state);
+        self.info_changed();
+    }
+
+    fn on_gone(&mut self, id: &str) {
+        if !self.destroyed.iter().any(|d| d == id) {
+            self.destroyed.push_back(id.to_string());
+            if self.destroyed.len() > 1024 {
+                self.destroyed.pop_front();
+            }
+        }
+        self.excluded.remove(id);
+        if let Some(name) = self.names.remove(id) {
+            if self.containers.get(&name).is_some_and(|s| s.id == id) {
+                self.containers.remove(&name);
+                self.schedule_removal(&name);
+                self.info_changed();
+            }
+        }
+    }
+
+    fn schedule_removal(&mut self, name: &str) {
+        if self.settings.removal_grace.is_zero() {
+            self.clear_container(name);
+        } else {
+            self.removals
+                .insert(name.to_string(), Instant::now() + self.settings.removal_grace);
+        }
+    }
+
+    fn next_removal(&self) -> Option<Instant> {
+        self.removals.values().min().copied()
+    }
+
+    fn run_removals(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .removals
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            self.removals.remove(&name);
+            if !self.containers.contains_key(&name) {
+                tracing::info!(endpoint = %self.id, container = %name, "container removed: clearing its topics");
+                self.clear_container(&name);
+            }
+        }
+    }
+
+    fn clear_container(&self, name: &str) {
+        self.outbox
+            .clear_prefix(&self.settings.topics.container_prefix(&self.id, name));
+    }
+
+    fn set_online(&mut self, online: bool) {
+        if self.online == Some(online) {
+            return;
+        }
+        self.online = Some(online);
+        let payload = if online { "online" } else { "offline" };
+        self.outbox
+            .retain(self.settings.topics.endpoint_status(&self.id), payload);
+    }
+
+    fn info_changed(&mut self) {
+        if self.info_due.is_none() {
+            self.info_due = Some(Instant::now() + INFO_DEBOUNCE);
+        }
+    }
+
+    fn build_info(&self) -> EndpointInfo {
+        let (containers, stacks) = ContainerCounts::of(self.containers.values());
+        let f = &self.facts;
+        EndpointInfo {
+            id: self.id.clone(),
+            name: self.meta.name.clone(),
+            kind: self.meta.kind.to_string(),
+            reachable: self.online == Some(true),
+            docker_version: f.docker_version.clone(),
+            api_version: f.api_version.clone(),
+            os: f.os.clone(),
+            arch: f.arch.clone(),
+            cpus: f.cpus,
+            memory_bytes: f.memory_bytes,
+            containers,
+            images: f.images,
+            volumes: f.volumes,
+            stacks,
+            public_url: self.meta.public_url.clone(),
+            portainer_id: self.meta.portainer_id,
+        }
+    }
+
+    fn publish_info_now(&mut self) {
+        self.info_due = None;
+        let info = self.build_info();
+        if self.last_info.as_ref() == Some(&info) {
+            return;
+        }
+        match serde_json::to_vec(&info) {
+            Ok(p) => self
+                .outbox
+                .retain(self.settings.topics.endpoint_info(&self.id), p),
+            Err(e) => tracing::warn!(error = %e, "cannot encode endpoint info"),
+        }
+        self.last_info = Some(info);
+    }
+
+    /// After a broker reconnect: everything retained again.
+    fn republish_all(&mut self) {
+        if let Some(online) = self.online.take() {
+            self.set_online(online);
+        }
+        self.last_info = None;
+        self.publish_info_now();
+        let all: Vec<(String, ContainerState)> = self
+            .containers
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect();
+        for (name, state) in all {
+            self.publish_state(&name, state, true);
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,26 @@
+//! dockside: mirrors Docker engines onto MQTT.
+//!
+//! Shape (SPEC §1): a supervisor with one task per endpoint, one MQTT task that
+//! owns the client, and a coalescing outbox between them. `run` is what the
+//! binary calls and what tests can drive directly.
+
+pub mod backoff;
+pub mod config;
+pub mod docker;
+pub mod endpoint;
+pub mod filter;
+pub mod logging;
+pub mod mqtt;
+pub mod payloads;
+pub mod persist;
+pub mod signals;
+pub mod supervisor;
+pub mod topics;
+
+pub use config::Config;
+pub use supervisor::{RunError, run};
+
+/// Exit code for configuration errors (EX_USAGE / EX_CONFIG family, as linkerd2-proxy).
+pub const EXIT_CONFIG: i32 = 64;
+/// Exit code when the state directory cannot be used (EX_CANTCREAT).
+pub const EXIT_STATE_DIR: i32 = 73;

@@ -1,0 +1,142 @@
+//! The `dockside` binary: arguments, config (exit 64 on error), logging,
+//! runtime, signals, then `dockside::run`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use dockside::{Config, EXIT_CONFIG, EXIT_STATE_DIR, RunError, config, logging, signals};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const USAGE: &str = "\
+dockside — mirrors Docker engines onto MQTT
+
+USAGE:
+    dockside [--config PATH] [run]          run the daemon
+    dockside [--config PATH] check-config   print the effective config (secrets redacted)
+    dockside --version | --help
+
+The config file is --config PATH, else $DOCKSIDE_CONFIG, else /etc/dockside/dockside.toml
+when it exists; every key can be overridden with DOCKSIDE__<SECTION>__<KEY>.";
+
+enum Command {
+    Run,
+    CheckConfig,
+}
+
+fn parse_args() -> Result<(Command, Option<PathBuf>), String> {
+    let mut args = std::env::args().skip(1);
+    let mut path = None;
+    let mut command = None;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "-c" | "--config" => {
+                path = Some(PathBuf::from(args.next().ok_or("--config needs a path")?));
+            }
+            s if s.starts_with("--config=") => {
+                path = Some(PathBuf::from(&s["--config=".len()..]));
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            "-V" | "--version" => {
+                println!("dockside {}", env!("CARGO_PKG_VERSION"));
+                std::process::exit(0);
+            }
+            "run" if command.is_none() => command = Some(Command::Run),
+            "check-config" if command.is_none() => command = Some(Command::CheckConfig),
+            other => return Err(format!("unexpected argument `{other}`")),
+        }
+    }
+    Ok((command.unwrap_or(Command::Run), path))
+}
+
+fn load(cli_path: Option<&std::path::Path>) -> Result<Config, config::ConfigError> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let path = config::resolve_path(cli_path, &env);
+    Config::load(path.as_deref(), &env)
+}
+
+fn main() -> ExitCode {
+    let (command, cli_path) = match parse_args() {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("dockside: {e}\n\n{USAGE}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    let cfg = match load(cli_path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dockside: configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    if let Command::CheckConfig = command {
+        print!("{}", cfg.redacted_toml());
+        return ExitCode::SUCCESS;
+    }
+    logging::init(&cfg.log);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("dockside: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let (mut hups, _signals) = match signals::install(shutdown.clone()) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install signal handlers");
+                return ExitCode::FAILURE;
+            }
+        };
+        let (reload_tx, reload_rx) = mpsc::channel::<Config>(1);
+        tokio::spawn(async move {
+            while hups.recv().await.is_some() {
+                match load(cli_path.as_deref()) {
+                    Ok(c) => {
+                        let _ = reload_tx.send(c).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "reload refused: keeping the running configuration")
+                    }
+                }
+            }
+        });
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), "dockside starting");
+        match dockside::run(cfg, shutdown, reload_rx).await {
+            Ok(()) => {
+                tracing::info!("dockside stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e @ RunError::StateDir(_)) => {
+                tracing::error!(error = %e, "cannot use the state directory");
+                eprintln!("dockside: {e}");
+                ExitCode::from(EXIT_STATE_DIR as u8)
+            }
+            Err(e @ RunError::Config(_)) => {
+                eprintln!("dockside: configuration error: {e}");
+                ExitCode::from(EXIT_CONFIG as u8)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "dockside failed");
+                eprintln!("dockside: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    });
+    // Do not wait for idle pooled connections or lingering tasks.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    code
+}

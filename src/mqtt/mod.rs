@@ -1,0 +1,345 @@
+//! The MQTT side: one task owns the rumqttc client and event loop (SPEC §1);
+//! everything else talks to it through the [`Outbox`] and a resync signal.
+//!
+//! rumqttc has no reconnect delay, forgets subscriptions and queued publishes
+//! on a clean-session reconnect, and deadlocks if `publish().await` runs inside
+//! the poll loop. So this task: backs off between failed polls, re-subscribes
+//! and republishes availability on every ConnAck, asks every producer to
+//! republish its retained state (the `resync` generation), only uses
+//! `try_publish` inside the loop, and breaks on `Outgoing::Disconnect`.
+
+pub mod outbox;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::{
+    AsyncClient, Event, Incoming, LastWill, MqttOptions, Outgoing, QoS, TlsConfiguration,
+    Transport,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use outbox::{Message, Outbox, Sweep};
+
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::topics::Topics;
+
+/// HA discovery payloads exceed rumqttc's 10 KiB default.
+const MAX_PACKET: usize = 1 << 20;
+/// Messages handed to rumqttc's request channel per loop turn, so polling
+/// (acks, pings, incoming) is never starved by a burst.
+const DRAIN_BATCH: usize = 64;
+const READBACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    #[error("mqtt: cannot read {what} {path}: {err}")]
+    File {
+        what: &'static str,
+        path: String,
+        err: std::io::Error,
+    },
+}
+
+/// A message that arrived on one of our subscriptions (commands, HA birth).
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub topic: String,
+    pub payload: Bytes,
+    pub retain: bool,
+}
+
+/// What producers hold: the outbox and the resync signal.
+#[derive(Debug, Clone)]
+pub struct MqttHandle {
+    pub outbox: Arc<Outbox>,
+    resync: watch::Receiver<u64>,
+}
+
+impl MqttHandle {
+    pub fn topics(&self) -> &Topics {
+        self.outbox.topics()
+    }
+    /// Changes on every reconnect after the first: republish everything retained.
+    pub fn resync_signal(&self) -> watch::Receiver<u64> {
+        self.resync.clone()
+    }
+}
+
+pub struct MqttTask {
+    opts: MqttOptions,
+    qos: QoS,
+    outbox: Arc<Outbox>,
+    resync_tx: watch::Sender<u64>,
+    subscriptions: Vec<String>,
+    inbound: Option<mpsc::Sender<Inbound>>,
+}
+
+pub fn qos(n: u8) -> QoS {
+    match n {
+        0 => QoS::AtMostOnce,
+        2 => QoS::ExactlyOnce,
+        _ => QoS::AtLeastOnce,
+    }
+}
+
+/// Builds the task and the handle producers use.
+pub fn new(
+    cfg: &Config,
+    subscriptions: Vec<String>,
+    inbound: Option<mpsc::Sender<Inbound>>,
+) -> Result<(MqttTask, MqttHandle), MqttError> {
+    let topics = Topics::new(cfg.mqtt.base_topic.clone());
+    let outbox = Arc::new(Outbox::new(topics, 20_000));
+    let (resync_tx, resync) = watch::channel(0);
+    let opts = options(cfg)?;
+    Ok((
+        MqttTask {
+            opts,
+            qos: qos(cfg.mqtt.qos),
+            outbox: outbox.clone(),
+            resync_tx,
+            subscriptions,
+            inbound,
+        },
+        MqttHandle { outbox, resync },
+    ))
+}
+
+fn read(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, MqttError> {
+    std::fs::read(path).map_err(|err| MqttError::File {
+        what,
+        path: path.display().to_string(),
+        err,
+    })
+}
+
+fn options(cfg: &Config) -> Result<MqttOptions, MqttError> {
+    // Validated at load time; fall back to defaults rather than panic.
+    let addr = cfg.broker_addr().unwrap_or(crate::config::BrokerAddr {
+        tls: false,
+        host: "localhost".into(),
+        port: 1883,
+    });
+    let topics = Topics::new(cfg.mqtt.base_topic.clone());
+    let mut o = MqttOptions::new(cfg.client_id(), addr.host.clone(), addr.port);
+    o.set_keep_alive(cfg.mqtt.keep_alive);
+    o.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    o.set_clean_session(true);
+    o.set_last_will(LastWill::new(
+        topics.bridge_status(),
+        "offline",
+        qos(cfg.mqtt.qos),
+        true,
+    ));
+    if let Some(user) = &cfg.mqtt.username {
+        o.set_credentials(user.clone(), cfg.mqtt.password.clone().unwrap_or_default());
+    }
+    if addr.tls {
+        // Never rumqttc's default TLS config: it panics when platform roots fail to load.
+        let ca = match &cfg.mqtt.ca_file {
+            Some(p) => read("ca_file", p)?,
+            None => read(
+                "system CA bundle",
+                std::path::Path::new("/etc/ssl/certs/ca-certificates.crt"),
+            )?,
+        };
+        let client_auth = match (&cfg.mqtt.client_cert, &cfg.mqtt.client_key) {
+            (Some(c), Some(k)) => Some((read("client_cert", c)?, read("client_key", k)?)),
+            _ => None,
+        };
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+            ca,
+            alpn: None,
+            client_auth,
+        }));
+    }
+    Ok(o)
+}
+
+fn valid_publish_topic(t: &str) -> bool {
+    !t.is_empty() && !t.contains(['+', '#', '\0'])
+}
+
+impl MqttTask {
+    /// Runs until `token` is cancelled, then publishes `offline` and disconnects.
+    pub async fn run(self, token: CancellationToken) {
+        let MqttTask {
+            opts,
+            qos,
+            outbox,
+            resync_tx,
+            subscriptions,
+            inbound,
+        } = self;
+        let topics = outbox.topics().clone();
+        let (client, mut eventloop) = AsyncClient::new(opts, 256);
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+        let mut connected = false;
+        let mut client_full = false;
+        let mut first_connect = true;
+        let mut failures = 0u32;
+        let marker = topics.readback_marker(&format!("{:016x}", fastrand::u64(..)));
+        let mut readback_deadline: Option<Instant> = None;
+
+        loop {
+            if connected && !client_full {
+                client_full = drain(&client, &outbox, qos);
+            }
+            tokio::select! {
+                biased;
+                _ = token.cancelled() => break,
+                ev = eventloop.poll() => match ev {
+                    Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                        connected = true;
+                        client_full = false;
+                        failures = 0;
+                        backoff.mark_started();
+                        tracing::info!("connected to the MQTT broker");
+                        let _ = client.try_publish(topics.bridge_status(), qos, true, "online");
+                        for s in &subscriptions {
+                            let _ = client.try_subscribe(s.clone(), qos);
+                        }
+                        if first_connect {
+                            first_connect = false;
+                            // Read back our retained topics (QoS 0, like the marker, so
+                            // they arrive in order), then the marker ends the read-back.
+                            for f in topics.readback_filters() {
+                                let _ = client.try_subscribe(f, QoS::AtMostOnce);
+                            }
+                            let _ = client.try_subscribe(marker.clone(), QoS::AtMostOnce);
+                            let _ = client.try_publish(marker.clone(), QoS::AtMostOnce, false, "sync");
+                            readback_deadline = Some(Instant::now() + READBACK_TIMEOUT);
+                        } else {
+                            resync_tx.send_modify(|g| *g += 1);
+                        }
+                    }
+                    Ok(Event::Incoming(Incoming::Publish(p))) => {
+                        if p.topic == marker {
+                            finish_readback(&client, &outbox, &topics, &marker);
+                            readback_deadline = None;
+                        } else if readback_deadline.is_some()
+                            && p.retain
+                            && topics.parse_command(&p.topic).is_none()
+                            && !subscriptions.iter().any(|s| s == &p.topic)
+                        {
+                            if !p.payload.is_empty() {
+                                outbox.note_existing(p.topic.clone());
+                            }
+                        } else if let Some(tx) = &inbound {
+                            let msg = Inbound { topic: p.topic.clone(), payload: p.payload.clone(), retain: p.retain };
+                            if tx.try_send(msg).is_err() {
+                                tracing::warn!(topic = %p.topic, "inbound queue full: message dropped");
+                            }
+                        }
+                    }
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) => {}
+                    Ok(_) => { client_full = false; }
+                    Err(e) => {
+                        connected = false;
+                        client_full = false;
+                        failures += 1;
+                        let delay = backoff.next_delay();
+                        if failures == 1 {
+                            tracing::warn!(error = %e, retry_in = ?delay, "MQTT connection lost");
+                        } else {
+                            tracing::debug!(error = %e, retry_in = ?delay, failures, "MQTT reconnect failed");
+                        }
+                        tokio::select! {
+                            _ = token.cancelled() => break,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                    }
+                },
+                _ = outbox.notified(), if connected && !client_full => {}
+                _ = sleep_until_opt(readback_deadline) => {
+                    tracing::warn!("no read-back marker from the broker; sweeping what was read");
+                    finish_readback(&client, &outbox, &topics, &marker);
+                    readback_deadline = None;
+                }
+            }
+        }
+
+        if connected {
+            shutdown(client, eventloop, &outbox, qos, &topics).await;
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn finish_readback(client: &AsyncClient, outbox: &Outbox, topics: &Topics, marker: &str) {
+    for f in topics.readback_filters() {
+        let _ = client.try_unsubscribe(f);
+    }
+    let _ = client.try_unsubscribe(marker.to_string());
+    outbox.finish_readback();
+}
+
+/// Hands queued messages to rumqttc; returns true when its channel is full.
+fn drain(client: &AsyncClient, outbox: &Outbox, qos: QoS) -> bool {
+    for _ in 0..DRAIN_BATCH {
+        let Some(m) = outbox.pop() else {
+            return false;
+        };
+        if !valid_publish_topic(&m.topic) {
+            tracing::warn!(topic = %m.topic, "dropping a message with an invalid topic");
+            continue;
+        }
+        let res = client.try_publish(m.topic.clone(), qos, m.retain, m.payload.to_vec());
+        if res.is_err() {
+            outbox.unpop(m);
+            return true;
+        }
+    }
+    false
+}
+
+/// Flush what is queued (bounded), publish `offline`, disconnect cleanly.
+async fn shutdown(
+    client: AsyncClient,
+    mut eventloop: rumqttc::EventLoop,
+    outbox: &Outbox,
+    qos: QoS,
+    topics: &Topics,
+) {
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    let mut offline_sent = false;
+    loop {
+        if !offline_sent {
+            let full = drain(&client, outbox, qos);
+            if !full && outbox.is_empty() {
+                let _ = client.try_publish(topics.bridge_status(), qos, true, "offline");
+                let _ = client.try_disconnect();
+                offline_sent = true;
+            }
+        }
+        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "MQTT error during shutdown");
+                break;
+            }
+            Err(_) => {
+                tracing::warn!("MQTT shutdown did not complete in time");
+                break;
+            }
+        }
+        if !offline_sent && Instant::now() + Duration::from_millis(300) > deadline {
+            // Out of time for the backlog: make sure `offline` still goes out.
+            let _ = client.try_publish(topics.bridge_status(), qos, true, "offline");
+            let _ = client.try_disconnect();
+            offline_sent = true;
+        }
+    }
+}

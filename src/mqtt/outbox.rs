@@ -1,0 +1,418 @@
+//! The bounded, coalescing outbox between every producer and the MQTT task.
+//!
+//! - Retained messages coalesce per topic: only the latest value waits, so a
+//!   burst of state changes costs one slot per container and the final state is
+//!   never lost. Their number is bounded by the number of topics.
+//! - Non-retained messages (events, results) keep their order in a FIFO bounded
+//!   at `stream_cap`; past it the oldest is dropped and counted.
+//! - It also remembers which retained topics we hold on the broker (`known`), so
+//!   a container or endpoint can be cleared by prefix, and which ones the
+//!   start-up read-back found (`startup`), for the leftover sweep.
+//!
+//! Producers never wait: pushing takes a short lock and wakes the MQTT task.
+
+use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+use indexmap::IndexMap;
+use tokio::sync::Notify;
+
+use crate::topics::Topics;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Bytes,
+    pub retain: bool,
+}
+
+/// A leftover sweep request, run once the start-up read-back is complete.
+#[derive(Debug, Clone)]
+pub enum Sweep {
+    /// After an endpoint's first full sync: clear leftovers of containers it no
+    /// longer has (and flat keys no longer published for the ones it has).
+    Endpoint { ep: String, live: HashSet<String> },
+    /// After an endpoint restarted in this run (its engine or the filters
+    /// changed): clear every container topic we hold for it that is not live.
+    Restarted { ep: String, live: HashSet<String> },
+    /// Clear leftovers of endpoints that are no longer configured.
+    Endpoints { keep: HashSet<String> },
+}
+
+#[derive(Debug)]
+struct Inner {
+    retained: IndexMap<String, Bytes>,
+    stream: VecDeque<Message>,
+    dropped: u64,
+    known: BTreeSet<String>,
+    startup: HashSet<String>,
+    readback_done: bool,
+    pending_sweeps: Vec<Sweep>,
+}
+
+#[derive(Debug)]
+pub struct Outbox {
+    topics: Topics,
+    inner: Mutex<Inner>,
+    notify: Notify,
+    stream_cap: usize,
+}
+
+impl Outbox {
+    pub fn new(topics: Topics, stream_cap: usize) -> Self {
+        Self {
+            topics,
+            inner: Mutex::new(Inner {
+                retained: IndexMap::new(),
+                stream: VecDeque::new(),
+                dropped: 0,
+                known: BTreeSet::new(),
+                startup: HashSet::new(),
+                readback_done: false,
+                pending_sweeps: Vec::new(),
+            }),
+            notify: Notify::new(),
+            stream_cap: stream_cap.max(1),
+        }
+    }
+
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Retained publish; an empty payload clears the topic on the broker.
+    pub fn retain(&self, topic: impl Into<String>, payload: impl Into<Bytes>) {
+        let mut inner = self.lock();
+        inner.set_retained(topic.into(), payload.into());
+        drop(inner);
+        self.notify.notify_one();
+    }
+
+    /// Non-retained publish (events, results).
+    pub fn send(&self, topic: impl Into<String>, payload: impl Into<Bytes>) {
+        let mut inner = self.lock();
+        inner.stream.push_back(Message {
+            topic: topic.into(),
+            payload: payload.into(),
+            retain: false,
+        });
+        if inner.stream.len() > self.stream_cap {
+            inner.stream.pop_front();
+            inner.dropped += 1;
+            if inner.dropped.is_power_of_two() {
+                tracing::warn!(
+                    dropped = inner.dropped,
+                    "MQTT outbox full: dropping the oldest non-retained messages"
+                );
+            }
+        }
+        drop(inner);
+        self.notify.notify_one();
+    }
+
+    /// Clears every retained topic we hold under `prefix` (e.g. `<base>/<ep>/<ct>/`).
+    pub fn clear_prefix(&self, prefix: &str) {
+        let mut inner = self.lock();
+        let topics: Vec<String> = inner
+            .known
+            .range(prefix.to_string()..)
+            .take_while(|t| t.starts_with(prefix))
+            .cloned()
+            .collect();
+        for t in topics {
+            inner.set_retained(t, Bytes::new());
+        }
+        drop(inner);
+        self.notify.notify_one();
+    }
+
+    /// Next message to send: events first (latency), then the latest states.
+    pub fn pop(&self) -> Option<Message> {
+        let mut inner = self.lock();
+        if let Some(m) = inner.stream.pop_front() {
+            return Some(m);
+        }
+        inner
+            .retained
+            .shift_remove_index(0)
+            .map(|(topic, payload)| Message {
+                topic,
+                payload,
+                retain: true,
+            })
+    }
+
+    /// Puts back a message the client could not take; a newer value for the
+    /// same retained topic wins.
+    pub fn unpop(&self, m: Message) {
+        let mut inner = self.lock();
+        if m.retain {
+            if !inner.retained.contains_key(&m.topic) {
+                inner.retained.shift_insert(0, m.topic, m.payload);
+            }
+        } else {
+            inner.stream.push_front(m);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        let inner = self.lock();
+        inner.stream.is_empty() && inner.retained.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        let inner = self.lock();
+        inner.stream.len() + inner.retained.len()
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.lock().dropped
+    }
+
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+
+    /// A retained topic of ours found on the broker at start.
+    pub fn note_existing(&self, topic: String) {
+        let mut inner = self.lock();
+        if inner.readback_done || inner.known.contains(&topic) {
+            // Published by us already in this run: not a leftover.
+            return;
+        }
+        inner.known.insert(topic.clone());
+        inner.startup.insert(topic);
+    }
+
+    /// Queues a sweep, or runs it now if the read-back is complete.
+    pub fn sweep(&self, sweep: Sweep) {
+        let mut inner = self.lock();
+        if inner.readback_done {
+            let n = inner.run_sweep(&self.topics, &sweep);
+            drop(inner);
+            log_sweep(&sweep, n);
+            self.notify.notify_one();
+        } else {
+            inner.pending_sweeps.push(sweep);
+        }
+    }
+
+    /// The read-back is complete: run the sweeps that waited for it.
+    pub fn finish_readback(&self) {
+        let mut inner = self.lock();
+        if inner.readback_done {
+            return;
+        }
+        inner.readback_done = true;
+        let sweeps = std::mem::take(&mut inner.pending_sweeps);
+        let mut done = Vec::new();
+        for s in &sweeps {
+            done.push(inner.run_sweep(&self.topics, s));
+        }
+        drop(inner);
+        for (s, n) in sweeps.iter().zip(done) {
+            log_sweep(s, n);
+        }
+        self.notify.notify_one();
+    }
+}
+
+fn log_sweep(s: &Sweep, n: usize) {
+    if n > 0 {
+        match s {
+            Sweep::Endpoint { ep, .. } => {
+                tracing::info!(endpoint = %ep, topics = n, "cleared leftover topics from an earlier run")
+            }
+            Sweep::Endpoints { .. } => {
+                tracing::info!(topics = n, "cleared leftover topics of endpoints no longer configured")
+            }
+            Sweep::Restarted { ep, .. } => {
+                tracing::info!(endpoint = %ep, topics = n, "cleared topics of containers no longer mirrored")
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn set_retained(&mut self, topic: String, payload: Bytes) {
+        self.startup.remove(&topic);
+        if payload.is_empty() {
+            self.known.remove(&topic);
+        } else {
+            self.known.insert(topic.clone());
+        }
+        self.retained.insert(topic, payload);
+    }
+
+    fn run_sweep(&mut self, topics: &Topics, sweep: &Sweep) -> usize {
+        if let Sweep::Restarted { ep, live } = sweep {
+            let prefix = topics.endpoint_prefix(ep);
+            let stale: Vec<String> = self
+                .known
+                .range(prefix.clone()..)
+                .take_while(|t| t.starts_with(&prefix))
+                .filter(|t| match topics.parse(t).as_deref() {
+                    Some([_, ct, _, ..]) => !live.contains(*ct),
+                    _ => false,
+                })
+                .cloned()
+                .collect();
+            let n = stale.len();
+            for t in stale {
+                self.set_retained(t, Bytes::new());
+            }
+            return n;
+        }
+        let stale: Vec<String> = self
+            .startup
+            .iter()
+            .filter(|t| {
+                let Some(segs) = topics.parse(t) else {
+                    return false;
+                };
+                match sweep {
+                    Sweep::Endpoints { keep } => segs.first().is_some_and(|ep| !keep.contains(*ep)),
+                    Sweep::Restarted { .. } => false,
+                    Sweep::Endpoint { ep, live } => match segs.as_slice() {
+                        [e, ct, rest @ ..] if e == ep && !rest.is_empty() => {
+                            // Gone container, or a flat key not republished this run.
+                            !live.contains(*ct) || rest.len() >= 2
+                        }
+                        _ => false,
+                    },
+                }
+            })
+            .cloned()
+            .collect();
+        let n = stale.len();
+        for t in stale {
+            self.set_retained(t, Bytes::new());
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(o: &Outbox) -> Vec<Message> {
+        std::iter::from_fn(|| o.pop()).collect()
+    }
+
+    #[test]
+    fn retained_coalesce_and_keep_latest() {
+        let o = Outbox::new(Topics::new("b"), 10);
+        for i in 0..100 {
+            o.retain("b/e/c/state", format!("{i}"));
+        }
+        o.retain("b/e/d/state", "x");
+        let out = drain(&o);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].payload, Bytes::from("99"));
+        assert!(out.iter().all(|m| m.retain));
+    }
+
+    #[test]
+    fn stream_is_fifo_and_bounded() {
+        let o = Outbox::new(Topics::new("b"), 3);
+        for i in 0..5 {
+            o.send("b/e/events", format!("{i}"));
+        }
+        let out: Vec<_> = drain(&o).into_iter().map(|m| m.payload).collect();
+        assert_eq!(out, vec![Bytes::from("2"), Bytes::from("3"), Bytes::from("4")]);
+        assert_eq!(o.dropped(), 2);
+    }
+
+    #[test]
+    fn unpop_keeps_newer_value() {
+        let o = Outbox::new(Topics::new("b"), 3);
+        o.retain("b/e/c/state", "old");
+        let m = o.pop().expect("msg");
+        o.retain("b/e/c/state", "new");
+        o.unpop(m);
+        let out = drain(&o);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].payload, Bytes::from("new"));
+    }
+
+    #[test]
+    fn clear_prefix_clears_only_that_container() {
+        let o = Outbox::new(Topics::new("b"), 10);
+        o.retain("b/e/web/state", "1");
+        o.retain("b/e/web/state/running", "true");
+        o.retain("b/e/web2/state", "1");
+        drain(&o);
+        o.clear_prefix("b/e/web/");
+        let out = drain(&o);
+        let topics: BTreeSet<_> = out.iter().map(|m| m.topic.as_str()).collect();
+        assert_eq!(topics, BTreeSet::from(["b/e/web/state", "b/e/web/state/running"]));
+        assert!(out.iter().all(|m| m.payload.is_empty() && m.retain));
+        // Already cleared: nothing more to send.
+        o.clear_prefix("b/e/web/");
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn sweeps_wait_for_readback_and_spare_live_topics() {
+        let o = Outbox::new(Topics::new("b"), 10);
+        for t in [
+            "b/e/gone/state",
+            "b/e/gone/update",
+            "b/e/live/state",
+            "b/e/live/update",
+            "b/e/live/state/running",
+            "b/e/status",
+            "b/old/x/state",
+            "b/old/status",
+        ] {
+            o.note_existing(t.to_string());
+        }
+        // Republished in this run: not a leftover.
+        o.retain("b/e/live/state", "{}");
+        drain(&o);
+        o.sweep(Sweep::Endpoint {
+            ep: "e".into(),
+            live: HashSet::from(["live".to_string()]),
+        });
+        o.sweep(Sweep::Endpoints {
+            keep: HashSet::from(["e".to_string()]),
+        });
+        assert!(o.is_empty(), "sweeps must wait for the read-back");
+        o.finish_readback();
+        let cleared: BTreeSet<_> = drain(&o).into_iter().map(|m| m.topic).collect();
+        let expect: BTreeSet<String> = [
+            "b/e/gone/state",
+            "b/e/gone/update",
+            "b/e/live/state/running",
+            "b/old/x/state",
+            "b/old/status",
+        ]
+        .map(String::from)
+        .into();
+        assert_eq!(cleared, expect);
+        // Topics seen after the read-back are never leftovers.
+        o.note_existing("b/e/late/state".into());
+        o.sweep(Sweep::Endpoint { ep: "e".into(), live: HashSet::from(["live".to_string()]) });
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn restarted_endpoint_sweeps_everything_not_live() {
+        let o = Outbox::new(Topics::new("b"), 10);
+        o.finish_readback();
+        o.retain("b/e/a/state", "1");
+        o.retain("b/e/b/state", "1");
+        o.retain("b/e/status", "online");
+        o.retain("b/f/a/state", "1");
+        drain(&o);
+        o.sweep(Sweep::Restarted { ep: "e".into(), live: HashSet::from(["a".to_string()]) });
+        let cleared: Vec<_> = drain(&o).into_iter().map(|m| m.topic).collect();
+        assert_eq!(cleared, vec!["b/e/b/state".to_string()]);
+    }
+}

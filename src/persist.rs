@@ -1,0 +1,162 @@
+//! The state directory (`state.dir`): per-endpoint event cursors, so events that
+//! happen while dockside is stopped are delivered when it starts, each once.
+
+use std::collections::{HashSet, VecDeque};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+#[error("state.dir {path}: {message}")]
+pub struct StateDirError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    /// Creates the directory if needed and proves it is writable.
+    pub fn open(dir: &Path) -> Result<Self, StateDirError> {
+        let err = |message: String| StateDirError {
+            path: dir.to_path_buf(),
+            message,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create: {e}")))?;
+        let probe = dir.join(".write-test");
+        std::fs::File::create(&probe)
+            .and_then(|mut f| f.write_all(b"ok"))
+            .map_err(|e| err(format!("not writable: {e}")))?;
+        let _ = std::fs::remove_file(&probe);
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn cursor_path(&self, ep: &str) -> PathBuf {
+        self.dir.join(format!("cursor-{ep}.json"))
+    }
+
+    pub fn load_cursor(&self, ep: &str) -> Option<Cursor> {
+        let text = std::fs::read(self.cursor_path(ep)).ok()?;
+        match serde_json::from_slice::<Cursor>(&text) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(endpoint = %ep, error = %e, "ignoring an unreadable event cursor");
+                None
+            }
+        }
+    }
+
+    pub fn save_cursor(&self, ep: &str, cursor: &Cursor) -> std::io::Result<()> {
+        let path = self.cursor_path(ep);
+        let tmp = path.with_extension("json.tmp");
+        let data = serde_json::to_vec(cursor).map_err(std::io::Error::other)?;
+        std::fs::write(&tmp, data)?;
+        std::fs::rename(&tmp, &path)
+    }
+
+    pub fn remove_cursor(&self, ep: &str) {
+        let _ = std::fs::remove_file(self.cursor_path(ep));
+    }
+}
+
+/// Where an endpoint's event stream resumes, plus the keys of the events seen
+/// last, to drop the boundary duplicates a `since` replay brings back.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Cursor {
+    /// Newest event time seen (Unix ns); 0 = none yet.
+    pub time_nano: i64,
+    /// Keys of recently seen events, oldest first.
+    pub recent: VecDeque<String>,
+    #[serde(skip)]
+    index: HashSet<String>,
+}
+
+const RECENT_CAP: usize = 2048;
+
+impl Cursor {
+    pub fn rebuild_index(&mut self) {
+        self.index = self.recent.iter().cloned().collect();
+    }
+
+    /// The `since` parameter: seconds with a nanosecond fraction.
+    pub fn since(&self) -> Option<String> {
+        (self.time_nano > 0).then(|| {
+            format!(
+                "{}.{:09}",
+                self.time_nano / 1_000_000_000,
+                self.time_nano % 1_000_000_000
+            )
+        })
+    }
+
+    /// True the first time an event is seen; false for a replayed duplicate.
+    pub fn accept(&mut self, time_nano: i64, key: String) -> bool {
+        if self.index.contains(&key) {
+            return false;
+        }
+        self.index.insert(key.clone());
+        self.recent.push_back(key);
+        while self.recent.len() > RECENT_CAP {
+            if let Some(old) = self.recent.pop_front() {
+                self.index.remove(&old);
+            }
+        }
+        self.time_nano = self.time_nano.max(time_nano);
+        true
+    }
+}
+
+pub fn event_key(time_nano: i64, actor_id: &str, action: &str) -> String {
+    format!("{time_nano}|{actor_id}|{action}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedup_and_since() {
+        let mut c = Cursor::default();
+        assert_eq!(c.since(), None);
+        assert!(c.accept(1_500_000_000_5, event_key(1_500_000_000_5, "a", "start")));
+        assert!(!c.accept(1_500_000_000_5, event_key(1_500_000_000_5, "a", "start")));
+        assert!(c.accept(1_500_000_000_5, event_key(1_500_000_000_5, "b", "start")));
+        // Slightly out of order live events are still delivered.
+        assert!(c.accept(1_500_000_000_4, event_key(1_500_000_000_4, "c", "die")));
+        assert_eq!(c.since().as_deref(), Some("15.000000005"));
+    }
+
+    #[test]
+    fn bounded_and_persisted() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let sd = StateDir::open(&dir.path().join("sub")).expect("open");
+        let mut c = Cursor::default();
+        for i in 0..(RECENT_CAP as i64 + 10) {
+            c.accept(i, event_key(i, "x", "start"));
+        }
+        assert_eq!(c.recent.len(), RECENT_CAP);
+        sd.save_cursor("local", &c).expect("save");
+        let mut back = sd.load_cursor("local").expect("load");
+        back.rebuild_index();
+        assert_eq!(back.time_nano, c.time_nano);
+        let last = RECENT_CAP as i64 + 9;
+        assert!(!back.accept(last, event_key(last, "x", "start")));
+        sd.remove_cursor("local");
+        assert!(sd.load_cursor("local").is_none());
+    }
+
+    #[test]
+    fn unwritable_dir_is_an_error() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").expect("write");
+        let e = StateDir::open(&file.join("sub")).expect_err("not a dir");
+        assert!(e.to_string().contains("cannot create"), "{e}");
+    }
+}

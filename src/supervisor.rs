@@ -1,0 +1,251 @@
+//! The supervisor: one handle per endpoint (rathole's shape). A reload diffs
+//! the endpoint map so only what changed restarts; changes to global sections
+//! restart what depends on them.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError, EndpointConfig};
+use crate::docker::DockerClient;
+use crate::endpoint::{Endpoint, EndpointMeta, EndpointSettings};
+use crate::filter::ContainerFilter;
+use crate::mqtt::{self, MqttError, MqttHandle, Sweep};
+use crate::payloads::{BridgeInfo, now_rfc3339};
+use crate::persist::{StateDir, StateDirError};
+use crate::topics::Topics;
+
+/// How long a stopping endpoint may take before it is abandoned.
+const ENDPOINT_STOP_GRACE: Duration = Duration::from_millis(700);
+/// How long the MQTT task may take to flush, publish `offline` and disconnect.
+const MQTT_STOP_GRACE: Duration = Duration::from_millis(1200);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    StateDir(#[from] StateDirError),
+    #[error(transparent)]
+    Mqtt(#[from] MqttError),
+}
+
+struct EndpointHandle {
+    cfg: EndpointConfig,
+    token: CancellationToken,
+    join: JoinHandle<()>,
+}
+
+enum Outcome {
+    Shutdown,
+    Restart(Box<Config>),
+}
+
+/// Runs dockside until `shutdown` is cancelled. New configs arriving on
+/// `reloads` are applied in place (SIGHUP).
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    mut reloads: mpsc::Receiver<Config>,
+) -> Result<(), RunError> {
+    let started_at = now_rfc3339();
+    let mut config = config;
+    loop {
+        match run_instance(&config, &started_at, &shutdown, &mut reloads).await? {
+            Outcome::Shutdown => return Ok(()),
+            Outcome::Restart(new) => {
+                tracing::info!("MQTT or state settings changed: restarting all tasks");
+                config = *new;
+            }
+        }
+    }
+}
+
+struct Supervisor {
+    settings: Arc<EndpointSettings>,
+    mqtt: MqttHandle,
+    endpoints: BTreeMap<String, EndpointHandle>,
+    started_at: String,
+}
+
+fn settings(cfg: &Config, state_dir: &StateDir) -> Result<EndpointSettings, ConfigError> {
+    Ok(EndpointSettings {
+        topics: Topics::new(cfg.mqtt.base_topic.clone()),
+        filter: ContainerFilter::new(&cfg.containers)?,
+        event_types: cfg.events.types.clone(),
+        removal_grace: cfg.containers.removal_grace,
+        reconcile_interval: cfg.containers.reconcile_interval,
+        flat_topics: cfg.mqtt.flat_topics,
+        state_dir: Some(state_dir.clone()),
+    })
+}
+
+async fn run_instance(
+    config: &Config,
+    started_at: &str,
+    shutdown: &CancellationToken,
+    reloads: &mut mpsc::Receiver<Config>,
+) -> Result<Outcome, RunError> {
+    let state_dir = StateDir::open(&config.state.dir)?;
+    let (mqtt_task, mqtt) = mqtt::new(config, Vec::new(), None)?;
+    let mqtt_token = CancellationToken::new();
+    let mqtt_join = tokio::spawn(mqtt_task.run(mqtt_token.clone()));
+
+    let mut sup = Supervisor {
+        settings: Arc::new(settings(config, &state_dir)?),
+        mqtt: mqtt.clone(),
+        endpoints: BTreeMap::new(),
+        started_at: started_at.to_string(),
+    };
+    for (id, cfg) in config.effective_endpoints() {
+        sup.start(id, cfg, false);
+    }
+    sup.publish_info();
+    mqtt.outbox.sweep(Sweep::Endpoints {
+        keep: sup.endpoints.keys().cloned().collect(),
+    });
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+
+    let mut current = config.clone();
+    let mut resync = mqtt.resync_signal();
+    let outcome = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Outcome::Shutdown,
+            Some(new) = reloads.recv() => {
+                let _ = sd_notify::notify(&[
+                    sd_notify::NotifyState::Reloading,
+                    sd_notify::NotifyState::monotonic_usec_now().unwrap_or(sd_notify::NotifyState::Status("reloading")),
+                ]);
+                if new.mqtt != current.mqtt || new.state != current.state {
+                    break Outcome::Restart(Box::new(new));
+                }
+                if new.log != current.log {
+                    tracing::warn!("log settings take effect at the next start");
+                }
+                let global_changed = new.containers != current.containers || new.events != current.events;
+                if global_changed {
+                    sup.settings = Arc::new(settings(&new, &state_dir)?);
+                }
+                sup.apply(new.effective_endpoints(), global_changed).await;
+                current = new;
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+                tracing::info!(endpoints = sup.endpoints.len(), "configuration reloaded");
+            }
+            Ok(()) = resync.changed() => sup.publish_info(),
+        }
+    };
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    sup.stop_all().await;
+    mqtt_token.cancel();
+    if tokio::time::timeout(MQTT_STOP_GRACE, mqtt_join).await.is_err() {
+        tracing::warn!("MQTT task did not stop in time");
+    }
+    Ok(outcome)
+}
+
+impl Supervisor {
+    fn start(&mut self, id: String, cfg: EndpointConfig, restarted: bool) {
+        let token = CancellationToken::new();
+        let meta = EndpointMeta {
+            name: id.clone(),
+            kind: "docker",
+            public_url: None,
+            portainer_id: None,
+        };
+        let join = match DockerClient::new(&cfg) {
+            Ok(client) => {
+                let mut ep = Endpoint::new(
+                    id.clone(),
+                    meta,
+                    client,
+                    self.settings.clone(),
+                    self.mqtt.clone(),
+                );
+                if restarted {
+                    ep = ep.restarted();
+                }
+                tokio::spawn(ep.run(token.clone()))
+            }
+            Err(e) => {
+                // Bad certificate files and the like: this endpoint only is offline.
+                tracing::error!(endpoint = %id, error = %e, "cannot set up the endpoint");
+                self.mqtt
+                    .outbox
+                    .retain(self.settings.topics.endpoint_status(&id), "offline");
+                tokio::spawn(async {})
+            }
+        };
+        self.endpoints
+            .insert(id, EndpointHandle { cfg, token, join });
+    }
+
+    async fn stop(&mut self, id: &str) {
+        if let Some(h) = self.endpoints.remove(id) {
+            h.token.cancel();
+            if tokio::time::timeout(ENDPOINT_STOP_GRACE, h.join).await.is_err() {
+                tracing::warn!(endpoint = %id, "endpoint task did not stop in time");
+            }
+        }
+    }
+
+    async fn stop_all(&mut self) {
+        for h in self.endpoints.values() {
+            h.token.cancel();
+        }
+        let handles: Vec<_> = std::mem::take(&mut self.endpoints).into_values().collect();
+        let all = futures_util::future::join_all(handles.into_iter().map(|h| h.join));
+        if tokio::time::timeout(ENDPOINT_STOP_GRACE, all).await.is_err() {
+            tracing::warn!("some endpoint tasks did not stop in time");
+        }
+    }
+
+    /// Applies a new endpoint map: removed ones stop and lose their topics,
+    /// changed ones restart, untouched ones keep running.
+    async fn apply(&mut self, wanted: BTreeMap<String, EndpointConfig>, restart_all: bool) {
+        let current: HashSet<String> = self.endpoints.keys().cloned().collect();
+        for id in &current {
+            match wanted.get(id) {
+                None => {
+                    self.stop(id).await;
+                    self.mqtt
+                        .outbox
+                        .clear_prefix(&self.settings.topics.endpoint_prefix(id));
+                    if let Some(dir) = &self.settings.state_dir {
+                        dir.remove_cursor(id);
+                    }
+                    tracing::info!(endpoint = %id, "endpoint removed");
+                }
+                Some(cfg) if restart_all || self.endpoints.get(id).is_some_and(|h| &h.cfg != cfg) => {
+                    self.stop(id).await;
+                    self.start(id.clone(), cfg.clone(), true);
+                    tracing::info!(endpoint = %id, "endpoint restarted with its new settings");
+                }
+                Some(_) => {}
+            }
+        }
+        for (id, cfg) in wanted {
+            if !current.contains(&id) {
+                tracing::info!(endpoint = %id, "endpoint added");
+                self.start(id, cfg, false);
+            }
+        }
+        self.publish_info();
+    }
+
+    fn publish_info(&self) {
+        let topics = &self.settings.topics;
+        let info = BridgeInfo {
+            version: env!("CARGO_PKG_VERSION"),
+            started_at: self.started_at.clone(),
+            endpoints: self.endpoints.keys().cloned().collect(),
+        };
+        match serde_json::to_vec(&info) {
+            Ok(p) => self.mqtt.outbox.retain(topics.bridge_info(), p),
+            Err(e) => tracing::warn!(error = %e, "cannot encode bridge info"),
+        }
+    }
+}

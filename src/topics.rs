@@ -1,0 +1,209 @@
+//! The whole MQTT topic layout (SPEC §3) lives here, so a newcomer finds it in one place.
+//!
+//! ```text
+//! <base>/status                     online|offline (retained, last will)
+//! <base>/info                       bridge info (retained)
+//! <base>/set                        bridge command in
+//! <base>/<ep>/status                endpoint online|offline (retained)
+//! <base>/<ep>/info                  endpoint info (retained)
+//! <base>/<ep>/events                every Docker event (not retained)
+//! <base>/<ep>/set                   endpoint command in
+//! <base>/<ep>/<ct>/state            container state JSON (retained)
+//! <base>/<ep>/<ct>/state/<key>      one plain value per state key (retained, flat_topics)
+//! <base>/<ep>/<ct>/update           image update status (retained)
+//! <base>/<ep>/<ct>/event            the container's own events (not retained)
+//! <base>/<ep>/<ct>/result           command results (not retained)
+//! <base>/<ep>/<ct>/set              container command in
+//! ```
+
+/// Builds topics under one base. Cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    base: String,
+}
+
+impl Topics {
+    pub fn new(base: impl Into<String>) -> Self {
+        Self { base: base.into() }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn bridge_status(&self) -> String {
+        format!("{}/status", self.base)
+    }
+    pub fn bridge_info(&self) -> String {
+        format!("{}/info", self.base)
+    }
+    pub fn bridge_set(&self) -> String {
+        format!("{}/set", self.base)
+    }
+    pub fn endpoint_prefix(&self, ep: &str) -> String {
+        format!("{}/{}/", self.base, ep)
+    }
+    pub fn endpoint_status(&self, ep: &str) -> String {
+        format!("{}/{}/status", self.base, ep)
+    }
+    pub fn endpoint_info(&self, ep: &str) -> String {
+        format!("{}/{}/info", self.base, ep)
+    }
+    pub fn endpoint_events(&self, ep: &str) -> String {
+        format!("{}/{}/events", self.base, ep)
+    }
+    pub fn endpoint_set(&self, ep: &str) -> String {
+        format!("{}/{}/set", self.base, ep)
+    }
+    pub fn container_prefix(&self, ep: &str, ct: &str) -> String {
+        format!("{}/{}/{}/", self.base, ep, ct)
+    }
+    pub fn container_state(&self, ep: &str, ct: &str) -> String {
+        format!("{}/{}/{}/state", self.base, ep, ct)
+    }
+    pub fn container_state_key(&self, ep: &str, ct: &str, key: &str) -> String {
+        format!("{}/{}/{}/state/{}", self.base, ep, ct, key)
+    }
+    pub fn container_update(&self, ep: &str, ct: &str) -> String {
+        format!("{}/{}/{}/update", self.base, ep, ct)
+    }
+    pub fn container_event(&self, ep: &str, ct: &str) -> String {
+        format!("{}/{}/{}/event", self.base, ep, ct)
+    }
+    pub fn container_result(&self, ep: &str, ct: &str) -> String {
+        format!("{}/{}/{}/result", self.base, ep, ct)
+    }
+    pub fn container_set(&self, ep: &str, ct: &str) -> String {
+        format!("{}/{}/{}/set", self.base, ep, ct)
+    }
+
+    /// Subscriptions for commands (SPEC §5).
+    pub fn command_filters(&self) -> [String; 3] {
+        [
+            self.bridge_set(),
+            format!("{}/+/set", self.base),
+            format!("{}/+/+/set", self.base),
+        ]
+    }
+
+    /// Subscriptions used once at start to read back our own retained topics
+    /// (the leftover sweep). They never overlap the command filters, so a
+    /// command cannot arrive twice.
+    pub fn readback_filters(&self) -> [String; 5] {
+        [
+            format!("{}/+/status", self.base),
+            format!("{}/+/info", self.base),
+            format!("{}/+/+/state", self.base),
+            format!("{}/+/+/state/+", self.base),
+            format!("{}/+/+/update", self.base),
+        ]
+    }
+
+    /// Where the read-back marker goes: `.` cannot appear in an endpoint id,
+    /// so this never collides with a real endpoint.
+    pub fn readback_marker(&self, nonce: &str) -> String {
+        format!("{}/.sync/{}", self.base, nonce)
+    }
+
+    /// Splits a topic under our base into its segments after the base.
+    pub fn parse<'a>(&self, topic: &'a str) -> Option<Vec<&'a str>> {
+        let rest = topic.strip_prefix(&self.base)?.strip_prefix('/')?;
+        Some(rest.split('/').collect())
+    }
+
+    /// Classifies an incoming command topic.
+    pub fn parse_command<'a>(&self, topic: &'a str) -> Option<CommandTarget<'a>> {
+        let segs = self.parse(topic)?;
+        match segs.as_slice() {
+            ["set"] => Some(CommandTarget::Bridge),
+            [ep, "set"] => Some(CommandTarget::Endpoint(ep)),
+            [ep, ct, "set"] => Some(CommandTarget::Container(ep, ct)),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandTarget<'a> {
+    Bridge,
+    Endpoint(&'a str),
+    Container(&'a str, &'a str),
+}
+
+/// Home Assistant ids (SPEC §2): every character outside `[A-Za-z0-9_-]` becomes `_`.
+pub fn ha_id(parts: &[&str]) -> String {
+    parts
+        .iter()
+        .map(|p| {
+            p.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("_")
+}
+
+/// Slug of a Portainer environment name (SPEC §2): lowercase, `[a-z0-9_-]`,
+/// other runs become one `-`.
+pub fn slug(name: &str) -> String {
+    let mut out = String::new();
+    let mut in_run = false;
+    for c in name.chars().flat_map(|c| c.to_lowercase()) {
+        if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+            out.push(c);
+            in_run = false;
+        } else if !in_run {
+            out.push('-');
+            in_run = true;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout() {
+        let t = Topics::new("dockside");
+        assert_eq!(t.bridge_status(), "dockside/status");
+        assert_eq!(t.endpoint_status("local"), "dockside/local/status");
+        assert_eq!(t.container_state("local", "nginx"), "dockside/local/nginx/state");
+        assert_eq!(
+            t.container_state_key("local", "nginx", "health"),
+            "dockside/local/nginx/state/health"
+        );
+        assert_eq!(t.endpoint_events("nas"), "dockside/nas/events");
+        assert_eq!(t.container_prefix("nas", "db"), "dockside/nas/db/");
+    }
+
+    #[test]
+    fn parse_commands() {
+        let t = Topics::new("ds");
+        assert_eq!(t.parse_command("ds/set"), Some(CommandTarget::Bridge));
+        assert_eq!(t.parse_command("ds/local/set"), Some(CommandTarget::Endpoint("local")));
+        assert_eq!(
+            t.parse_command("ds/local/web/set"),
+            Some(CommandTarget::Container("local", "web"))
+        );
+        assert_eq!(t.parse_command("ds/local/web/state"), None);
+        assert_eq!(t.parse_command("dsx/local/web/set"), None);
+        assert_eq!(t.parse_command("other/set"), None);
+    }
+
+    #[test]
+    fn ids_and_slugs() {
+        assert_eq!(ha_id(&["dockside", "local", "my.app"]), "dockside_local_my_app");
+        assert_eq!(ha_id(&["ds", "nas-1", "a b/c"]), "ds_nas-1_a_b_c");
+        assert_eq!(slug("Home Lab  (NAS)"), "home-lab-nas-");
+        assert_eq!(slug("prod_01"), "prod_01");
+        assert_eq!(slug("Édge"), "-dge");
+    }
+}
