@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs and starts what the integration tests need, idempotently, on loopback:
+# Docker engine, Mosquitto (binaries only: each test starts its own broker on a
+# free port), the distribution registry, and the scratch busybox test image.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+
+need=()
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v mosquitto >/dev/null || need+=(mosquitto)
+command -v mosquitto_sub >/dev/null || need+=(mosquitto-clients)
+command -v docker-registry >/dev/null || need+=(docker-registry)
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+command -v htpasswd >/dev/null || need+=(apache2-utils)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "test-env: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# The packaged services are not used (tests run their own on free ports).
+pkill -x mosquitto 2>/dev/null || true
+
+"$here/dockerd.sh" start
+
+if ! docker image inspect dockside-test/busybox:latest >/dev/null 2>&1; then
+  ctx=$(mktemp -d)
+  cp /bin/busybox "$ctx/busybox"
+  cat > "$ctx/Dockerfile" <<'DOCKERFILE'
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+ENV PATH=/bin
+ENTRYPOINT []
+CMD ["/bin/sleep", "3600"]
+DOCKERFILE
+  DOCKER_BUILDKIT=0 docker build -q -t dockside-test/busybox:latest "$ctx" >/dev/null
+  rm -rf "$ctx"
+  echo "test-env: built dockside-test/busybox:latest"
+fi
+echo "test-env: ready (docker $(docker version -f '{{.Server.Version}}' 2>/dev/null), $(mosquitto -h 2>/dev/null | head -1))"

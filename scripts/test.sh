@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: environment set-up, lint gates,
+# unit and integration tests against the real engine and broker.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/test-env.sh
+cargo fmt --all -- --check
+cargo clippy --all-targets --quiet -- -D warnings
+cargo test --all-targets -- --test-threads=2

@@ -1,0 +1,470 @@
+//! Test harness: the real engine (through the `docker` CLI), a Mosquitto per
+//! test on a free loopback port, an MQTT collector, and the real dockside binary.
+//! A missing component fails the test with a clear message; nothing is skipped.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+
+pub const IMAGE: &str = "dockside-test/busybox:latest";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{:06x}", fastrand::u32(..0xff_ffff))
+}
+
+pub fn project_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+// ---------------------------------------------------------------- docker
+
+/// Runs `docker ARGS`, panics with its stderr on failure.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("the docker CLI is missing: run scripts/test-env.sh");
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Runs `docker ARGS`, ignoring failure.
+pub fn docker_quiet(args: &[&str]) {
+    let _ = Command::new("docker")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+pub fn require_docker() {
+    let ok = Command::new("docker")
+        .args(["image", "inspect", IMAGE])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "the Docker engine or the test image {IMAGE} is missing: run scripts/test-env.sh"
+    );
+}
+
+/// Removes every container whose name starts with `prefix` when dropped.
+pub struct Containers {
+    pub prefix: String,
+}
+
+impl Containers {
+    pub fn new(prefix: &str) -> Self {
+        require_docker();
+        Self {
+            prefix: prefix.to_string(),
+        }
+    }
+    pub fn name(&self, suffix: &str) -> String {
+        format!("{}-{}", self.prefix, suffix)
+    }
+    pub fn cleanup(&self) {
+        let list = docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("name=^{}-", self.prefix),
+        ]);
+        for id in list.split_whitespace() {
+            docker_quiet(&["rm", "-f", id]);
+        }
+    }
+}
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+// ---------------------------------------------------------------- broker
+
+pub struct Broker {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut b = Self {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        b.spawn();
+        b
+    }
+
+    fn spawn(&mut self) {
+        let conf = self.dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n",
+                self.port
+            ),
+        )
+        .expect("write mosquitto.conf");
+        let log = std::fs::File::create(self.dir.path().join("mosquitto.log")).expect("log");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("mosquitto is missing: run scripts/test-env.sh");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the broker; its retained store is gone (persistence off).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ---------------------------------------------------------------- MQTT collector
+
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub topic: String,
+    pub payload: Bytes,
+    pub retain: bool,
+    pub at: Instant,
+    pub wall_ns: i128,
+}
+
+impl Msg {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).unwrap_or(serde_json::Value::Null)
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.payload).to_string()
+    }
+}
+
+/// Subscribes to a filter and records everything, reconnecting across broker restarts.
+#[derive(Clone)]
+pub struct Collector {
+    msgs: Arc<Mutex<Vec<Msg>>>,
+    client: AsyncClient,
+    connected: Arc<Mutex<bool>>,
+}
+
+pub fn wall_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
+}
+
+impl Collector {
+    pub async fn start(port: u16, filter: &str) -> Self {
+        let mut opts = MqttOptions::new(unique("collector-"), "127.0.0.1", port);
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        opts.set_keep_alive(Duration::from_secs(10));
+        let (client, mut el) = AsyncClient::new(opts, 100);
+        let msgs = Arc::new(Mutex::new(Vec::new()));
+        let connected = Arc::new(Mutex::new(false));
+        let (m2, c2, cl2, f2) = (msgs.clone(), connected.clone(), client.clone(), filter.to_string());
+        tokio::spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                        let _ = cl2.try_subscribe(f2.clone(), QoS::AtLeastOnce);
+                    }
+                    Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                        *c2.lock().expect("lock") = true;
+                    }
+                    Ok(Event::Incoming(Incoming::Publish(p))) => {
+                        m2.lock().expect("lock").push(Msg {
+                            topic: p.topic.clone(),
+                            payload: p.payload.clone(),
+                            retain: p.retain,
+                            at: Instant::now(),
+                            wall_ns: wall_ns(),
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        *c2.lock().expect("lock") = false;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        let c = Self {
+            msgs,
+            client,
+            connected,
+        };
+        c.wait_until("collector subscribed", Duration::from_secs(10), |_| {
+            *c.connected.lock().expect("lock")
+        })
+        .await;
+        c
+    }
+
+    pub fn all(&self) -> Vec<Msg> {
+        self.msgs.lock().expect("lock").clone()
+    }
+
+    pub fn on(&self, topic: &str) -> Vec<Msg> {
+        self.all().into_iter().filter(|m| m.topic == topic).collect()
+    }
+
+    pub fn latest(&self, topic: &str) -> Option<Msg> {
+        self.on(topic).pop()
+    }
+
+    pub fn clear(&self) {
+        self.msgs.lock().expect("lock").clear();
+    }
+
+    pub async fn publish(&self, topic: &str, payload: &[u8], retain: bool) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, retain, payload.to_vec())
+            .await
+            .expect("publish");
+    }
+
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut pred: impl FnMut(&[Msg]) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if pred(&self.all()) {
+                return;
+            }
+            if Instant::now() > deadline {
+                let all = self.all();
+                let tail: Vec<String> = all
+                    .iter()
+                    .rev()
+                    .take(25)
+                    .rev()
+                    .map(|m| format!("  {} {}", m.topic, m.text().chars().take(160).collect::<String>()))
+                    .collect();
+                panic!(
+                    "timed out after {timeout:?} waiting for: {what}\nlast messages ({} total):\n{}",
+                    all.len(),
+                    tail.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until the newest message on `topic` satisfies `pred`; returns it.
+    pub async fn wait_latest(
+        &self,
+        topic: &str,
+        timeout: Duration,
+        mut pred: impl FnMut(&Msg) -> bool,
+    ) -> Msg {
+        let t = topic.to_string();
+        self.wait_until(&format!("latest on {topic}"), timeout, |all| {
+            all.iter().rev().find(|m| m.topic == t).is_some_and(&mut pred)
+        })
+        .await;
+        self.latest(topic).expect("message present")
+    }
+
+    /// Waits for the container state JSON to satisfy `pred`.
+    pub async fn wait_state(
+        &self,
+        topic: &str,
+        timeout: Duration,
+        mut pred: impl FnMut(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        self.wait_latest(topic, timeout, |m| !m.payload.is_empty() && pred(&m.json()))
+            .await
+            .json()
+    }
+}
+
+/// What a newcomer sees: the retained messages under `filter` right now.
+pub async fn retained_snapshot(port: u16, filter: &str) -> HashMap<String, Bytes> {
+    let c = Collector::start(port, filter).await;
+    // Retained messages arrive right after SUBACK; give them a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut out = HashMap::new();
+    for m in c.all() {
+        if m.retain && !m.payload.is_empty() {
+            out.insert(m.topic, m.payload);
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------- dockside
+
+pub struct Dockside {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    log: PathBuf,
+}
+
+impl Dockside {
+    /// Writes `config` to a temp dir and starts the real binary on it.
+    pub fn start(dir: &Path, config: &str) -> Self {
+        let cfg = dir.join("dockside.toml");
+        std::fs::write(&cfg, config).expect("write config");
+        let mut d = Self {
+            child: None,
+            dir: dir.to_path_buf(),
+            config: cfg,
+            log: dir.join(format!("dockside-{}.log", fastrand::u32(..))),
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_dockside"))
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "dockside=debug,info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start dockside");
+        self.child = Some(child);
+    }
+
+    pub fn rewrite_config(&self, config: &str) {
+        let mut f = std::fs::File::create(&self.config).expect("config");
+        f.write_all(config.as_bytes()).expect("write");
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill {sig} {pid} failed");
+    }
+
+    /// SIGTERM and wait; returns the exit code and how long it took.
+    pub fn stop(&mut self) -> (Option<i32>, Duration) {
+        let started = Instant::now();
+        self.signal("-TERM");
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return (status.code(), started.elapsed());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("dockside did not exit after SIGTERM\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Dockside {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- dockside log ----\n{}", self.log_text());
+        }
+    }
+}
+
+/// A config for one test: its own base topic, state dir, and container prefix.
+pub fn base_config(broker: &Broker, base: &str, state_dir: &Path, prefix: &str) -> String {
+    format!(
+        r#"
+[mqtt]
+url = "{}"
+base_topic = "{base}"
+[state]
+dir = "{}"
+[containers]
+include = ["{prefix}-*"]
+removal_grace = "2s"
+[log]
+level = "debug"
+"#,
+        broker.url(),
+        state_dir.display()
+    )
+}
