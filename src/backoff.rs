@@ -36,10 +36,10 @@ impl Backoff {
     /// The delay before the next attempt: full jitter in [current/2, current],
     /// then the base doubles up to `max`.
     pub fn next_delay(&mut self) -> Duration {
-        if let Some(started) = self.started.take() {
-            if started.elapsed() >= self.healthy_after {
-                self.reset();
-            }
+        if let Some(started) = self.started.take()
+            && started.elapsed() >= self.healthy_after
+        {
+            self.reset();
         }
         let base = self.current;
         self.current = (self.current * 2).min(self.max);

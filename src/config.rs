@@ -17,7 +17,15 @@ const LIST_KEYS: &[&str] = &["events.types", "containers.include", "containers.e
 
 /// Event types Docker reports that dockside can forward.
 pub const EVENT_TYPES: &[&str] = &[
-    "container", "image", "network", "volume", "daemon", "plugin", "service", "node", "secret",
+    "container",
+    "image",
+    "network",
+    "volume",
+    "daemon",
+    "plugin",
+    "service",
+    "node",
+    "secret",
     "config",
 ];
 
@@ -40,6 +48,7 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[derive(Default)]
 pub struct Config {
     pub mqtt: MqttConfig,
     pub endpoints: BTreeMap<String, EndpointConfig>,
@@ -47,19 +56,6 @@ pub struct Config {
     pub events: EventsConfig,
     pub state: StateConfig,
     pub log: LogConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            mqtt: MqttConfig::default(),
-            endpoints: BTreeMap::new(),
-            containers: ContainersConfig::default(),
-            events: EventsConfig::default(),
-            state: StateConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -321,10 +317,10 @@ impl Config {
                 "client_cert and client_key go together",
             ));
         }
-        if let Some(id) = &self.mqtt.client_id {
-            if id.is_empty() {
-                return Err(invalid("mqtt.client_id", "must not be empty"));
-            }
+        if let Some(id) = &self.mqtt.client_id
+            && id.is_empty()
+        {
+            return Err(invalid("mqtt.client_id", "must not be empty"));
         }
         for (id, ep) in &self.endpoints {
             let key = format!("endpoints.{id}");
@@ -346,13 +342,19 @@ impl Config {
             if !EVENT_TYPES.contains(&t.as_str()) {
                 return Err(invalid(
                     format!("events.types[{i}]"),
-                    format!("unknown event type `{t}` (one of {})", EVENT_TYPES.join(", ")),
+                    format!(
+                        "unknown event type `{t}` (one of {})",
+                        EVENT_TYPES.join(", ")
+                    ),
                 ));
             }
         }
         crate::filter::ContainerFilter::new(&self.containers)?;
         if self.containers.reconcile_interval < Duration::from_secs(1) {
-            return Err(invalid("containers.reconcile_interval", "must be at least 1s"));
+            return Err(invalid(
+                "containers.reconcile_interval",
+                "must be at least 1s",
+            ));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", e.to_string()))?;
@@ -378,7 +380,11 @@ impl Config {
 
     pub fn client_id(&self) -> String {
         self.mqtt.client_id.clone().unwrap_or_else(|| {
-            format!("dockside-{}-{}", self.mqtt.base_topic.replace('/', "-"), hostname())
+            format!(
+                "dockside-{}-{}",
+                self.mqtt.base_topic.replace('/', "-"),
+                hostname()
+            )
         })
     }
 
@@ -464,7 +470,10 @@ fn split_host_port(s: &str, default_port: u16) -> Result<(String, u16), String> 
 pub enum EngineUrl {
     Unix(PathBuf),
     /// `http://host:port/` or `https://host:port/` base URL.
-    Http { base: String, tls: bool },
+    Http {
+        base: String,
+        tls: bool,
+    },
 }
 
 pub fn parse_engine_url(url: &str) -> Result<EngineUrl, String> {
@@ -485,7 +494,11 @@ pub fn parse_engine_url(url: &str) -> Result<EngineUrl, String> {
     };
     let rest = rest.trim_end_matches('/');
     let (host, port) = split_host_port(rest, if tls { 2376 } else { 2375 })?;
-    let host = if host.contains(':') { format!("[{host}]") } else { host };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
     let scheme = if tls { "https" } else { "http" };
     Ok(EngineUrl::Http {
         base: format!("{scheme}://{host}:{port}/"),
@@ -562,7 +575,11 @@ mod tests {
         assert_eq!(cfg.containers.removal_grace, Duration::from_secs(90));
         assert_eq!(
             cfg.broker_addr().expect("addr"),
-            BrokerAddr { tls: false, host: "broker".into(), port: 1884 }
+            BrokerAddr {
+                tls: false,
+                host: "broker".into(),
+                port: 1884
+            }
         );
     }
 
@@ -615,11 +632,17 @@ mod tests {
         );
         assert_eq!(
             parse_engine_url("tcp://10.0.0.2"),
-            Ok(EngineUrl::Http { base: "http://10.0.0.2:2375/".into(), tls: false })
+            Ok(EngineUrl::Http {
+                base: "http://10.0.0.2:2375/".into(),
+                tls: false
+            })
         );
         assert_eq!(
             parse_engine_url("https://[::1]:2376/"),
-            Ok(EngineUrl::Http { base: "https://[::1]:2376/".into(), tls: true })
+            Ok(EngineUrl::Http {
+                base: "https://[::1]:2376/".into(),
+                tls: true
+            })
         );
         assert!(parse_engine_url("unix://relative").is_err());
         assert!(parse_engine_url("tcp://h:99999").is_err());

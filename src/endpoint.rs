@@ -230,12 +230,12 @@ impl Endpoint {
         let types = self.types_requested();
         // Subscribe before listing, so nothing falls between the list and the stream.
         let (mut events, engine_date) = self.client.events(since.as_deref(), None, &types).await?;
-        if self.cursor.time_nano == 0 {
-            if let Some(secs) = engine_date {
-                // No event seen yet: a reconnect resumes from when we first listened.
-                self.cursor.time_nano = secs.saturating_mul(1_000_000_000);
-                self.cursor_dirty = true;
-            }
+        if self.cursor.time_nano == 0
+            && let Some(secs) = engine_date
+        {
+            // No event seen yet: a reconnect resumes from when we first listened.
+            self.cursor.time_nano = secs.saturating_mul(1_000_000_000);
+            self.cursor_dirty = true;
         }
         self.refresh_facts().await?;
         self.full_sync().await?;
@@ -306,11 +306,11 @@ impl Endpoint {
         if !self.cursor_dirty {
             return;
         }
-        if let Some(dir) = &self.settings.state_dir {
-            if let Err(e) = dir.save_cursor(&self.id, &self.cursor) {
-                tracing::warn!(endpoint = %self.id, error = %e, "cannot save the event cursor");
-                return;
-            }
+        if let Some(dir) = &self.settings.state_dir
+            && let Err(e) = dir.save_cursor(&self.id, &self.cursor)
+        {
+            tracing::warn!(endpoint = %self.id, error = %e, "cannot save the event cursor");
+            return;
         }
         self.cursor_dirty = false;
     }
@@ -419,18 +419,18 @@ impl Endpoint {
                 .get("container")
                 .is_none_or(|id| self.names.contains_key(id))
         };
-        if visible && self.settings.event_types.iter().any(|t| *t == ev.kind) {
+        if visible && self.settings.event_types.contains(&ev.kind) {
             match serde_json::to_vec(&EventMessage::from_event(&ev)) {
-                Ok(p) => self.outbox.send(self.settings.topics.endpoint_events(&self.id), p),
+                Ok(p) => self
+                    .outbox
+                    .send(self.settings.topics.endpoint_events(&self.id), p),
                 Err(e) => tracing::warn!(error = %e, "cannot encode event"),
             }
         }
         match ev.kind.as_str() {
             "container" if visible => self.on_container_event(&ev),
-            "image" | "volume" => {
-                if self.facts_due.is_none() {
-                    self.facts_due = Some(Instant::now() + FACTS_DEBOUNCE);
-                }
+            "image" | "volume" if self.facts_due.is_none() => {
+                self.facts_due = Some(Instant::now() + FACTS_DEBOUNCE);
             }
             _ => {}
         }
@@ -456,14 +456,14 @@ impl Endpoint {
             .name()
             .map(String::from)
             .or_else(|| self.names.get(&id).cloned());
-        if let Some(name) = &name {
-            if let Some(p) = container_event_payload(ev) {
-                match serde_json::to_vec(&p) {
-                    Ok(p) => self
-                        .outbox
-                        .send(self.settings.topics.container_event(&self.id, name), p),
-                    Err(e) => tracing::warn!(error = %e, "cannot encode event"),
-                }
+        if let Some(name) = &name
+            && let Some(p) = container_event_payload(ev)
+        {
+            match serde_json::to_vec(&p) {
+                Ok(p) => self
+                    .outbox
+                    .send(self.settings.topics.container_event(&self.id, name), p),
+                Err(e) => tracing::warn!(error = %e, "cannot encode event"),
             }
         }
         match action {
@@ -480,10 +480,10 @@ impl Endpoint {
             }
             a if STATELESS_ACTIONS.contains(&a) => {}
             _ => {
-                if action == "create" {
-                    if let Some(n) = &name {
-                        self.removals.remove(n);
-                    }
+                if action == "create"
+                    && let Some(n) = &name
+                {
+                    self.removals.remove(n);
                 }
                 self.schedule_inspect(id);
             }
@@ -548,11 +548,12 @@ impl Endpoint {
             return;
         }
         // Renamed while we were not looking: the old name's topics go.
-        if let Some(old) = self.names.get(id).cloned() {
-            if old != name && self.containers.get(&old).is_some_and(|s| s.id == id) {
-                self.containers.remove(&old);
-                self.clear_container(&old);
-            }
+        if let Some(old) = self.names.get(id).cloned()
+            && old != name
+            && self.containers.get(&old).is_some_and(|s| s.id == id)
+        {
+            self.containers.remove(&old);
+            self.clear_container(&old);
         }
         self.names.insert(id.to_string(), name.clone());
         self.removals.remove(&name);
@@ -567,7 +568,9 @@ impl Endpoint {
         }
         let topics = &self.settings.topics;
         match serde_json::to_vec(&state) {
-            Ok(p) => self.outbox.retain(topics.container_state(&self.id, name), p),
+            Ok(p) => self
+                .outbox
+                .retain(topics.container_state(&self.id, name), p),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot encode state");
                 return;
@@ -597,12 +600,12 @@ impl Endpoint {
             }
         }
         self.excluded.remove(id);
-        if let Some(name) = self.names.remove(id) {
-            if self.containers.get(&name).is_some_and(|s| s.id == id) {
-                self.containers.remove(&name);
-                self.schedule_removal(&name);
-                self.info_changed();
-            }
+        if let Some(name) = self.names.remove(id)
+            && self.containers.get(&name).is_some_and(|s| s.id == id)
+        {
+            self.containers.remove(&name);
+            self.schedule_removal(&name);
+            self.info_changed();
         }
     }
 
@@ -610,8 +613,10 @@ impl Endpoint {
         if self.settings.removal_grace.is_zero() {
             self.clear_container(name);
         } else {
-            self.removals
-                .insert(name.to_string(), Instant::now() + self.settings.removal_grace);
+            self.removals.insert(
+                name.to_string(),
+                Instant::now() + self.settings.removal_grace,
+            );
         }
     }
 

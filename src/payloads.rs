@@ -145,7 +145,11 @@ impl ContainerState {
                     serde_json::Value::String(s) => s,
                     serde_json::Value::Array(items) => items
                         .iter()
-                        .map(|i| i.as_str().map(String::from).unwrap_or_else(|| i.to_string()))
+                        .map(|i| {
+                            i.as_str()
+                                .map(String::from)
+                                .unwrap_or_else(|| i.to_string())
+                        })
                         .collect::<Vec<_>>()
                         .join(","),
                     other => other.to_string(),
@@ -285,10 +289,10 @@ pub fn container_event_payload(e: &Event) -> Option<serde_json::Value> {
     for (k, v) in &e.actor.attributes {
         attributes.insert(k.clone(), serde_json::Value::String(v.clone()));
     }
-    if event_type == "health_status" {
-        if let Some(s) = status {
-            attributes.insert("health_status".into(), serde_json::Value::String(s.into()));
-        }
+    if event_type == "health_status"
+        && let Some(s) = status
+    {
+        attributes.insert("health_status".into(), serde_json::Value::String(s.into()));
     }
     Some(serde_json::json!({
         "event_type": event_type,
@@ -351,7 +355,9 @@ mod tests {
         assert!(s.oom_killed);
         assert_eq!(s.exit_code, 137);
         assert_eq!(s.stack, None);
-        let weird = inspect(r#"{"Id":"y","Name":"/z","State":{"Status":"bogus","Health":{"Status":"??"}}}"#);
+        let weird = inspect(
+            r#"{"Id":"y","Name":"/z","State":{"Status":"bogus","Health":{"Status":"??"}}}"#,
+        );
         let s = ContainerState::from_inspect("nas", &weird);
         assert_eq!((s.state.as_str(), s.health.as_str()), ("exited", "none"));
     }

@@ -141,7 +141,10 @@ async fn run_instance(
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     sup.stop_all().await;
     mqtt_token.cancel();
-    if tokio::time::timeout(MQTT_STOP_GRACE, mqtt_join).await.is_err() {
+    if tokio::time::timeout(MQTT_STOP_GRACE, mqtt_join)
+        .await
+        .is_err()
+    {
         tracing::warn!("MQTT task did not stop in time");
     }
     Ok(outcome)
@@ -186,7 +189,10 @@ impl Supervisor {
     async fn stop(&mut self, id: &str) {
         if let Some(h) = self.endpoints.remove(id) {
             h.token.cancel();
-            if tokio::time::timeout(ENDPOINT_STOP_GRACE, h.join).await.is_err() {
+            if tokio::time::timeout(ENDPOINT_STOP_GRACE, h.join)
+                .await
+                .is_err()
+            {
                 tracing::warn!(endpoint = %id, "endpoint task did not stop in time");
             }
         }
@@ -198,7 +204,10 @@ impl Supervisor {
         }
         let handles: Vec<_> = std::mem::take(&mut self.endpoints).into_values().collect();
         let all = futures_util::future::join_all(handles.into_iter().map(|h| h.join));
-        if tokio::time::timeout(ENDPOINT_STOP_GRACE, all).await.is_err() {
+        if tokio::time::timeout(ENDPOINT_STOP_GRACE, all)
+            .await
+            .is_err()
+        {
             tracing::warn!("some endpoint tasks did not stop in time");
         }
     }
@@ -219,7 +228,9 @@ impl Supervisor {
                     }
                     tracing::info!(endpoint = %id, "endpoint removed");
                 }
-                Some(cfg) if restart_all || self.endpoints.get(id).is_some_and(|h| &h.cfg != cfg) => {
+                Some(cfg)
+                    if restart_all || self.endpoints.get(id).is_some_and(|h| &h.cfg != cfg) =>
+                {
                     self.stop(id).await;
                     self.start(id.clone(), cfg.clone(), true);
                     tracing::info!(endpoint = %id, "endpoint restarted with its new settings");

@@ -175,7 +175,10 @@ mod tests {
         let t = Topics::new("dockside");
         assert_eq!(t.bridge_status(), "dockside/status");
         assert_eq!(t.endpoint_status("local"), "dockside/local/status");
-        assert_eq!(t.container_state("local", "nginx"), "dockside/local/nginx/state");
+        assert_eq!(
+            t.container_state("local", "nginx"),
+            "dockside/local/nginx/state"
+        );
         assert_eq!(
             t.container_state_key("local", "nginx", "health"),
             "dockside/local/nginx/state/health"
@@ -188,7 +191,10 @@ mod tests {
     fn parse_commands() {
         let t = Topics::new("ds");
         assert_eq!(t.parse_command("ds/set"), Some(CommandTarget::Bridge));
-        assert_eq!(t.parse_command("ds/local/set"), Some(CommandTarget::Endpoint("local")));
+        assert_eq!(
+            t.parse_command("ds/local/set"),
+            Some(CommandTarget::Endpoint("local"))
+        );
         assert_eq!(
             t.parse_command("ds/local/web/set"),
             Some(CommandTarget::Container("local", "web"))
@@ -200,7 +206,10 @@ mod tests {
 
     #[test]
     fn ids_and_slugs() {
-        assert_eq!(ha_id(&["dockside", "local", "my.app"]), "dockside_local_my_app");
+        assert_eq!(
+            ha_id(&["dockside", "local", "my.app"]),
+            "dockside_local_my_app"
+        );
         assert_eq!(ha_id(&["ds", "nas-1", "a b/c"]), "ds_nas-1_a_b_c");
         assert_eq!(slug("Home Lab  (NAS)"), "home-lab-nas-");
         assert_eq!(slug("prod_01"), "prod_01");

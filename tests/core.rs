@@ -28,7 +28,12 @@ impl Env {
         }
     }
     fn config(&self) -> String {
-        base_config(&self.broker, &self.base, &self.dir.path().join("state"), &self.ct.prefix)
+        base_config(
+            &self.broker,
+            &self.base,
+            &self.dir.path().join("state"),
+            &self.ct.prefix,
+        )
     }
     fn state(&self, name: &str) -> String {
         format!("{}/local/{}/state", self.base, name)
@@ -67,20 +72,38 @@ async fn every_container_state_is_mirrored() {
     let created = env.ct.name("created");
     let running = env.ct.name("running");
     docker(&["create", "--name", &created, IMAGE]);
-    run(&running, &["-l", "com.docker.compose.project=web", "-l", "com.docker.compose.service=app"], &[]);
+    run(
+        &running,
+        &[
+            "-l",
+            "com.docker.compose.project=web",
+            "-l",
+            "com.docker.compose.service=app",
+        ],
+        &[],
+    );
     let _d = env.start();
 
-    let s = c.wait_state(&env.state(&created), T, |s| s["state"] == "created").await;
+    let s = c
+        .wait_state(&env.state(&created), T, |s| s["state"] == "created")
+        .await;
     assert_eq!(s["running"], false);
     assert_eq!(s["started_at"], serde_json::Value::Null);
-    let s = c.wait_state(&env.state(&running), T, |s| s["state"] == "running").await;
+    let s = c
+        .wait_state(&env.state(&running), T, |s| s["state"] == "running")
+        .await;
     assert_eq!(s["stack"], "web");
     assert_eq!(s["service"], "app");
     assert_eq!(s["endpoint"], "local");
     assert_eq!(s["image"], IMAGE);
     assert!(s["image_id"].as_str().unwrap_or("").starts_with("sha256:"));
     assert_eq!(s["id"].as_str().map(str::len), Some(64));
-    assert!(s["ip_address"].as_str().is_some_and(|ip| ip.starts_with("172.")), "{s}");
+    assert!(
+        s["ip_address"]
+            .as_str()
+            .is_some_and(|ip| ip.starts_with("172.")),
+        "{s}"
+    );
     assert_eq!(s["health"], "none");
 
     // Changes made while dockside runs arrive through events.
@@ -94,19 +117,27 @@ async fn every_container_state_is_mirrored() {
 
     let paused = env.ct.name("paused");
     run(&paused, &[], &[]);
-    c.wait_state(&env.state(&paused), T, |s| s["state"] == "running").await;
+    c.wait_state(&env.state(&paused), T, |s| s["state"] == "running")
+        .await;
     docker(&["pause", &paused]);
-    let s = c.wait_state(&env.state(&paused), T, |s| s["state"] == "paused").await;
+    let s = c
+        .wait_state(&env.state(&paused), T, |s| s["state"] == "paused")
+        .await;
     assert_eq!(s["paused"], true);
     docker(&["unpause", &paused]);
-    c.wait_state(&env.state(&paused), T, |s| s["state"] == "running" && s["paused"] == false)
-        .await;
+    c.wait_state(&env.state(&paused), T, |s| {
+        s["state"] == "running" && s["paused"] == false
+    })
+    .await;
 
     let killed = env.ct.name("killed");
     run(&killed, &[], &[]);
-    c.wait_state(&env.state(&killed), T, |s| s["running"] == true).await;
+    c.wait_state(&env.state(&killed), T, |s| s["running"] == true)
+        .await;
     docker(&["kill", &killed]);
-    let s = c.wait_state(&env.state(&killed), T, |s| s["state"] == "exited").await;
+    let s = c
+        .wait_state(&env.state(&killed), T, |s| s["state"] == "exited")
+        .await;
     assert_eq!(s["exit_code"], 137);
     assert_eq!(s["oom_killed"], false);
 
@@ -116,21 +147,32 @@ async fn every_container_state_is_mirrored() {
         &["--memory", "16m", "--memory-swap", "16m"],
         &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
     );
-    let s = c.wait_state(&env.state(&oom), T, |s| s["state"] == "exited").await;
+    let s = c
+        .wait_state(&env.state(&oom), T, |s| s["state"] == "exited")
+        .await;
     assert_eq!(s["oom_killed"], true, "{s}");
     let oom_event = format!("{}/local/{}/event", env.base, oom);
     c.wait_until("oom event", T, |all| {
-        all.iter().any(|m| m.topic == oom_event && m.json()["event_type"] == "oom")
+        all.iter()
+            .any(|m| m.topic == oom_event && m.json()["event_type"] == "oom")
     })
     .await;
 
     let sick = env.ct.name("sick");
     run(
         &sick,
-        &["--health-cmd", "exit 1", "--health-interval", "1s", "--health-retries", "1"],
+        &[
+            "--health-cmd",
+            "exit 1",
+            "--health-interval",
+            "1s",
+            "--health-retries",
+            "1",
+        ],
         &[],
     );
-    c.wait_state(&env.state(&sick), T, |s| s["health"] == "unhealthy").await;
+    c.wait_state(&env.state(&sick), T, |s| s["health"] == "unhealthy")
+        .await;
     let sick_event = format!("{}/local/{}/event", env.base, sick);
     c.wait_until("health_status event", T, |all| {
         all.iter().any(|m| {
@@ -142,11 +184,20 @@ async fn every_container_state_is_mirrored() {
     })
     .await;
     let well = env.ct.name("well");
-    run(&well, &["--health-cmd", "true", "--health-interval", "1s"], &[]);
-    c.wait_state(&env.state(&well), T, |s| s["health"] == "healthy").await;
+    run(
+        &well,
+        &["--health-cmd", "true", "--health-interval", "1s"],
+        &[],
+    );
+    c.wait_state(&env.state(&well), T, |s| s["health"] == "healthy")
+        .await;
 
     let flaky = env.ct.name("flaky");
-    run(&flaky, &["--restart", "on-failure:2"], &["sh", "-c", "sleep 0.2; exit 1"]);
+    run(
+        &flaky,
+        &["--restart", "on-failure:2"],
+        &["sh", "-c", "sleep 0.2; exit 1"],
+    );
     let s = c
         .wait_state(&env.state(&flaky), T, |s| {
             s["restart_count"] == 2 && s["state"] == "exited"
@@ -158,10 +209,13 @@ async fn every_container_state_is_mirrored() {
     let old = env.ct.name("oldname");
     let new = env.ct.name("newname");
     run(&old, &[], &[]);
-    c.wait_state(&env.state(&old), T, |s| s["running"] == true).await;
+    c.wait_state(&env.state(&old), T, |s| s["running"] == true)
+        .await;
     docker(&["rename", &old, &new]);
-    c.wait_state(&env.state(&new), T, |s| s["name"] == new.as_str()).await;
-    c.wait_latest(&env.state(&old), T, |m| m.payload.is_empty()).await;
+    c.wait_state(&env.state(&new), T, |s| s["name"] == new.as_str())
+        .await;
+    c.wait_latest(&env.state(&old), T, |m| m.payload.is_empty())
+        .await;
 
     // The endpoint info counts what it mirrors.
     let info = c
@@ -179,7 +233,10 @@ async fn every_container_state_is_mirrored() {
 
     // What a newcomer sees is retained.
     let snap = retained_snapshot(env.broker.port, &format!("{}/#", env.base)).await;
-    assert_eq!(snap.get(&format!("{}/status", env.base)).map(|b| &b[..]), Some(&b"online"[..]));
+    assert_eq!(
+        snap.get(&format!("{}/status", env.base)).map(|b| &b[..]),
+        Some(&b"online"[..])
+    );
     assert!(snap.contains_key(&env.state(&new)));
     assert!(!snap.contains_key(&env.state(&old)));
 }
@@ -192,15 +249,19 @@ async fn events_are_published_once_with_container_events() {
     std::fs::create_dir_all(env.dir.path()).expect("dir");
     let c = env.collector().await;
     let _d = Dockside::start(env.dir.path(), &cfg);
-    c.wait_latest(&format!("{}/local/status", env.base), T, |m| m.text() == "online")
-        .await;
+    c.wait_latest(&format!("{}/local/status", env.base), T, |m| {
+        m.text() == "online"
+    })
+    .await;
 
     let name = env.ct.name("ev");
     let id = run(&name, &[], &[]);
     docker(&["stop", "-t", "0", &name]);
     let events = format!("{}/local/events", env.base);
-    c.wait_until("stop event", T, |all| !events_for(all, &events, &id, "stop").is_empty())
-        .await;
+    c.wait_until("stop event", T, |all| {
+        !events_for(all, &events, &id, "stop").is_empty()
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let all = c.all();
     for action in ["create", "start", "die", "stop"] {
@@ -214,9 +275,17 @@ async fn events_are_published_once_with_container_events() {
     assert_eq!(e["type"], "container");
     assert_eq!(e["name"], name.as_str());
     assert_eq!(e["attributes"]["image"], IMAGE);
-    assert!(e["time"].as_str().is_some_and(|t| t.ends_with('Z') && t.len() == 30), "{e}");
+    assert!(
+        e["time"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z') && t.len() == 30),
+        "{e}"
+    );
     // Network events are not in events.types here.
-    assert!(all.iter().all(|m| m.topic != events || m.json()["type"] == "container"));
+    assert!(
+        all.iter()
+            .all(|m| m.topic != events || m.json()["type"] == "container")
+    );
     let per = format!("{}/local/{}/event", env.base, name);
     let kinds: Vec<String> = c
         .on(&per)
@@ -226,7 +295,11 @@ async fn events_are_published_once_with_container_events() {
     // `docker stop -t 0` sends SIGTERM then SIGKILL: one `kill` event per signal.
     let mut distinct = kinds.clone();
     distinct.dedup();
-    assert_eq!(distinct, ["create", "start", "kill", "die", "stop"], "{kinds:?}");
+    assert_eq!(
+        distinct,
+        ["create", "start", "kill", "die", "stop"],
+        "{kinds:?}"
+    );
     assert!(c.on(&per).iter().all(|m| !m.retain));
 }
 
@@ -239,26 +312,37 @@ async fn removal_after_grace_and_recreate_keeps_topics() {
     run(&gone, &[], &[]);
     let first_id = run(&again, &[], &[]);
     let _d = env.start();
-    c.wait_state(&env.state(&gone), T, |s| s["running"] == true).await;
-    c.wait_state(&env.state(&again), T, |s| s["running"] == true).await;
+    c.wait_state(&env.state(&gone), T, |s| s["running"] == true)
+        .await;
+    c.wait_state(&env.state(&again), T, |s| s["running"] == true)
+        .await;
 
     let removed_at = Instant::now();
     docker(&["rm", "-f", &gone]);
     docker(&["rm", "-f", &again]);
     let second_id = run(&again, &[], &[]);
     assert_ne!(first_id, second_id);
-    c.wait_state(&env.state(&again), T, |s| s["id"] == second_id.as_str()).await;
+    c.wait_state(&env.state(&again), T, |s| s["id"] == second_id.as_str())
+        .await;
 
     // Gone: cleared once the 2 s grace is over, not before.
-    c.wait_latest(&env.state(&gone), T, |m| m.payload.is_empty()).await;
+    c.wait_latest(&env.state(&gone), T, |m| m.payload.is_empty())
+        .await;
     let cleared = c.latest(&env.state(&gone)).expect("cleared").at;
     assert!(cleared.duration_since(removed_at) >= Duration::from_millis(1900));
     tokio::time::sleep(Duration::from_millis(2500)).await;
     // Recreated under the same name: never cleared.
-    assert!(c.on(&env.state(&again)).iter().all(|m| !m.payload.is_empty()));
+    assert!(
+        c.on(&env.state(&again))
+            .iter()
+            .all(|m| !m.payload.is_empty())
+    );
     let snap = retained_snapshot(env.broker.port, &format!("{}/#", env.base)).await;
     assert!(snap.contains_key(&env.state(&again)));
-    assert!(!snap.keys().any(|k| k.contains(&format!("/{gone}/"))), "{snap:?}");
+    assert!(
+        !snap.keys().any(|k| k.contains(&format!("/{gone}/"))),
+        "{snap:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,18 +365,31 @@ async fn startup_sweep_clears_leftovers_of_this_base_only() {
     for t in &leftovers {
         c.publish(t, b"{\"stale\":true}", true).await;
     }
-    c.publish(&format!("{other}/local/{ghost}/state"), b"{}", true).await;
-    c.publish(&format!("{b}/local/{live}/update"), b"{\"status\":\"up_to_date\"}", true).await;
+    c.publish(&format!("{other}/local/{ghost}/state"), b"{}", true)
+        .await;
+    c.publish(
+        &format!("{b}/local/{live}/update"),
+        b"{\"status\":\"up_to_date\"}",
+        true,
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let _d = env.start();
-    c.wait_state(&env.state(&live), T, |s| s["running"] == true).await;
+    c.wait_state(&env.state(&live), T, |s| s["running"] == true)
+        .await;
     for t in &leftovers {
         c.wait_latest(t, T, |m| m.payload.is_empty()).await;
     }
     let snap = retained_snapshot(env.broker.port, "#").await;
-    assert!(snap.contains_key(&format!("{other}/local/{ghost}/state")), "other base untouched");
-    assert!(snap.contains_key(&format!("{b}/local/{live}/update")), "a live container keeps its update topic");
+    assert!(
+        snap.contains_key(&format!("{other}/local/{ghost}/state")),
+        "other base untouched"
+    );
+    assert!(
+        snap.contains_key(&format!("{b}/local/{live}/update")),
+        "a live container keeps its update topic"
+    );
     assert!(snap.contains_key(&env.state(&live)));
     for t in &leftovers {
         assert!(!snap.contains_key(t), "{t} still retained");
@@ -310,7 +407,8 @@ async fn broker_restart_with_wiped_store_republishes_everything() {
     cfg = cfg.replace("[mqtt]\n", "[mqtt]\nflat_topics = true\n");
     let c = env.collector().await;
     let _d = Dockside::start(env.dir.path(), &cfg);
-    c.wait_state(&env.state(&stop_me), T, |s| s["running"] == true).await;
+    c.wait_state(&env.state(&stop_me), T, |s| s["running"] == true)
+        .await;
 
     env.broker.kill();
     // Changes while the broker is away are not lost.
@@ -339,7 +437,10 @@ async fn broker_restart_with_wiped_store_republishes_everything() {
             assert_eq!(&snap[&format!("{b}/status")][..], b"online");
             break;
         }
-        assert!(snap_wait.elapsed() < T, "still missing after broker restart: {missing:?}");
+        assert!(
+            snap_wait.elapsed() < T,
+            "still missing after broker restart: {missing:?}"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
@@ -353,8 +454,10 @@ async fn dockside_restart_delivers_missed_events_once() {
     let gone_id = run(&gone, &[], &[]);
     let c = env.collector().await;
     let mut d = env.start();
-    c.wait_state(&env.state(&a), T, |s| s["running"] == true).await;
-    c.wait_state(&env.state(&gone), T, |s| s["running"] == true).await;
+    c.wait_state(&env.state(&a), T, |s| s["running"] == true)
+        .await;
+    c.wait_state(&env.state(&gone), T, |s| s["running"] == true)
+        .await;
     let (code, _) = d.stop();
     assert_eq!(code, Some(0));
 
@@ -367,9 +470,12 @@ async fn dockside_restart_delivers_missed_events_once() {
     let before = c.all().len();
     d.spawn();
 
-    c.wait_state(&env.state(&a), T, |s| s["state"] == "exited").await;
-    c.wait_state(&env.state(&b), T, |s| s["running"] == true).await;
-    c.wait_latest(&env.state(&gone), T, |m| m.payload.is_empty()).await;
+    c.wait_state(&env.state(&a), T, |s| s["state"] == "exited")
+        .await;
+    c.wait_state(&env.state(&b), T, |s| s["running"] == true)
+        .await;
+    c.wait_latest(&env.state(&gone), T, |m| m.payload.is_empty())
+        .await;
     let events = format!("{}/local/events", env.base);
     c.wait_until("missed events", T, |all| {
         !events_for(all, &events, &b_id, "start").is_empty()
@@ -385,7 +491,11 @@ async fn dockside_restart_delivers_missed_events_once() {
         (&b_id, "create"),
         (&b_id, "start"),
     ] {
-        assert_eq!(events_for(&after, &events, id, action).len(), 1, "{action} once");
+        assert_eq!(
+            events_for(&after, &events, id, action).len(),
+            1,
+            "{action} once"
+        );
     }
     // Nothing from before the stop is delivered again.
     assert!(events_for(&after, &events, &a_id, "start").is_empty());
@@ -408,7 +518,8 @@ async fn sighup_adds_and_removes_an_endpoint_without_touching_the_other() {
     let c = env.collector().await;
     let d = env.start();
     let b = env.base.clone();
-    c.wait_state(&env.state(&name), T, |s| s["running"] == true).await;
+    c.wait_state(&env.state(&name), T, |s| s["running"] == true)
+        .await;
     let local_status = format!("{b}/local/status");
     let local_msgs = c.on(&local_status).len() + c.on(&env.state(&name)).len();
 
@@ -418,9 +529,12 @@ async fn sighup_adds_and_removes_an_endpoint_without_touching_the_other() {
     );
     d.rewrite_config(&two);
     d.signal("-HUP");
-    c.wait_state(&format!("{b}/second/{name}/state"), T, |s| s["endpoint"] == "second")
+    c.wait_state(&format!("{b}/second/{name}/state"), T, |s| {
+        s["endpoint"] == "second"
+    })
+    .await;
+    c.wait_latest(&format!("{b}/second/status"), T, |m| m.text() == "online")
         .await;
-    c.wait_latest(&format!("{b}/second/status"), T, |m| m.text() == "online").await;
     c.wait_latest(&format!("{b}/info"), T, |m| {
         m.json()["endpoints"] == serde_json::json!(["local", "second"])
     })
@@ -433,14 +547,25 @@ async fn sighup_adds_and_removes_an_endpoint_without_touching_the_other() {
 
     d.rewrite_config(&env.config());
     d.signal("-HUP");
-    c.wait_latest(&format!("{b}/second/{name}/state"), T, |m| m.payload.is_empty()).await;
-    c.wait_latest(&format!("{b}/info"), T, |m| m.json()["endpoints"] == serde_json::json!(["local"]))
-        .await;
+    c.wait_latest(&format!("{b}/second/{name}/state"), T, |m| {
+        m.payload.is_empty()
+    })
+    .await;
+    c.wait_latest(&format!("{b}/info"), T, |m| {
+        m.json()["endpoints"] == serde_json::json!(["local"])
+    })
+    .await;
     let snap = retained_snapshot(env.broker.port, &format!("{b}/#")).await;
-    assert!(!snap.keys().any(|k| k.starts_with(&format!("{b}/second/"))), "{snap:?}");
+    assert!(
+        !snap.keys().any(|k| k.starts_with(&format!("{b}/second/"))),
+        "{snap:?}"
+    );
     assert!(snap.contains_key(&env.state(&name)));
     // `local` was never restarted: no new status or state message for it.
-    assert_eq!(c.on(&local_status).len() + c.on(&env.state(&name)).len(), local_msgs);
+    assert_eq!(
+        c.on(&local_status).len() + c.on(&env.state(&name)).len(),
+        local_msgs
+    );
     let log = d.log_text();
     assert!(log.contains("reload refused"), "{log}");
     assert!(!log.contains("endpoint restarted"), "{log}");
@@ -454,7 +579,10 @@ async fn sigterm_publishes_offline_and_exits_within_two_seconds() {
     let mut d = env.start();
     let status = format!("{}/status", env.base);
     c.wait_latest(&status, T, |m| m.text() == "online").await;
-    c.wait_latest(&format!("{}/local/status", env.base), T, |m| m.text() == "online").await;
+    c.wait_latest(&format!("{}/local/status", env.base), T, |m| {
+        m.text() == "online"
+    })
+    .await;
     let (code, took) = d.stop();
     assert_eq!(code, Some(0), "{}", d.log_text());
     assert!(took < Duration::from_secs(2), "took {took:?}");
@@ -469,7 +597,9 @@ async fn broker_down_at_start_then_up() {
     let name = env.ct.name("x");
     run(&name, &[], &[]);
     let port = free_port();
-    let cfg = env.config().replace(&env.broker.url(), &format!("mqtt://127.0.0.1:{port}"));
+    let cfg = env
+        .config()
+        .replace(&env.broker.url(), &format!("mqtt://127.0.0.1:{port}"));
     let mut d = Dockside::start(env.dir.path(), &cfg);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(d.is_running(), "dockside must keep trying, not exit");
@@ -478,8 +608,10 @@ async fn broker_down_at_start_then_up() {
     late.kill();
     let late = start_broker_on(port, late);
     let c = Collector::start(late.port, &format!("{}/#", env.base)).await;
-    c.wait_state(&env.state(&name), T, |s| s["running"] == true).await;
-    c.wait_latest(&format!("{}/status", env.base), T, |m| m.text() == "online").await;
+    c.wait_state(&env.state(&name), T, |s| s["running"] == true)
+        .await;
+    c.wait_latest(&format!("{}/status", env.base), T, |m| m.text() == "online")
+        .await;
 }
 
 fn start_broker_on(port: u16, mut b: Broker) -> Broker {
@@ -500,11 +632,20 @@ async fn unreachable_endpoint_is_offline_and_the_other_carries_on() {
     );
     let c = env.collector().await;
     let _d = Dockside::start(env.dir.path(), &cfg);
-    c.wait_latest(&format!("{}/dead/status", env.base), T, |m| m.text() == "offline").await;
-    c.wait_latest(&format!("{}/dead/info", env.base), T, |m| m.json()["reachable"] == false)
+    c.wait_latest(&format!("{}/dead/status", env.base), T, |m| {
+        m.text() == "offline"
+    })
+    .await;
+    c.wait_latest(&format!("{}/dead/info", env.base), T, |m| {
+        m.json()["reachable"] == false
+    })
+    .await;
+    c.wait_state(&env.state(&name), T, |s| s["running"] == true)
         .await;
-    c.wait_state(&env.state(&name), T, |s| s["running"] == true).await;
-    c.wait_latest(&format!("{}/local/status", env.base), T, |m| m.text() == "online").await;
+    c.wait_latest(&format!("{}/local/status", env.base), T, |m| {
+        m.text() == "online"
+    })
+    .await;
 }
 
 fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
@@ -540,7 +681,11 @@ fn config_errors_exit_64_and_check_config_redacts() {
     assert_eq!(code, Some(64), "{err}");
 
     let good = dir.path().join("good.toml");
-    std::fs::write(&good, "[mqtt]\nusername = \"u\"\npassword = \"hunter2-secret\"\n").expect("write");
+    std::fs::write(
+        &good,
+        "[mqtt]\nusername = \"u\"\npassword = \"hunter2-secret\"\n",
+    )
+    .expect("write");
     let (code, out, _) = run_cli(
         &["--config", good.to_str().expect("path"), "check-config"],
         &[("DOCKSIDE__MQTT__BASE_TOPIC", "fromenv")],
@@ -566,7 +711,10 @@ fn unwritable_state_dir_is_a_clear_error() {
     let cfg = dir.path().join("c.toml");
     std::fs::write(
         &cfg,
-        format!("[state]\ndir = \"{}/sub\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\n", file.display()),
+        format!(
+            "[state]\ndir = \"{}/sub\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\n",
+            file.display()
+        ),
     )
     .expect("write");
     let (code, _, err) = run_cli(&["--config", cfg.to_str().expect("path")], &[]);

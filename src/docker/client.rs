@@ -260,7 +260,12 @@ impl DockerClient {
     /// `None` when the container no longer exists.
     pub async fn inspect(&self, id: &str) -> Result<Option<ContainerInspect>, DockerError> {
         match self
-            .get_json("containers/{id}/json", &["containers", id, "json"], &[], MAX_OBJECT_BODY)
+            .get_json(
+                "containers/{id}/json",
+                &["containers", id, "json"],
+                &[],
+                MAX_OBJECT_BODY,
+            )
             .await
         {
             Ok(c) => Ok(Some(c)),
@@ -307,7 +312,7 @@ impl DockerClient {
             .headers()
             .get(reqwest::header::DATE)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| httpdate_to_unix(v));
+            .and_then(httpdate_to_unix);
         let bytes = resp.bytes_stream().map_err(std::io::Error::other);
         let reader = StreamReader::new(bytes);
         let lines = FramedRead::new(reader, LinesCodec::new_with_max_length(MAX_EVENT_LINE));
@@ -376,7 +381,11 @@ async fn status_error(resp: reqwest::Response) -> DockerError {
         .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(String::from))
         .unwrap_or_else(|| {
             let text = String::from_utf8_lossy(&body);
-            text.chars().take(200).collect::<String>().trim().to_string()
+            text.chars()
+                .take(200)
+                .collect::<String>()
+                .trim()
+                .to_string()
         });
     DockerError::Status { status, message }
 }
@@ -445,10 +454,7 @@ mod tests {
 
     #[test]
     fn http_dates() {
-        assert_eq!(
-            httpdate_to_unix("Thu, 01 Jan 1970 00:01:40 GMT"),
-            Some(100)
-        );
+        assert_eq!(httpdate_to_unix("Thu, 01 Jan 1970 00:01:40 GMT"), Some(100));
         assert_eq!(httpdate_to_unix("garbage"), None);
     }
 }

@@ -204,7 +204,14 @@ mod tests {
         assert_eq!(c.name, "/web");
         assert!(c.state.running);
         assert!(c.config.labels.is_empty());
-        assert_eq!(c.network_settings.networks.keys().next().map(String::as_str), Some("a"));
+        assert_eq!(
+            c.network_settings
+                .networks
+                .keys()
+                .next()
+                .map(String::as_str),
+            Some("a")
+        );
         assert_eq!(c.network_settings.ports.len(), 2);
     }
 
@@ -215,7 +222,8 @@ mod tests {
         assert_eq!(e.kind, "container");
         assert_eq!(e.name(), Some("nginx"));
         assert_eq!(e.nanos(), 1729600000123456789);
-        let old: Event = serde_json::from_str(r#"{"Type":"image","Action":"pull","time":5}"#).expect("e");
+        let old: Event =
+            serde_json::from_str(r#"{"Type":"image","Action":"pull","time":5}"#).expect("e");
         assert_eq!(old.nanos(), 5_000_000_000);
         assert_eq!(old.name(), None);
     }
@@ -223,7 +231,8 @@ mod tests {
     #[test]
     fn summary_name() {
         let s: ContainerSummary =
-            serde_json::from_str(r#"{"Id":"x","Names":["/web","/other/link"],"Labels":null}"#).expect("s");
+            serde_json::from_str(r#"{"Id":"x","Names":["/web","/other/link"],"Labels":null}"#)
+                .expect("s");
         assert_eq!(s.name(), Some("web"));
     }
 }

@@ -229,7 +229,10 @@ fn log_sweep(s: &Sweep, n: usize) {
                 tracing::info!(endpoint = %ep, topics = n, "cleared leftover topics from an earlier run")
             }
             Sweep::Endpoints { .. } => {
-                tracing::info!(topics = n, "cleared leftover topics of endpoints no longer configured")
+                tracing::info!(
+                    topics = n,
+                    "cleared leftover topics of endpoints no longer configured"
+                )
             }
             Sweep::Restarted { ep, .. } => {
                 tracing::info!(endpoint = %ep, topics = n, "cleared topics of containers no longer mirrored")
@@ -325,7 +328,10 @@ mod tests {
             o.send("b/e/events", format!("{i}"));
         }
         let out: Vec<_> = drain(&o).into_iter().map(|m| m.payload).collect();
-        assert_eq!(out, vec![Bytes::from("2"), Bytes::from("3"), Bytes::from("4")]);
+        assert_eq!(
+            out,
+            vec![Bytes::from("2"), Bytes::from("3"), Bytes::from("4")]
+        );
         assert_eq!(o.dropped(), 2);
     }
 
@@ -351,7 +357,10 @@ mod tests {
         o.clear_prefix("b/e/web/");
         let out = drain(&o);
         let topics: BTreeSet<_> = out.iter().map(|m| m.topic.as_str()).collect();
-        assert_eq!(topics, BTreeSet::from(["b/e/web/state", "b/e/web/state/running"]));
+        assert_eq!(
+            topics,
+            BTreeSet::from(["b/e/web/state", "b/e/web/state/running"])
+        );
         assert!(out.iter().all(|m| m.payload.is_empty() && m.retain));
         // Already cleared: nothing more to send.
         o.clear_prefix("b/e/web/");
@@ -398,7 +407,10 @@ mod tests {
         assert_eq!(cleared, expect);
         // Topics seen after the read-back are never leftovers.
         o.note_existing("b/e/late/state".into());
-        o.sweep(Sweep::Endpoint { ep: "e".into(), live: HashSet::from(["live".to_string()]) });
+        o.sweep(Sweep::Endpoint {
+            ep: "e".into(),
+            live: HashSet::from(["live".to_string()]),
+        });
         assert!(o.is_empty());
     }
 
@@ -411,7 +423,10 @@ mod tests {
         o.retain("b/e/status", "online");
         o.retain("b/f/a/state", "1");
         drain(&o);
-        o.sweep(Sweep::Restarted { ep: "e".into(), live: HashSet::from(["a".to_string()]) });
+        o.sweep(Sweep::Restarted {
+            ep: "e".into(),
+            live: HashSet::from(["a".to_string()]),
+        });
         let cleared: Vec<_> = drain(&o).into_iter().map(|m| m.topic).collect();
         assert_eq!(cleared, vec!["b/e/b/state".to_string()]);
     }

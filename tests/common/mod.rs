@@ -86,12 +86,7 @@ impl Containers {
         format!("{}-{}", self.prefix, suffix)
     }
     pub fn cleanup(&self) {
-        let list = docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("name=^{}-", self.prefix),
-        ]);
+        let list = docker(&["ps", "-aq", "--filter", &format!("name=^{}-", self.prefix)]);
         for id in list.split_whitespace() {
             docker_quiet(&["rm", "-f", id]);
         }
@@ -217,7 +212,12 @@ impl Collector {
         let (client, mut el) = AsyncClient::new(opts, 100);
         let msgs = Arc::new(Mutex::new(Vec::new()));
         let connected = Arc::new(Mutex::new(false));
-        let (m2, c2, cl2, f2) = (msgs.clone(), connected.clone(), client.clone(), filter.to_string());
+        let (m2, c2, cl2, f2) = (
+            msgs.clone(),
+            connected.clone(),
+            client.clone(),
+            filter.to_string(),
+        );
         tokio::spawn(async move {
             loop {
                 match el.poll().await {
@@ -261,7 +261,10 @@ impl Collector {
     }
 
     pub fn on(&self, topic: &str) -> Vec<Msg> {
-        self.all().into_iter().filter(|m| m.topic == topic).collect()
+        self.all()
+            .into_iter()
+            .filter(|m| m.topic == topic)
+            .collect()
     }
 
     pub fn latest(&self, topic: &str) -> Option<Msg> {
@@ -297,7 +300,13 @@ impl Collector {
                     .rev()
                     .take(25)
                     .rev()
-                    .map(|m| format!("  {} {}", m.topic, m.text().chars().take(160).collect::<String>()))
+                    .map(|m| {
+                        format!(
+                            "  {} {}",
+                            m.topic,
+                            m.text().chars().take(160).collect::<String>()
+                        )
+                    })
                     .collect();
                 panic!(
                     "timed out after {timeout:?} waiting for: {what}\nlast messages ({} total):\n{}",
@@ -318,7 +327,10 @@ impl Collector {
     ) -> Msg {
         let t = topic.to_string();
         self.wait_until(&format!("latest on {topic}"), timeout, |all| {
-            all.iter().rev().find(|m| m.topic == t).is_some_and(&mut pred)
+            all.iter()
+                .rev()
+                .find(|m| m.topic == t)
+                .is_some_and(&mut pred)
         })
         .await;
         self.latest(topic).expect("message present")
