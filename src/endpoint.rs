@@ -316,15 +316,21 @@ impl Endpoint {
     }
 
     async fn refresh_facts(&mut self) -> Result<(), DockerError> {
-        let version = self.client.version().await?;
-        let info = self.client.info().await?;
+        let version = match self.client.version().await {
+            Ok(v) => Some(v),
+            Err(e) => tolerate("version", e, &self.id)?,
+        };
+        let info = match self.client.info().await {
+            Ok(i) => Some(i),
+            Err(e) => tolerate("info", e, &self.id)?,
+        };
         let volumes = match self.client.volume_count().await {
             Ok(n) => Some(n as i64),
-            Err(e) => {
-                tracing::debug!(endpoint = %self.id, error = %e, "cannot count volumes");
-                None
-            }
+            Err(e) => tolerate("volumes", e, &self.id)?,
         };
+        let images = info.as_ref().map(|i| i.images);
+        let version = version.unwrap_or_default();
+        let info = info.unwrap_or_default();
         let non_empty = |s: String| (!s.is_empty()).then_some(s);
         self.facts = Facts {
             docker_version: non_empty(version.version).or(non_empty(info.server_version)),
@@ -333,7 +339,7 @@ impl Endpoint {
             arch: non_empty(info.architecture).or(non_empty(version.arch)),
             cpus: (info.ncpu > 0).then_some(info.ncpu),
             memory_bytes: (info.mem_total > 0).then_some(info.mem_total),
-            images: Some(info.images),
+            images,
             volumes,
         };
         Ok(())
@@ -715,6 +721,18 @@ impl Endpoint {
         for (name, state) in all {
             self.publish_state(&name, state, true);
         }
+    }
+}
+
+/// Engine info is decorative: a malformed or refused answer is logged, not
+/// fatal; only a connection failure ends the session.
+fn tolerate<T>(what: &str, e: DockerError, id: &str) -> Result<Option<T>, DockerError> {
+    match e {
+        DockerError::Decode { .. } | DockerError::Status { .. } | DockerError::NotFound => {
+            tracing::warn!(endpoint = %id, error = %e, "cannot read engine {what}");
+            Ok(None)
+        }
+        e => Err(e),
     }
 }
 

@@ -274,6 +274,34 @@ impl DockerClient {
         }
     }
 
+    /// `POST /containers/{id}/{action}` (start, stop, restart, pause, unpause,
+    /// kill). Returns false when the engine says it was already so (304).
+    pub async fn container_action(
+        &self,
+        id: &str,
+        action: &str,
+        query: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<bool, DockerError> {
+        let mut url = self.url(&["containers", id, action]);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        let resp = self
+            .http
+            .post(url)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(DockerError::from_reqwest)?;
+        match resp.status() {
+            StatusCode::NOT_MODIFIED => Ok(false),
+            StatusCode::NOT_FOUND => Err(DockerError::NotFound),
+            s if s.is_success() => Ok(true),
+            _ => Err(status_error(resp).await),
+        }
+    }
+
     /// Opens `/events` (no total or read timeout: Docker sends no heartbeats).
     /// Returns the stream of lines and the engine's `Date` header as Unix seconds.
     pub async fn events(
