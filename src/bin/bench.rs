@@ -338,10 +338,11 @@ async fn main() -> Result<(), String> {
     // State latency: start event time → running state arrival.
     let mut event_time: HashMap<String, i128> = HashMap::new();
     for a in &seq {
-        if a.topic == events_topic && a.json["action"] == "start" {
-            if let (Some(id), Some(l)) = (a.json["id"].as_str(), event_latency_ms(a)) {
-                event_time.insert(id.to_string(), a.wall_ns - (l * 1e6) as i128);
-            }
+        if a.topic == events_topic
+            && a.json["action"] == "start"
+            && let (Some(id), Some(l)) = (a.json["id"].as_str(), event_latency_ms(a))
+        {
+            event_time.insert(id.to_string(), a.wall_ns - (l * 1e6) as i128);
         }
     }
     let mut state_lat: Vec<f64> = seq
