@@ -12,6 +12,8 @@ command -v mosquitto_sub >/dev/null || need+=(mosquitto-clients)
 command -v docker-registry >/dev/null || need+=(docker-registry)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
+command -v socat >/dev/null || need+=(socat)
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test-env: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
