@@ -13,7 +13,13 @@ pub const DEFAULT_SOCKET: &str = "unix:///var/run/docker.sock";
 const REDACTED: &str = "<redacted>";
 
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: &[&str] = &["events.types", "containers.include", "containers.exclude"];
+const LIST_KEYS: &[&str] = &[
+    "events.types",
+    "containers.include",
+    "containers.exclude",
+    "commands.allow",
+    "commands.protect",
+];
 
 /// Event types Docker reports that dockside can forward.
 pub const EVENT_TYPES: &[&str] = &[
@@ -46,14 +52,14 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-#[derive(Default)]
 pub struct Config {
     pub mqtt: MqttConfig,
     pub endpoints: BTreeMap<String, EndpointConfig>,
     pub containers: ContainersConfig,
     pub events: EventsConfig,
+    pub commands: CommandsConfig,
     pub state: StateConfig,
     pub log: LogConfig,
 }
@@ -163,6 +169,36 @@ impl Default for EventsConfig {
             types: ["container", "image", "network", "volume"]
                 .map(String::from)
                 .to_vec(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommandsConfig {
+    /// Container commands at all (`resync` always works).
+    pub enabled: bool,
+    /// Words accepted on container `set` topics; `pause unpause kill` are opt-in.
+    pub allow: Vec<String>,
+    /// Container names or globs that are never stopped, restarted, paused,
+    /// killed or recreated (e.g. the broker and Home Assistant).
+    pub protect: Vec<String>,
+    /// Minimum time between two commands to the same container.
+    #[serde(with = "humantime_serde")]
+    pub min_interval: Duration,
+    /// How long a command waits for the engine and for the state it asks for.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for CommandsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            allow: ["start", "stop", "restart"].map(String::from).to_vec(),
+            protect: Vec::new(),
+            min_interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(60),
         }
     }
 }
@@ -350,6 +386,21 @@ impl Config {
             }
         }
         crate::filter::ContainerFilter::new(&self.containers)?;
+        for (i, w) in self.commands.allow.iter().enumerate() {
+            if !crate::commands::CONTAINER_WORDS.contains(&w.as_str()) {
+                return Err(invalid(
+                    format!("commands.allow[{i}]"),
+                    format!(
+                        "unknown command `{w}` (one of {})",
+                        crate::commands::CONTAINER_WORDS.join(", ")
+                    ),
+                ));
+            }
+        }
+        crate::filter::glob_set("commands.protect", &self.commands.protect)?;
+        if self.commands.timeout < Duration::from_secs(1) {
+            return Err(invalid("commands.timeout", "must be at least 1s"));
+        }
         if self.containers.reconcile_interval < Duration::from_secs(1) {
             return Err(invalid(
                 "containers.reconcile_interval",

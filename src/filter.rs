@@ -9,6 +9,15 @@ use crate::config::{ConfigError, ContainersConfig};
 
 /// Label that takes one container out of dockside entirely.
 pub const ENABLE_LABEL: &str = "dockside.enable";
+/// Label that refuses every command to one container.
+pub const COMMANDS_LABEL: &str = "dockside.commands";
+
+/// True when the container's labels turn commands off.
+pub fn commands_disabled(labels: &HashMap<String, String>) -> bool {
+    labels
+        .get(COMMANDS_LABEL)
+        .is_some_and(|v| v.eq_ignore_ascii_case("false"))
+}
 
 #[derive(Debug, Clone)]
 pub struct ContainerFilter {
@@ -16,7 +25,8 @@ pub struct ContainerFilter {
     exclude: GlobSet,
 }
 
-fn build(key: &str, patterns: &[String]) -> Result<GlobSet, ConfigError> {
+/// Compiles names/globs; errors name the key and index.
+pub fn glob_set(key: &str, patterns: &[String]) -> Result<GlobSet, ConfigError> {
     let mut b = GlobSetBuilder::new();
     for (i, p) in patterns.iter().enumerate() {
         let glob = Glob::new(p).map_err(|e| ConfigError::Invalid {
@@ -36,11 +46,11 @@ impl ContainerFilter {
         let include = if cfg.include.is_empty() {
             None
         } else {
-            Some(build("containers.include", &cfg.include)?)
+            Some(glob_set("containers.include", &cfg.include)?)
         };
         Ok(Self {
             include,
-            exclude: build("containers.exclude", &cfg.exclude)?,
+            exclude: glob_set("containers.exclude", &cfg.exclude)?,
         })
     }
 

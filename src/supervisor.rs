@@ -6,17 +6,19 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError, EndpointConfig};
+use crate::commands::{self, Code, CommandResult, Dedup, Request, Scope};
+use crate::config::{CommandsConfig, Config, ConfigError, EndpointConfig};
 use crate::docker::DockerClient;
-use crate::endpoint::{Endpoint, EndpointMeta, EndpointSettings};
-use crate::filter::ContainerFilter;
-use crate::mqtt::{self, MqttError, MqttHandle, Sweep};
+use crate::endpoint::{Endpoint, EndpointCommand, EndpointMeta, EndpointSettings};
+use crate::filter::{ContainerFilter, glob_set};
+use crate::mqtt::{self, Inbound, MqttError, MqttHandle, Sweep};
 use crate::payloads::{BridgeInfo, now_rfc3339};
 use crate::persist::{StateDir, StateDirError};
+use crate::topics::CommandTarget;
 use crate::topics::Topics;
 
 /// How long a stopping endpoint may take before it is abandoned.
@@ -38,7 +40,11 @@ struct EndpointHandle {
     cfg: EndpointConfig,
     token: CancellationToken,
     join: JoinHandle<()>,
+    commands: mpsc::Sender<EndpointCommand>,
 }
+
+/// Commands waiting per endpoint before `busy`.
+const ENDPOINT_COMMAND_QUEUE: usize = 64;
 
 enum Outcome {
     Shutdown,
@@ -67,13 +73,23 @@ pub async fn run(
 
 struct Supervisor {
     settings: Arc<EndpointSettings>,
+    commands: CommandsConfig,
     mqtt: MqttHandle,
     endpoints: BTreeMap<String, EndpointHandle>,
     started_at: String,
+    dedup: Dedup,
 }
 
 fn settings(cfg: &Config, state_dir: &StateDir) -> Result<EndpointSettings, ConfigError> {
+    let own_ids = commands::detect_own_container();
+    if !own_ids.is_empty() {
+        tracing::info!(ids = ?own_ids, "running in a container: it is protected from commands");
+    }
     Ok(EndpointSettings {
+        protect: glob_set("commands.protect", &cfg.commands.protect)?,
+        own_ids,
+        min_interval: cfg.commands.min_interval,
+        command_timeout: cfg.commands.timeout,
         topics: Topics::new(cfg.mqtt.base_topic.clone()),
         filter: ContainerFilter::new(&cfg.containers)?,
         event_types: cfg.events.types.clone(),
@@ -91,15 +107,19 @@ async fn run_instance(
     reloads: &mut mpsc::Receiver<Config>,
 ) -> Result<Outcome, RunError> {
     let state_dir = StateDir::open(&config.state.dir)?;
-    let (mqtt_task, mqtt) = mqtt::new(config, Vec::new(), None)?;
+    let topics = Topics::new(config.mqtt.base_topic.clone());
+    let (inbound_tx, mut inbound) = mpsc::channel::<Inbound>(256);
+    let (mqtt_task, mqtt) = mqtt::new(config, topics.command_filters().to_vec(), Some(inbound_tx))?;
     let mqtt_token = CancellationToken::new();
     let mqtt_join = tokio::spawn(mqtt_task.run(mqtt_token.clone()));
 
     let mut sup = Supervisor {
         settings: Arc::new(settings(config, &state_dir)?),
+        commands: config.commands.clone(),
         mqtt: mqtt.clone(),
         endpoints: BTreeMap::new(),
         started_at: started_at.to_string(),
+        dedup: Dedup::default(),
     };
     for (id, cfg) in config.effective_endpoints() {
         sup.start(id, cfg, false);
@@ -126,7 +146,10 @@ async fn run_instance(
                 if new.log != current.log {
                     tracing::warn!("log settings take effect at the next start");
                 }
-                let global_changed = new.containers != current.containers || new.events != current.events;
+                let global_changed = new.containers != current.containers
+                    || new.events != current.events
+                    || new.commands != current.commands;
+                sup.commands = new.commands.clone();
                 if global_changed {
                     sup.settings = Arc::new(settings(&new, &state_dir)?);
                 }
@@ -136,6 +159,7 @@ async fn run_instance(
                 tracing::info!(endpoints = sup.endpoints.len(), "configuration reloaded");
             }
             Ok(()) = resync.changed() => sup.publish_info(),
+            Some(msg) = inbound.recv() => sup.route(msg),
         }
     };
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
@@ -153,6 +177,7 @@ async fn run_instance(
 impl Supervisor {
     fn start(&mut self, id: String, cfg: EndpointConfig, restarted: bool) {
         let token = CancellationToken::new();
+        let (commands, cmd_rx) = mpsc::channel(ENDPOINT_COMMAND_QUEUE);
         let meta = EndpointMeta {
             name: id.clone(),
             kind: "docker",
@@ -171,7 +196,7 @@ impl Supervisor {
                 if restarted {
                     ep = ep.restarted();
                 }
-                tokio::spawn(ep.run(token.clone()))
+                tokio::spawn(ep.run(token.clone(), cmd_rx))
             }
             Err(e) => {
                 // Bad certificate files and the like: this endpoint only is offline.
@@ -182,8 +207,15 @@ impl Supervisor {
                 tokio::spawn(async {})
             }
         };
-        self.endpoints
-            .insert(id, EndpointHandle { cfg, token, join });
+        self.endpoints.insert(
+            id,
+            EndpointHandle {
+                cfg,
+                token,
+                join,
+                commands,
+            },
+        );
     }
 
     async fn stop(&mut self, id: &str) {
@@ -258,5 +290,183 @@ impl Supervisor {
             Ok(p) => self.mqtt.outbox.retain(topics.bridge_info(), p),
             Err(e) => tracing::warn!(error = %e, "cannot encode bridge info"),
         }
+    }
+
+    /// An incoming message on a command topic (SPEC §5).
+    fn route(&mut self, msg: Inbound) {
+        let received = std::time::Instant::now();
+        let topics = self.settings.topics.clone();
+        let Some(target) = topics.parse_command(&msg.topic) else {
+            return;
+        };
+        if msg.payload.is_empty() {
+            // A zero-length message only deletes a retained one (ours, when we
+            // clear a stale command): never a command, never a result.
+            return;
+        }
+        let (scope, result_topic) = match target {
+            CommandTarget::Bridge => (Scope::Bridge, topics.bridge_result()),
+            CommandTarget::Endpoint(ep) => (Scope::Endpoint, topics.endpoint_result(ep)),
+            CommandTarget::Container(ep, ct) => (Scope::Container, topics.container_result(ep, ct)),
+        };
+        let reply = |r: CommandResult| {
+            if !r.ok {
+                tracing::warn!(topic = %msg.topic, code = ?r.code, error = ?r.error, "command refused");
+            }
+            self.mqtt.outbox.send(result_topic.clone(), r.to_json());
+        };
+        if msg.retain {
+            // A stale retained `stop` must never fire: refuse it and clear it.
+            tracing::warn!(topic = %msg.topic, "ignoring a retained command and clearing it");
+            self.mqtt
+                .outbox
+                .retain(msg.topic.clone(), bytes::Bytes::new());
+            return reply(CommandResult::failed(
+                None,
+                None,
+                Code::Invalid,
+                "retained messages on command topics are ignored (publish without retain)",
+                received,
+            ));
+        }
+        let req = match commands::parse(&msg.payload, scope) {
+            Ok(r) => r,
+            Err(e) => {
+                return reply(CommandResult::failed(
+                    e.action,
+                    e.request_id,
+                    Code::Invalid,
+                    e.message,
+                    received,
+                ));
+            }
+        };
+        if let Some(rid) = &req.request_id
+            && self
+                .dedup
+                .is_duplicate(&msg.topic, rid, std::time::Instant::now())
+        {
+            tracing::info!(topic = %msg.topic, request_id = %rid, "duplicate command delivery ignored");
+            return;
+        }
+        match target {
+            CommandTarget::Bridge | CommandTarget::Endpoint(_) => {
+                if req.action == "check_updates" {
+                    return reply(CommandResult::refused(
+                        &req,
+                        Code::Invalid,
+                        "update checks are not available in this version",
+                        received,
+                    ));
+                }
+                let eps: Vec<String> = match target {
+                    CommandTarget::Endpoint(ep) if !self.endpoints.contains_key(ep) => {
+                        return reply(CommandResult::refused(
+                            &req,
+                            Code::NotFound,
+                            format!("no endpoint `{ep}`"),
+                            received,
+                        ));
+                    }
+                    CommandTarget::Endpoint(ep) => vec![ep.to_string()],
+                    _ => self.endpoints.keys().cloned().collect(),
+                };
+                self.resync(eps, req, result_topic, received);
+            }
+            CommandTarget::Container(ep, ct) => {
+                let refusal = if matches!(req.action.as_str(), "update" | "check") {
+                    Some((
+                        Code::Invalid,
+                        format!(
+                            "`{}` is not available in this version (it comes with the image watcher)",
+                            req.action
+                        ),
+                    ))
+                } else if !self.commands.enabled {
+                    Some((
+                        Code::Forbidden,
+                        "commands are disabled (commands.enabled = false)".to_string(),
+                    ))
+                } else if !self.commands.allow.contains(&req.action) {
+                    Some((
+                        Code::Forbidden,
+                        format!("`{}` is not in commands.allow", req.action),
+                    ))
+                } else if !self.endpoints.contains_key(ep) {
+                    Some((Code::NotFound, format!("no endpoint `{ep}`")))
+                } else {
+                    None
+                };
+                if let Some((code, msg)) = refusal {
+                    return reply(CommandResult::refused(&req, code, msg, received));
+                }
+                let Some(h) = self.endpoints.get(ep) else {
+                    return;
+                };
+                let cmd = EndpointCommand::Container {
+                    name: ct.to_string(),
+                    req: req.clone(),
+                    received,
+                };
+                match h.commands.try_send(cmd) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => reply(CommandResult::refused(
+                        &req,
+                        Code::Busy,
+                        format!("endpoint `{ep}` has too many commands waiting"),
+                        received,
+                    )),
+                    Err(mpsc::error::TrySendError::Closed(_)) => reply(CommandResult::refused(
+                        &req,
+                        Code::EngineError,
+                        format!("endpoint `{ep}` is not running (see the log)"),
+                        received,
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Resync some endpoints; one result once all have answered (or timed out).
+    fn resync(
+        &self,
+        eps: Vec<String>,
+        req: Request,
+        result_topic: String,
+        received: std::time::Instant,
+    ) {
+        let mut waits = Vec::new();
+        for ep in &eps {
+            let (tx, rx) = oneshot::channel();
+            let sent = self.endpoints.get(ep).is_some_and(|h| {
+                h.commands
+                    .try_send(EndpointCommand::Resync { done: tx })
+                    .is_ok()
+            });
+            waits.push((ep.clone(), sent, rx));
+        }
+        let outbox = self.mqtt.outbox.clone();
+        let timeout = self.commands.timeout;
+        tokio::spawn(async move {
+            let mut errors = Vec::new();
+            for (ep, sent, rx) in waits {
+                if !sent {
+                    errors.push(format!("{ep}: busy or not running"));
+                    continue;
+                }
+                match tokio::time::timeout(timeout, rx).await {
+                    Ok(Ok(Ok(()))) => {}
+                    Ok(Ok(Err(e))) => errors.push(format!("{ep}: {e}")),
+                    Ok(Err(_)) => errors.push(format!("{ep}: endpoint stopped")),
+                    Err(_) => errors.push(format!("{ep}: timed out")),
+                }
+            }
+            let r = if errors.is_empty() {
+                CommandResult::ok(&req, None, received)
+            } else {
+                CommandResult::refused(&req, Code::EngineError, errors.join("; "), received)
+            };
+            outbox.send(result_topic, r.to_json());
+        });
     }
 }

@@ -4,10 +4,12 @@
 //! <base>/status                     online|offline (retained, last will)
 //! <base>/info                       bridge info (retained)
 //! <base>/set                        bridge command in
+//! <base>/result                     bridge command results (not retained)
 //! <base>/<ep>/status                endpoint online|offline (retained)
 //! <base>/<ep>/info                  endpoint info (retained)
 //! <base>/<ep>/events                every Docker event (not retained)
 //! <base>/<ep>/set                   endpoint command in
+//! <base>/<ep>/result                endpoint command results (not retained)
 //! <base>/<ep>/<ct>/state            container state JSON (retained)
 //! <base>/<ep>/<ct>/state/<key>      one plain value per state key (retained, flat_topics)
 //! <base>/<ep>/<ct>/update           image update status (retained)
@@ -39,6 +41,12 @@ impl Topics {
     }
     pub fn bridge_set(&self) -> String {
         format!("{}/set", self.base)
+    }
+    pub fn bridge_result(&self) -> String {
+        format!("{}/result", self.base)
+    }
+    pub fn endpoint_result(&self, ep: &str) -> String {
+        format!("{}/{}/result", self.base, ep)
     }
     pub fn endpoint_prefix(&self, ep: &str) -> String {
         format!("{}/{}/", self.base, ep)

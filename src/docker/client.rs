@@ -88,13 +88,17 @@ impl DockerClient {
             .no_proxy();
         let base = match url {
             EngineUrl::Unix(path) => {
-                builder = builder.unix_socket(path);
+                // No TLS here: never load the system trust store (a scratch
+                // sidecar image has none, and reqwest would refuse to build).
+                builder = builder.unix_socket(path).tls_certs_only([]);
                 "http://docker/".to_string()
             }
-            EngineUrl::Http { base, tls } => {
-                if tls {
-                    builder = tls_options(builder, cfg)?;
-                }
+            EngineUrl::Http { base, tls: false } => {
+                builder = builder.tls_certs_only([]);
+                base
+            }
+            EngineUrl::Http { base, tls: true } => {
+                builder = tls_options(builder, cfg)?;
                 base
             }
         };
@@ -357,9 +361,14 @@ fn tls_options(
             .map_err(|e| DockerError::Config(format!("ca_file {}: {e}", ca.display())))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
             .map_err(|e| DockerError::Config(format!("ca_file {}: {e}", ca.display())))?;
-        for c in certs {
-            builder = builder.add_root_certificate(c);
+        if certs.is_empty() {
+            return Err(DockerError::Config(format!(
+                "ca_file {}: no certificate in it",
+                ca.display()
+            )));
         }
+        // The engine's own CA only, as `docker --tlsverify` does.
+        builder = builder.tls_certs_only(certs);
     }
     if let (Some(cert), Some(key)) = (&cfg.client_cert, &cfg.client_key) {
         let mut pem = std::fs::read(cert)

@@ -136,6 +136,9 @@ pub struct SystemInfo {
     pub os_type: String,
     #[serde(rename = "Architecture")]
     pub architecture: String,
+    /// The engine's clock, RFC 3339 with nanoseconds.
+    #[serde(rename = "SystemTime")]
+    pub system_time: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

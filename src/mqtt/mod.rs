@@ -29,6 +29,10 @@ use crate::topics::Topics;
 
 /// HA discovery payloads exceed rumqttc's 10 KiB default.
 const MAX_PACKET: usize = 1 << 20;
+/// Anything larger arriving on a command topic drops the connection, so the
+/// limit on what we read is generous: a 1 MiB garbage command must only yield
+/// an `invalid` result. (Commands themselves are refused above 1 KiB.)
+const MAX_INCOMING: usize = 16 << 20;
 /// Messages handed to rumqttc's request channel per loop turn, so polling
 /// (acks, pings, incoming) is never starved by a burst.
 const DRAIN_BATCH: usize = 64;
@@ -127,7 +131,7 @@ fn options(cfg: &Config) -> Result<MqttOptions, MqttError> {
     let topics = Topics::new(cfg.mqtt.base_topic.clone());
     let mut o = MqttOptions::new(cfg.client_id(), addr.host.clone(), addr.port);
     o.set_keep_alive(cfg.mqtt.keep_alive);
-    o.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    o.set_max_packet_size(MAX_INCOMING, MAX_PACKET);
     o.set_clean_session(true);
     o.set_last_will(LastWill::new(
         topics.bridge_status(),

@@ -207,7 +207,7 @@ pub fn wall_ns() -> i128 {
 impl Collector {
     pub async fn start(port: u16, filter: &str) -> Self {
         let mut opts = MqttOptions::new(unique("collector-"), "127.0.0.1", port);
-        opts.set_max_packet_size(1 << 20, 1 << 20);
+        opts.set_max_packet_size(16 << 20, 16 << 20);
         opts.set_keep_alive(Duration::from_secs(10));
         let (client, mut el) = AsyncClient::new(opts, 100);
         let msgs = Arc::new(Mutex::new(Vec::new()));

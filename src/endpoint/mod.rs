@@ -3,9 +3,14 @@
 //! state (keyed by name, never by ID) and hands retained state and events to
 //! the MQTT outbox; it never waits on MQTT.
 
+mod commands;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
+
+use globset::GlobSet;
+use tokio::sync::mpsc;
 
 use futures_util::{StreamExt, stream};
 use tokio::task::JoinSet;
@@ -14,6 +19,9 @@ use tokio_util::codec::LinesCodecError;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+pub use commands::EndpointCommand;
+use commands::Pending;
+
 use crate::docker::models::{ContainerInspect, Event};
 use crate::docker::{DockerClient, DockerError};
 use crate::filter::ContainerFilter;
@@ -58,6 +66,12 @@ pub struct EndpointSettings {
     pub reconcile_interval: Duration,
     pub flat_topics: bool,
     pub state_dir: Option<StateDir>,
+    /// Names never stopped, paused, killed or recreated (`commands.protect`).
+    pub protect: GlobSet,
+    /// Ids of the container dockside itself runs in, if any.
+    pub own_ids: HashSet<String>,
+    pub min_interval: Duration,
+    pub command_timeout: Duration,
 }
 
 /// What kind of source an endpoint comes from, for its info payload.
@@ -125,6 +139,13 @@ pub struct Endpoint {
     swept: bool,
     /// Restarted within this run: sweep every known topic, not only leftovers.
     restarted: bool,
+    /// Names whose label `dockside.commands=false` refuses commands.
+    no_commands: HashSet<String>,
+    /// name → the command running on it (one at a time).
+    pending: HashMap<String, Pending>,
+    last_command: HashMap<String, Instant>,
+    actions: JoinSet<commands::ActionResult>,
+    next_seq: u64,
 }
 
 impl Endpoint {
@@ -166,6 +187,11 @@ impl Endpoint {
             facts_due: None,
             swept: false,
             restarted: false,
+            no_commands: HashSet::new(),
+            pending: HashMap::new(),
+            last_command: HashMap::new(),
+            actions: JoinSet::new(),
+            next_seq: 0,
         }
     }
 
@@ -175,14 +201,23 @@ impl Endpoint {
         self
     }
 
-    /// Runs sessions with backoff until cancelled.
-    pub async fn run(mut self, token: CancellationToken) {
+    /// Runs sessions with backoff until cancelled; commands arrive on `cmds`.
+    pub async fn run(
+        mut self,
+        token: CancellationToken,
+        mut cmds: mpsc::Receiver<EndpointCommand>,
+    ) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         let mut first_failure = true;
         loop {
             backoff.mark_started();
-            let result = self.session(&token).await;
+            let result = self.session(&token, &mut cmds).await;
             self.save_cursor();
+            self.fail_all_pending(if token.is_cancelled() {
+                "dockside is shutting down"
+            } else {
+                "lost the connection to the engine"
+            });
             let err = match result {
                 Ok(()) => return,
                 Err(e) => e,
@@ -208,6 +243,7 @@ impl Endpoint {
                     _ = token.cancelled() => { self.save_cursor(); return; }
                     _ = tokio::time::sleep_until(until) => break,
                     _ = sleep_until_opt(removal_due) => self.run_removals(),
+                    Some(cmd) = cmds.recv() => self.refuse_offline(cmd),
                 }
             }
         }
@@ -224,8 +260,20 @@ impl Endpoint {
         t
     }
 
-    async fn session(&mut self, token: &CancellationToken) -> Result<(), SessionError> {
+    async fn session(
+        &mut self,
+        token: &CancellationToken,
+        cmds: &mut mpsc::Receiver<EndpointCommand>,
+    ) -> Result<(), SessionError> {
         self.client.negotiate().await?;
+        if self.cursor.time_nano == 0
+            && let Some(now) = self.engine_now().await
+        {
+            // First contact: start from the engine's own clock, to the nanosecond,
+            // so a later resume never replays what happened before we listened.
+            self.cursor.time_nano = now;
+            self.cursor_dirty = true;
+        }
         let since = self.cursor.since();
         let types = self.types_requested();
         // Subscribe before listing, so nothing falls between the list and the stream.
@@ -233,7 +281,7 @@ impl Endpoint {
         if self.cursor.time_nano == 0
             && let Some(secs) = engine_date
         {
-            // No event seen yet: a reconnect resumes from when we first listened.
+            // The engine did not tell its time: the HTTP date (whole seconds) will do.
             self.cursor.time_nano = secs.saturating_mul(1_000_000_000);
             self.cursor_dirty = true;
         }
@@ -262,11 +310,23 @@ impl Endpoint {
         resync.mark_unchanged();
 
         loop {
-            let (removal_due, info_due, facts_due) =
-                (self.next_removal(), self.info_due, self.facts_due);
+            let (removal_due, info_due, facts_due, command_due) = (
+                self.next_removal(),
+                self.info_due,
+                self.facts_due,
+                self.next_command_deadline(),
+            );
             tokio::select! {
                 biased;
                 _ = token.cancelled() => return Ok(()),
+                Some(res) = self.actions.join_next(), if !self.actions.is_empty() => {
+                    match res {
+                        Ok(r) => self.on_action_done(r),
+                        Err(e) => tracing::error!(endpoint = %self.id, error = %e, "command task failed"),
+                    }
+                }
+                Some(cmd) = cmds.recv() => self.on_command(cmd).await?,
+                _ = sleep_until_opt(command_due) => self.expire_commands(),
                 Some(res) = self.inspects.join_next(), if !self.inspects.is_empty() => {
                     match res {
                         Ok((id, r)) => self.on_inspect(id, r),
@@ -313,6 +373,14 @@ impl Endpoint {
             return;
         }
         self.cursor_dirty = false;
+    }
+
+    /// The engine's clock (`/info` SystemTime) as Unix nanoseconds.
+    async fn engine_now(&self) -> Option<i64> {
+        let info = self.client.info().await.ok()?;
+        let t = humantime::parse_rfc3339(info.system_time.trim()).ok()?;
+        let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+        i64::try_from(d.as_nanos()).ok()
     }
 
     async fn refresh_facts(&mut self) -> Result<(), DockerError> {
@@ -563,6 +631,11 @@ impl Endpoint {
         }
         self.names.insert(id.to_string(), name.clone());
         self.removals.remove(&name);
+        if crate::filter::commands_disabled(&ins.config.labels) {
+            self.no_commands.insert(name.clone());
+        } else {
+            self.no_commands.remove(&name);
+        }
         let state = ContainerState::from_inspect(&self.id, &ins);
         self.publish_state(&name, state, false);
     }
@@ -596,6 +669,7 @@ impl Endpoint {
         }
         self.containers.insert(name.to_string(), state);
         self.info_changed();
+        self.check_pending(name);
     }
 
     fn on_gone(&mut self, id: &str) {

@@ -1,0 +1,455 @@
+//! Commands over MQTT (SPEC §5): the payload parser, the result payload, the
+//! request-id de-duplication and the detection of dockside's own container.
+//! Everything here is pure; execution lives with the endpoint that owns the
+//! container (`endpoint::commands`).
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// Payloads larger than this are refused unread.
+pub const MAX_PAYLOAD: usize = 1024;
+const MAX_REQUEST_ID: usize = 128;
+/// A redelivered command (same topic and request id) within this window runs once.
+pub const DEDUP_WINDOW: Duration = Duration::from_secs(60);
+
+/// Words a container `set` topic takes.
+pub const CONTAINER_WORDS: &[&str] = &[
+    "start", "stop", "restart", "pause", "unpause", "kill", "update", "check",
+];
+/// Words an endpoint or bridge `set` topic takes.
+pub const SCOPE_WORDS: &[&str] = &["resync", "check_updates"];
+/// Words that would stop, kill, pause or recreate a container: refused for
+/// dockside's own container and for `commands.protect`.
+pub const DISRUPTIVE: &[&str] = &["stop", "restart", "pause", "kill", "update"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Code {
+    Invalid,
+    NotFound,
+    Forbidden,
+    RateLimited,
+    EngineError,
+    Timeout,
+    Busy,
+}
+
+/// Which kind of `set` topic a payload arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Container,
+    Endpoint,
+    Bridge,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub action: String,
+    pub request_id: Option<String>,
+}
+
+/// A refusal at parse time; carries whatever could be read so the result can echo it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    pub message: String,
+    pub action: Option<String>,
+    pub request_id: Option<String>,
+}
+
+fn perr(message: impl Into<String>) -> ParseError {
+    ParseError {
+        message: message.into(),
+        action: None,
+        request_id: None,
+    }
+}
+
+/// Parses a command payload: a plain word, or `{"action": "...", "request_id": "..."}`.
+pub fn parse(payload: &[u8], scope: Scope) -> Result<Request, ParseError> {
+    if payload.len() > MAX_PAYLOAD {
+        return Err(perr(format!(
+            "payload of {} bytes is over the {MAX_PAYLOAD}-byte limit",
+            payload.len()
+        )));
+    }
+    let text = std::str::from_utf8(payload).map_err(|_| perr("payload is not UTF-8 text"))?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(perr("empty payload"));
+    }
+    let (action, request_id) = if text.starts_with('{') {
+        parse_json(text)?
+    } else {
+        (text.to_ascii_lowercase(), None)
+    };
+    let words = match scope {
+        Scope::Container => CONTAINER_WORDS,
+        Scope::Endpoint | Scope::Bridge => SCOPE_WORDS,
+    };
+    if !words.contains(&action.as_str()) {
+        let shown: String = action.chars().take(32).collect();
+        return Err(ParseError {
+            message: format!(
+                "unknown command `{shown}` (expected one of: {})",
+                words.join(", ")
+            ),
+            action: None,
+            request_id,
+        });
+    }
+    Ok(Request { action, request_id })
+}
+
+fn parse_json(text: &str) -> Result<(String, Option<String>), ParseError> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| perr(format!("bad JSON: {e}")))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| perr("JSON payload must be an object"))?;
+    let request_id = match obj.get("request_id") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) if s.len() <= MAX_REQUEST_ID => Some(s.clone()),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        Some(serde_json::Value::String(_)) => {
+            return Err(perr(format!(
+                "request_id is longer than {MAX_REQUEST_ID} characters"
+            )));
+        }
+        Some(_) => return Err(perr("request_id must be a string")),
+    };
+    let action = match obj.get("action") {
+        Some(serde_json::Value::String(a)) => a.trim().to_ascii_lowercase(),
+        Some(_) => {
+            return Err(ParseError {
+                message: "action must be a string".into(),
+                action: None,
+                request_id,
+            });
+        }
+        None => {
+            return Err(ParseError {
+                message: "missing `action`".into(),
+                action: None,
+                request_id,
+            });
+        }
+    };
+    if let Some(k) = obj.keys().find(|k| *k != "action" && *k != "request_id") {
+        let k: String = k.chars().take(32).collect();
+        return Err(ParseError {
+            message: format!("unknown key `{k}`"),
+            action: None,
+            request_id,
+        });
+    }
+    Ok((action, request_id))
+}
+
+/// The result payload on `<…>/result` (SPEC §5).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CommandResult {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<Code>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    pub duration_ms: u64,
+    pub at: String,
+}
+
+impl CommandResult {
+    pub fn ok(req: &Request, state: Option<String>, started: Instant) -> Self {
+        Self {
+            request_id: req.request_id.clone(),
+            action: Some(req.action.clone()),
+            ok: true,
+            code: None,
+            error: None,
+            state,
+            duration_ms: started.elapsed().as_millis() as u64,
+            at: crate::payloads::now_rfc3339(),
+        }
+    }
+
+    pub fn failed(
+        action: Option<String>,
+        request_id: Option<String>,
+        code: Code,
+        error: impl Into<String>,
+        started: Instant,
+    ) -> Self {
+        Self {
+            request_id,
+            action,
+            ok: false,
+            code: Some(code),
+            error: Some(error.into()),
+            state: None,
+            duration_ms: started.elapsed().as_millis() as u64,
+            at: crate::payloads::now_rfc3339(),
+        }
+    }
+
+    pub fn refused(req: &Request, code: Code, error: impl Into<String>, started: Instant) -> Self {
+        Self::failed(
+            Some(req.action.clone()),
+            req.request_id.clone(),
+            code,
+            error,
+            started,
+        )
+    }
+
+    pub fn with_state(mut self, state: Option<String>) -> Self {
+        self.state = state;
+        self
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_else(|_| b"{\"ok\":false}".to_vec())
+    }
+}
+
+/// Remembers (topic, request id) pairs for `DEDUP_WINDOW`.
+#[derive(Debug, Default)]
+pub struct Dedup {
+    seen: HashMap<(String, String), Instant>,
+}
+
+impl Dedup {
+    /// True when this pair was already seen within the window.
+    pub fn is_duplicate(&mut self, topic: &str, request_id: &str, now: Instant) -> bool {
+        if self.seen.len() > 4096 {
+            self.seen
+                .retain(|_, t| now.duration_since(*t) < DEDUP_WINDOW);
+        }
+        let key = (topic.to_string(), request_id.to_string());
+        match self.seen.get(&key) {
+            Some(t) if now.duration_since(*t) < DEDUP_WINDOW => true,
+            _ => {
+                self.seen.insert(key, now);
+                false
+            }
+        }
+    }
+}
+
+/// Container ids dockside runs in, if it runs in a container: Docker bind-mounts
+/// `/etc/hostname` & co. from `/var/lib/docker/containers/<id>/`, and cgroup v1
+/// paths end in the id.
+pub fn own_container_ids(mountinfo: &str, cgroup: &str) -> HashSet<String> {
+    let mut ids = HashSet::new();
+    for line in mountinfo.lines() {
+        for part in line.split_whitespace() {
+            if let Some(rest) = part.split("/containers/").nth(1)
+                && let Some(id) = rest.split('/').next().filter(|id| is_container_id(id))
+            {
+                ids.insert(id.to_string());
+            }
+        }
+    }
+    for line in cgroup.lines() {
+        let last = line.rsplit('/').next().unwrap_or("");
+        let last = last
+            .trim_start_matches("docker-")
+            .trim_end_matches(".scope");
+        if is_container_id(last) {
+            ids.insert(last.to_string());
+        }
+    }
+    ids
+}
+
+fn is_container_id(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+/// Reads `/proc/self` for `own_container_ids`.
+pub fn detect_own_container() -> HashSet<String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    own_container_ids(&mountinfo, &cgroup)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_and_json() {
+        let r = parse(b"restart", Scope::Container).expect("word");
+        assert_eq!((r.action.as_str(), r.request_id), ("restart", None));
+        let r = parse(b"  STOP\n", Scope::Container).expect("case and spaces");
+        assert_eq!(r.action, "stop");
+        let r = parse(
+            br#"{"action":"pause","request_id":"abc"}"#,
+            Scope::Container,
+        )
+        .expect("json");
+        assert_eq!(
+            (r.action.as_str(), r.request_id.as_deref()),
+            ("pause", Some("abc"))
+        );
+        let r = parse(br#"{"action":"resync","request_id":42}"#, Scope::Bridge).expect("num id");
+        assert_eq!(r.request_id.as_deref(), Some("42"));
+        assert_eq!(
+            parse(b"resync", Scope::Endpoint).expect("ep").action,
+            "resync"
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        let cases: &[(&[u8], Scope, &str)] = &[
+            (b"", Scope::Container, "empty"),
+            (b"reboot", Scope::Container, "unknown command"),
+            (b"resync", Scope::Container, "unknown command"),
+            (b"restart", Scope::Bridge, "unknown command"),
+            (b"\xff\xfe", Scope::Container, "UTF-8"),
+            (b"{", Scope::Container, "bad JSON"),
+            (b"[1,2]", Scope::Container, "unknown command"),
+            (br#"["start"]"#, Scope::Container, "unknown command"),
+            (br#"{"action":5}"#, Scope::Container, "must be a string"),
+            (br#"{"request_id":"x"}"#, Scope::Container, "missing"),
+            (
+                br#"{"action":"start","request_id":{}}"#,
+                Scope::Container,
+                "request_id",
+            ),
+            (
+                br#"{"action":"start","extra":1}"#,
+                Scope::Container,
+                "unknown key",
+            ),
+        ];
+        for (payload, scope, want) in cases {
+            let e = parse(payload, *scope).expect_err("must fail");
+            assert!(e.message.contains(want), "{payload:?}: {}", e.message);
+        }
+        let big = vec![b'a'; MAX_PAYLOAD + 1];
+        assert!(
+            parse(&big, Scope::Container)
+                .expect_err("big")
+                .message
+                .contains("limit")
+        );
+        let deep = format!("{}{}", "[".repeat(400), "]".repeat(400));
+        assert!(parse(deep.as_bytes(), Scope::Container).is_err());
+        // The request id is echoed even when the action is bad.
+        let e = parse(br#"{"action":"nope","request_id":"r1"}"#, Scope::Container).expect_err("x");
+        assert_eq!(e.request_id.as_deref(), Some("r1"));
+    }
+
+    /// Property: any byte string is classified (Ok or Err), never panics, and an
+    /// Ok always names a word of its scope. Bounded: 200k random inputs plus
+    /// mutations of valid payloads.
+    #[test]
+    fn parser_never_panics_and_classifies_everything() {
+        let seeds: &[&[u8]] = &[
+            b"start",
+            br#"{"action":"restart","request_id":"abc"}"#,
+            br#"{"action":"resync"}"#,
+            b"{\"action\":\"\xc3\xa9\"}",
+        ];
+        let mut rng = fastrand::Rng::with_seed(0x5eed);
+        for i in 0..200_000 {
+            let mut input: Vec<u8> = if i % 2 == 0 {
+                let len = rng.usize(0..64);
+                (0..len).map(|_| rng.u8(..)).collect()
+            } else {
+                seeds[rng.usize(0..seeds.len())].to_vec()
+            };
+            for _ in 0..rng.usize(0..4) {
+                if input.is_empty() {
+                    break;
+                }
+                let at = rng.usize(0..input.len());
+                match rng.u8(0..3) {
+                    0 => input[at] = rng.u8(..),
+                    1 => {
+                        input.remove(at);
+                    }
+                    _ => input.insert(at, rng.u8(..)),
+                }
+            }
+            for scope in [Scope::Container, Scope::Endpoint, Scope::Bridge] {
+                if let Ok(r) = parse(&input, scope) {
+                    let words = if scope == Scope::Container {
+                        CONTAINER_WORDS
+                    } else {
+                        SCOPE_WORDS
+                    };
+                    assert!(words.contains(&r.action.as_str()), "{input:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dedup_window() {
+        let mut d = Dedup::default();
+        let t0 = Instant::now();
+        assert!(!d.is_duplicate("b/e/c/set", "r1", t0));
+        assert!(d.is_duplicate("b/e/c/set", "r1", t0 + Duration::from_secs(30)));
+        assert!(!d.is_duplicate("b/e/d/set", "r1", t0));
+        assert!(!d.is_duplicate("b/e/c/set", "r1", t0 + Duration::from_secs(61)));
+    }
+
+    #[test]
+    fn own_container_detection() {
+        let id = "3f4e5d6c7b8a99887766554433221100ffeeddccbbaa99887766554433221100";
+        let mountinfo = format!(
+            "1465 1446 0:52 / / rw,relatime - overlay overlay rw\n\
+             1480 1465 8:1 /var/lib/docker/containers/{id}/hostname /etc/hostname rw,relatime - ext4 /dev/sda1 rw\n"
+        );
+        assert_eq!(
+            own_container_ids(&mountinfo, ""),
+            HashSet::from([id.to_string()])
+        );
+        let cgroup = format!("12:memory:/docker/{id}\n0::/system.slice/docker-{id}.scope\n");
+        assert_eq!(
+            own_container_ids("", &cgroup),
+            HashSet::from([id.to_string()])
+        );
+        assert!(
+            own_container_ids("1 2 0:1 / / rw - ext4 /dev/sda1 rw\n", "0::/user.slice\n")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn results_leave_out_empty_keys() {
+        let req = Request {
+            action: "restart".into(),
+            request_id: Some("abc".into()),
+        };
+        let ok = serde_json::to_value(CommandResult::ok(
+            &req,
+            Some("running".into()),
+            Instant::now(),
+        ))
+        .expect("json");
+        assert_eq!(ok["ok"], true);
+        assert_eq!(ok["request_id"], "abc");
+        assert!(ok.get("code").is_none() && ok.get("error").is_none());
+        let no = serde_json::to_value(CommandResult::refused(
+            &req,
+            Code::Forbidden,
+            "no",
+            Instant::now(),
+        ))
+        .expect("json");
+        assert_eq!(no["code"], "forbidden");
+        assert_eq!(no["error"], "no");
+    }
+}

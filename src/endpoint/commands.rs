@@ -1,0 +1,361 @@
+//! Container commands on one endpoint: the per-container checks (filters, label,
+//! self-protection, one at a time, rate limit), the engine call, and exactly one
+//! result, sent when the container's state reaches what the word asks for (as
+//! seen through its events and inspects) or when `commands.timeout` runs out.
+
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::Endpoint;
+use crate::commands::{Code, CommandResult, DISRUPTIVE, Request};
+use crate::docker::DockerError;
+use crate::payloads::ContainerState;
+
+#[derive(Debug)]
+pub enum EndpointCommand {
+    Container {
+        name: String,
+        req: Request,
+        /// When the router received it: `duration_ms` counts from here.
+        received: std::time::Instant,
+    },
+    /// Full re-list and republish; the outcome goes back to the router.
+    Resync {
+        done: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+#[derive(Debug)]
+pub struct Pending {
+    seq: u64,
+    req: Request,
+    received: std::time::Instant,
+    id: String,
+    prev_started_at: Option<String>,
+    engine_done: bool,
+    deadline: Instant,
+}
+
+/// (container name, command sequence number, engine answer: false = "already so").
+pub type ActionResult = (String, u64, Result<bool, DockerError>);
+
+enum Progress {
+    Reached,
+    Failed(String),
+    Waiting,
+}
+
+/// Has the container reached what `action` asks for?
+fn progress(action: &str, st: &ContainerState, prev_started_at: Option<&str>) -> Progress {
+    let restarted = st.started_at.as_deref() != prev_started_at && st.started_at.is_some();
+    let running = st.state == "running";
+    match action {
+        "start" | "restart" => {
+            let fresh = action == "start" || restarted;
+            if running && fresh {
+                Progress::Reached
+            } else if restarted && matches!(st.state.as_str(), "exited" | "dead") {
+                Progress::Failed(format!(
+                    "the container exited right after starting (exit code {})",
+                    st.exit_code
+                ))
+            } else {
+                Progress::Waiting
+            }
+        }
+        "stop" | "kill" if !st.running => Progress::Reached,
+        "pause" if st.paused => Progress::Reached,
+        "unpause" if running && !st.paused => Progress::Reached,
+        _ => Progress::Waiting,
+    }
+}
+
+impl Endpoint {
+    pub(super) async fn on_command(&mut self, cmd: EndpointCommand) -> Result<(), DockerError> {
+        match cmd {
+            EndpointCommand::Container {
+                name,
+                req,
+                received,
+            } => {
+                self.start_command(name, req, received);
+                Ok(())
+            }
+            EndpointCommand::Resync { done } => {
+                let r = self.resync().await;
+                let _ = done.send(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                r
+            }
+        }
+    }
+
+    async fn resync(&mut self) -> Result<(), DockerError> {
+        self.refresh_facts().await?;
+        self.full_sync().await?;
+        self.republish_all();
+        tracing::info!(endpoint = %self.id, "resync done");
+        Ok(())
+    }
+
+    fn send_result(&self, name: &str, r: CommandResult) {
+        if r.ok {
+            tracing::info!(endpoint = %self.id, container = %name, action = ?r.action, ms = r.duration_ms, "command done");
+        } else {
+            tracing::warn!(endpoint = %self.id, container = %name, action = ?r.action, code = ?r.code, error = ?r.error, "command refused or failed");
+        }
+        self.outbox.send(
+            self.settings.topics.container_result(&self.id, name),
+            r.to_json(),
+        );
+    }
+
+    fn start_command(&mut self, name: String, req: Request, received: std::time::Instant) {
+        let refuse = |code: Code, msg: String| CommandResult::refused(&req, code, msg, received);
+        let s = &self.settings;
+        if !s.filter.allows_name(&name) {
+            let r = refuse(
+                Code::Forbidden,
+                "the container is not mirrored (containers.include / exclude)".into(),
+            );
+            return self.send_result(&name, r);
+        }
+        let Some(state) = self.containers.get(&name) else {
+            let r = refuse(
+                Code::NotFound,
+                format!("no container `{name}` on endpoint `{}`", self.id),
+            );
+            return self.send_result(&name, r);
+        };
+        let disruptive = DISRUPTIVE.contains(&req.action.as_str());
+        let refusal = if self.no_commands.contains(&name) {
+            Some(
+                "commands are disabled for this container (label dockside.commands=false)"
+                    .to_string(),
+            )
+        } else if disruptive && s.own_ids.contains(&state.id) {
+            Some(format!("dockside never {}s its own container", req.action))
+        } else if disruptive && s.protect.is_match(&name) {
+            Some(format!(
+                "the container is protected (commands.protect): no {}",
+                req.action
+            ))
+        } else {
+            None
+        };
+        if let Some(msg) = refusal {
+            let r = refuse(Code::Forbidden, msg);
+            return self.send_result(&name, r);
+        }
+        if self.pending.contains_key(&name) {
+            let r = refuse(
+                Code::Busy,
+                "another command is running on this container".into(),
+            );
+            return self.send_result(&name, r);
+        }
+        let now = Instant::now();
+        if let Some(last) = self.last_command.get(&name) {
+            let since = now.duration_since(*last);
+            if since < s.min_interval {
+                let wait = s.min_interval - since;
+                let r = refuse(
+                    Code::RateLimited,
+                    format!(
+                        "commands.min_interval is {}; retry in {} ms",
+                        humantime::format_duration(s.min_interval),
+                        wait.as_millis()
+                    ),
+                );
+                return self.send_result(&name, r);
+            }
+        }
+        self.last_command.insert(name.clone(), now);
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        let id = state.id.clone();
+        let timeout = s.command_timeout;
+        self.pending.insert(
+            name.clone(),
+            Pending {
+                seq,
+                req: req.clone(),
+                received,
+                id: id.clone(),
+                prev_started_at: state.started_at.clone(),
+                engine_done: false,
+                deadline: now + timeout,
+            },
+        );
+        tracing::info!(endpoint = %self.id, container = %name, action = %req.action, "running command");
+        let client = self.client.clone();
+        let action = req.action;
+        self.actions.spawn(async move {
+            let r = client
+                .container_action(&id, &action, &[], timeout.max(Duration::from_secs(1)))
+                .await;
+            (name, seq, r)
+        });
+    }
+
+    pub(super) fn on_action_done(&mut self, (name, seq, r): super::commands::ActionResult) {
+        let Some(p) = self.pending.get_mut(&name).filter(|p| p.seq == seq) else {
+            return; // timed out or failed meanwhile
+        };
+        match r {
+            Ok(_) => {
+                p.engine_done = true;
+                let id = p.id.clone();
+                // Confirm with an inspect even if the events are slow.
+                self.schedule_inspect(id);
+                self.check_pending(&name);
+            }
+            Err(e) => {
+                let (code, msg) = match e {
+                    DockerError::NotFound => {
+                        (Code::NotFound, "the container no longer exists".to_string())
+                    }
+                    DockerError::Timeout => (
+                        Code::Timeout,
+                        "the engine did not answer in time".to_string(),
+                    ),
+                    DockerError::Status { message, .. } => (Code::EngineError, message),
+                    other => (Code::EngineError, other.to_string()),
+                };
+                if let Some(p) = self.pending.remove(&name) {
+                    let state = self.containers.get(&name).map(|s| s.state.clone());
+                    let r = CommandResult::refused(&p.req, code, msg, p.received).with_state(state);
+                    self.send_result(&name, r);
+                }
+            }
+        }
+    }
+
+    /// Called whenever a container's state is published.
+    pub(super) fn check_pending(&mut self, name: &str) {
+        let (Some(p), Some(st)) = (self.pending.get(name), self.containers.get(name)) else {
+            return;
+        };
+        if !p.engine_done || st.id != p.id {
+            return;
+        }
+        let outcome = progress(&p.req.action, st, p.prev_started_at.as_deref());
+        let state = Some(st.state.clone());
+        let result = match outcome {
+            Progress::Waiting => return,
+            Progress::Reached => CommandResult::ok(&p.req, state, p.received),
+            Progress::Failed(msg) => {
+                CommandResult::refused(&p.req, Code::EngineError, msg, p.received).with_state(state)
+            }
+        };
+        self.pending.remove(name);
+        self.send_result(name, result);
+    }
+
+    pub(super) fn next_command_deadline(&self) -> Option<Instant> {
+        self.pending.values().map(|p| p.deadline).min()
+    }
+
+    pub(super) fn expire_commands(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            if let Some(p) = self.pending.remove(&name) {
+                let state = self.containers.get(&name).map(|s| s.state.clone());
+                let what = if p.engine_done {
+                    "the container did not reach the requested state in time"
+                } else {
+                    "the engine did not answer in time"
+                };
+                let r = CommandResult::refused(&p.req, Code::Timeout, what, p.received)
+                    .with_state(state);
+                self.send_result(&name, r);
+            }
+        }
+    }
+
+    pub(super) fn fail_pending(&mut self, name: &str, why: &str) {
+        if let Some(p) = self.pending.remove(name) {
+            let r = CommandResult::refused(&p.req, Code::EngineError, why, p.received);
+            self.send_result(name, r);
+        }
+    }
+
+    pub(super) fn fail_all_pending(&mut self, why: &str) {
+        let names: Vec<String> = self.pending.keys().cloned().collect();
+        for n in names {
+            self.fail_pending(&n, why);
+        }
+        self.actions.abort_all();
+    }
+
+    /// While the engine is unreachable: answer at once instead of queueing.
+    pub(super) fn refuse_offline(&mut self, cmd: EndpointCommand) {
+        let why = format!("endpoint `{}` is offline", self.id);
+        match cmd {
+            EndpointCommand::Container {
+                name,
+                req,
+                received,
+            } => {
+                let r = CommandResult::refused(&req, Code::EngineError, why, received);
+                self.send_result(&name, r);
+            }
+            EndpointCommand::Resync { done } => {
+                let _ = done.send(Err(why));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::models::ContainerInspect;
+
+    fn st(state: &str, started: Option<&str>) -> ContainerState {
+        let mut s = ContainerState::from_inspect("e", &ContainerInspect::default());
+        s.state = state.into();
+        s.running = matches!(state, "running" | "paused" | "restarting");
+        s.paused = state == "paused";
+        s.started_at = started.map(String::from);
+        s
+    }
+
+    fn reached(action: &str, s: &ContainerState, prev: Option<&str>) -> bool {
+        matches!(progress(action, s, prev), Progress::Reached)
+    }
+
+    #[test]
+    fn targets() {
+        let t1 = Some("2026-01-01T00:00:00Z");
+        let t2 = Some("2026-01-01T00:00:05Z");
+        assert!(reached("start", &st("running", t1), None));
+        assert!(!reached("start", &st("exited", t1), t1));
+        assert!(reached("stop", &st("exited", t1), t1));
+        assert!(!reached("stop", &st("running", t1), t1));
+        assert!(reached("kill", &st("exited", t1), t1));
+        // A restart must show a new start time.
+        assert!(!reached("restart", &st("running", t1), t1));
+        assert!(reached("restart", &st("running", t2), t1));
+        assert!(reached("pause", &st("paused", t1), t1));
+        assert!(!reached("pause", &st("running", t1), t1));
+        assert!(reached("unpause", &st("running", t1), t1));
+        assert!(!reached("unpause", &st("paused", t1), t1));
+        // Started, then died at once: a failure, not a wait until the timeout.
+        assert!(matches!(
+            progress("start", &st("exited", t2), t1),
+            Progress::Failed(_)
+        ));
+        assert!(matches!(
+            progress("restart", &st("exited", t2), t1),
+            Progress::Failed(_)
+        ));
+    }
+}
