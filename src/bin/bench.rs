@@ -5,7 +5,9 @@
 //!   engine's event `timeNano`, one container at a time;
 //! - a burst: N containers started at once, then stopped at once: events lost,
 //!   wrong final states, latency p99;
-//! - idle: RSS and CPU of the dockside process over a window, N containers running.
+//! - idle: RSS and CPU of the dockside process over a window, N containers running;
+//! - commands: `pause`/`unpause` published on a container's `set` topic → its
+//!   `result` (which dockside sends once the engine shows the state reached).
 //!
 //! Needs `scripts/test-env.sh` (engine, mosquitto, test image) and a built
 //! `dockside` binary next to this one (`cargo build --release`).
@@ -26,6 +28,8 @@ struct Args {
     containers: usize,
     sequential: usize,
     idle_secs: u64,
+    commands: usize,
+    broker_nodelay: bool,
     dockside: PathBuf,
 }
 
@@ -34,6 +38,8 @@ fn parse_args() -> Result<Args, String> {
         containers: 100,
         sequential: 50,
         idle_secs: 60,
+        commands: 40,
+        broker_nodelay: false,
         dockside: std::env::current_exe()
             .map_err(|e| e.to_string())?
             .with_file_name("dockside"),
@@ -45,10 +51,12 @@ fn parse_args() -> Result<Args, String> {
             "--containers" => a.containers = v()?.parse().map_err(|e| format!("{e}"))?,
             "--sequential" => a.sequential = v()?.parse().map_err(|e| format!("{e}"))?,
             "--idle-secs" => a.idle_secs = v()?.parse().map_err(|e| format!("{e}"))?,
+            "--commands" => a.commands = v()?.parse().map_err(|e| format!("{e}"))?,
+            "--broker-nodelay" => a.broker_nodelay = true,
             "--dockside" => a.dockside = PathBuf::from(v()?),
             "-h" | "--help" => {
                 println!(
-                    "dockside-bench [--containers N=100] [--sequential K=50] [--idle-secs S=60] [--dockside PATH]"
+                    "dockside-bench [--containers N=100] [--sequential K=50] [--idle-secs S=60] [--commands C=40] [--broker-nodelay] [--dockside PATH]"
                 );
                 std::process::exit(0);
             }
@@ -117,7 +125,8 @@ struct Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        for c in &mut self.children {
+        // dockside first, then the broker (no spurious "connection lost").
+        for c in self.children.iter_mut().rev() {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -199,7 +208,10 @@ async fn main() -> Result<(), String> {
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n"),
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n{}",
+            if args.broker_nodelay { "set_tcp_nodelay true\n" } else { "" }
+        ),
     )
     .map_err(|e| e.to_string())?;
     guard.children.push(
@@ -231,6 +243,10 @@ async fn main() -> Result<(), String> {
     let mut opts = MqttOptions::new(format!("{prefix}-sub"), "127.0.0.1", port);
     opts.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut el) = AsyncClient::new(opts, 100);
+    let mut net = el.network_options();
+    net.set_tcp_nodelay(true);
+    el.set_network_options(net);
+    let publisher = client.clone();
     let (a2, filter) = (arrivals.clone(), format!("{base}/#"));
     let subscribed = Arc::new(Mutex::new(false));
     let s2 = subscribed.clone();
@@ -271,7 +287,7 @@ async fn main() -> Result<(), String> {
     std::fs::write(
         &cfg,
         format!(
-            "[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nbase_topic = \"{base}\"\n[state]\ndir = \"{}\"\n[containers]\ninclude = [\"{prefix}-*\"]\n[log]\nlevel = \"warn\"\n",
+            "[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nbase_topic = \"{base}\"\n[state]\ndir = \"{}\"\n[containers]\ninclude = [\"{prefix}-*\"]\n[commands]\nallow = [\"start\", \"stop\", \"restart\", \"pause\", \"unpause\"]\nmin_interval = \"0s\"\n[log]\nlevel = \"warn\"\n",
             dir.join("state").display()
         ),
     )
@@ -430,6 +446,42 @@ async fn main() -> Result<(), String> {
     let ticks_per_sec = 100.0; // USER_HZ on Linux
     let cpu_pct = (t1 - t0) as f64 / ticks_per_sec / w0.elapsed().as_secs_f64() * 100.0;
 
+    // 4. Command → result: pause / unpause one container, one at a time.
+    let target = format!("{prefix}-0");
+    let set = format!("{base}/local/{target}/set");
+    let result_topic = format!("{base}/local/{target}/result");
+    let mut cmd_lat = Vec::new();
+    let mut cmd_failed = 0;
+    for i in 0..args.commands {
+        let action = if i % 2 == 0 { "pause" } else { "unpause" };
+        let rid = format!("b{i}");
+        let sent = wall_ns();
+        publisher
+            .publish(
+                set.clone(),
+                QoS::AtLeastOnce,
+                false,
+                format!(r#"{{"action":"{action}","request_id":"{rid}"}}"#),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let (topic, rid2) = (result_topic.clone(), rid.clone());
+        let ok = wait_for(&arrivals, Duration::from_secs(10), |all| {
+            all.iter()
+                .any(|a| a.topic == topic && a.json["request_id"] == rid2.as_str())
+        })
+        .await;
+        let all = arrivals.lock().map_err(|e| e.to_string())?.clone();
+        match all
+            .iter()
+            .find(|a| ok && a.topic == result_topic && a.json["request_id"] == rid.as_str())
+        {
+            Some(a) if a.json["ok"] == true => cmd_lat.push((a.wall_ns - sent) as f64 / 1e6),
+            _ => cmd_failed += 1,
+        }
+    }
+    let (c50, c99) = (pct(&mut cmd_lat, 50.0), pct(&mut cmd_lat, 99.0));
+
     println!();
     println!("dockside-bench: {n} containers, local engine, mosquitto on loopback");
     println!(
@@ -444,6 +496,10 @@ async fn main() -> Result<(), String> {
         "idle {}s with {n} running containers: RSS {:.1} MB, CPU {cpu_pct:.3} % of one core",
         args.idle_secs,
         rss_kb as f64 / 1024.0
+    );
+    println!(
+        "commands ({} pause/unpause, one at a time): command→result p50 {c50:.1} ms, p99 {c99:.1} ms, {cmd_failed} failed",
+        args.commands
     );
     Ok(())
 }

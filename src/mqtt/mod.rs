@@ -181,6 +181,10 @@ impl MqttTask {
         } = self;
         let topics = outbox.topics().clone();
         let (client, mut eventloop) = AsyncClient::new(opts, 256);
+        // Small packets (states, results, acks) must not wait for Nagle + delayed ACK (~40 ms).
+        let mut net = eventloop.network_options();
+        net.set_tcp_nodelay(true);
+        eventloop.set_network_options(net);
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
         let mut connected = false;
         let mut client_full = false;
