@@ -57,6 +57,7 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 pub struct Config {
     pub mqtt: MqttConfig,
     pub endpoints: BTreeMap<String, EndpointConfig>,
+    pub portainer: BTreeMap<String, PortainerConfig>,
     pub containers: ContainersConfig,
     pub events: EventsConfig,
     pub commands: CommandsConfig,
@@ -125,6 +126,51 @@ impl Default for EndpointConfig {
             ca_file: None,
             client_cert: None,
             client_key: None,
+            tls_insecure: false,
+        }
+    }
+}
+
+/// One Portainer instance; each of its Docker environments becomes an endpoint
+/// `<key>-<slug of the environment name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PortainerConfig {
+    /// `https://portainer.lan:9443`
+    pub url: String,
+    /// Access token (`ptr_…`), or `api_key_file`; else username + password.
+    pub api_key: Option<String>,
+    pub api_key_file: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// `"*"`, environment names or globs, ids (`"3"`), or tags (`"tag:prod"`).
+    pub environments: Vec<String>,
+    /// How often the environment list is read again.
+    #[serde(with = "humantime_serde")]
+    pub refresh: Duration,
+    /// Bounded catch-up poll of each environment's events (Portainer may hold
+    /// back a live event stream).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    pub ca_file: Option<PathBuf>,
+    /// Turns TLS verification off for this Portainer only.
+    pub tls_insecure: bool,
+}
+
+impl Default for PortainerConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            api_key: None,
+            api_key_file: None,
+            username: None,
+            password: None,
+            password_file: None,
+            environments: vec!["*".into()],
+            refresh: Duration::from_secs(300),
+            poll_interval: Duration::from_secs(10),
+            ca_file: None,
             tls_insecure: false,
         }
     }
@@ -312,6 +358,29 @@ impl Config {
 
     /// Reads secrets from files, fills defaults that depend on other keys, validates.
     fn finish(&mut self) -> Result<(), ConfigError> {
+        for (key, p) in self.portainer.iter_mut() {
+            if let Some(file) = &p.api_key_file {
+                if p.api_key.is_some() {
+                    return Err(invalid(
+                        format!("portainer.{key}.api_key_file"),
+                        "set either api_key or api_key_file, not both",
+                    ));
+                }
+                p.api_key = Some(read_secret(&format!("portainer.{key}.api_key_file"), file)?);
+            }
+            if let Some(file) = &p.password_file {
+                if p.password.is_some() {
+                    return Err(invalid(
+                        format!("portainer.{key}.password_file"),
+                        "set either password or password_file, not both",
+                    ));
+                }
+                p.password = Some(read_secret(
+                    &format!("portainer.{key}.password_file"),
+                    file,
+                )?);
+            }
+        }
         if let Some(file) = &self.mqtt.password_file {
             if self.mqtt.password.is_some() {
                 return Err(invalid(
@@ -374,6 +443,68 @@ impl Config {
                 ));
             }
         }
+        for (key, p) in &self.portainer {
+            let k = format!("portainer.{key}");
+            if !valid_endpoint_id(key) {
+                return Err(invalid(
+                    k,
+                    "portainer keys are lowercase and use only [a-z0-9_-]",
+                ));
+            }
+            match parse_engine_url(&p.url) {
+                Ok(EngineUrl::Http { .. }) if p.url.starts_with("http") => {}
+                _ => {
+                    return Err(invalid(
+                        format!("{k}.url"),
+                        "expected https://host[:port] (or http:// on a trusted network)",
+                    ));
+                }
+            }
+            let login = p.username.is_some() || p.password.is_some();
+            match (&p.api_key, login) {
+                (Some(_), true) => {
+                    return Err(invalid(k, "use api_key or username + password, not both"));
+                }
+                (None, false) => {
+                    return Err(invalid(
+                        format!("{k}.api_key"),
+                        "an access token (api_key) or username + password is needed",
+                    ));
+                }
+                (None, true) if p.username.is_none() || p.password.is_none() => {
+                    return Err(invalid(
+                        format!("{k}.password"),
+                        "username and password go together",
+                    ));
+                }
+                _ => {}
+            }
+            if p.environments.is_empty() {
+                return Err(invalid(
+                    format!("{k}.environments"),
+                    "empty: use [\"*\"] for all",
+                ));
+            }
+            if p.refresh < Duration::from_secs(5) {
+                return Err(invalid(format!("{k}.refresh"), "must be at least 5s"));
+            }
+            if p.poll_interval < Duration::from_secs(1) {
+                return Err(invalid(format!("{k}.poll_interval"), "must be at least 1s"));
+            }
+            // Portainer endpoints are `<key>-<env>`: a direct endpoint may not look like one.
+            if let Some(id) = self
+                .endpoints
+                .keys()
+                .find(|id| id.starts_with(&format!("{key}-")))
+            {
+                return Err(invalid(
+                    format!("endpoints.{id}"),
+                    format!(
+                        "collides with the endpoints of [portainer.{key}] (`{key}-<environment>`)"
+                    ),
+                ));
+            }
+        }
         for (i, t) in self.events.types.iter().enumerate() {
             if !EVENT_TYPES.contains(&t.as_str()) {
                 return Err(invalid(
@@ -416,9 +547,9 @@ impl Config {
     }
 
     /// The endpoints to watch: the configured ones, or the local socket as
-    /// `local` when none are configured.
+    /// `local` when neither endpoints nor Portainer sources are configured.
     pub fn effective_endpoints(&self) -> BTreeMap<String, EndpointConfig> {
-        if self.endpoints.is_empty() {
+        if self.endpoints.is_empty() && self.portainer.is_empty() {
             BTreeMap::from([("local".to_string(), EndpointConfig::default())])
         } else {
             self.endpoints.clone()
@@ -445,8 +576,16 @@ impl Config {
         if copy.mqtt.password.is_some() {
             copy.mqtt.password = Some(REDACTED.into());
         }
+        for p in copy.portainer.values_mut() {
+            if p.api_key.is_some() {
+                p.api_key = Some(REDACTED.into());
+            }
+            if p.password.is_some() {
+                p.password = Some(REDACTED.into());
+            }
+        }
         let mut out = String::from("# effective configuration (secrets redacted)\n");
-        if self.endpoints.is_empty() {
+        if self.endpoints.is_empty() && self.portainer.is_empty() {
             out.push_str("# no endpoints configured: watching the local socket as `local`\n");
             copy.endpoints = self.effective_endpoints();
         }
@@ -673,6 +812,43 @@ mod tests {
         assert!(shown.contains("[endpoints.local]"), "{shown}");
         // The redacted output is itself a valid config (modulo the secret).
         toml::from_str::<toml::Value>(&shown).expect("valid toml");
+    }
+
+    #[test]
+    fn portainer_sections() {
+        let mut key = tempfile::NamedTempFile::new().expect("tmp");
+        key.write_all(b"ptr_0123secret\n").expect("write");
+        let cfg = load_str(
+            &format!(
+                "[portainer.home]\nurl = \"https://p:9443\"\napi_key_file = \"{}\"\n",
+                key.path().display()
+            ),
+            &[("DOCKSIDE__PORTAINER__HOME__POLL_INTERVAL", "3s")],
+        )
+        .expect("load");
+        let p = &cfg.portainer["home"];
+        assert_eq!(p.api_key.as_deref(), Some("ptr_0123secret"));
+        assert_eq!(p.poll_interval, Duration::from_secs(3));
+        assert_eq!(p.environments, vec!["*"]);
+        assert!(
+            cfg.effective_endpoints().is_empty(),
+            "no implicit local with a Portainer source"
+        );
+        assert!(!cfg.redacted_toml().contains("0123secret"));
+        let e = load_str("[portainer.home]\nurl = \"https://p\"\n", &[]).expect_err("no auth");
+        assert!(e.to_string().contains("portainer.home.api_key"), "{e}");
+        let e = load_str(
+            "[portainer.home]\nurl = \"https://p\"\napi_key = \"k\"\nusername = \"u\"\npassword = \"p\"\n",
+            &[],
+        )
+        .expect_err("both");
+        assert!(e.to_string().contains("not both"), "{e}");
+        let e = load_str(
+            "[portainer.home]\nurl = \"https://p\"\napi_key = \"k\"\n[endpoints.home-x]\nurl = \"tcp://h:1\"\n",
+            &[],
+        )
+        .expect_err("collision");
+        assert!(e.to_string().contains("endpoints.home-x"), "{e}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod logging;
 pub mod mqtt;
 pub mod payloads;
 pub mod persist;
+pub mod portainer;
 pub mod signals;
 pub mod supervisor;
 pub mod topics;

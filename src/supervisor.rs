@@ -18,6 +18,7 @@ use crate::filter::{ContainerFilter, glob_set};
 use crate::mqtt::{self, Inbound, MqttError, MqttHandle, Sweep};
 use crate::payloads::{BridgeInfo, now_rfc3339};
 use crate::persist::{StateDir, StateDirError};
+use crate::portainer::{self, PortainerClient, PortainerEndpoint, SourceUpdate};
 use crate::topics::CommandTarget;
 use crate::topics::Topics;
 
@@ -36,8 +37,17 @@ pub enum RunError {
     Mqtt(#[from] MqttError),
 }
 
+/// What an endpoint is: a direct engine or a Portainer environment.
+#[derive(Debug, Clone, PartialEq)]
+enum EndpointSpec {
+    Direct(EndpointConfig),
+    Portainer(PortainerEndpoint),
+}
+
 struct EndpointHandle {
-    cfg: EndpointConfig,
+    spec: EndpointSpec,
+    /// The `[portainer.<key>]` it comes from, if any.
+    source: Option<String>,
     token: CancellationToken,
     join: JoinHandle<()>,
     commands: mpsc::Sender<EndpointCommand>,
@@ -71,8 +81,16 @@ pub async fn run(
     }
 }
 
+struct SourceHandle {
+    resync: mpsc::Sender<()>,
+    token: CancellationToken,
+    /// Has it listed its environments once (its leftovers may be swept)?
+    listed: bool,
+}
+
 struct Supervisor {
     settings: Arc<EndpointSettings>,
+    sources: BTreeMap<String, SourceHandle>,
     commands: CommandsConfig,
     mqtt: MqttHandle,
     endpoints: BTreeMap<String, EndpointHandle>,
@@ -114,6 +132,7 @@ async fn run_instance(
     let mqtt_join = tokio::spawn(mqtt_task.run(mqtt_token.clone()));
 
     let mut sup = Supervisor {
+        sources: BTreeMap::new(),
         settings: Arc::new(settings(config, &state_dir)?),
         commands: config.commands.clone(),
         mqtt: mqtt.clone(),
@@ -122,11 +141,17 @@ async fn run_instance(
         dedup: Dedup::default(),
     };
     for (id, cfg) in config.effective_endpoints() {
-        sup.start(id, cfg, false);
+        sup.start(id, EndpointSpec::Direct(cfg), None, false);
+    }
+    let (source_tx, mut source_rx) = mpsc::channel::<SourceUpdate>(16);
+    for (key, pcfg) in &config.portainer {
+        sup.start_source(key, pcfg, source_tx.clone());
     }
     sup.publish_info();
+    // Leftovers of Portainer environments are swept once their source has listed them.
     mqtt.outbox.sweep(Sweep::Endpoints {
         keep: sup.endpoints.keys().cloned().collect(),
+        keep_prefixes: config.portainer.keys().map(|k| format!("{k}-")).collect(),
     });
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
@@ -140,7 +165,7 @@ async fn run_instance(
                     sd_notify::NotifyState::Reloading,
                     sd_notify::NotifyState::monotonic_usec_now().unwrap_or(sd_notify::NotifyState::Status("reloading")),
                 ]);
-                if new.mqtt != current.mqtt || new.state != current.state {
+                if new.mqtt != current.mqtt || new.state != current.state || new.portainer != current.portainer {
                     break Outcome::Restart(Box::new(new));
                 }
                 if new.log != current.log {
@@ -154,15 +179,30 @@ async fn run_instance(
                     sup.settings = Arc::new(settings(&new, &state_dir)?);
                 }
                 sup.apply(new.effective_endpoints(), global_changed).await;
+                if global_changed {
+                    // Portainer environments depend on the same settings.
+                    let ids: Vec<String> = sup.endpoints.iter().filter(|(_, h)| h.source.is_some()).map(|(id, _)| id.clone()).collect();
+                    for id in ids {
+                        if let Some(h) = sup.endpoints.get(&id) {
+                            let (spec, source) = (h.spec.clone(), h.source.clone());
+                            sup.stop(&id).await;
+                            sup.start(id, spec, source, true);
+                        }
+                    }
+                }
                 current = new;
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
                 tracing::info!(endpoints = sup.endpoints.len(), "configuration reloaded");
             }
             Ok(()) = resync.changed() => sup.publish_info(),
             Some(msg) = inbound.recv() => sup.route(msg),
+            Some(update) = source_rx.recv() => sup.apply_source(update).await,
         }
     };
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    for s in sup.sources.values() {
+        s.token.cancel();
+    }
     sup.stop_all().await;
     mqtt_token.cancel();
     if tokio::time::timeout(MQTT_STOP_GRACE, mqtt_join)
@@ -175,16 +215,39 @@ async fn run_instance(
 }
 
 impl Supervisor {
-    fn start(&mut self, id: String, cfg: EndpointConfig, restarted: bool) {
+    fn start(&mut self, id: String, spec: EndpointSpec, source: Option<String>, restarted: bool) {
         let token = CancellationToken::new();
         let (commands, cmd_rx) = mpsc::channel(ENDPOINT_COMMAND_QUEUE);
-        let meta = EndpointMeta {
-            name: id.clone(),
-            kind: "docker",
-            public_url: None,
-            portainer_id: None,
+        let (meta, client) = match &spec {
+            EndpointSpec::Direct(cfg) => (
+                EndpointMeta {
+                    name: id.clone(),
+                    kind: "docker",
+                    public_url: None,
+                    portainer_id: None,
+                    poll_interval: None,
+                },
+                DockerClient::new(cfg),
+            ),
+            EndpointSpec::Portainer(p) => {
+                let auth: Arc<dyn crate::docker::client::RequestAuth> = p.client.auth.clone();
+                (
+                    EndpointMeta {
+                        name: p.name.clone(),
+                        kind: "portainer",
+                        public_url: p.public_url.clone(),
+                        portainer_id: Some(p.env_id),
+                        poll_interval: Some(p.poll_interval),
+                    },
+                    DockerClient::shared(
+                        p.client.http.clone(),
+                        &p.client.docker_base(p.env_id),
+                        Some(auth),
+                    ),
+                )
+            }
         };
-        let join = match DockerClient::new(&cfg) {
+        let join = match client {
             Ok(client) => {
                 let mut ep = Endpoint::new(
                     id.clone(),
@@ -210,7 +273,8 @@ impl Supervisor {
         self.endpoints.insert(
             id,
             EndpointHandle {
-                cfg,
+                spec,
+                source,
                 token,
                 join,
                 commands,
@@ -244,10 +308,29 @@ impl Supervisor {
         }
     }
 
-    /// Applies a new endpoint map: removed ones stop and lose their topics,
-    /// changed ones restart, untouched ones keep running.
+    /// Applies a new direct-endpoint map: removed ones stop and lose their
+    /// topics, changed ones restart, untouched ones keep running.
     async fn apply(&mut self, wanted: BTreeMap<String, EndpointConfig>, restart_all: bool) {
-        let current: HashSet<String> = self.endpoints.keys().cloned().collect();
+        let wanted: BTreeMap<String, EndpointSpec> = wanted
+            .into_iter()
+            .map(|(id, c)| (id, EndpointSpec::Direct(c)))
+            .collect();
+        self.apply_set(None, wanted, restart_all).await;
+    }
+
+    /// Brings the endpoints that come from `source` (None = direct) to `wanted`.
+    async fn apply_set(
+        &mut self,
+        source: Option<&str>,
+        wanted: BTreeMap<String, EndpointSpec>,
+        restart_all: bool,
+    ) {
+        let current: HashSet<String> = self
+            .endpoints
+            .iter()
+            .filter(|(_, h)| h.source.as_deref() == source)
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in &current {
             match wanted.get(id) {
                 None => {
@@ -260,23 +343,81 @@ impl Supervisor {
                     }
                     tracing::info!(endpoint = %id, "endpoint removed");
                 }
-                Some(cfg)
-                    if restart_all || self.endpoints.get(id).is_some_and(|h| &h.cfg != cfg) =>
+                Some(spec)
+                    if restart_all || self.endpoints.get(id).is_some_and(|h| &h.spec != spec) =>
                 {
                     self.stop(id).await;
-                    self.start(id.clone(), cfg.clone(), true);
+                    self.start(id.clone(), spec.clone(), source.map(String::from), true);
                     tracing::info!(endpoint = %id, "endpoint restarted with its new settings");
                 }
                 Some(_) => {}
             }
         }
-        for (id, cfg) in wanted {
-            if !current.contains(&id) {
-                tracing::info!(endpoint = %id, "endpoint added");
-                self.start(id, cfg, false);
+        for (id, spec) in wanted {
+            if current.contains(&id) {
+                continue;
             }
+            if let Some(h) = self.endpoints.get(&id) {
+                tracing::error!(endpoint = %id, owner = ?h.source, "endpoint id already in use: skipping this one");
+                continue;
+            }
+            tracing::info!(endpoint = %id, "endpoint added");
+            self.start(id, spec, source.map(String::from), false);
         }
         self.publish_info();
+    }
+
+    fn start_source(
+        &mut self,
+        key: &str,
+        cfg: &crate::config::PortainerConfig,
+        tx: mpsc::Sender<SourceUpdate>,
+    ) {
+        let client = match PortainerClient::new(cfg) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                tracing::error!(source = %key, error = %e, "cannot set up the Portainer source");
+                return;
+            }
+        };
+        let (resync, resync_rx) = mpsc::channel(1);
+        let token = CancellationToken::new();
+        tokio::spawn(portainer::run_source(
+            key.to_string(),
+            cfg.clone(),
+            client,
+            tx,
+            resync_rx,
+            token.clone(),
+        ));
+        self.sources.insert(
+            key.to_string(),
+            SourceHandle {
+                resync,
+                token,
+                listed: false,
+            },
+        );
+    }
+
+    async fn apply_source(&mut self, update: SourceUpdate) {
+        let key = update.source.clone();
+        let wanted: BTreeMap<String, EndpointSpec> = update
+            .endpoints
+            .into_iter()
+            .map(|(id, e)| (id, EndpointSpec::Portainer(e)))
+            .collect();
+        let keep: HashSet<String> = wanted.keys().cloned().collect();
+        self.apply_set(Some(&key), wanted, false).await;
+        if let Some(s) = self.sources.get_mut(&key)
+            && !s.listed
+        {
+            s.listed = true;
+            self.mqtt.outbox.sweep(Sweep::Prefixed {
+                prefix: format!("{key}-"),
+                keep,
+            });
+        }
     }
 
     fn publish_info(&self) {
@@ -369,7 +510,13 @@ impl Supervisor {
                         ));
                     }
                     CommandTarget::Endpoint(ep) => vec![ep.to_string()],
-                    _ => self.endpoints.keys().cloned().collect(),
+                    _ => {
+                        // Environments added or removed in Portainer show up too.
+                        for s in self.sources.values() {
+                            let _ = s.resync.try_send(());
+                        }
+                        self.endpoints.keys().cloned().collect()
+                    }
                 };
                 self.resync(eps, req, result_topic, received);
             }

@@ -6,8 +6,10 @@ use std::pin::Pin;
 use std::sync::RwLock;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use futures_util::{Stream, StreamExt, TryStreamExt};
-use reqwest::{StatusCode, Url};
+use reqwest::header::{HeaderName, HeaderValue};
+use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::io::StreamReader;
@@ -44,6 +46,8 @@ pub enum DockerError {
     Decode { what: &'static str, message: String },
     #[error("engine API {0} is too old (dockside needs 1.40 or newer)")]
     TooOld(String),
+    #[error("authentication failed: {0}")]
+    Auth(String),
 }
 
 impl DockerError {
@@ -66,12 +70,20 @@ impl DockerError {
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<String, LinesCodecError>> + Send>>;
 
+/// Credentials added to every request (Portainer's API key or JWT). Exactly
+/// one header per request; a 401 invalidates it and the request is tried once more.
+pub trait RequestAuth: Send + Sync + std::fmt::Debug {
+    fn header(&self) -> BoxFuture<'_, Result<(HeaderName, HeaderValue), String>>;
+    fn rejected(&self, value: &HeaderValue);
+}
+
 #[derive(Debug)]
 pub struct DockerClient {
     http: reqwest::Client,
     base: Url,
     /// `v1.41`-style prefix, set by `negotiate`.
     api: RwLock<String>,
+    auth: Option<std::sync::Arc<dyn RequestAuth>>,
 }
 
 fn parse_api(v: &str) -> Option<(u32, u32)> {
@@ -110,12 +122,62 @@ impl DockerClient {
         let http = builder
             .build()
             .map_err(|e| DockerError::Config(e.to_string()))?;
+        Self::shared(http, base, None)
+    }
+
+    /// Over an existing client (one connection pool per Portainer instance),
+    /// with credentials added to every request.
+    pub fn shared(
+        http: reqwest::Client,
+        base: &str,
+        auth: Option<std::sync::Arc<dyn RequestAuth>>,
+    ) -> Result<Self, DockerError> {
         let base = Url::parse(base).map_err(|e| DockerError::Config(e.to_string()))?;
         Ok(Self {
             http,
             base,
             api: RwLock::new(format!("v{}.{}", MIN_API.0, MIN_API.1)),
+            auth,
         })
+    }
+
+    /// Sends a request with the credential header; after a 401 the credential
+    /// is dropped (a JWT is renewed) and the request is sent once more.
+    async fn execute(
+        &self,
+        method: Method,
+        url: Url,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, DockerError> {
+        for attempt in 0..2 {
+            let mut req = self.http.request(method.clone(), url.clone());
+            if let Some(t) = timeout {
+                req = req.timeout(t);
+            }
+            let mut sent_auth = None;
+            if let Some(auth) = &self.auth {
+                let (name, value) = auth.header().await.map_err(DockerError::Auth)?;
+                req = req.header(name, value.clone());
+                sent_auth = Some(value);
+            }
+            let resp = match timeout {
+                Some(_) => req.send().await.map_err(DockerError::from_reqwest)?,
+                // Streams: only the response head is bounded.
+                None => tokio::time::timeout(REQUEST_TIMEOUT, req.send())
+                    .await
+                    .map_err(|_| DockerError::Timeout)?
+                    .map_err(DockerError::from_reqwest)?,
+            };
+            if resp.status() == StatusCode::UNAUTHORIZED
+                && attempt == 0
+                && let (Some(auth), Some(v)) = (&self.auth, &sent_auth)
+            {
+                auth.rejected(v);
+                continue;
+            }
+            return Ok(resp);
+        }
+        Err(DockerError::Auth("credentials rejected twice".into()))
     }
 
     pub fn api_version(&self) -> String {
@@ -145,12 +207,8 @@ impl DockerClient {
             segs.pop_if_empty().push("_ping");
         }
         let resp = self
-            .http
-            .get(url)
-            .timeout(REQUEST_TIMEOUT)
-            .send()
-            .await
-            .map_err(DockerError::from_reqwest)?;
+            .execute(Method::GET, url, Some(REQUEST_TIMEOUT))
+            .await?;
         let status = resp.status();
         let header = resp
             .headers()
@@ -204,12 +262,8 @@ impl DockerClient {
             url.query_pairs_mut().extend_pairs(query);
         }
         let resp = self
-            .http
-            .get(url)
-            .timeout(REQUEST_TIMEOUT)
-            .send()
-            .await
-            .map_err(DockerError::from_reqwest)?;
+            .execute(Method::GET, url, Some(REQUEST_TIMEOUT))
+            .await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Err(DockerError::NotFound);
         }
@@ -291,13 +345,7 @@ impl DockerClient {
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query);
         }
-        let resp = self
-            .http
-            .post(url)
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(DockerError::from_reqwest)?;
+        let resp = self.execute(Method::POST, url, Some(timeout)).await?;
         match resp.status() {
             StatusCode::NOT_MODIFIED => Ok(false),
             StatusCode::NOT_FOUND => Err(DockerError::NotFound),
@@ -328,15 +376,10 @@ impl DockerClient {
                 q.append_pair("filters", &filters.to_string());
             }
         }
-        let mut req = self.http.get(url);
-        if until.is_some() {
-            req = req.timeout(REQUEST_TIMEOUT);
-        }
-        // Only the response head is bounded: the body may idle for hours.
-        let resp = tokio::time::timeout(REQUEST_TIMEOUT, req.send())
-            .await
-            .map_err(|_| DockerError::Timeout)?
-            .map_err(DockerError::from_reqwest)?;
+        // A bounded (`until`) request has a total timeout; a live stream only a
+        // bounded response head: its body may idle for hours.
+        let timeout = until.map(|_| REQUEST_TIMEOUT);
+        let resp = self.execute(Method::GET, url, timeout).await?;
         if !resp.status().is_success() {
             return Err(status_error(resp).await);
         }

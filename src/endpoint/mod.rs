@@ -7,6 +7,7 @@ mod commands;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use globset::GlobSet;
@@ -23,7 +24,7 @@ pub use commands::EndpointCommand;
 use commands::Pending;
 
 use crate::docker::models::{ContainerInspect, Event};
-use crate::docker::{DockerClient, DockerError};
+use crate::docker::{DockerClient, DockerError, EventStream};
 use crate::filter::ContainerFilter;
 use crate::mqtt::{MqttHandle, Outbox, Sweep};
 use crate::payloads::{
@@ -81,6 +82,9 @@ pub struct EndpointMeta {
     pub kind: &'static str,
     pub public_url: Option<String>,
     pub portainer_id: Option<i64>,
+    /// Portainer: a bounded `since`/`until` poll of events this often, merged with
+    /// the live stream (which Portainer may hold back).
+    pub poll_interval: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +143,8 @@ pub struct Endpoint {
     swept: bool,
     /// Restarted within this run: sweep every known topic, not only leftovers.
     restarted: bool,
+    /// The cursor, for the background stream task (Portainer mode).
+    shared_cursor: Arc<AtomicI64>,
     /// Names whose label `dockside.commands=false` refuses commands.
     no_commands: HashSet<String>,
     /// name → the command running on it (one at a time).
@@ -187,6 +193,7 @@ impl Endpoint {
             facts_due: None,
             swept: false,
             restarted: false,
+            shared_cursor: Arc::new(AtomicI64::new(0)),
             no_commands: HashSet::new(),
             pending: HashMap::new(),
             last_command: HashMap::new(),
@@ -274,17 +281,43 @@ impl Endpoint {
             self.cursor.time_nano = now;
             self.cursor_dirty = true;
         }
-        let since = self.cursor.since();
-        let types = self.types_requested();
-        // Subscribe before listing, so nothing falls between the list and the stream.
-        let (mut events, engine_date) = self.client.events(since.as_deref(), None, &types).await?;
-        if self.cursor.time_nano == 0
-            && let Some(secs) = engine_date
-        {
-            // The engine did not tell its time: the HTTP date (whole seconds) will do.
-            self.cursor.time_nano = secs.saturating_mul(1_000_000_000);
-            self.cursor_dirty = true;
-        }
+        let types: Vec<String> = self
+            .types_requested()
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let mut lines = match self.meta.poll_interval {
+            None => {
+                // Subscribe before listing, so nothing falls between the list and the stream.
+                let refs: Vec<&str> = types.iter().map(String::as_str).collect();
+                let since = self.cursor.since();
+                let (events, engine_date) =
+                    self.client.events(since.as_deref(), None, &refs).await?;
+                if self.cursor.time_nano == 0
+                    && let Some(secs) = engine_date
+                {
+                    // The engine did not tell its time: the HTTP date (whole seconds) will do.
+                    self.cursor.time_nano = secs.saturating_mul(1_000_000_000);
+                    self.cursor_dirty = true;
+                }
+                Lines::Stream(events)
+            }
+            Some(_) => {
+                // Through Portainer the live stream may be held back or cut: it runs
+                // on its own and the session relies on the bounded polls below.
+                self.shared_cursor
+                    .store(self.cursor.time_nano, Ordering::Relaxed);
+                let (tx, rx) = mpsc::channel(4096);
+                let task = tokio::spawn(background_stream(
+                    self.client.clone(),
+                    self.shared_cursor.clone(),
+                    types.clone(),
+                    tx,
+                    self.id.clone(),
+                ));
+                Lines::Background { rx, task }
+            }
+        };
         self.refresh_facts().await?;
         self.full_sync().await?;
         self.set_online(true);
@@ -308,6 +341,11 @@ impl Endpoint {
         save.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut resync = self.mqtt.resync_signal();
         resync.mark_unchanged();
+        let mut poll = self.meta.poll_interval.map(|p| {
+            let mut i = tokio::time::interval(p);
+            i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            i
+        });
 
         loop {
             let (removal_due, info_due, facts_due, command_due) = (
@@ -333,14 +371,14 @@ impl Endpoint {
                         Err(e) => tracing::error!(endpoint = %self.id, error = %e, "inspect task failed"),
                     }
                 }
-                line = events.next() => match line {
-                    Some(Ok(line)) => self.on_line(&line),
-                    Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
+                line = lines.next() => match line {
+                    Ok(line) => self.on_line(&line),
+                    Err(SessionError::Stream(e)) if e == "oversized" => {
                         tracing::warn!(endpoint = %self.id, "skipping an oversized event line");
                     }
-                    Some(Err(LinesCodecError::Io(e))) => return Err(SessionError::Stream(e.to_string())),
-                    None => return Err(SessionError::StreamEnded),
+                    Err(e) => return Err(e),
                 },
+                _ = tick_opt(&mut poll) => self.poll_events(&types).await?,
                 _ = sleep_until_opt(removal_due) => self.run_removals(),
                 _ = sleep_until_opt(info_due) => {
                     self.info_due = None;
@@ -373,6 +411,30 @@ impl Endpoint {
             return;
         }
         self.cursor_dirty = false;
+    }
+
+    /// A bounded `since`/`until` read of the events (Portainer flushes bounded
+    /// answers even where it holds back a live stream). Lines go through the
+    /// same de-duplication as the stream's.
+    async fn poll_events(&mut self, types: &[String]) -> Result<(), SessionError> {
+        let refs: Vec<&str> = types.iter().map(String::as_str).collect();
+        let since = self.cursor.since();
+        let until = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| format!("{}.{:09}", d.as_secs(), d.subsec_nanos()))
+            .unwrap_or_default();
+        let (mut s, _) = self
+            .client
+            .events(since.as_deref(), Some(&until), &refs)
+            .await?;
+        while let Some(l) = s.next().await {
+            match l {
+                Ok(l) => self.on_line(&l),
+                Err(LinesCodecError::MaxLineLengthExceeded) => {}
+                Err(LinesCodecError::Io(e)) => return Err(SessionError::Stream(e.to_string())),
+            }
+        }
+        Ok(())
     }
 
     /// The engine's clock (`/info` SystemTime) as Unix nanoseconds.
@@ -483,6 +545,8 @@ impl Endpoint {
             return; // replayed duplicate
         }
         self.cursor_dirty = true;
+        self.shared_cursor
+            .store(self.cursor.time_nano, Ordering::Relaxed);
         let is_container = ev.kind == "container";
         let visible = if is_container {
             self.container_visible(&ev)
@@ -795,6 +859,96 @@ impl Endpoint {
         for (name, state) in all {
             self.publish_state(&name, state, true);
         }
+    }
+}
+
+/// Where a session's event lines come from.
+enum Lines {
+    /// Direct engine: the live stream; its end ends the session.
+    Stream(EventStream),
+    /// Portainer: a background stream that reconnects on its own.
+    Background {
+        rx: mpsc::Receiver<String>,
+        task: tokio::task::JoinHandle<()>,
+    },
+}
+
+impl Lines {
+    async fn next(&mut self) -> Result<String, SessionError> {
+        match self {
+            Lines::Stream(s) => match s.next().await {
+                Some(Ok(l)) => Ok(l),
+                Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
+                    Err(SessionError::Stream("oversized".into()))
+                }
+                Some(Err(LinesCodecError::Io(e))) => Err(SessionError::Stream(e.to_string())),
+                None => Err(SessionError::StreamEnded),
+            },
+            Lines::Background { rx, .. } => rx.recv().await.ok_or(SessionError::StreamEnded),
+        }
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        if let Lines::Background { task, .. } = self {
+            task.abort();
+        }
+    }
+}
+
+/// Portainer mode: keeps a live stream open (resuming from the shared cursor)
+/// and forwards its lines; failures only delay it, the polls carry on.
+async fn background_stream(
+    client: Arc<DockerClient>,
+    cursor: Arc<AtomicI64>,
+    types: Vec<String>,
+    tx: mpsc::Sender<String>,
+    id: String,
+) {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let refs: Vec<&str> = types.iter().map(String::as_str).collect();
+    loop {
+        backoff.mark_started();
+        let since = since_of(cursor.load(Ordering::Relaxed));
+        match client.events(since.as_deref(), None, &refs).await {
+            Ok((mut s, _)) => {
+                while let Some(l) = s.next().await {
+                    match l {
+                        Ok(l) => {
+                            if tx.send(l).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(LinesCodecError::MaxLineLengthExceeded) => {}
+                        Err(LinesCodecError::Io(e)) => {
+                            tracing::debug!(endpoint = %id, error = %e, "live event stream dropped");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(endpoint = %id, error = %e, "live event stream unavailable; polling")
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+fn since_of(nanos: i64) -> Option<String> {
+    (nanos > 0).then(|| format!("{}.{:09}", nanos / 1_000_000_000, nanos % 1_000_000_000))
+}
+
+async fn tick_opt(i: &mut Option<tokio::time::Interval>) {
+    match i {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -36,8 +36,19 @@ pub enum Sweep {
     /// After an endpoint restarted in this run (its engine or the filters
     /// changed): clear every container topic we hold for it that is not live.
     Restarted { ep: String, live: HashSet<String> },
-    /// Clear leftovers of endpoints that are no longer configured.
-    Endpoints { keep: HashSet<String> },
+    /// Clear leftovers of endpoints that are no longer configured (endpoints
+    /// whose id starts with one of `keep_prefixes` belong to a Portainer source
+    /// that has not listed its environments yet: spared).
+    Endpoints {
+        keep: HashSet<String>,
+        keep_prefixes: Vec<String>,
+    },
+    /// After a Portainer source listed its environments for the first time:
+    /// clear leftovers of `<prefix>…` endpoints it no longer has.
+    Prefixed {
+        prefix: String,
+        keep: HashSet<String>,
+    },
 }
 
 #[derive(Debug)]
@@ -234,6 +245,9 @@ fn log_sweep(s: &Sweep, n: usize) {
                     "cleared leftover topics of endpoints no longer configured"
                 )
             }
+            Sweep::Prefixed { prefix, .. } => {
+                tracing::info!(prefix = %prefix, topics = n, "cleared leftover topics of Portainer environments that are gone")
+            }
             Sweep::Restarted { ep, .. } => {
                 tracing::info!(endpoint = %ep, topics = n, "cleared topics of containers no longer mirrored")
             }
@@ -279,7 +293,16 @@ impl Inner {
                     return false;
                 };
                 match sweep {
-                    Sweep::Endpoints { keep } => segs.first().is_some_and(|ep| !keep.contains(*ep)),
+                    Sweep::Endpoints {
+                        keep,
+                        keep_prefixes,
+                    } => segs.first().is_some_and(|ep| {
+                        !keep.contains(*ep)
+                            && !keep_prefixes.iter().any(|p| ep.starts_with(p.as_str()))
+                    }),
+                    Sweep::Prefixed { prefix, keep } => segs
+                        .first()
+                        .is_some_and(|ep| ep.starts_with(prefix.as_str()) && !keep.contains(*ep)),
                     Sweep::Restarted { .. } => false,
                     Sweep::Endpoint { ep, live } => match segs.as_slice() {
                         [e, ct, rest @ ..] if e == ep && !rest.is_empty() => {
@@ -379,6 +402,8 @@ mod tests {
             "b/e/status",
             "b/old/x/state",
             "b/old/status",
+            "b/home-a/x/state",
+            "b/home-gone/x/state",
         ] {
             o.note_existing(t.to_string());
         }
@@ -391,6 +416,11 @@ mod tests {
         });
         o.sweep(Sweep::Endpoints {
             keep: HashSet::from(["e".to_string()]),
+            keep_prefixes: vec!["home-".into()],
+        });
+        o.sweep(Sweep::Prefixed {
+            prefix: "home-".into(),
+            keep: HashSet::from(["home-a".to_string()]),
         });
         assert!(o.is_empty(), "sweeps must wait for the read-back");
         o.finish_readback();
@@ -401,6 +431,7 @@ mod tests {
             "b/e/live/state/running",
             "b/old/x/state",
             "b/old/status",
+            "b/home-gone/x/state",
         ]
         .map(String::from)
         .into();

@@ -1,0 +1,283 @@
+//! Portainer environments as endpoints, through a Portainer-compatible server
+//! that forwards the Docker proxy to the real engine.
+
+mod common;
+mod portainer_double;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use portainer_double::{API_KEY, Env, FakePortainer, PASSWORD, USER};
+
+const T: Duration = Duration::from_secs(30);
+
+struct Setup {
+    broker: Broker,
+    ct: Containers,
+    base: String,
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Self {
+        Self {
+            ct: Containers::new(&unique("dsp")),
+            broker: Broker::start(),
+            base: unique("t"),
+            dir: tempfile::tempdir().expect("tmp"),
+        }
+    }
+    fn config(&self, p: &FakePortainer, auth: &str) -> String {
+        format!(
+            "{}\n[portainer.home]\nurl = \"{}\"\n{auth}\npoll_interval = \"2s\"\nrefresh = \"5s\"\n[commands]\nallow = [\"start\", \"stop\", \"restart\"]\nmin_interval = \"0s\"\n",
+            base_config(
+                &self.broker,
+                &self.base,
+                &self.dir.path().join("state"),
+                &self.ct.prefix
+            ),
+            p.url()
+        )
+    }
+    fn state(&self, ep: &str, ct: &str) -> String {
+        format!("{}/{ep}/{ct}/state", self.base)
+    }
+}
+
+fn api_key() -> String {
+    format!("api_key = \"{API_KEY}\"")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environments_are_mirrored_and_a_bad_one_disturbs_no_other() {
+    let s = Setup::new();
+    let name = s.ct.name("web");
+    docker(&["run", "-d", "--init", "--name", &name, IMAGE]);
+    let mut forbidden = Env::new(8, "Locked", 1);
+    forbidden.forbidden = true;
+    let mut down = Env::new(7, "Down Env", 1);
+    down.down = true;
+    let mut async_edge = Env::new(6, "Async Edge", 4);
+    async_edge.async_edge = true;
+    let p = FakePortainer::start(vec![
+        Env::new(1, "Local", 1),
+        Env::new(2, "Agent Box", 2),
+        Env::new(4, "Edge One", 4),
+        Env::new(5, "K8s", 5),
+        async_edge,
+        down,
+        forbidden,
+    ])
+    .await;
+    let c = Collector::start(s.broker.port, &format!("{}/#", s.base)).await;
+    let d = Dockside::start(s.dir.path(), &s.config(&p, &api_key()));
+    for ep in ["home-local", "home-agent-box", "home-edge-one"] {
+        c.wait_state(&s.state(ep, &name), T, |j| {
+            j["running"] == true && j["endpoint"] == ep
+        })
+        .await;
+        c.wait_latest(&format!("{}/{ep}/status", s.base), T, |m| {
+            m.text() == "online"
+        })
+        .await;
+    }
+    for ep in ["home-down-env", "home-locked"] {
+        c.wait_latest(&format!("{}/{ep}/status", s.base), T, |m| {
+            m.text() == "offline"
+        })
+        .await;
+    }
+    let info = c
+        .wait_latest(&format!("{}/home-local/info", s.base), T, |m| {
+            m.json()["reachable"] == true
+        })
+        .await
+        .json();
+    assert_eq!(info["kind"], "portainer");
+    assert_eq!(info["portainer_id"], 1);
+    assert_eq!(info["name"], "Local");
+    assert_eq!(info["public_url"], "local.example");
+    let bridge = c
+        .wait_latest(&format!("{}/info", s.base), T, |m| {
+            m.json()["endpoints"]
+                .as_array()
+                .is_some_and(|a| a.len() == 5)
+        })
+        .await
+        .json();
+    assert_eq!(
+        bridge["endpoints"],
+        serde_json::json!([
+            "home-agent-box",
+            "home-down-env",
+            "home-edge-one",
+            "home-local",
+            "home-locked"
+        ])
+    );
+    // Kubernetes and async Edge environments are skipped, with one log line each.
+    assert!(
+        c.all()
+            .iter()
+            .all(|m| !m.topic.contains("home-k8s") && !m.topic.contains("home-async"))
+    );
+    let log = d.log_text();
+    assert!(log.contains("not a Docker environment"), "{log}");
+    assert!(log.contains("async Edge"), "{log}");
+    assert!(
+        log.contains("Permission denied to access environment"),
+        "{log}"
+    );
+
+    // Commands through the proxy.
+    let set = format!("{}/home-local/{name}/set", s.base);
+    c.publish(&set, br#"{"action":"restart","request_id":"p1"}"#, false)
+        .await;
+    let r = c
+        .wait_latest(&format!("{}/home-local/{name}/result", s.base), T, |_| true)
+        .await
+        .json();
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["state"], "running");
+    // Live changes reach every environment.
+    docker(&["stop", "-t", "1", &name]);
+    for ep in ["home-local", "home-agent-box", "home-edge-one"] {
+        c.wait_state(&s.state(ep, &name), T, |j| j["state"] == "exited")
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environments_added_renamed_and_removed_at_runtime() {
+    let s = Setup::new();
+    let name = s.ct.name("x");
+    docker(&["run", "-d", "--name", &name, IMAGE]);
+    let p = FakePortainer::start(vec![Env::new(1, "Local", 1)]).await;
+    let c = Collector::start(s.broker.port, &format!("{}/#", s.base)).await;
+    let _d = Dockside::start(s.dir.path(), &s.config(&p, &api_key()));
+    c.wait_state(&s.state("home-local", &name), T, |j| j["running"] == true)
+        .await;
+    let resync = format!("{}/set", s.base);
+
+    p.add(Env::new(3, "Later", 2));
+    c.publish(&resync, b"resync", false).await;
+    c.wait_state(&s.state("home-later", &name), T, |j| j["running"] == true)
+        .await;
+
+    p.rename(3, "Renamed Box");
+    c.publish(&resync, b"resync", false).await;
+    c.wait_state(&s.state("home-renamed-box", &name), T, |j| {
+        j["running"] == true
+    })
+    .await;
+    c.wait_latest(&s.state("home-later", &name), T, |m| m.payload.is_empty())
+        .await;
+
+    p.remove(3);
+    c.publish(&resync, b"resync", false).await;
+    c.wait_latest(&s.state("home-renamed-box", &name), T, |m| {
+        m.payload.is_empty()
+    })
+    .await;
+    let snap = retained_snapshot(s.broker.port, &format!("{}/#", s.base)).await;
+    assert!(
+        !snap
+            .keys()
+            .any(|k| k.contains("home-later") || k.contains("home-renamed")),
+        "{snap:?}"
+    );
+    assert!(
+        snap.contains_key(&s.state("home-local", &name)),
+        "the other environment untouched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_login_renewal_and_a_portainer_restart() {
+    let s = Setup::new();
+    let name = s.ct.name("x");
+    docker(&["run", "-d", "--init", "--name", &name, IMAGE]);
+    let p = FakePortainer::start(vec![Env::new(1, "Local", 1), Env::new(2, "Two", 2)]).await;
+    p.set_jwt_lifetime(Duration::from_secs(8));
+    let c = Collector::start(s.broker.port, &format!("{}/#", s.base)).await;
+    let auth = format!("username = \"{USER}\"\npassword = \"{PASSWORD}\"");
+    let d = Dockside::start(s.dir.path(), &s.config(&p, &auth));
+    let started = Instant::now();
+    c.wait_state(&s.state("home-local", &name), T, |j| j["running"] == true)
+        .await;
+    c.wait_state(&s.state("home-two", &name), T, |j| j["running"] == true)
+        .await;
+    // Every token becomes invalid: dockside logs in again and carries on.
+    p.restart();
+    docker(&["stop", "-t", "1", &name]);
+    c.wait_state(&s.state("home-local", &name), T, |j| j["state"] == "exited")
+        .await;
+    c.wait_state(&s.state("home-two", &name), T, |j| j["state"] == "exited")
+        .await;
+    // Tokens expire after 8 s: renewed before, never a login storm.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    docker(&["start", &name]);
+    c.wait_state(&s.state("home-local", &name), T, |j| j["running"] == true)
+        .await;
+    let secs = started.elapsed().as_secs() as usize;
+    let logins = p.logins();
+    assert!(logins >= 2, "logged in again after the restart ({logins})");
+    assert!(logins <= secs / 2 + 2, "{logins} logins in {secs} s");
+    assert!(!p.banned(), "never banned");
+    assert!(!d.log_text().contains("password"), "no secret in the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_back_event_streams_still_deliver_within_the_poll_interval() {
+    let s = Setup::new();
+    let name = s.ct.name("x");
+    docker(&["run", "-d", "--init", "--name", &name, IMAGE]);
+    let p = FakePortainer::start(vec![Env::new(1, "Local", 1)]).await;
+    p.set_buffering(true);
+    let c = Collector::start(s.broker.port, &format!("{}/#", s.base)).await;
+    let _d = Dockside::start(s.dir.path(), &s.config(&p, &api_key()));
+    c.wait_state(&s.state("home-local", &name), T, |j| j["running"] == true)
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let at = Instant::now();
+    docker(&["stop", "-t", "1", &name]);
+    c.wait_state(&s.state("home-local", &name), T, |j| j["state"] == "exited")
+        .await;
+    let took = at.elapsed();
+    // poll_interval is 2 s; the stop itself takes up to ~1 s.
+    assert!(
+        took < Duration::from_secs(5),
+        "state took {took:?} with a held-back stream"
+    );
+    let events = format!("{}/home-local/events", s.base);
+    c.wait_until("stop event", T, |all| {
+        all.iter()
+            .any(|m| m.topic == events && m.json()["action"] == "stop")
+    })
+    .await;
+    // Once each, although the stream may deliver them late too.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stops = c
+        .on(&events)
+        .iter()
+        .filter(|m| m.json()["action"] == "stop")
+        .count();
+    assert_eq!(stops, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_html_error_page_from_a_proxy_is_survived() {
+    let s = Setup::new();
+    let name = s.ct.name("x");
+    docker(&["run", "-d", "--name", &name, IMAGE]);
+    let p = FakePortainer::start(vec![Env::new(1, "Local", 1)]).await;
+    p.set_html_env_list(true);
+    let c = Collector::start(s.broker.port, &format!("{}/#", s.base)).await;
+    let mut d = Dockside::start(s.dir.path(), &s.config(&p, &api_key()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(d.is_running());
+    assert!(d.log_text().contains("HTML page"), "{}", d.log_text());
+    p.set_html_env_list(false);
+    c.wait_state(&s.state("home-local", &name), T, |j| j["running"] == true)
+        .await;
+}

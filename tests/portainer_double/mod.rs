@@ -1,0 +1,458 @@
+//! A Portainer-compatible server for tests (not a mock of dockside's calls: a
+//! stand-in for Portainer, after `reference/portainer.md`): API-key and JWT auth
+//! (expiry, invalidated by a restart, both headers refused, 10 logins/s ban),
+//! `GET /api/endpoints` paged and in wire casing, `/api/endpoints/{id}/docker/…`
+//! forwarded to the real engine with streaming, and a switch that holds back
+//! event streams the way Portainer's socket proxy does (no flush under 4 KiB).
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+
+pub const API_KEY: &str = "ptr_testkey0123";
+pub const USER: &str = "admin";
+pub const PASSWORD: &str = "s3cret-pw";
+
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub id: i64,
+    pub name: String,
+    pub kind: i64,
+    pub status: i64,
+    pub async_edge: bool,
+    /// The proxy answers 502 (agent unreachable).
+    pub down: bool,
+    /// The proxy answers 403.
+    pub forbidden: bool,
+}
+
+impl Env {
+    pub fn new(id: i64, name: &str, kind: i64) -> Self {
+        Self {
+            id,
+            name: name.into(),
+            kind,
+            status: 1,
+            async_edge: false,
+            down: false,
+            forbidden: false,
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    envs: Vec<Env>,
+    epoch: u64,
+    tokens: HashMap<String, (u64, Instant)>,
+    jwt_lifetime: Duration,
+    logins: VecDeque<Instant>,
+    login_count: usize,
+    banned: bool,
+    buffer_events: bool,
+    html_env_list: bool,
+}
+
+#[derive(Clone)]
+pub struct FakePortainer {
+    pub port: u16,
+    state: Arc<Mutex<State>>,
+}
+
+impl FakePortainer {
+    pub async fn start(envs: Vec<Env>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let state = Arc::new(Mutex::new(State {
+            envs,
+            jwt_lifetime: Duration::from_secs(8 * 3600),
+            ..Default::default()
+        }));
+        let st = state.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let _ = handle(s, st).await;
+                });
+            }
+        });
+        Self { port, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+    fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        f(&mut self.state.lock().expect("lock"))
+    }
+    pub fn add(&self, e: Env) {
+        self.with(|s| s.envs.push(e));
+    }
+    pub fn remove(&self, id: i64) {
+        self.with(|s| s.envs.retain(|e| e.id != id));
+    }
+    pub fn rename(&self, id: i64, name: &str) {
+        self.with(|s| {
+            s.envs
+                .iter_mut()
+                .filter(|e| e.id == id)
+                .for_each(|e| e.name = name.into())
+        });
+    }
+    pub fn set_down(&self, id: i64, down: bool) {
+        self.with(|s| {
+            s.envs
+                .iter_mut()
+                .filter(|e| e.id == id)
+                .for_each(|e| e.down = down)
+        });
+    }
+    /// Every JWT becomes invalid, as when Portainer restarts.
+    pub fn restart(&self) {
+        self.with(|s| {
+            s.epoch += 1;
+            s.tokens.clear();
+        });
+    }
+    pub fn set_jwt_lifetime(&self, d: Duration) {
+        self.with(|s| s.jwt_lifetime = d);
+    }
+    pub fn set_buffering(&self, on: bool) {
+        self.with(|s| s.buffer_events = on);
+    }
+    pub fn set_html_env_list(&self, on: bool) {
+        self.with(|s| s.html_env_list = on);
+    }
+    pub fn logins(&self) -> usize {
+        self.with(|s| s.login_count)
+    }
+    pub fn banned(&self) -> bool {
+        self.with(|s| s.banned)
+    }
+}
+
+struct Request {
+    method: String,
+    path: String,
+    query: String,
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+async fn read_request(s: &mut TcpStream) -> std::io::Result<Option<Request>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let mut lines = head.split("\r\n");
+    let first = lines.next().unwrap_or("");
+    let mut parts = first.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let target = parts.next().unwrap_or("/").to_string();
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_string(), q.to_string()),
+        None => (target, String::new()),
+    };
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let len: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = buf[end..].to_vec();
+    while body.len() < len {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    Ok(Some(Request {
+        method,
+        path,
+        query,
+        headers,
+        body,
+    }))
+}
+
+async fn respond(s: &mut TcpStream, status: &str, extra: &str, body: &str) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(body.as_bytes()).await?;
+    s.flush().await
+}
+
+fn err(message: &str, details: &str) -> String {
+    serde_json::json!({"message": message, "details": details}).to_string()
+}
+
+fn b64url(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..(c.len() + 1) {
+            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+fn env_json(e: &Env) -> serde_json::Value {
+    serde_json::json!({
+        "Id": e.id, "Name": e.name, "Type": e.kind, "ContainerEngine": "docker",
+        "URL": "unix:///var/run/docker.sock", "GroupId": 1, "PublicURL": format!("{}.example", e.name.to_lowercase().replace(' ', "-")),
+        "Gpus": [], "TLSConfig": {"TLS": false, "TLSSkipVerify": false}, "TagIds": [], "Status": e.status,
+        "Snapshots": [], "UserAccessPolicies": {}, "TeamAccessPolicies": {}, "EdgeKey": "", "EdgeCheckinInterval": 5,
+        "SecuritySettings": {"allowBindMountsForRegularUsers": true},
+        "LastCheckInDate": 0, "QueryDate": 0, "Heartbeat": e.kind == 4,
+        "Edge": {"AsyncMode": e.async_edge, "PingInterval": 0, "SnapshotInterval": 0, "CommandInterval": 0},
+        "Agent": {"Version": if e.kind == 1 { "" } else { "2.23.0" }},
+        "AuthorizedUsers": null, "AuthorizedTeams": null, "Tags": null
+    })
+}
+
+fn param(query: &str, key: &str) -> Option<usize> {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(&format!("{key}="))?.parse().ok())
+}
+
+async fn handle(mut s: TcpStream, st: Arc<Mutex<State>>) -> std::io::Result<()> {
+    let Some(req) = read_request(&mut s).await? else {
+        return Ok(());
+    };
+    if req.path == "/api/auth" && req.method == "POST" {
+        let (status, body) = {
+            let mut g = st.lock().expect("lock");
+            let now = Instant::now();
+            g.logins.push_back(now);
+            while g
+                .logins
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(1))
+            {
+                g.logins.pop_front();
+            }
+            if g.logins.len() > 10 {
+                g.banned = true;
+            }
+            let v: serde_json::Value = serde_json::from_slice(&req.body).unwrap_or_default();
+            if g.banned {
+                (
+                    "403 Forbidden",
+                    err("Access denied", "Access denied to resource"),
+                )
+            } else if v["Username"] != USER || v["Password"] != PASSWORD {
+                (
+                    "422 Unprocessable Entity",
+                    err("Invalid credentials", "Unauthorized"),
+                )
+            } else {
+                g.login_count += 1;
+                let exp = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0)
+                    + g.jwt_lifetime.as_secs();
+                let iat = exp - g.jwt_lifetime.as_secs();
+                let payload = b64url(
+                    format!(r#"{{"id":1,"username":"admin","role":1,"iat":{iat},"exp":{exp}}}"#)
+                        .as_bytes(),
+                );
+                let token = format!("eyJhbGciOiJIUzI1NiJ9.{payload}.{:016x}", fastrand::u64(..));
+                let epoch = g.epoch;
+                let lifetime = g.jwt_lifetime;
+                g.tokens.insert(token.clone(), (epoch, now + lifetime));
+                ("200 OK", serde_json::json!({"jwt": token}).to_string())
+            }
+        };
+        return respond(&mut s, status, "", &body).await;
+    }
+    // Everything else needs exactly one credential.
+    let auth_err = {
+        let g = st.lock().expect("lock");
+        let key = req.headers.get("x-api-key");
+        let bearer = req.headers.get("authorization");
+        match (key, bearer) {
+            (Some(_), Some(_)) => Some((
+                "403 Forbidden",
+                err(
+                    "api key and auth header are not allowed at the same time",
+                    "Forbidden",
+                ),
+            )),
+            (Some(k), None) if k == API_KEY => None,
+            (Some(_), None) => Some(("401 Unauthorized", err("Invalid JWT token", "Unauthorized"))),
+            (None, Some(b)) => {
+                let t = b.strip_prefix("Bearer ").unwrap_or("");
+                match g.tokens.get(t) {
+                    Some((epoch, exp)) if *epoch == g.epoch && *exp > Instant::now() => None,
+                    _ => Some(("401 Unauthorized", err("Invalid JWT token", "Unauthorized"))),
+                }
+            }
+            (None, None) => Some((
+                "401 Unauthorized",
+                err("A valid authorization token is missing", "Unauthorized"),
+            )),
+        }
+    };
+    if let Some((status, body)) = auth_err {
+        return respond(&mut s, status, "", &body).await;
+    }
+    if req.path == "/api/endpoints" {
+        let (html, page, total) = {
+            let g = st.lock().expect("lock");
+            let start = param(&req.query, "start").unwrap_or(1).max(1) - 1;
+            let limit = param(&req.query, "limit")
+                .filter(|l| *l > 0)
+                .unwrap_or(usize::MAX);
+            let page: Vec<serde_json::Value> = g
+                .envs
+                .iter()
+                .skip(start)
+                .take(limit)
+                .map(env_json)
+                .collect();
+            (g.html_env_list, page, g.envs.len())
+        };
+        if html {
+            let body = "<html><body><h1>502 Bad Gateway</h1></body></html>";
+            let head = format!(
+                "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            s.write_all(head.as_bytes()).await?;
+            return s.write_all(body.as_bytes()).await;
+        }
+        let body = serde_json::Value::Array(page).to_string();
+        return respond(
+            &mut s,
+            "200 OK",
+            &format!("X-Total-Count: {total}\r\nX-Total-Available: {total}\r\n"),
+            &body,
+        )
+        .await;
+    }
+    if req.path == "/api/tags" {
+        return respond(&mut s, "200 OK", "", "[]").await;
+    }
+    if let Some(rest) = req.path.strip_prefix("/api/endpoints/") {
+        let (id, docker_path) = match rest.split_once("/docker") {
+            Some((id, p)) => (id.parse::<i64>().unwrap_or(-1), p.to_string()),
+            None => (-1, String::new()),
+        };
+        let (env, buffer) = {
+            let g = st.lock().expect("lock");
+            (g.envs.iter().find(|e| e.id == id).cloned(), g.buffer_events)
+        };
+        let Some(env) = env else {
+            return respond(&mut s, "404 Not Found", "", &err("Unable to find an environment with the specified identifier inside the database", "Object not found inside the database")).await;
+        };
+        if !matches!(env.kind, 1 | 2 | 4) {
+            return respond(
+                &mut s,
+                "400 Bad Request",
+                "",
+                &err("environment is not a docker environment", ""),
+            )
+            .await;
+        }
+        if env.forbidden {
+            return respond(
+                &mut s,
+                "403 Forbidden",
+                "",
+                &err("Permission denied to access environment", "Forbidden"),
+            )
+            .await;
+        }
+        if env.down || (env.kind == 4 && env.async_edge) {
+            return respond(
+                &mut s,
+                "502 Bad Gateway",
+                "",
+                &err(
+                    "Unable to proxy the request via the Docker socket",
+                    "dial unix: connection refused",
+                ),
+            )
+            .await;
+        }
+        return forward(s, &req, &docker_path, buffer).await;
+    }
+    respond(&mut s, "404 Not Found", "", &err("Not found", "")).await
+}
+
+/// Forwards one request to the engine socket and streams the answer back.
+async fn forward(
+    mut client: TcpStream,
+    req: &Request,
+    path: &str,
+    buffer_events: bool,
+) -> std::io::Result<()> {
+    let mut engine = UnixStream::connect("/var/run/docker.sock").await?;
+    let target = if req.query.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", req.query)
+    };
+    let mut head = format!(
+        "{} {} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n",
+        req.method, target
+    );
+    for (k, v) in &req.headers {
+        if !matches!(
+            k.as_str(),
+            "host" | "connection" | "x-api-key" | "authorization"
+        ) {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+    }
+    head.push_str("\r\n");
+    engine.write_all(head.as_bytes()).await?;
+    engine.write_all(&req.body).await?;
+    // Portainer's socket proxy copies without flushing: small event lines (and
+    // even the headers) wait until 4 KiB pile up or the answer ends.
+    let hold_back = buffer_events && path.ends_with("/events") && !req.query.contains("until=");
+    let mut pending = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = engine.read(&mut chunk).await?;
+        if n == 0 {
+            client.write_all(&pending).await?;
+            return client.flush().await;
+        }
+        if hold_back {
+            pending.extend_from_slice(&chunk[..n]);
+            if pending.len() >= 4096 {
+                client.write_all(&pending).await?;
+                pending.clear();
+            }
+        } else {
+            client.write_all(&chunk[..n]).await?;
+        }
+    }
+}
