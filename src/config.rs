@@ -61,6 +61,7 @@ pub struct Config {
     pub containers: ContainersConfig,
     pub events: EventsConfig,
     pub commands: CommandsConfig,
+    pub updates: UpdatesConfig,
     pub state: StateConfig,
     pub log: LogConfig,
 }
@@ -251,6 +252,43 @@ impl Default for CommandsConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct UpdatesConfig {
+    /// Image update checks at all.
+    pub enabled: bool,
+    /// Time between two rounds (jittered); a round also runs at start unless
+    /// the persisted results are fresh.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// A Docker `config.json` whose `auths` give registry credentials.
+    pub docker_config: Option<PathBuf>,
+    /// Registries reached over plain HTTP besides loopback ones.
+    pub insecure_registries: Vec<String>,
+    /// Credentials per registry host (`[updates.registries."ghcr.io"]`).
+    pub registries: BTreeMap<String, RegistryCredentials>,
+}
+
+impl Default for UpdatesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(6 * 3600),
+            docker_config: None,
+            insecure_registries: Vec::new(),
+            registries: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryCredentials {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct StateConfig {
     /// Persisted event cursors (and, later, update results).
     pub dir: PathBuf,
@@ -379,6 +417,18 @@ impl Config {
                     &format!("portainer.{key}.password_file"),
                     file,
                 )?);
+            }
+        }
+        for (host, r) in self.updates.registries.iter_mut() {
+            if let Some(file) = &r.password_file {
+                let key = format!("updates.registries.\"{host}\".password_file");
+                if r.password.is_some() {
+                    return Err(invalid(
+                        key,
+                        "set either password or password_file, not both",
+                    ));
+                }
+                r.password = Some(read_secret(&key, file)?);
             }
         }
         if let Some(file) = &self.mqtt.password_file {
@@ -529,6 +579,17 @@ impl Config {
             }
         }
         crate::filter::glob_set("commands.protect", &self.commands.protect)?;
+        if self.updates.interval < Duration::from_secs(60) {
+            return Err(invalid("updates.interval", "must be at least 1m"));
+        }
+        for (host, r) in &self.updates.registries {
+            if r.username.is_some() != r.password.is_some() {
+                return Err(invalid(
+                    format!("updates.registries.\"{host}\".password"),
+                    "username and password go together",
+                ));
+            }
+        }
         if self.commands.timeout < Duration::from_secs(1) {
             return Err(invalid("commands.timeout", "must be at least 1s"));
         }
@@ -575,6 +636,11 @@ impl Config {
         let mut copy = self.clone();
         if copy.mqtt.password.is_some() {
             copy.mqtt.password = Some(REDACTED.into());
+        }
+        for r in copy.updates.registries.values_mut() {
+            if r.password.is_some() {
+                r.password = Some(REDACTED.into());
+            }
         }
         for p in copy.portainer.values_mut() {
             if p.api_key.is_some() {

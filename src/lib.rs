@@ -15,9 +15,11 @@ pub mod mqtt;
 pub mod payloads;
 pub mod persist;
 pub mod portainer;
+pub mod registry;
 pub mod signals;
 pub mod supervisor;
 pub mod topics;
+pub mod watcher;
 
 pub use config::Config;
 pub use supervisor::{RunError, run};

@@ -37,6 +37,10 @@ impl StateDir {
         })
     }
 
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
     fn cursor_path(&self, ep: &str) -> PathBuf {
         self.dir.join(format!("cursor-{ep}.json"))
     }

@@ -21,6 +21,7 @@ use crate::persist::{StateDir, StateDirError};
 use crate::portainer::{self, PortainerClient, PortainerEndpoint, SourceUpdate};
 use crate::topics::CommandTarget;
 use crate::topics::Topics;
+use crate::watcher::{CheckRequest, CheckScope, Inventory, Watcher};
 
 /// How long a stopping endpoint may take before it is abandoned.
 const ENDPOINT_STOP_GRACE: Duration = Duration::from_millis(700);
@@ -89,6 +90,9 @@ struct SourceHandle {
 }
 
 struct Supervisor {
+    /// The image watcher's request queue, when update checks are on.
+    checks: Option<mpsc::Sender<CheckRequest>>,
+    inventory: Option<Arc<Inventory>>,
     settings: Arc<EndpointSettings>,
     sources: BTreeMap<String, SourceHandle>,
     commands: CommandsConfig,
@@ -98,7 +102,11 @@ struct Supervisor {
     dedup: Dedup,
 }
 
-fn settings(cfg: &Config, state_dir: &StateDir) -> Result<EndpointSettings, ConfigError> {
+fn settings(
+    cfg: &Config,
+    state_dir: &StateDir,
+    inventory: Option<Arc<Inventory>>,
+) -> Result<EndpointSettings, ConfigError> {
     let own_ids = commands::detect_own_container();
     if !own_ids.is_empty() {
         tracing::info!(ids = ?own_ids, "running in a container: it is protected from commands");
@@ -108,6 +116,7 @@ fn settings(cfg: &Config, state_dir: &StateDir) -> Result<EndpointSettings, Conf
         own_ids,
         min_interval: cfg.commands.min_interval,
         command_timeout: cfg.commands.timeout,
+        inventory,
         topics: Topics::new(cfg.mqtt.base_topic.clone()),
         filter: ContainerFilter::new(&cfg.containers)?,
         event_types: cfg.events.types.clone(),
@@ -131,9 +140,35 @@ async fn run_instance(
     let mqtt_token = CancellationToken::new();
     let mqtt_join = tokio::spawn(mqtt_task.run(mqtt_token.clone()));
 
+    let inventory = config
+        .updates
+        .enabled
+        .then(|| Arc::new(Inventory::default()));
+    let watcher_token = CancellationToken::new();
+    let (check_tx, check_rx) = mpsc::channel::<CheckRequest>(8);
+    let checks = match &inventory {
+        Some(inv) => match Watcher::new(
+            config,
+            mqtt.outbox.clone(),
+            inv.clone(),
+            Some(state_dir.clone()),
+        ) {
+            Ok(w) => {
+                tokio::spawn(w.run(watcher_token.clone(), check_rx));
+                Some(check_tx)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the image watcher");
+                None
+            }
+        },
+        None => None,
+    };
     let mut sup = Supervisor {
+        checks,
+        inventory: inventory.clone(),
         sources: BTreeMap::new(),
-        settings: Arc::new(settings(config, &state_dir)?),
+        settings: Arc::new(settings(config, &state_dir, inventory.clone())?),
         commands: config.commands.clone(),
         mqtt: mqtt.clone(),
         endpoints: BTreeMap::new(),
@@ -165,7 +200,11 @@ async fn run_instance(
                     sd_notify::NotifyState::Reloading,
                     sd_notify::NotifyState::monotonic_usec_now().unwrap_or(sd_notify::NotifyState::Status("reloading")),
                 ]);
-                if new.mqtt != current.mqtt || new.state != current.state || new.portainer != current.portainer {
+                if new.mqtt != current.mqtt
+                    || new.state != current.state
+                    || new.portainer != current.portainer
+                    || new.updates != current.updates
+                {
                     break Outcome::Restart(Box::new(new));
                 }
                 if new.log != current.log {
@@ -176,7 +215,7 @@ async fn run_instance(
                     || new.commands != current.commands;
                 sup.commands = new.commands.clone();
                 if global_changed {
-                    sup.settings = Arc::new(settings(&new, &state_dir)?);
+                    sup.settings = Arc::new(settings(&new, &state_dir, sup.inventory.clone())?);
                 }
                 sup.apply(new.effective_endpoints(), global_changed).await;
                 if global_changed {
@@ -200,6 +239,7 @@ async fn run_instance(
         }
     };
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    watcher_token.cancel();
     for s in sup.sources.values() {
         s.token.cancel();
     }
@@ -335,9 +375,12 @@ impl Supervisor {
             match wanted.get(id) {
                 None => {
                     self.stop(id).await;
-                    self.mqtt
-                        .outbox
-                        .clear_prefix(&self.settings.topics.endpoint_prefix(id));
+                    let prefix = self.settings.topics.endpoint_prefix(id);
+                    let outbox = self.mqtt.outbox.clone();
+                    match &self.inventory {
+                        Some(inv) => inv.remove_endpoint_then(id, || outbox.clear_prefix(&prefix)),
+                        None => outbox.clear_prefix(&prefix),
+                    }
                     if let Some(dir) = &self.settings.state_dir {
                         dir.remove_cursor(id);
                     }
@@ -493,12 +536,19 @@ impl Supervisor {
         match target {
             CommandTarget::Bridge | CommandTarget::Endpoint(_) => {
                 if req.action == "check_updates" {
-                    return reply(CommandResult::refused(
-                        &req,
-                        Code::Invalid,
-                        "update checks are not available in this version",
-                        received,
-                    ));
+                    let scope = match target {
+                        CommandTarget::Endpoint(ep) if !self.endpoints.contains_key(ep) => {
+                            return reply(CommandResult::refused(
+                                &req,
+                                Code::NotFound,
+                                format!("no endpoint `{ep}`"),
+                                received,
+                            ));
+                        }
+                        CommandTarget::Endpoint(ep) => CheckScope::Endpoint(ep.to_string()),
+                        _ => CheckScope::All,
+                    };
+                    return self.check_updates(scope, req, result_topic, received);
                 }
                 let eps: Vec<String> = match target {
                     CommandTarget::Endpoint(ep) if !self.endpoints.contains_key(ep) => {
@@ -521,13 +571,11 @@ impl Supervisor {
                 self.resync(eps, req, result_topic, received);
             }
             CommandTarget::Container(ep, ct) => {
-                let refusal = if matches!(req.action.as_str(), "update" | "check") {
+                let refusal = if req.action == "update" {
                     Some((
                         Code::Invalid,
-                        format!(
-                            "`{}` is not available in this version (it comes with the image watcher)",
-                            req.action
-                        ),
+                        "`update` is not available in this version (pull + recreate comes with its own issue)"
+                            .to_string(),
                     ))
                 } else if !self.commands.enabled {
                     Some((
@@ -546,6 +594,10 @@ impl Supervisor {
                 };
                 if let Some((code, msg)) = refusal {
                     return reply(CommandResult::refused(&req, code, msg, received));
+                }
+                if req.action == "check" {
+                    let scope = CheckScope::Container(ep.to_string(), ct.to_string());
+                    return self.check_updates(scope, req, result_topic, received);
                 }
                 let Some(h) = self.endpoints.get(ep) else {
                     return;
@@ -572,6 +624,56 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// Asks the image watcher for a check now; one result when it is done.
+    fn check_updates(
+        &self,
+        scope: CheckScope,
+        req: Request,
+        result_topic: String,
+        received: std::time::Instant,
+    ) {
+        let outbox = self.mqtt.outbox.clone();
+        let Some(checks) = &self.checks else {
+            let r = CommandResult::refused(
+                &req,
+                Code::Invalid,
+                "update checks are off (updates.enabled = false)",
+                received,
+            );
+            return outbox.send(result_topic, r.to_json());
+        };
+        let (tx, rx) = oneshot::channel();
+        if checks.try_send((scope, tx)).is_err() {
+            let r = CommandResult::refused(
+                &req,
+                Code::Busy,
+                "update checks are already queued",
+                received,
+            );
+            return outbox.send(result_topic, r.to_json());
+        }
+        let timeout = self.commands.timeout;
+        tokio::spawn(async move {
+            let r = match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(Ok(()))) => CommandResult::ok(&req, None, received),
+                Ok(Ok(Err(e))) => CommandResult::refused(&req, Code::NotFound, e, received),
+                Ok(Err(_)) => CommandResult::refused(
+                    &req,
+                    Code::EngineError,
+                    "the image watcher stopped",
+                    received,
+                ),
+                Err(_) => CommandResult::refused(
+                    &req,
+                    Code::Timeout,
+                    "the check did not finish in time",
+                    received,
+                ),
+            };
+            outbox.send(result_topic, r.to_json());
+        });
     }
 
     /// Resync some endpoints; one result once all have answered (or timed out).

@@ -174,7 +174,7 @@ async fn each_refusal_has_its_code_and_touches_nothing() {
         (&guarded, "restart", "forbidden", "protected"),
         (&excluded, "stop", "forbidden", "not mirrored"),
         (&plain, "update", "invalid", "not available"),
-        (&plain, "check", "invalid", "not available"),
+        (&plain, "check", "forbidden", "commands.allow"),
     ];
     for (i, (ct, action, code, text)) in cases.iter().enumerate() {
         let r = command(&c, &env, ct, action, &format!("x{i}")).await;

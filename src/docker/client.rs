@@ -14,7 +14,9 @@ use serde::de::DeserializeOwned;
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::io::StreamReader;
 
-use super::models::{ContainerInspect, ContainerSummary, SystemInfo, Version, VolumeList};
+use super::models::{
+    ContainerInspect, ContainerSummary, ImageInspect, SystemInfo, Version, VolumeList,
+};
 use crate::config::{EndpointConfig, EngineUrl, parse_engine_url};
 
 /// Newest API version whose fields this client knows; older engines get their own.
@@ -327,6 +329,23 @@ impl DockerClient {
             .await
         {
             Ok(c) => Ok(Some(c)),
+            Err(DockerError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GET /images/{id}/json` by image id; `None` when the image is gone.
+    pub async fn image_inspect(&self, id: &str) -> Result<Option<ImageInspect>, DockerError> {
+        match self
+            .get_json(
+                "images/{id}/json",
+                &["images", id, "json"],
+                &[],
+                MAX_OBJECT_BODY,
+            )
+            .await
+        {
+            Ok(i) => Ok(Some(i)),
             Err(DockerError::NotFound) => Ok(None),
             Err(e) => Err(e),
         }

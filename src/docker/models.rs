@@ -106,6 +106,28 @@ pub struct PortBinding {
     pub host_port: String,
 }
 
+/// `GET /images/{id}/json`: what an update check needs of the running image.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ImageInspect {
+    pub id: String,
+    #[serde(deserialize_with = "nullable")]
+    pub repo_digests: Vec<String>,
+    #[serde(deserialize_with = "nullable")]
+    pub repo_tags: Vec<String>,
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+    pub config: ImageConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ImageConfig {
+    #[serde(deserialize_with = "nullable")]
+    pub labels: HashMap<String, String>,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct Version {

@@ -73,6 +73,8 @@ pub struct EndpointSettings {
     pub own_ids: HashSet<String>,
     pub min_interval: Duration,
     pub command_timeout: Duration,
+    /// Where the image watcher learns which containers run which image.
+    pub inventory: Option<Arc<crate::watcher::Inventory>>,
 }
 
 /// What kind of source an endpoint comes from, for its info payload.
@@ -273,6 +275,9 @@ impl Endpoint {
         cmds: &mut mpsc::Receiver<EndpointCommand>,
     ) -> Result<(), SessionError> {
         self.client.negotiate().await?;
+        if let Some(inv) = &self.settings.inventory {
+            inv.set_endpoint(&self.id, self.client.clone());
+        }
         if self.cursor.time_nano == 0
             && let Some(now) = self.engine_now().await
         {
@@ -731,6 +736,16 @@ impl Endpoint {
                 }
             }
         }
+        if let Some(inv) = &self.settings.inventory {
+            inv.set_container(
+                &self.id,
+                name,
+                crate::watcher::Watched {
+                    config_image: state.image.clone(),
+                    image_id: state.image_id.clone(),
+                },
+            );
+        }
         self.containers.insert(name.to_string(), state);
         self.info_changed();
         self.check_pending(name);
@@ -786,8 +801,14 @@ impl Endpoint {
     }
 
     fn clear_container(&self, name: &str) {
-        self.outbox
-            .clear_prefix(&self.settings.topics.container_prefix(&self.id, name));
+        let prefix = self.settings.topics.container_prefix(&self.id, name);
+        match &self.settings.inventory {
+            // Under the inventory lock: no update status can land after the clear.
+            Some(inv) => {
+                inv.remove_container_then(&self.id, name, || self.outbox.clear_prefix(&prefix))
+            }
+            None => self.outbox.clear_prefix(&prefix),
+        }
     }
 
     fn set_online(&mut self, online: bool) {

@@ -1,0 +1,8 @@
+//! Registry side of the image watcher: references and classification, and the
+//! registry client (HEAD checks, auth, platform resolution, cooldowns).
+
+pub mod client;
+pub mod reference;
+
+pub use client::{Credentials, Platform, RegistryClient, RegistryError, Remote};
+pub use reference::{Class, Reference, classify};

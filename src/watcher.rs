@@ -1,0 +1,703 @@
+//! The image watcher (SPEC §6): one task for all endpoints. Endpoints report
+//! their containers into the [`Inventory`]; a round classifies them, checks each
+//! distinct (registry, repository, tag) once with a manifest HEAD, resolves
+//! multi-arch indexes to the running platform, and publishes
+//! `<base>/<ep>/<ct>/update`. Results survive restarts (`state.dir/updates.json`),
+//! so a restart publishes the last known status at once without re-asking
+//! registries whose results are fresh.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{StreamExt, stream};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, UpdatesConfig};
+use crate::docker::DockerClient;
+use crate::docker::models::ImageInspect;
+use crate::mqtt::Outbox;
+use crate::payloads::now_rfc3339;
+use crate::persist::StateDir;
+use crate::registry::{
+    Class, Credentials, Platform, Reference, RegistryClient, RegistryError, Remote, classify,
+};
+
+const VERSION_LABEL: &str = "org.opencontainers.image.version";
+/// Registry checks in flight at once, all registries together (plus 3 per host in the client).
+const GLOBAL_CONCURRENCY: usize = 8;
+/// New or changed containers are looked at together after this quiet time.
+const INVENTORY_DEBOUNCE: Duration = Duration::from_secs(2);
+
+/// What the watcher needs of one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watched {
+    pub config_image: String,
+    pub image_id: String,
+}
+
+type Key = (String, String);
+
+#[derive(Default)]
+struct InventoryInner {
+    endpoints: HashMap<String, Arc<DockerClient>>,
+    containers: BTreeMap<Key, Watched>,
+    changed: BTreeSet<Key>,
+}
+
+/// Containers of every endpoint, written by the endpoint tasks, read by the watcher.
+#[derive(Default)]
+pub struct Inventory {
+    inner: Mutex<InventoryInner>,
+    notify: Notify,
+}
+
+impl std::fmt::Debug for Inventory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Inventory")
+    }
+}
+
+impl Inventory {
+    fn lock(&self) -> MutexGuard<'_, InventoryInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    pub fn set_endpoint(&self, ep: &str, client: Arc<DockerClient>) {
+        self.lock().endpoints.insert(ep.to_string(), client);
+    }
+    /// Forgets an endpoint; `then` runs under the lock (clearing its topics), so no
+    /// update message of the watcher can land after it.
+    pub fn remove_endpoint_then(&self, ep: &str, then: impl FnOnce()) {
+        let mut g = self.lock();
+        g.endpoints.remove(ep);
+        g.containers.retain(|(e, _), _| e != ep);
+        then();
+    }
+    pub fn set_container(&self, ep: &str, ct: &str, w: Watched) {
+        let key = (ep.to_string(), ct.to_string());
+        let mut g = self.lock();
+        if g.containers.get(&key) != Some(&w) {
+            g.containers.insert(key.clone(), w);
+            g.changed.insert(key);
+            drop(g);
+            self.notify.notify_one();
+        }
+    }
+    /// Forgets a container; `then` (clearing its topics) runs under the lock.
+    pub fn remove_container_then(&self, ep: &str, ct: &str, then: impl FnOnce()) {
+        let mut g = self.lock();
+        g.containers.remove(&(ep.to_string(), ct.to_string()));
+        then();
+    }
+    /// Runs `f` (a publish) only if the container is still there, under the lock.
+    fn publish_if_present(&self, key: &Key, f: impl FnOnce()) {
+        let g = self.lock();
+        if g.containers.contains_key(key) {
+            f();
+        }
+    }
+    fn take_changed(&self) -> BTreeSet<Key> {
+        std::mem::take(&mut self.lock().changed)
+    }
+    fn snapshot(&self) -> (HashMap<String, Arc<DockerClient>>, BTreeMap<Key, Watched>) {
+        let g = self.lock();
+        (g.endpoints.clone(), g.containers.clone())
+    }
+}
+
+/// What a check request covers.
+#[derive(Debug, Clone)]
+pub enum CheckScope {
+    All,
+    Endpoint(String),
+    Container(String, String),
+}
+
+pub type CheckRequest = (CheckScope, oneshot::Sender<Result<(), String>>);
+
+/// A registry answer for one (registry, repository, tag), persisted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct KeyResult {
+    remote: Option<String>,
+    media_type: Option<String>,
+    error: Option<String>,
+    not_found: bool,
+    checked_at: String,
+    checked_unix: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Persisted {
+    results: BTreeMap<String, KeyResult>,
+}
+
+/// SPEC §4.3. Keys with no value are left out.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct UpdateStatus {
+    pub status: &'static str,
+    pub update_available: bool,
+    pub image: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub installed_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latest_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_digest: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_digest: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checked_at: Option<String>,
+    pub in_progress: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub pending_recreate: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn short(d: &str) -> String {
+    let hex = d.trim_start_matches("sha256:");
+    format!("sha256:{}", &hex[..hex.len().min(12)])
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Credentials from `[updates.registries]`, then a Docker `config.json` (`auths`).
+pub fn credentials(cfg: &UpdatesConfig) -> HashMap<String, Credentials> {
+    let mut out = HashMap::new();
+    if let Some(path) = &cfg.docker_config {
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                if let Some(auths) = v.get("auths").and_then(|a| a.as_object()) {
+                    for (host, entry) in auths {
+                        let Some(raw) = entry.get("auth").and_then(|a| a.as_str()) else {
+                            continue;
+                        };
+                        use base64::Engine as _;
+                        let Ok(dec) = base64::engine::general_purpose::STANDARD.decode(raw.trim())
+                        else {
+                            tracing::warn!(host = %host, "docker_config: unreadable auth entry");
+                            continue;
+                        };
+                        let text = String::from_utf8_lossy(&dec).to_string();
+                        let Some((u, p)) = text.split_once(':') else {
+                            continue;
+                        };
+                        let host = match host.as_str() {
+                            "https://index.docker.io/v1/"
+                            | "index.docker.io"
+                            | "registry-1.docker.io" => "docker.io".to_string(),
+                            h => h
+                                .trim_start_matches("https://")
+                                .trim_start_matches("http://")
+                                .trim_end_matches('/')
+                                .to_string(),
+                        };
+                        out.insert(
+                            host,
+                            Credentials {
+                                username: u.to_string(),
+                                password: p.to_string(),
+                            },
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read updates.docker_config")
+            }
+        }
+    }
+    for (host, c) in &cfg.registries {
+        if let (Some(u), Some(p)) = (&c.username, &c.password) {
+            out.insert(
+                host.clone(),
+                Credentials {
+                    username: u.clone(),
+                    password: p.clone(),
+                },
+            );
+        }
+    }
+    out
+}
+
+pub struct Watcher {
+    cfg: UpdatesConfig,
+    topics: crate::topics::Topics,
+    outbox: Arc<Outbox>,
+    inventory: Arc<Inventory>,
+    registry: RegistryClient,
+    state_dir: Option<StateDir>,
+    images: HashMap<(String, String), Result<Arc<ImageInspect>, String>>,
+    results: BTreeMap<String, KeyResult>,
+    published: HashMap<Key, UpdateStatus>,
+}
+
+impl Watcher {
+    pub fn new(
+        cfg: &Config,
+        outbox: Arc<Outbox>,
+        inventory: Arc<Inventory>,
+        state_dir: Option<StateDir>,
+    ) -> Result<Self, RegistryError> {
+        let registry = RegistryClient::new(
+            credentials(&cfg.updates),
+            cfg.updates.insecure_registries.clone(),
+            Vec::new(),
+        )?;
+        let results = state_dir
+            .as_ref()
+            .and_then(|d| std::fs::read(d.path().join("updates.json")).ok())
+            .and_then(|b| serde_json::from_slice::<Persisted>(&b).ok())
+            .map(|p| p.results)
+            .unwrap_or_default();
+        Ok(Self {
+            cfg: cfg.updates.clone(),
+            topics: crate::topics::Topics::new(cfg.mqtt.base_topic.clone()),
+            outbox,
+            inventory,
+            registry,
+            state_dir,
+            images: HashMap::new(),
+            results,
+            published: HashMap::new(),
+        })
+    }
+
+    fn save(&self) {
+        let Some(dir) = &self.state_dir else { return };
+        let p = Persisted {
+            results: self.results.clone(),
+        };
+        let path = dir.path().join("updates.json");
+        let tmp = path.with_extension("json.tmp");
+        let r = serde_json::to_vec(&p)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|_| std::fs::rename(&tmp, &path));
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "cannot save update results");
+        }
+    }
+
+    pub async fn run(
+        mut self,
+        token: CancellationToken,
+        mut requests: mpsc::Receiver<CheckRequest>,
+    ) {
+        let mut next_round = Instant::now() + jitter(self.cfg.interval);
+        let mut debounce: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep_until(next_round) => {
+                    let _ = self.round(&CheckScope::All, None, false).await;
+                    next_round = Instant::now() + jitter(self.cfg.interval);
+                }
+                _ = self.inventory.notify.notified() => {
+                    debounce.get_or_insert(Instant::now() + INVENTORY_DEBOUNCE);
+                }
+                _ = sleep_until_opt(debounce) => {
+                    debounce = None;
+                    let changed = self.inventory.take_changed();
+                    if !changed.is_empty() {
+                        // New or changed containers: fresh results are reused, the rest is checked.
+                        let _ = self.round(&CheckScope::All, Some(&changed), false).await;
+                    }
+                }
+                Some((scope, reply)) = requests.recv() => {
+                    let r = self.round(&scope, None, true).await;
+                    let _ = reply.send(r);
+                }
+            }
+        }
+    }
+
+    async fn image(
+        &mut self,
+        ep: &str,
+        client: &Arc<DockerClient>,
+        id: &str,
+    ) -> Result<Arc<ImageInspect>, String> {
+        let key = (ep.to_string(), id.to_string());
+        if let Some(Ok(i)) = self.images.get(&key) {
+            return Ok(i.clone());
+        }
+        let r = match client.image_inspect(id).await {
+            Ok(Some(i)) => Ok(Arc::new(i)),
+            Ok(None) => Err("the running image is no longer on the engine".to_string()),
+            Err(e) => Err(format!("cannot inspect the image: {e}")),
+        };
+        self.images.insert(key, r.clone());
+        r
+    }
+
+    /// Classifies, checks what is due (or everything in scope when `force`), publishes.
+    async fn round(
+        &mut self,
+        scope: &CheckScope,
+        only: Option<&BTreeSet<Key>>,
+        force: bool,
+    ) -> Result<(), String> {
+        let (clients, containers) = self.inventory.snapshot();
+        let in_scope: Vec<(Key, Watched)> = containers
+            .into_iter()
+            .filter(|((ep, ct), _)| match scope {
+                CheckScope::All => true,
+                CheckScope::Endpoint(e) => e == ep,
+                CheckScope::Container(e, c) => e == ep && c == ct,
+            })
+            .filter(|(k, _)| only.is_none_or(|o| o.contains(k)))
+            .collect();
+        if let CheckScope::Container(ep, ct) = scope
+            && in_scope.is_empty()
+        {
+            return Err(format!("no container `{ct}` on endpoint `{ep}`"));
+        }
+        // Image facts and classes.
+        let mut classified = Vec::new();
+        for ((ep, ct), w) in in_scope {
+            let Some(client) = clients.get(&ep).cloned() else {
+                continue;
+            };
+            let image = self.image(&ep, &client, &w.image_id).await;
+            let class = match &image {
+                Ok(i) => classify(&w.config_image, &i.repo_digests),
+                Err(e) => Class::Unknown(e.clone()),
+            };
+            // Pending recreate: the tag now names another local image than the running one.
+            let pending = match (&class, client.image_inspect(&w.config_image).await) {
+                (Class::Tracked { .. }, Ok(Some(tagged))) => tagged.id != w.image_id,
+                _ => false,
+            };
+            classified.push(((ep, ct), w, image.ok(), class, pending));
+        }
+        // One check per distinct reference.
+        let stale_before = unix_now().saturating_sub(self.cfg.interval.as_secs() * 9 / 10);
+        let mut due: BTreeMap<String, Reference> = BTreeMap::new();
+        for (_, _, _, class, _) in &classified {
+            if let Class::Tracked { reference, .. } = class {
+                let k = key_of(reference);
+                let fresh = self
+                    .results
+                    .get(&k)
+                    .is_some_and(|r| r.checked_unix >= stale_before);
+                if force || !fresh {
+                    due.insert(k, reference.clone());
+                }
+            }
+        }
+        if !due.is_empty() {
+            tracing::info!(references = due.len(), "checking image references");
+            let registry = &self.registry;
+            let answers: Vec<(String, Result<Remote, RegistryError>)> = stream::iter(due)
+                .map(|(k, r)| async move { (k, registry.head(&r).await) })
+                .buffer_unordered(GLOBAL_CONCURRENCY)
+                .collect()
+                .await;
+            let (at, unix) = (now_rfc3339(), unix_now());
+            for (k, a) in answers {
+                let r = match a {
+                    Ok(remote) => KeyResult {
+                        remote: Some(remote.digest),
+                        media_type: Some(remote.media_type),
+                        error: None,
+                        not_found: false,
+                        checked_at: at.clone(),
+                        checked_unix: unix,
+                    },
+                    Err(e) => {
+                        tracing::warn!(reference = %k, error = %e, "update check failed");
+                        KeyResult {
+                            remote: None,
+                            media_type: None,
+                            not_found: e == RegistryError::NotFound,
+                            error: Some(e.to_string()),
+                            checked_at: at.clone(),
+                            checked_unix: unix,
+                        }
+                    }
+                };
+                self.results.insert(k, r);
+            }
+            self.save();
+        }
+        // Statuses.
+        for (key, w, image, class, pending) in classified {
+            let status = self.status(&w, image.as_deref(), class, pending).await;
+            if self.published.get(&key) != Some(&status) {
+                let topic = self.topics.container_update(&key.0, &key.1);
+                let payload = serde_json::to_vec(&status).unwrap_or_default();
+                let outbox = self.outbox.clone();
+                self.inventory
+                    .publish_if_present(&key, || outbox.retain(topic, payload));
+                self.published.insert(key, status);
+            }
+        }
+        Ok(())
+    }
+
+    async fn status(
+        &self,
+        w: &Watched,
+        image: Option<&ImageInspect>,
+        class: Class,
+        pending: bool,
+    ) -> UpdateStatus {
+        let label = image
+            .and_then(|i| i.config.labels.get(VERSION_LABEL))
+            .filter(|v| !v.is_empty())
+            .cloned();
+        let mut s = UpdateStatus {
+            status: "unknown",
+            update_available: false,
+            image: w.config_image.clone(),
+            installed_version: None,
+            latest_version: None,
+            local_digest: None,
+            remote_digest: None,
+            checked_at: None,
+            in_progress: false,
+            pending_recreate: pending,
+            error: None,
+        };
+        match class {
+            Class::Pinned => {
+                s.status = "pinned";
+                let d = Reference::parse(&w.config_image).and_then(|r| r.digest);
+                s.local_digest = d.clone();
+                s.installed_version = label.clone().or(d.as_deref().map(short));
+                s.latest_version = s.installed_version.clone();
+            }
+            Class::LocalBuild => {
+                s.status = "local_build";
+                s.installed_version = label.clone().or(Some(short(&w.image_id)));
+                s.latest_version = s.installed_version.clone();
+            }
+            Class::Unknown(e) => s.error = Some(e),
+            Class::Tracked {
+                reference,
+                local_digests,
+            } => {
+                let Some(r) = self.results.get(&key_of(&reference)) else {
+                    s.error = Some("not checked yet".into());
+                    return s;
+                };
+                s.checked_at = Some(r.checked_at.clone());
+                s.local_digest = local_digests.iter().next().cloned();
+                let (Some(remote), None) = (&r.remote, &r.error) else {
+                    s.status = if r.not_found { "unknown" } else { "error" };
+                    s.error = r.error.clone();
+                    return s;
+                };
+                s.remote_digest = Some(remote.clone());
+                let platform = image.map(|i| Platform {
+                    os: i.os.clone(),
+                    architecture: i.architecture.clone(),
+                    variant: i.variant.clone().filter(|v| !v.is_empty()),
+                });
+                let verdict = if local_digests.contains(remote) {
+                    s.local_digest = Some(remote.clone());
+                    Ok((false, remote.clone(), remote.clone()))
+                } else if r.media_type.as_deref().is_some_and(|m| {
+                    Remote {
+                        digest: String::new(),
+                        media_type: m.into(),
+                    }
+                    .is_index()
+                }) {
+                    self.resolve(
+                        &reference,
+                        remote,
+                        &local_digests,
+                        platform.as_ref(),
+                        &w.image_id,
+                    )
+                    .await
+                } else {
+                    Ok((
+                        true,
+                        s.local_digest.clone().unwrap_or_default(),
+                        remote.clone(),
+                    ))
+                };
+                match verdict {
+                    Ok((update, installed, latest)) => {
+                        s.status = if update {
+                            "update_available"
+                        } else {
+                            "up_to_date"
+                        };
+                        s.update_available = update;
+                        s.installed_version = label.clone().or(Some(short(&installed)));
+                        s.latest_version = if update {
+                            Some(short(&latest))
+                        } else {
+                            s.installed_version.clone()
+                        };
+                    }
+                    Err(e) => {
+                        s.status = "error";
+                        s.error = Some(e.to_string());
+                    }
+                }
+            }
+        }
+        s
+    }
+
+    /// The remote is an index whose digest is not local: compare the children for
+    /// this platform, so a change on another architecture is not an update.
+    /// Returns (update?, installed digest, latest digest).
+    async fn resolve(
+        &self,
+        r: &Reference,
+        remote: &str,
+        local: &BTreeSet<String>,
+        platform: Option<&Platform>,
+        image_id: &str,
+    ) -> Result<(bool, String, String), RegistryError> {
+        let Some(p) = platform else {
+            return Ok((
+                true,
+                local.iter().next().cloned().unwrap_or_default(),
+                remote.to_string(),
+            ));
+        };
+        let Some(remote_child) = self.registry.platform_child(r, remote, p).await? else {
+            return Err(RegistryError::Decode(format!(
+                "the image has no {}/{} variant anymore",
+                p.os, p.architecture
+            )));
+        };
+        for d in local {
+            match self.registry.platform_child(r, d, p).await {
+                Ok(Some(c)) if c == remote_child => return Ok((false, c.clone(), c)),
+                Ok(Some(c)) => return Ok((true, c, remote_child)),
+                Ok(None) | Err(_) => continue,
+            }
+        }
+        // The old index is gone (or was a single manifest): compare the config digest
+        // with the running image id (classic image store).
+        let (_, body) = self.registry.get_manifest(r, &remote_child).await?;
+        let config = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["config"]["digest"].as_str().map(String::from));
+        Ok(match config {
+            Some(c) if c == image_id => (false, remote_child.clone(), remote_child),
+            _ => (
+                true,
+                local.iter().next().cloned().unwrap_or_default(),
+                remote_child,
+            ),
+        })
+    }
+}
+
+fn key_of(r: &Reference) -> String {
+    format!("{}:{}", r.name(), r.tag.as_deref().unwrap_or("latest"))
+}
+
+/// `interval` ± up to 5 %, so many instances do not ask at the same moment.
+fn jitter(interval: Duration) -> Duration {
+    let spread = interval.as_millis() as u64 / 20;
+    let off = fastrand::u64(0..=spread.saturating_mul(2));
+    (interval + Duration::from_millis(off)).saturating_sub(Duration::from_millis(spread))
+}
+
+async fn sleep_until_opt(d: Option<Instant>) {
+    match d {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_from_config_and_docker_config() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("config.json");
+        std::fs::write(
+            &path,
+            r#"{"auths":{"https://index.docker.io/v1/":{"auth":"aHViOnNlY3JldA=="},"127.0.0.1:5000":{"auth":"dTpw"},"bad":{"auth":"!!"}}}"#,
+        )
+        .expect("write");
+        let mut cfg = UpdatesConfig {
+            docker_config: Some(path),
+            ..Default::default()
+        };
+        cfg.registries.insert(
+            "ghcr.io".into(),
+            crate::config::RegistryCredentials {
+                username: Some("me".into()),
+                password: Some("pat".into()),
+                password_file: None,
+            },
+        );
+        let c = credentials(&cfg);
+        assert_eq!(
+            c["docker.io"],
+            Credentials {
+                username: "hub".into(),
+                password: "secret".into()
+            }
+        );
+        assert_eq!(c["127.0.0.1:5000"].username, "u");
+        assert_eq!(c["ghcr.io"].password, "pat");
+        assert!(!c.contains_key("bad"));
+    }
+
+    #[test]
+    fn statuses_leave_out_empty_keys_and_jitter_is_bounded() {
+        let s = UpdateStatus {
+            status: "local_build",
+            update_available: false,
+            image: "app:dev".into(),
+            installed_version: Some("sha256:0123456789ab".into()),
+            latest_version: Some("sha256:0123456789ab".into()),
+            local_digest: None,
+            remote_digest: None,
+            checked_at: None,
+            in_progress: false,
+            pending_recreate: false,
+            error: None,
+        };
+        let v = serde_json::to_value(&s).expect("json");
+        let mut keys: Vec<&str> = v
+            .as_object()
+            .expect("obj")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "image",
+                "in_progress",
+                "installed_version",
+                "latest_version",
+                "status",
+                "update_available",
+            ]
+        );
+        assert!(v.as_object().expect("obj").values().all(|x| !x.is_null()));
+        for _ in 0..100 {
+            let j = jitter(Duration::from_secs(3600));
+            assert!(j >= Duration::from_secs(3420) && j <= Duration::from_secs(3780));
+        }
+        assert_eq!(short("sha256:0123456789abcdef"), "sha256:0123456789ab");
+    }
+}
