@@ -579,26 +579,31 @@ impl Watcher {
                 p.os, p.architecture
             )));
         };
+        if local.contains(&remote_child) {
+            return Ok((false, remote_child.clone(), remote_child));
+        }
+        // The same image may be known under several digests (Docker and OCI
+        // manifests, several indexes): any local index resolving to the remote
+        // child means this platform did not change.
+        let mut installed = None;
         for d in local {
-            match self.registry.platform_child(r, d, p).await {
-                Ok(Some(c)) if c == remote_child => return Ok((false, c.clone(), c)),
-                Ok(Some(c)) => return Ok((true, c, remote_child)),
-                Ok(None) | Err(_) => continue,
+            if let Ok(Some(c)) = self.registry.platform_child(r, d, p).await {
+                if c == remote_child {
+                    return Ok((false, c.clone(), c));
+                }
+                installed.get_or_insert(c);
             }
         }
-        // The old index is gone (or was a single manifest): compare the config digest
-        // with the running image id (classic image store).
+        // Last word: the remote child's config is the running image (classic store).
         let (_, body) = self.registry.get_manifest(r, &remote_child).await?;
         let config = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v["config"]["digest"].as_str().map(String::from));
+        let installed =
+            installed.unwrap_or_else(|| local.iter().next().cloned().unwrap_or_default());
         Ok(match config {
             Some(c) if c == image_id => (false, remote_child.clone(), remote_child),
-            _ => (
-                true,
-                local.iter().next().cloned().unwrap_or_default(),
-                remote_child,
-            ),
+            _ => (true, installed, remote_child),
         })
     }
 }

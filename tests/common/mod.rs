@@ -484,3 +484,144 @@ level = "debug"
         state_dir.display()
     )
 }
+
+// ---------------------------------------------------------------- registry
+
+/// A Debian `docker-registry` (distribution 2.8) on a free loopback port, with
+/// deletes enabled, optional htpasswd auth, and its access log in a file.
+pub struct Registry {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    htpasswd: Option<PathBuf>,
+}
+
+impl Registry {
+    pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// With Basic auth for `user` / `password` (bcrypt htpasswd).
+    pub fn start_with_auth(user: &str, password: &str) -> Self {
+        Self::start_with(Some((user, password)))
+    }
+
+    fn start_with(auth: Option<(&str, &str)>) -> Self {
+        let dir = tempfile::tempdir().expect("tmp");
+        let htpasswd = auth.map(|(user, password)| {
+            let file = dir.path().join("htpasswd");
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", user, password])
+                .output()
+                .expect("htpasswd is missing: run scripts/test-env.sh");
+            std::fs::write(&file, &out.stdout).expect("htpasswd");
+            file
+        });
+        let mut r = Self {
+            port: free_port(),
+            dir,
+            child: None,
+            htpasswd,
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let auth = match &self.htpasswd {
+            Some(f) => format!(
+                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                f.display()
+            ),
+            None => String::new(),
+        };
+        let conf = self.dir.path().join("config.yml");
+        std::fs::write(
+            &conf,
+            format!(
+                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{}\n{auth}",
+                self.dir.path().join("data").display(),
+                self.port
+            ),
+        )
+        .expect("registry config");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("access.log"))
+            .expect("log");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&conf)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("docker-registry is missing: run scripts/test-env.sh");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "the registry did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Access-log lines of requests made by dockside (its User-Agent).
+    pub fn dockside_requests(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"dockside/"))
+            .map(|l| {
+                let req = l.split('"').nth(1).unwrap_or("");
+                req.to_string()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Builds a fresh image (unique label, so a unique ID) tagged `tag`.
+pub fn build_image(tag: &str) -> String {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!(
+            "FROM {IMAGE}\nLABEL dockside.test.nonce={}\n",
+            fastrand::u64(..)
+        ),
+    )
+    .expect("Dockerfile");
+    let out = Command::new("docker")
+        .args(["build", "-q", "-t", tag])
+        .arg(dir.path())
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .expect("docker build");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
