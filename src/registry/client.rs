@@ -314,10 +314,14 @@ impl RegistryClient {
                     q.append_pair("scope", &format!("repository:{}:pull", r.repository));
                 }
                 let mut req = self.http.get(url.clone()).timeout(REQUEST_TIMEOUT);
-                // Credentials go to the realm only when it is the registry's own host
-                // or a host the user gave credentials for.
+                // Credentials go to the realm only on the registry's own host or
+                // domain (auth.docker.io for docker.io), never to a third party.
                 if let Some(b) = &basic {
-                    req = req.header(AUTHORIZATION, b);
+                    if realm_may_see_credentials(url.host_str().unwrap_or(""), r) {
+                        req = req.header(AUTHORIZATION, b);
+                    } else {
+                        tracing::warn!(realm = %url.host_str().unwrap_or(""), registry = %r.registry, "token realm on another domain: asking anonymously");
+                    }
                 }
                 let resp = req
                     .send()
@@ -445,6 +449,26 @@ impl RegistryClient {
         let (_, body) = self.get_manifest(r, index_digest).await?;
         child_for(&body, p)
     }
+}
+
+/// Same host, or the registry's own domain (last two labels).
+fn realm_may_see_credentials(realm_host: &str, r: &Reference) -> bool {
+    let strip = |h: &str| {
+        h.rsplit_once(':')
+            .map(|(h, _)| h.to_string())
+            .unwrap_or(h.to_string())
+    };
+    let realm = strip(realm_host);
+    let domain = |h: &str| {
+        let parts: Vec<&str> = h.split('.').collect();
+        parts[parts.len().saturating_sub(2)..].join(".")
+    };
+    [strip(r.api_host()), strip(&r.registry)].iter().any(|h| {
+        *h == realm
+            || (h.contains('.')
+                && !h.chars().all(|c| c.is_ascii_digit() || c == '.')
+                && domain(h) == domain(&realm))
+    })
 }
 
 /// Picks the platform's entry of an index (attestations, `unknown` os, skipped).
@@ -630,6 +654,20 @@ mod tests {
         assert_eq!(child_for(index, &p("s390x", None)).expect("ok"), None);
         assert!(child_for(b"{}", &p("amd64", None)).is_err());
         assert!(child_for(b"nope", &p("amd64", None)).is_err());
+    }
+
+    #[test]
+    fn credentials_stay_on_the_registry_domain() {
+        let hub = Reference::parse("nginx").expect("ref");
+        assert!(realm_may_see_credentials("auth.docker.io", &hub));
+        let ghcr = Reference::parse("ghcr.io/o/i").expect("ref");
+        assert!(realm_may_see_credentials("ghcr.io", &ghcr));
+        let lscr = Reference::parse("lscr.io/linuxserver/x").expect("ref");
+        assert!(!realm_may_see_credentials("ghcr.io", &lscr));
+        let local = Reference::parse("127.0.0.1:5000/x").expect("ref");
+        assert!(realm_may_see_credentials("127.0.0.1", &local));
+        assert!(!realm_may_see_credentials("10.0.0.1", &local));
+        assert!(!realm_may_see_credentials("evil.example", &ghcr));
     }
 
     #[test]
