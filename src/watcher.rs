@@ -348,6 +348,7 @@ impl Watcher {
         only: Option<&BTreeSet<Key>>,
         force: bool,
     ) -> Result<(), String> {
+        let round_started = Instant::now();
         let (clients, containers) = self.inventory.snapshot();
         let in_scope: Vec<(Key, Watched)> = containers
             .into_iter()
@@ -396,6 +397,7 @@ impl Watcher {
                 }
             }
         }
+        let checked = due.len();
         if !due.is_empty() {
             tracing::info!(references = due.len(), "checking image references");
             let registry = &self.registry;
@@ -442,6 +444,13 @@ impl Watcher {
                     .publish_if_present(&key, || outbox.retain(topic, payload));
                 self.published.insert(key, status);
             }
+        }
+        if checked > 0 {
+            tracing::info!(
+                references = checked,
+                elapsed_ms = round_started.elapsed().as_millis() as u64,
+                "update round done"
+            );
         }
         Ok(())
     }
