@@ -22,6 +22,7 @@ use crate::docker::models::ImageInspect;
 use crate::mqtt::Outbox;
 use crate::payloads::now_rfc3339;
 use crate::persist::StateDir;
+use crate::registry::tags::{self as tagging, Follow};
 use crate::registry::{
     Class, Credentials, Platform, Reference, RegistryClient, RegistryError, Remote, classify,
 };
@@ -37,6 +38,8 @@ const INVENTORY_DEBOUNCE: Duration = Duration::from_secs(2);
 pub struct Watched {
     pub config_image: String,
     pub image_id: String,
+    /// The container's `dockside.follow*` labels (tag following).
+    pub follow: BTreeMap<String, String>,
 }
 
 type Key = (String, String);
@@ -127,6 +130,9 @@ struct KeyResult {
     not_found: bool,
     checked_at: String,
     checked_unix: u64,
+    /// The repository's tags, when a container follows tags.
+    #[serde(default)]
+    tags: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -384,16 +390,18 @@ impl Watcher {
         }
         // One check per distinct reference.
         let stale_before = unix_now().saturating_sub(self.cfg.interval.as_secs() * 9 / 10);
-        let mut due: BTreeMap<String, Reference> = BTreeMap::new();
-        for (_, _, _, class, _) in &classified {
+        let mut due: BTreeMap<String, (Reference, bool)> = BTreeMap::new();
+        for (_, w, _, class, _) in &classified {
             if let Class::Tracked { reference, .. } = class {
                 let k = key_of(reference);
-                let fresh = self
-                    .results
-                    .get(&k)
-                    .is_some_and(|r| r.checked_unix >= stale_before);
+                let follows = w.follow.contains_key(tagging::FOLLOW_LABEL);
+                let fresh = self.results.get(&k).is_some_and(|r| {
+                    r.checked_unix >= stale_before
+                        && (!follows || r.tags.is_some() || r.error.is_some())
+                });
                 if force || !fresh {
-                    due.insert(k, reference.clone());
+                    let e = due.entry(k).or_insert((reference.clone(), false));
+                    e.1 |= follows;
                 }
             }
         }
@@ -401,21 +409,30 @@ impl Watcher {
         if !due.is_empty() {
             tracing::info!(references = due.len(), "checking image references");
             let registry = &self.registry;
-            let answers: Vec<(String, Result<Remote, RegistryError>)> = stream::iter(due)
-                .map(|(k, r)| async move { (k, registry.head(&r).await) })
+            type Answer = (String, Result<(Remote, Option<Vec<String>>), RegistryError>);
+            let answers: Vec<Answer> = stream::iter(due)
+                .map(|(k, (r, follows))| async move {
+                    let a = match registry.head(&r).await {
+                        Ok(remote) if follows => registry.tags(&r).await.map(|t| (remote, Some(t))),
+                        Ok(remote) => Ok((remote, None)),
+                        Err(e) => Err(e),
+                    };
+                    (k, a)
+                })
                 .buffer_unordered(GLOBAL_CONCURRENCY)
                 .collect()
                 .await;
             let (at, unix) = (now_rfc3339(), unix_now());
             for (k, a) in answers {
                 let r = match a {
-                    Ok(remote) => KeyResult {
+                    Ok((remote, tags)) => KeyResult {
                         remote: Some(remote.digest),
                         media_type: Some(remote.media_type),
                         error: None,
                         not_found: false,
                         checked_at: at.clone(),
                         checked_unix: unix,
+                        tags,
                     },
                     Err(e) => {
                         tracing::warn!(reference = %k, error = %e, "update check failed");
@@ -426,6 +443,7 @@ impl Watcher {
                             error: Some(e.to_string()),
                             checked_at: at.clone(),
                             checked_unix: unix,
+                            tags: None,
                         }
                     }
                 };
@@ -509,6 +527,32 @@ impl Watcher {
                     return s;
                 };
                 s.remote_digest = Some(remote.clone());
+                let follow = match Follow::from_labels(|k| w.follow.get(k).map(String::as_str)) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        s.status = "error";
+                        s.error = Some(e);
+                        return s;
+                    }
+                };
+                let followed_tag = follow.as_ref().and(reference.tag.clone());
+                if let (Some(f), Some(tag)) = (&follow, &followed_tag) {
+                    match r.tags.as_deref().and_then(|t| tagging::newest(tag, t, f)) {
+                        Some(newest) if newest != *tag => {
+                            s.status = "update_available";
+                            s.update_available = true;
+                            s.installed_version = label.clone().or(Some(tag.clone()));
+                            s.latest_version = Some(newest);
+                            return s;
+                        }
+                        Some(_) => {}
+                        None => {
+                            s.error = Some(format!(
+                                "tag `{tag}` has no version shape to follow; checking its digest only"
+                            ));
+                        }
+                    }
+                }
                 let platform = image.map(|i| Platform {
                     os: i.os.clone(),
                     architecture: i.architecture.clone(),
@@ -547,7 +591,10 @@ impl Watcher {
                             "up_to_date"
                         };
                         s.update_available = update;
-                        s.installed_version = label.clone().or(Some(short(&installed)));
+                        // The label, else the tag when following tags, else the digest.
+                        let version = label.clone().or(followed_tag.clone());
+                        s.installed_version = version.or(Some(short(&installed)));
+                        // Same tag, new digest: the digest is what changed.
                         s.latest_version = if update {
                             Some(short(&latest))
                         } else {

@@ -91,6 +91,33 @@ async fn serve(mut s: TcpStream, port: u16, st: Arc<Mutex<State>>) -> std::io::R
             .write_all(reply("200 OK", "Content-Type: application/json\r\n", &body).as_bytes())
             .await;
     }
+    if let Some(repo) = path
+        .strip_prefix("/v2/")
+        .and_then(|p| p.strip_suffix("/tags/list"))
+    {
+        // Two pages, the second reached through a relative `Link`.
+        let (body, link) = if query.contains("last=") {
+            (
+                r#"{"name":"x","tags":["1.10.0","2.0.0"]}"#.to_string(),
+                String::new(),
+            )
+        } else {
+            (
+                r#"{"name":"x","tags":["1.0.0","1.1.0"]}"#.to_string(),
+                format!("Link: </v2/{repo}/tags/list?last=1.1.0&n=2>; rel=\"next\"\r\n"),
+            )
+        };
+        return s
+            .write_all(
+                reply(
+                    "200 OK",
+                    &format!("Content-Type: application/json\r\n{link}"),
+                    &body,
+                )
+                .as_bytes(),
+            )
+            .await;
+    }
     let Some(rest) = path.strip_prefix("/v2/") else {
         return s.write_all(reply("404 Not Found", "", "").as_bytes()).await;
     };
@@ -278,4 +305,13 @@ async fn a_hanging_token_realm_times_out_and_other_checks_go_on() {
         ),
         "{res:?}"
     );
+}
+
+#[tokio::test]
+async fn tag_lists_follow_link_pages() {
+    let (port, st) = double(Duration::from_secs(3600)).await;
+    let c = RegistryClient::new(HashMap::new(), vec![], vec![]).expect("client");
+    let tags = c.tags(&r(port, "ok/app")).await.expect("tags");
+    assert_eq!(tags, vec!["1.0.0", "1.1.0", "1.10.0", "2.0.0"]);
+    assert_eq!(count(&st, "GET /v2/ok/app/tags/list"), 2);
 }

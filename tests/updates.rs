@@ -493,3 +493,109 @@ async fn basic_auth_registry_and_a_registry_that_goes_away() {
     c.wait_latest(&s.update(&n), T, |m| m.json()["status"] == "up_to_date")
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_following_by_label() {
+    let s = Setup::new();
+    let reg = Registry::start();
+    let h = reg.host();
+    let img = format!("{h}/tf:1.1.0");
+    build_image(&img);
+    for t in ["1.0.0", "1.1.0", "1.10.0", "2.0.0", "2.0.0-rc1", "latest"] {
+        let tag = format!("{h}/tf:{t}");
+        docker(&["tag", &img, &tag]);
+        docker(&["push", &tag]);
+    }
+    let (free, pinned, top, plain) = (
+        s.ct.name("free"),
+        s.ct.name("pinned"),
+        s.ct.name("top"),
+        s.ct.name("plain"),
+    );
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &free,
+        "-l",
+        "dockside.follow=semver",
+        &img,
+    ]);
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &pinned,
+        "-l",
+        "dockside.follow=semver",
+        "-l",
+        "dockside.follow.pin=minor",
+        &img,
+    ]);
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &top,
+        "-l",
+        "dockside.follow=semver",
+        &format!("{h}/tf:2.0.0"),
+    ]);
+    docker(&["run", "-d", "--name", &plain, &img]);
+    let c = Collector::start(s.broker.port, &format!("{}/#", s.base)).await;
+    let _d = Dockside::start(s.dir.path(), &s.config(""));
+    let u = c
+        .wait_latest(&s.update(&free), T, |m| {
+            m.json()["status"] == "update_available"
+        })
+        .await
+        .json();
+    assert_eq!(
+        (
+            u["installed_version"].as_str(),
+            u["latest_version"].as_str()
+        ),
+        (Some("1.1.0"), Some("2.0.0")),
+        "{u}"
+    );
+    let u = c
+        .wait_latest(&s.update(&pinned), T, |m| {
+            m.json()["status"] == "up_to_date"
+        })
+        .await
+        .json();
+    assert_eq!(
+        (
+            u["installed_version"].as_str(),
+            u["latest_version"].as_str()
+        ),
+        (Some("1.1.0"), Some("1.1.0")),
+        "{u}"
+    );
+    let u = c
+        .wait_latest(&s.update(&top), T, |m| m.json()["status"] == "up_to_date")
+        .await
+        .json();
+    assert_eq!(
+        u["latest_version"], "2.0.0",
+        "pre-releases are skipped: {u}"
+    );
+    let u = c
+        .wait_latest(&s.update(&plain), T, |m| m.json()["status"] == "up_to_date")
+        .await
+        .json();
+    assert!(
+        u["installed_version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("sha256:")),
+        "{u}"
+    );
+    // Tags are listed once per followed reference; no manifest GET.
+    let reqs = reg.dockside_requests();
+    let lists = reqs
+        .iter()
+        .filter(|r| r.starts_with("GET ") && r.contains("/tags/list"))
+        .count();
+    assert_eq!(lists, 2, "{reqs:?}");
+    assert_eq!(heads_and_gets(&reqs), (2, 0), "{reqs:?}");
+}

@@ -147,6 +147,8 @@ pub struct Endpoint {
     restarted: bool,
     /// The cursor, for the background stream task (Portainer mode).
     shared_cursor: Arc<AtomicI64>,
+    /// `dockside.follow*` labels per container name, for the image watcher.
+    follow_labels: HashMap<String, std::collections::BTreeMap<String, String>>,
     /// Names whose label `dockside.commands=false` refuses commands.
     no_commands: HashSet<String>,
     /// name → the command running on it (one at a time).
@@ -197,6 +199,7 @@ impl Endpoint {
             restarted: false,
             shared_cursor: Arc::new(AtomicI64::new(0)),
             no_commands: HashSet::new(),
+            follow_labels: HashMap::new(),
             pending: HashMap::new(),
             last_command: HashMap::new(),
             actions: JoinSet::new(),
@@ -700,6 +703,18 @@ impl Endpoint {
         }
         self.names.insert(id.to_string(), name.clone());
         self.removals.remove(&name);
+        let follow: std::collections::BTreeMap<String, String> = ins
+            .config
+            .labels
+            .iter()
+            .filter(|(k, _)| k.starts_with("dockside.follow"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if follow.is_empty() {
+            self.follow_labels.remove(&name);
+        } else {
+            self.follow_labels.insert(name.clone(), follow);
+        }
         if crate::filter::commands_disabled(&ins.config.labels) {
             self.no_commands.insert(name.clone());
         } else {
@@ -743,6 +758,7 @@ impl Endpoint {
                 crate::watcher::Watched {
                     config_image: state.image.clone(),
                     image_id: state.image_id.clone(),
+                    follow: self.follow_labels.get(name).cloned().unwrap_or_default(),
                 },
             );
         }

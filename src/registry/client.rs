@@ -439,6 +439,48 @@ impl RegistryClient {
         Ok((media_type, body))
     }
 
+    /// Every tag of the repository, following `Link: <…>; rel="next"` pages
+    /// (bounded: 50 pages, 4 MiB each).
+    pub async fn tags(&self, r: &Reference) -> Result<Vec<String>, RegistryError> {
+        let host = r.api_host();
+        let mut url = Url::parse(&format!(
+            "{}://{host}/v2/{}/tags/list?n=1000",
+            self.scheme(host),
+            r.repository
+        ))
+        .map_err(|e| RegistryError::Decode(e.to_string()))?;
+        let mut out = Vec::new();
+        for _ in 0..50 {
+            let resp = self.send(Method::GET, url.clone(), r).await?;
+            let status = resp.status();
+            if status == StatusCode::NOT_FOUND {
+                return Err(RegistryError::NotFound);
+            }
+            if !status.is_success() {
+                return Err(RegistryError::Status {
+                    status: status.as_u16(),
+                    message: "tag list refused".into(),
+                });
+            }
+            let next = header_str(resp.headers(), "link").and_then(|l| next_link(&l));
+            let body = read_capped(resp, MAX_MANIFEST).await?;
+            let v: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|e| RegistryError::Decode(format!("tag list: {e}")))?;
+            if let Some(tags) = v.get("tags").and_then(|t| t.as_array()) {
+                out.extend(tags.iter().filter_map(|t| t.as_str().map(String::from)));
+            }
+            match next {
+                // Relative to the registry; never another host.
+                Some(n) => match url.join(&n) {
+                    Ok(u) if u.host_str() == url.host_str() && u.port() == url.port() => url = u,
+                    _ => break,
+                },
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
     /// The child of an index for this platform.
     pub async fn platform_child(
         &self,
@@ -499,6 +541,19 @@ pub fn child_for(index: &[u8], p: &Platform) -> Result<Option<String>, RegistryE
         first_arch_match.get_or_insert(d.to_string());
     }
     Ok(first_arch_match)
+}
+
+/// `</v2/x/tags/list?last=b&n=2>; rel="next"` → the URL.
+fn next_link(link: &str) -> Option<String> {
+    link.split(',').find_map(|part| {
+        let (url, params) = part.split_once(';')?;
+        params.contains("rel=\"next\"").then(|| {
+            url.trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        })
+    })
 }
 
 fn header_str(h: &HeaderMap, name: &str) -> Option<String> {
@@ -668,6 +723,15 @@ mod tests {
         assert!(realm_may_see_credentials("127.0.0.1", &local));
         assert!(!realm_may_see_credentials("10.0.0.1", &local));
         assert!(!realm_may_see_credentials("evil.example", &ghcr));
+    }
+
+    #[test]
+    fn link_headers() {
+        assert_eq!(
+            next_link(r#"</v2/x/tags/list?last=b&n=2>; rel="next""#).as_deref(),
+            Some("/v2/x/tags/list?last=b&n=2")
+        );
+        assert_eq!(next_link(r#"<https://h/a>; rel="prev""#), None);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod reference;
+pub mod tags;
 
 pub use client::{Credentials, Platform, RegistryClient, RegistryError, Remote};
 pub use reference::{Class, Reference, classify};
