@@ -594,11 +594,22 @@ impl Watcher {
                         // The label, else the tag when following tags, else the digest.
                         let version = label.clone().or(followed_tag.clone());
                         s.installed_version = version.or(Some(short(&installed)));
-                        // Same tag, new digest: the digest is what changed.
-                        s.latest_version = if update {
-                            Some(short(&latest))
-                        } else {
+                        s.latest_version = if !update {
                             s.installed_version.clone()
+                        } else if label.is_some() {
+                            // The new image's own version label (one manifest + config
+                            // GET per new digest), else its digest.
+                            match self
+                                .registry
+                                .image_label(&reference, &latest, VERSION_LABEL)
+                                .await
+                            {
+                                Ok(Some(v)) => Some(v),
+                                _ => Some(short(&latest)),
+                            }
+                        } else {
+                            // Same tag, new digest: the digest is what changed.
+                            Some(short(&latest))
                         };
                     }
                     Err(e) => {

@@ -599,3 +599,64 @@ async fn tag_following_by_label() {
     assert_eq!(lists, 2, "{reqs:?}");
     assert_eq!(heads_and_gets(&reqs), (2, 0), "{reqs:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_come_from_the_oci_version_label() {
+    let s = Setup::new();
+    let reg = Registry::start();
+    let h = reg.host();
+    let img = format!("{h}/labelled:stable");
+    let build = |version: &str| {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(
+            dir.path().join("Dockerfile"),
+            format!(
+                "FROM {IMAGE}\nLABEL org.opencontainers.image.version={version} nonce={}\n",
+                fastrand::u64(..)
+            ),
+        )
+        .expect("Dockerfile");
+        let ok = std::process::Command::new("docker")
+            .args(["build", "-q", "-t", &img])
+            .arg(dir.path())
+            .env("DOCKER_BUILDKIT", "0")
+            .output()
+            .expect("build")
+            .status
+            .success();
+        assert!(ok);
+        docker(&["push", &img]);
+    };
+    build("1.27.2");
+    let n = s.ct.name("lab");
+    docker(&["run", "-d", "--name", &n, &img]);
+    let c = Collector::start(s.broker.port, &format!("{}/#", s.base)).await;
+    let _d = Dockside::start(s.dir.path(), &s.config(""));
+    let u = c
+        .wait_latest(&s.update(&n), T, |m| m.json()["status"] == "up_to_date")
+        .await
+        .json();
+    assert_eq!(
+        (
+            u["installed_version"].as_str(),
+            u["latest_version"].as_str()
+        ),
+        (Some("1.27.2"), Some("1.27.2"))
+    );
+    build("1.27.3");
+    s.check_all(&c, "v").await;
+    let u = c
+        .wait_latest(&s.update(&n), T, |m| {
+            m.json()["status"] == "update_available"
+        })
+        .await
+        .json();
+    assert_eq!(
+        (
+            u["installed_version"].as_str(),
+            u["latest_version"].as_str()
+        ),
+        (Some("1.27.2"), Some("1.27.3")),
+        "{u}"
+    );
+}

@@ -481,6 +481,62 @@ impl RegistryClient {
         Ok(out)
     }
 
+    /// A label of the image a manifest digest describes (its config blob's
+    /// `config.Labels`); both fetched once per digest.
+    pub async fn image_label(
+        &self,
+        r: &Reference,
+        manifest: &str,
+        label: &str,
+    ) -> Result<Option<String>, RegistryError> {
+        let (_, body) = self.get_manifest(r, manifest).await?;
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| RegistryError::Decode(format!("manifest: {e}")))?;
+        let Some(config) = v["config"]["digest"]
+            .as_str()
+            .filter(|d| d.starts_with("sha256:"))
+        else {
+            return Ok(None);
+        };
+        let key = format!("{}@{config}", r.name());
+        let cached = self
+            .manifests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        let blob = match cached {
+            Some((_, b)) => b,
+            None => {
+                let url = self.url(r, "blobs", config)?;
+                let resp = self.send(Method::GET, url, r).await?;
+                if !resp.status().is_success() {
+                    return Err(RegistryError::Status {
+                        status: resp.status().as_u16(),
+                        message: "config blob refused".into(),
+                    });
+                }
+                let b = Arc::new(read_capped(resp, MAX_MANIFEST).await?);
+                if sha256(&b) != config {
+                    return Err(RegistryError::Decode(
+                        "config blob does not match its digest".into(),
+                    ));
+                }
+                self.manifests
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, (String::new(), b.clone()));
+                b
+            }
+        };
+        let c: serde_json::Value = serde_json::from_slice(&blob)
+            .map_err(|e| RegistryError::Decode(format!("config: {e}")))?;
+        Ok(c["config"]["Labels"][label]
+            .as_str()
+            .filter(|v| !v.is_empty())
+            .map(String::from))
+    }
+
     /// The child of an index for this platform.
     pub async fn platform_child(
         &self,
