@@ -18,6 +18,7 @@ use super::models::{
     ContainerInspect, ContainerSummary, ImageInspect, SystemInfo, Version, VolumeList,
 };
 use crate::config::{EndpointConfig, EngineUrl, parse_engine_url};
+use crate::http::{ReadError, error_chain};
 
 /// Newest API version whose fields this client knows; older engines get their own.
 pub const MAX_API: (u32, u32) = (1, 53);
@@ -57,15 +58,7 @@ impl DockerError {
         if e.is_timeout() {
             DockerError::Timeout
         } else {
-            // `{:#}`-like chain without leaking URLs' credentials (none are in our URLs).
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(": ");
-                msg.push_str(&s.to_string());
-                src = s.source();
-            }
-            DockerError::Connect(msg)
+            DockerError::Connect(error_chain(&e))
         }
     }
 }
@@ -451,25 +444,23 @@ fn tls_options(
     Ok(builder)
 }
 
+/// Engine error bodies are `{"message": "..."}`; anything else is shown truncated.
 async fn read_capped(
-    mut resp: reqwest::Response,
+    resp: reqwest::Response,
     cap: usize,
     what: &'static str,
 ) -> Result<Vec<u8>, DockerError> {
-    let mut out = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(DockerError::from_reqwest)? {
-        if out.len() + chunk.len() > cap {
-            return Err(DockerError::Decode {
+    crate::http::read_capped(resp, cap)
+        .await
+        .map_err(|e| match e {
+            ReadError::Network(e) => DockerError::from_reqwest(e),
+            ReadError::TooLarge(cap) => DockerError::Decode {
                 what,
                 message: format!("answer larger than {cap} bytes"),
-            });
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
+            },
+        })
 }
 
-/// Engine error bodies are `{"message": "..."}`; anything else is shown truncated.
 async fn status_error(resp: reqwest::Response) -> DockerError {
     let status = resp.status().as_u16();
     let body = read_capped(resp, 64 << 10, "error body")

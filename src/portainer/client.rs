@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::config::PortainerConfig;
 use crate::docker::client::RequestAuth;
+use crate::http::{ReadError, error_chain as chain};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// Portainer bans an IP for an hour after 10 logins in a second: never more than one a second.
@@ -238,34 +239,6 @@ fn extend(url: &mut Url, segs: &[&str]) {
     }
 }
 
-fn chain(e: &reqwest::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
-}
-
-async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, PortainerError> {
-    let mut out = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| PortainerError::Connect(chain(&e)))?
-    {
-        if out.len() + chunk.len() > cap {
-            return Err(PortainerError::Decode(format!(
-                "answer larger than {cap} bytes"
-            )));
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
-}
-
 /// Portainer's `{"message","details"}`, or the start of whatever else came (an HTML
 /// error page from a reverse proxy, say).
 fn error_message(body: &[u8]) -> String {
@@ -442,6 +415,17 @@ impl PortainerClient {
             .map_err(|e| PortainerError::Decode(format!("tag list: {e}")))?;
         Ok(tags.into_iter().map(|t| (t.id, t.name)).collect())
     }
+}
+
+async fn read_capped(resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, PortainerError> {
+    crate::http::read_capped(resp, cap)
+        .await
+        .map_err(|e| match e {
+            ReadError::Network(e) => PortainerError::Connect(chain(&e)),
+            ReadError::TooLarge(cap) => {
+                PortainerError::Decode(format!("answer larger than {cap} bytes"))
+            }
+        })
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
 
 use super::reference::Reference;
+use crate::http::{ReadError, error_chain as chain};
 
 pub const MANIFEST_TYPES: &[&str] = &[
     "application/vnd.oci.image.index.v1+json",
@@ -627,34 +628,6 @@ fn sha256(body: &[u8]) -> String {
     s
 }
 
-fn chain(e: &reqwest::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
-}
-
-async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, RegistryError> {
-    let mut out = Vec::new();
-    while let Some(c) = resp
-        .chunk()
-        .await
-        .map_err(|e| RegistryError::Connect(chain(&e)))?
-    {
-        if out.len() + c.len() > cap {
-            return Err(RegistryError::Decode(format!(
-                "answer larger than {cap} bytes"
-            )));
-        }
-        out.extend_from_slice(&c);
-    }
-    Ok(out)
-}
-
 /// `Retry-After`: seconds, or an HTTP date.
 fn retry_after(h: &HeaderMap) -> Option<u64> {
     let v = header_str(h, "retry-after")?;
@@ -709,6 +682,17 @@ pub fn parse_challenge(h: &str) -> (String, HashMap<String, String>) {
         rest = next.trim_start_matches([',', ' ']);
     }
     (scheme.to_ascii_lowercase(), params)
+}
+
+async fn read_capped(resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, RegistryError> {
+    crate::http::read_capped(resp, cap)
+        .await
+        .map_err(|e| match e {
+            ReadError::Network(e) => RegistryError::Connect(chain(&e)),
+            ReadError::TooLarge(cap) => {
+                RegistryError::Decode(format!("answer larger than {cap} bytes"))
+            }
+        })
 }
 
 #[cfg(test)]

@@ -1,0 +1,32 @@
+//! Small helpers every HTTP client here shares (engine, Portainer, registries).
+
+/// A reqwest error with its whole source chain (`error sending request: … : connection refused`).
+pub fn error_chain(e: &reqwest::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+#[derive(Debug)]
+pub enum ReadError {
+    Network(reqwest::Error),
+    /// The answer is larger than the cap: reading stopped there.
+    TooLarge(usize),
+}
+
+/// Reads a body, refusing to hold more than `cap` bytes of an untrusted answer.
+pub async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, ReadError> {
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(ReadError::Network)? {
+        if out.len() + chunk.len() > cap {
+            return Err(ReadError::TooLarge(cap));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
