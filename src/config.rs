@@ -263,6 +263,8 @@ pub struct UpdatesConfig {
     pub docker_config: Option<PathBuf>,
     /// Registries reached over plain HTTP besides loopback ones.
     pub insecure_registries: Vec<String>,
+    /// Extra CA bundle (PEM) trusted for registries, besides the system roots.
+    pub ca_file: Option<PathBuf>,
     /// Credentials per registry host (`[updates.registries."ghcr.io"]`).
     pub registries: BTreeMap<String, RegistryCredentials>,
 }
@@ -274,6 +276,7 @@ impl Default for UpdatesConfig {
             interval: Duration::from_secs(6 * 3600),
             docker_config: None,
             insecure_registries: Vec::new(),
+            ca_file: None,
             registries: BTreeMap::new(),
         }
     }
@@ -579,6 +582,18 @@ impl Config {
             }
         }
         crate::filter::glob_set("commands.protect", &self.commands.protect)?;
+        if let Some(ca) = &self.updates.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| {
+                invalid(
+                    "updates.ca_file",
+                    format!("cannot read {}: {e}", ca.display()),
+                )
+            })?;
+            match reqwest::Certificate::from_pem_bundle(&pem) {
+                Ok(c) if !c.is_empty() => {}
+                _ => return Err(invalid("updates.ca_file", "no PEM certificate in it")),
+            }
+        }
         if self.updates.interval < Duration::from_secs(60) {
             return Err(invalid("updates.interval", "must be at least 1m"));
         }

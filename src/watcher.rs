@@ -255,10 +255,18 @@ impl Watcher {
         inventory: Arc<Inventory>,
         state_dir: Option<StateDir>,
     ) -> Result<Self, RegistryError> {
+        // Validated at load time: an unreadable file here just adds nothing.
+        let roots = cfg
+            .updates
+            .ca_file
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|pem| reqwest::Certificate::from_pem_bundle(&pem).ok())
+            .unwrap_or_default();
         let registry = RegistryClient::new(
             credentials(&cfg.updates),
             cfg.updates.insecure_registries.clone(),
-            Vec::new(),
+            roots,
         )?;
         let results = state_dir
             .as_ref()
