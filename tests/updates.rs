@@ -44,6 +44,15 @@ impl Setup {
     fn update(&self, ct: &str) -> String {
         format!("{}/local/{ct}/update", self.base)
     }
+    /// Waits for `status` on the container's update topic; returns (installed, latest).
+    async fn versions(&self, c: &Collector, ct: &str, status: &str) -> (String, String) {
+        let u = c
+            .wait_latest(&self.update(ct), T, |m| m.json()["status"] == status)
+            .await
+            .json();
+        let v = |k: &str| u[k].as_str().unwrap_or("").to_string();
+        (v("installed_version"), v("latest_version"))
+    }
     async fn check_all(&self, c: &Collector, rid: &str) {
         let payload = format!(r#"{{"action":"check_updates","request_id":"{rid}"}}"#);
         c.publish(&format!("{}/set", self.base), payload.as_bytes(), false)
@@ -544,33 +553,13 @@ async fn tag_following_by_label() {
     docker(&["run", "-d", "--name", &plain, &img]);
     let c = Collector::start(s.broker.port, &format!("{}/#", s.base)).await;
     let _d = Dockside::start(s.dir.path(), &s.config(""));
-    let u = c
-        .wait_latest(&s.update(&free), T, |m| {
-            m.json()["status"] == "update_available"
-        })
-        .await
-        .json();
     assert_eq!(
-        (
-            u["installed_version"].as_str(),
-            u["latest_version"].as_str()
-        ),
-        (Some("1.1.0"), Some("2.0.0")),
-        "{u}"
+        s.versions(&c, &free, "update_available").await,
+        ("1.1.0".to_string(), "2.0.0".to_string())
     );
-    let u = c
-        .wait_latest(&s.update(&pinned), T, |m| {
-            m.json()["status"] == "up_to_date"
-        })
-        .await
-        .json();
     assert_eq!(
-        (
-            u["installed_version"].as_str(),
-            u["latest_version"].as_str()
-        ),
-        (Some("1.1.0"), Some("1.1.0")),
-        "{u}"
+        s.versions(&c, &pinned, "up_to_date").await,
+        ("1.1.0".to_string(), "1.1.0".to_string())
     );
     let u = c
         .wait_latest(&s.update(&top), T, |m| m.json()["status"] == "up_to_date")
@@ -632,31 +621,14 @@ async fn versions_come_from_the_oci_version_label() {
     docker(&["run", "-d", "--name", &n, &img]);
     let c = Collector::start(s.broker.port, &format!("{}/#", s.base)).await;
     let _d = Dockside::start(s.dir.path(), &s.config(""));
-    let u = c
-        .wait_latest(&s.update(&n), T, |m| m.json()["status"] == "up_to_date")
-        .await
-        .json();
     assert_eq!(
-        (
-            u["installed_version"].as_str(),
-            u["latest_version"].as_str()
-        ),
-        (Some("1.27.2"), Some("1.27.2"))
+        s.versions(&c, &n, "up_to_date").await,
+        ("1.27.2".to_string(), "1.27.2".to_string())
     );
     build("1.27.3");
     s.check_all(&c, "v").await;
-    let u = c
-        .wait_latest(&s.update(&n), T, |m| {
-            m.json()["status"] == "update_available"
-        })
-        .await
-        .json();
     assert_eq!(
-        (
-            u["installed_version"].as_str(),
-            u["latest_version"].as_str()
-        ),
-        (Some("1.27.2"), Some("1.27.3")),
-        "{u}"
+        s.versions(&c, &n, "update_available").await,
+        ("1.27.2".to_string(), "1.27.3".to_string())
     );
 }
