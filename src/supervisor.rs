@@ -635,24 +635,19 @@ impl Supervisor {
         received: std::time::Instant,
     ) {
         let outbox = self.mqtt.outbox.clone();
+        let refuse = |code, why: &str| {
+            let r = CommandResult::refused(&req, code, why, received);
+            outbox.send(result_topic.clone(), r.to_json());
+        };
         let Some(checks) = &self.checks else {
-            let r = CommandResult::refused(
-                &req,
+            return refuse(
                 Code::Invalid,
                 "update checks are off (updates.enabled = false)",
-                received,
             );
-            return outbox.send(result_topic, r.to_json());
         };
         let (tx, rx) = oneshot::channel();
         if checks.try_send((scope, tx)).is_err() {
-            let r = CommandResult::refused(
-                &req,
-                Code::Busy,
-                "update checks are already queued",
-                received,
-            );
-            return outbox.send(result_topic, r.to_json());
+            return refuse(Code::Busy, "update checks are already queued");
         }
         let timeout = self.commands.timeout;
         tokio::spawn(async move {

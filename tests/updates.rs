@@ -67,18 +67,6 @@ impl Setup {
     }
 }
 
-fn heads_and_gets(reqs: &[String]) -> (usize, usize) {
-    let heads = reqs
-        .iter()
-        .filter(|r| r.starts_with("HEAD ") && r.contains("/manifests/"))
-        .count();
-    let gets = reqs
-        .iter()
-        .filter(|r| r.starts_with("GET ") && r.contains("/manifests/"))
-        .count();
-    (heads, gets)
-}
-
 fn sha(data: &[u8]) -> String {
     let d = Sha256::digest(data);
     format!(
@@ -256,7 +244,7 @@ async fn statuses_one_head_per_image_and_restart_without_requery() {
     );
     // One HEAD per distinct image, no GET, nothing asked for the alias's repository.
     let reqs = reg.dockside_requests();
-    assert_eq!(heads_and_gets(&reqs), (2, 0), "{reqs:?}");
+    assert_eq!(reg.manifest_requests(), (2, 0), "{reqs:?}");
 
     // A new push under the same tag.
     build_image(&app);
@@ -280,7 +268,7 @@ async fn statuses_one_head_per_image_and_restart_without_requery() {
         c.latest(&s.update(&o1)).expect("o1").json()["status"],
         "up_to_date"
     );
-    assert_eq!(heads_and_gets(&reg.dockside_requests()), (4, 0));
+    assert_eq!(reg.manifest_requests(), (4, 0));
 
     // Restart: last known statuses again at once, no registry query for fresh results.
     let (code, _) = d.stop();
@@ -295,7 +283,7 @@ async fn statuses_one_head_per_image_and_restart_without_requery() {
         .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        heads_and_gets(&reg.dockside_requests()),
+        reg.manifest_requests(),
         (4, 0),
         "fresh results are not re-queried"
     );
@@ -586,7 +574,7 @@ async fn tag_following_by_label() {
         .filter(|r| r.starts_with("GET ") && r.contains("/tags/list"))
         .count();
     assert_eq!(lists, 2, "{reqs:?}");
-    assert_eq!(heads_and_gets(&reqs), (2, 0), "{reqs:?}");
+    assert_eq!(reg.manifest_requests(), (2, 0), "{reqs:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,7 +43,6 @@ async fn one_round_over_200_distinct_images() {
     let base = unique("t");
     let dir = tempfile::tempdir().expect("tmp");
     let c = Collector::start(broker.port, &format!("{base}/+/+/update")).await;
-    let before = reg.dockside_requests().len();
     let started = Instant::now();
     let d = Dockside::start(
         dir.path(),
@@ -62,15 +61,7 @@ async fn one_round_over_200_distinct_images() {
     .await;
     let total = started.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let reqs: Vec<String> = reg.dockside_requests().split_off(before);
-    let heads = reqs
-        .iter()
-        .filter(|r| r.starts_with("HEAD ") && r.contains("/manifests/"))
-        .count();
-    let gets = reqs
-        .iter()
-        .filter(|r| r.starts_with("GET ") && r.contains("/manifests/"))
-        .count();
+    let (heads, gets) = reg.manifest_requests();
     let log = d.log_text();
     let round_ms = log
         .lines()

@@ -396,6 +396,24 @@ impl RegistryClient {
         })
     }
 
+    /// A GET that must succeed: 404 is `NotFound`, any other failure a `Status`.
+    async fn get_ok(
+        &self,
+        url: Url,
+        r: &Reference,
+        refused: &str,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let resp = self.send(Method::GET, url, r).await?;
+        match resp.status() {
+            StatusCode::NOT_FOUND => Err(RegistryError::NotFound),
+            s if s.is_success() => Ok(resp),
+            s => Err(RegistryError::Status {
+                status: s.as_u16(),
+                message: refused.into(),
+            }),
+        }
+    }
+
     /// GET a manifest by tag or digest; by digest it is cached for good.
     pub async fn get_manifest(
         &self,
@@ -413,17 +431,7 @@ impl RegistryClient {
             return Ok(hit.clone());
         }
         let url = self.url(r, "manifests", reference)?;
-        let resp = self.send(Method::GET, url, r).await?;
-        let status = resp.status();
-        if status == StatusCode::NOT_FOUND {
-            return Err(RegistryError::NotFound);
-        }
-        if !status.is_success() {
-            return Err(RegistryError::Status {
-                status: status.as_u16(),
-                message: "manifest GET refused".into(),
-            });
-        }
+        let resp = self.get_ok(url, r, "manifest GET refused").await?;
         let media_type = header_str(resp.headers(), "content-type").unwrap_or_default();
         let body = Arc::new(read_capped(resp, MAX_MANIFEST).await?);
         if reference.starts_with("sha256:") {
@@ -452,17 +460,7 @@ impl RegistryClient {
         .map_err(|e| RegistryError::Decode(e.to_string()))?;
         let mut out = Vec::new();
         for _ in 0..50 {
-            let resp = self.send(Method::GET, url.clone(), r).await?;
-            let status = resp.status();
-            if status == StatusCode::NOT_FOUND {
-                return Err(RegistryError::NotFound);
-            }
-            if !status.is_success() {
-                return Err(RegistryError::Status {
-                    status: status.as_u16(),
-                    message: "tag list refused".into(),
-                });
-            }
+            let resp = self.get_ok(url.clone(), r, "tag list refused").await?;
             let next = header_str(resp.headers(), "link").and_then(|l| next_link(&l));
             let body = read_capped(resp, MAX_MANIFEST).await?;
             let v: serde_json::Value = serde_json::from_slice(&body)
@@ -510,13 +508,7 @@ impl RegistryClient {
             Some((_, b)) => b,
             None => {
                 let url = self.url(r, "blobs", config)?;
-                let resp = self.send(Method::GET, url, r).await?;
-                if !resp.status().is_success() {
-                    return Err(RegistryError::Status {
-                        status: resp.status().as_u16(),
-                        message: "config blob refused".into(),
-                    });
-                }
+                let resp = self.get_ok(url, r, "config blob refused").await?;
                 let b = Arc::new(read_capped(resp, MAX_MANIFEST).await?);
                 if sha256(&b) != config {
                     return Err(RegistryError::Decode(

@@ -581,6 +581,17 @@ impl Registry {
         self.spawn();
     }
 
+    /// (manifest HEADs, manifest GETs) among dockside's requests.
+    pub fn manifest_requests(&self) -> (usize, usize) {
+        let reqs = self.dockside_requests();
+        let n = |m: &str| {
+            reqs.iter()
+                .filter(|r| r.starts_with(m) && r.contains("/manifests/"))
+                .count()
+        };
+        (n("HEAD "), n("GET "))
+    }
+
     /// Access-log lines of requests made by dockside (its User-Agent).
     pub fn dockside_requests(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.path().join("access.log"))
