@@ -56,6 +56,7 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub mqtt: MqttConfig,
+    pub homeassistant: HomeAssistantConfig,
     pub endpoints: BTreeMap<String, EndpointConfig>,
     pub portainer: BTreeMap<String, PortainerConfig>,
     pub containers: ContainersConfig,
@@ -104,6 +105,47 @@ impl Default for MqttConfig {
             flat_topics: false,
         }
     }
+}
+
+/// Home Assistant MQTT discovery (SPEC §7).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HomeAssistantConfig {
+    /// Publish discovery; `false` also clears what this base published before.
+    pub enabled: bool,
+    pub discovery_prefix: String,
+    /// Where HA announces itself (`online` → discovery is re-sent);
+    /// defaults to `<discovery_prefix>/status`.
+    pub birth_topic: Option<String>,
+    /// `device`: one config per container (HA 2024.11+); `component`: one per
+    /// entity, for consumers that only read the per-entity form.
+    pub discovery: DiscoveryMode,
+}
+
+impl Default for HomeAssistantConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            discovery_prefix: "homeassistant".into(),
+            birth_topic: None,
+            discovery: DiscoveryMode::Device,
+        }
+    }
+}
+
+impl HomeAssistantConfig {
+    pub fn birth_topic(&self) -> String {
+        self.birth_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}/status", self.discovery_prefix))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiscoveryMode {
+    Device,
+    Component,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -449,15 +491,31 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.broker_addr()?;
         let base = &self.mqtt.base_topic;
-        if base.is_empty()
-            || base.starts_with('/')
-            || base.ends_with('/')
-            || base.starts_with('$')
-            || base.contains(['+', '#', '\0'])
-        {
+        if !valid_topic_name(base) {
             return Err(invalid(
                 "mqtt.base_topic",
                 "must be a non-empty topic without wildcards, leading `$` or leading/trailing `/`",
+            ));
+        }
+        let ha = &self.homeassistant;
+        if !valid_topic_name(&ha.discovery_prefix) {
+            return Err(invalid(
+                "homeassistant.discovery_prefix",
+                "must be a non-empty topic without wildcards, leading `$` or leading/trailing `/`",
+            ));
+        }
+        if let Some(b) = &ha.birth_topic
+            && !valid_topic_name(b)
+        {
+            return Err(invalid(
+                "homeassistant.birth_topic",
+                "must be a non-empty topic without wildcards, leading `$` or leading/trailing `/`",
+            ));
+        }
+        if ha.discovery_prefix == *base || ha.discovery_prefix.starts_with(&format!("{base}/")) {
+            return Err(invalid(
+                "homeassistant.discovery_prefix",
+                "must not be mqtt.base_topic or under it",
             ));
         }
         if self.mqtt.qos > 2 {
@@ -682,6 +740,15 @@ fn read_secret(key: &str, path: &Path) -> Result<String, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
     Ok(text.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// A topic we publish under or subscribe to literally.
+fn valid_topic_name(t: &str) -> bool {
+    !(t.is_empty()
+        || t.starts_with('/')
+        || t.ends_with('/')
+        || t.starts_with('$')
+        || t.contains(['+', '#', '\0']))
 }
 
 pub fn valid_endpoint_id(id: &str) -> bool {

@@ -15,6 +15,7 @@ use crate::config::{CommandsConfig, Config, ConfigError, EndpointConfig};
 use crate::docker::DockerClient;
 use crate::endpoint::{Endpoint, EndpointCommand, EndpointMeta, EndpointSettings};
 use crate::filter::{ContainerFilter, glob_set};
+use crate::homeassistant::Discovery;
 use crate::mqtt::{self, Inbound, MqttError, MqttHandle, Sweep};
 use crate::payloads::{BridgeInfo, now_rfc3339};
 use crate::persist::{StateDir, StateDirError};
@@ -100,6 +101,10 @@ struct Supervisor {
     endpoints: BTreeMap<String, EndpointHandle>,
     started_at: String,
     dedup: Dedup,
+    /// HA's birth topic, when discovery is on.
+    birth_topic: Option<String>,
+    /// A birth-triggered republish is waiting for its random delay.
+    birth_pending: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn settings(
@@ -124,6 +129,7 @@ fn settings(
         reconcile_interval: cfg.containers.reconcile_interval,
         flat_topics: cfg.mqtt.flat_topics,
         state_dir: Some(state_dir.clone()),
+        ha: Discovery::from_config(cfg).map(Arc::new),
     })
 }
 
@@ -136,7 +142,11 @@ async fn run_instance(
     let state_dir = StateDir::open(&config.state.dir)?;
     let topics = Topics::new(config.mqtt.base_topic.clone());
     let (inbound_tx, mut inbound) = mpsc::channel::<Inbound>(256);
-    let (mqtt_task, mqtt) = mqtt::new(config, topics.command_filters().to_vec(), Some(inbound_tx))?;
+    let mut subscriptions = topics.command_filters().to_vec();
+    if config.homeassistant.enabled {
+        subscriptions.push(config.homeassistant.birth_topic());
+    }
+    let (mqtt_task, mqtt) = mqtt::new(config, subscriptions, Some(inbound_tx))?;
     let mqtt_token = CancellationToken::new();
     let mqtt_join = tokio::spawn(mqtt_task.run(mqtt_token.clone()));
 
@@ -154,7 +164,7 @@ async fn run_instance(
             Some(state_dir.clone()),
         ) {
             Ok(w) => {
-                tokio::spawn(w.run(watcher_token.clone(), check_rx));
+                tokio::spawn(w.run(watcher_token.clone(), check_rx, mqtt.resync_signal()));
                 Some(check_tx)
             }
             Err(e) => {
@@ -174,7 +184,17 @@ async fn run_instance(
         endpoints: BTreeMap::new(),
         started_at: started_at.to_string(),
         dedup: Dedup::default(),
+        birth_topic: config
+            .homeassistant
+            .enabled
+            .then(|| config.homeassistant.birth_topic()),
+        birth_pending: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
+    // Parents before children: the bridge device goes out before any endpoint's.
+    sup.publish_bridge_device();
+    if !config.homeassistant.enabled {
+        mqtt.outbox.sweep(Sweep::Discovery);
+    }
     for (id, cfg) in config.effective_endpoints() {
         sup.start(id, EndpointSpec::Direct(cfg), None, false);
     }
@@ -201,6 +221,7 @@ async fn run_instance(
                     sd_notify::NotifyState::monotonic_usec_now().unwrap_or(sd_notify::NotifyState::Status("reloading")),
                 ]);
                 if new.mqtt != current.mqtt
+                    || new.homeassistant != current.homeassistant
                     || new.state != current.state
                     || new.portainer != current.portainer
                     || new.updates != current.updates
@@ -233,7 +254,10 @@ async fn run_instance(
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
                 tracing::info!(endpoints = sup.endpoints.len(), "configuration reloaded");
             }
-            Ok(()) = resync.changed() => sup.publish_info(),
+            Ok(()) = resync.changed() => {
+                sup.publish_bridge_device();
+                sup.publish_info();
+            }
             Some(msg) = inbound.recv() => sup.route(msg),
             Some(update) = source_rx.recv() => sup.apply_source(update).await,
         }
@@ -266,6 +290,7 @@ impl Supervisor {
                     public_url: None,
                     portainer_id: None,
                     poll_interval: None,
+                    portainer_ui: None,
                 },
                 DockerClient::new(cfg),
             ),
@@ -278,6 +303,9 @@ impl Supervisor {
                         public_url: p.public_url.clone(),
                         portainer_id: Some(p.env_id),
                         poll_interval: Some(p.poll_interval),
+                        portainer_ui: Some(
+                            p.client.base.as_str().trim_end_matches('/').to_string(),
+                        ),
                     },
                     DockerClient::shared(
                         p.client.http.clone(),
@@ -476,8 +504,46 @@ impl Supervisor {
         }
     }
 
-    /// An incoming message on a command topic (SPEC §5).
+    fn publish_bridge_device(&self) {
+        if let Some(ha) = &self.settings.ha {
+            let owner = self.settings.topics.bridge_owner();
+            self.mqtt
+                .outbox
+                .retain_owned(&owner, ha.messages(&ha.bridge()));
+        }
+    }
+
+    /// HA announced itself: after a random 0–5 s delay (so a fleet of bridges
+    /// does not answer at once) every producer republishes, discovery first.
+    fn on_birth(&self, msg: &Inbound) {
+        if msg.payload.as_ref() != b"online" {
+            return;
+        }
+        if self
+            .birth_pending
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return; // one republish is already on its way
+        }
+        let delay = Duration::from_millis(fastrand::u64(0..=5_000));
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            "Home Assistant is online: re-sending discovery"
+        );
+        let mqtt = self.mqtt.clone();
+        let pending = self.birth_pending.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            pending.store(false, std::sync::atomic::Ordering::Release);
+            mqtt.request_resync();
+        });
+    }
+
+    /// An incoming message on a command topic (SPEC §5) or HA's birth topic.
     fn route(&mut self, msg: Inbound) {
+        if self.birth_topic.as_deref() == Some(msg.topic.as_str()) {
+            return self.on_birth(&msg);
+        }
         let received = std::time::Instant::now();
         let topics = self.settings.topics.clone();
         let Some(target) = topics.parse_command(&msg.topic) else {

@@ -17,6 +17,20 @@
 //! <base>/<ep>/<ct>/result           command results (not retained)
 //! <base>/<ep>/<ct>/set              container command in
 //! ```
+//!
+//! Home Assistant discovery (SPEC §7), outside the base, under the discovery prefix:
+//!
+//! ```text
+//! <prefix>/device/<base>/config                      bridge device
+//! <prefix>/device/<base>_<ep>/config                 endpoint device
+//! <prefix>/device/<base>_<ep>_<ct>/config            container device
+//! <prefix>/<platform>/<device id>_<component>/config per-entity form (discovery = "component")
+//! <prefix>/status                                    HA's birth message (in)
+//! ```
+//! Each discovery topic has an *owner path* under the base (`<base>/.ha`,
+//! `<base>/<ep>/.ha`, `<base>/<ep>/<ct>/.ha`) so clearing a container or an
+//! endpoint by prefix clears its discovery too. `.` cannot start a Docker
+//! name or an endpoint id, so owner paths never collide with real topics.
 
 /// Builds topics under one base. Cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +127,19 @@ impl Topics {
         format!("{}/.sync/{}", self.base, nonce)
     }
 
+    /// Owner path of the bridge's discovery config.
+    pub fn bridge_owner(&self) -> String {
+        format!("{}/{}", self.base, OWNER_LEAF)
+    }
+    /// Owner path of an endpoint's discovery config.
+    pub fn endpoint_owner(&self, ep: &str) -> String {
+        format!("{}/{}/{}", self.base, ep, OWNER_LEAF)
+    }
+    /// Owner path of a container's discovery config(s).
+    pub fn container_owner(&self, ep: &str, ct: &str) -> String {
+        format!("{}/{}/{}/{}", self.base, ep, ct, OWNER_LEAF)
+    }
+
     /// Splits a topic under our base into its segments after the base.
     pub fn parse<'a>(&self, topic: &'a str) -> Option<Vec<&'a str>> {
         let rest = topic.strip_prefix(&self.base)?.strip_prefix('/')?;
@@ -126,6 +153,52 @@ impl Topics {
             ["set"] => Some(CommandTarget::Bridge),
             [ep, "set"] => Some(CommandTarget::Endpoint(ep)),
             [ep, ct, "set"] => Some(CommandTarget::Container(ep, ct)),
+            _ => None,
+        }
+    }
+}
+
+/// Last segment of discovery owner paths.
+pub const OWNER_LEAF: &str = ".ha";
+
+/// Home Assistant discovery topics under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveryTopics {
+    prefix: String,
+}
+
+impl DiscoveryTopics {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    /// `<prefix>/device/<id>/config`
+    pub fn device(&self, device_id: &str) -> String {
+        format!("{}/device/{}/config", self.prefix, device_id)
+    }
+    /// `<prefix>/<platform>/<device id>_<component>/config`. No `<node_id>`: HA
+    /// would then give it the same discovery id as the device form's component,
+    /// and refuse one of the two while a switch between forms is under way.
+    pub fn component(&self, platform: &str, device_id: &str, component: &str) -> String {
+        format!(
+            "{}/{}/{}_{}/config",
+            self.prefix, platform, device_id, component
+        )
+    }
+    /// Read back at start to find our leftovers (both forms, whatever the mode).
+    pub fn readback_filter(&self) -> String {
+        format!("{}/+/+/config", self.prefix)
+    }
+    /// The `<object_id>` of a discovery topic: the device id (device form) or
+    /// `<device id>_<component>` (per-entity form).
+    pub fn object_id_of<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        let rest = topic.strip_prefix(&self.prefix)?.strip_prefix('/')?;
+        match rest.split('/').collect::<Vec<_>>().as_slice() {
+            [_, id, "config"] => Some(id),
             _ => None,
         }
     }
@@ -210,6 +283,40 @@ mod tests {
         assert_eq!(t.parse_command("ds/local/web/state"), None);
         assert_eq!(t.parse_command("dsx/local/web/set"), None);
         assert_eq!(t.parse_command("other/set"), None);
+    }
+
+    #[test]
+    fn discovery_topics() {
+        let d = DiscoveryTopics::new("homeassistant");
+        assert_eq!(
+            d.device("dockside_local_nginx"),
+            "homeassistant/device/dockside_local_nginx/config"
+        );
+        assert_eq!(
+            d.component("switch", "dockside_local_nginx", "power"),
+            "homeassistant/switch/dockside_local_nginx_power/config"
+        );
+        assert_eq!(
+            d.object_id_of("homeassistant/device/dockside_local_nginx/config"),
+            Some("dockside_local_nginx")
+        );
+        assert_eq!(
+            d.object_id_of("homeassistant/switch/dockside_local_nginx_power/config"),
+            Some("dockside_local_nginx_power")
+        );
+        assert_eq!(d.object_id_of("homeassistant/status"), None);
+        assert_eq!(d.object_id_of("homeassistant/switch/n/o/config"), None);
+        assert_eq!(d.object_id_of("other/device/x/config"), None);
+        let t = Topics::new("dockside");
+        assert_eq!(t.container_owner("local", "web"), "dockside/local/web/.ha");
+        assert!(
+            t.container_owner("local", "web")
+                .starts_with(&t.container_prefix("local", "web"))
+        );
+        assert!(
+            t.endpoint_owner("local")
+                .starts_with(&t.endpoint_prefix("local"))
+        );
     }
 
     #[test]

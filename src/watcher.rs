@@ -307,7 +307,9 @@ impl Watcher {
         mut self,
         token: CancellationToken,
         mut requests: mpsc::Receiver<CheckRequest>,
+        mut resync: tokio::sync::watch::Receiver<u64>,
     ) {
+        resync.mark_unchanged();
         let mut next_round = Instant::now() + jitter(self.cfg.interval);
         let mut debounce: Option<Instant> = None;
         loop {
@@ -332,6 +334,7 @@ impl Watcher {
                     let r = self.round(&scope, None, true).await;
                     let _ = reply.send(r);
                 }
+                Ok(()) = resync.changed() => self.republish(),
             }
         }
     }
@@ -353,6 +356,18 @@ impl Watcher {
         };
         self.images.insert(key, r.clone());
         r
+    }
+
+    /// After a broker reconnect (or HA's birth): every status again, for the
+    /// containers that still exist.
+    fn republish(&self) {
+        for (key, status) in &self.published {
+            let topic = self.topics.container_update(&key.0, &key.1);
+            let payload = serde_json::to_vec(status).unwrap_or_default();
+            let outbox = self.outbox.clone();
+            self.inventory
+                .publish_if_present(key, || outbox.retain(topic, payload));
+        }
     }
 
     /// Classifies, checks what is due (or everything in scope when `force`), publishes.

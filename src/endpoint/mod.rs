@@ -26,6 +26,7 @@ use commands::Pending;
 use crate::docker::models::{ContainerInspect, Event};
 use crate::docker::{DockerClient, DockerError, EventStream};
 use crate::filter::ContainerFilter;
+use crate::homeassistant::{ContainerFacts, Discovery, EndpointFacts};
 use crate::mqtt::{MqttHandle, Outbox, Sweep};
 use crate::payloads::{
     ContainerCounts, ContainerState, EndpointInfo, EventMessage, container_event_payload,
@@ -75,6 +76,8 @@ pub struct EndpointSettings {
     pub command_timeout: Duration,
     /// Where the image watcher learns which containers run which image.
     pub inventory: Option<Arc<crate::watcher::Inventory>>,
+    /// Home Assistant discovery, when on.
+    pub ha: Option<Arc<Discovery>>,
 }
 
 /// What kind of source an endpoint comes from, for its info payload.
@@ -87,6 +90,8 @@ pub struct EndpointMeta {
     /// Portainer: a bounded `since`/`until` poll of events this often, merged with
     /// the live stream (which Portainer may hold back).
     pub poll_interval: Option<Duration>,
+    /// Portainer's own URL, for links from Home Assistant devices.
+    pub portainer_ui: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +161,9 @@ pub struct Endpoint {
     last_command: HashMap<String, Instant>,
     actions: JoinSet<commands::ActionResult>,
     next_seq: u64,
+    /// What each container's discovery config was last built from.
+    ha_containers: HashMap<String, ContainerFacts>,
+    ha_endpoint: Option<EndpointFacts>,
 }
 
 impl Endpoint {
@@ -204,6 +212,8 @@ impl Endpoint {
             last_command: HashMap::new(),
             actions: JoinSet::new(),
             next_seq: 0,
+            ha_containers: HashMap::new(),
+            ha_endpoint: None,
         }
     }
 
@@ -221,6 +231,8 @@ impl Endpoint {
     ) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         let mut first_failure = true;
+        // The endpoint's device exists (and shows it unreachable) before its first sync.
+        self.publish_endpoint_device(false);
         loop {
             backoff.mark_started();
             let result = self.session(&token, &mut cmds).await;
@@ -327,6 +339,7 @@ impl Endpoint {
             }
         };
         self.refresh_facts().await?;
+        self.publish_endpoint_device(false);
         self.full_sync().await?;
         self.set_online(true);
         self.publish_info_now();
@@ -399,6 +412,7 @@ impl Endpoint {
                 }
                 _ = reconcile.tick() => {
                     self.refresh_facts().await?;
+                    self.publish_endpoint_device(false);
                     self.full_sync().await?;
                     self.publish_info_now();
                 }
@@ -725,10 +739,12 @@ impl Endpoint {
     }
 
     fn publish_state(&mut self, name: &str, state: ContainerState, force: bool) {
-        let prev = self.containers.get(name);
-        if !force && prev == Some(&state) {
+        if !force && self.containers.get(name) == Some(&state) {
             return;
         }
+        // Discovery before state: HA must know the entities the state feeds.
+        self.publish_container_device(name, &state, force);
+        let prev = self.containers.get(name);
         let topics = &self.settings.topics;
         match serde_json::to_vec(&state) {
             Ok(p) => self
@@ -816,7 +832,57 @@ impl Endpoint {
         }
     }
 
-    fn clear_container(&self, name: &str) {
+    /// The container's HA device, when what it is built from changed (or `force`).
+    fn publish_container_device(&mut self, name: &str, state: &ContainerState, force: bool) {
+        let Some(ha) = self.settings.ha.clone() else {
+            return;
+        };
+        let s = &self.settings;
+        let protected = s.own_ids.contains(&state.id) || s.protect.is_match(name);
+        let facts = ContainerFacts {
+            image: state.image.clone(),
+            words: ha.container_words(self.no_commands.contains(name), protected),
+            configuration_url: match (&self.meta.portainer_ui, self.meta.portainer_id) {
+                (Some(ui), Some(env)) => {
+                    Some(format!("{ui}/#!/{env}/docker/containers/{}", state.id))
+                }
+                _ => None,
+            },
+        };
+        if !force && self.ha_containers.get(name) == Some(&facts) {
+            return;
+        }
+        let owner = s.topics.container_owner(&self.id, name);
+        self.outbox
+            .retain_owned(&owner, ha.messages(&ha.container(&self.id, name, &facts)));
+        self.ha_containers.insert(name.to_string(), facts);
+    }
+
+    /// The endpoint's HA device, when its name or engine version changed (or `force`).
+    fn publish_endpoint_device(&mut self, force: bool) {
+        let Some(ha) = self.settings.ha.clone() else {
+            return;
+        };
+        let facts = EndpointFacts {
+            name: self.meta.name.clone(),
+            kind: self.meta.kind.to_string(),
+            docker_version: self.facts.docker_version.clone(),
+            configuration_url: match (&self.meta.portainer_ui, self.meta.portainer_id) {
+                (Some(ui), Some(env)) => Some(format!("{ui}/#!/{env}/docker/dashboard")),
+                _ => None,
+            },
+        };
+        if !force && self.ha_endpoint.as_ref() == Some(&facts) {
+            return;
+        }
+        let owner = self.settings.topics.endpoint_owner(&self.id);
+        self.outbox
+            .retain_owned(&owner, ha.messages(&ha.endpoint(&self.id, &facts)));
+        self.ha_endpoint = Some(facts);
+    }
+
+    fn clear_container(&mut self, name: &str) {
+        self.ha_containers.remove(name);
         let prefix = self.settings.topics.container_prefix(&self.id, name);
         match &self.settings.inventory {
             // Under the inventory lock: no update status can land after the clear.
@@ -883,6 +949,7 @@ impl Endpoint {
 
     /// After a broker reconnect: everything retained again.
     fn republish_all(&mut self) {
+        self.publish_endpoint_device(true);
         if let Some(online) = self.online.take() {
             self.set_online(online);
         }

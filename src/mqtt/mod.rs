@@ -25,7 +25,7 @@ pub use outbox::{Message, Outbox, Sweep};
 
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::topics::Topics;
+use crate::topics::{DiscoveryTopics, Topics};
 
 /// HA discovery payloads exceed rumqttc's 10 KiB default.
 const MAX_PACKET: usize = 1 << 20;
@@ -61,6 +61,7 @@ pub struct Inbound {
 pub struct MqttHandle {
     pub outbox: Arc<Outbox>,
     resync: watch::Receiver<u64>,
+    resync_tx: Arc<watch::Sender<u64>>,
 }
 
 impl MqttHandle {
@@ -71,15 +72,21 @@ impl MqttHandle {
     pub fn resync_signal(&self) -> watch::Receiver<u64> {
         self.resync.clone()
     }
+    /// Asks every producer to republish (Home Assistant came back online).
+    pub fn request_resync(&self) {
+        self.resync_tx.send_modify(|g| *g += 1);
+    }
 }
 
 pub struct MqttTask {
     opts: MqttOptions,
     qos: QoS,
     outbox: Arc<Outbox>,
-    resync_tx: watch::Sender<u64>,
+    resync_tx: Arc<watch::Sender<u64>>,
     subscriptions: Vec<String>,
     inbound: Option<mpsc::Sender<Inbound>>,
+    /// Read back at start too, whether discovery is on or off (to clear ours).
+    discovery: DiscoveryTopics,
 }
 
 pub fn qos(n: u8) -> QoS {
@@ -99,17 +106,23 @@ pub fn new(
     let topics = Topics::new(cfg.mqtt.base_topic.clone());
     let outbox = Arc::new(Outbox::new(topics, 20_000));
     let (resync_tx, resync) = watch::channel(0);
+    let resync_tx = Arc::new(resync_tx);
     let opts = options(cfg)?;
     Ok((
         MqttTask {
             opts,
             qos: qos(cfg.mqtt.qos),
             outbox: outbox.clone(),
-            resync_tx,
+            resync_tx: resync_tx.clone(),
             subscriptions,
             inbound,
+            discovery: DiscoveryTopics::new(cfg.homeassistant.discovery_prefix.clone()),
         },
-        MqttHandle { outbox, resync },
+        MqttHandle {
+            outbox,
+            resync,
+            resync_tx,
+        },
     ))
 }
 
@@ -178,6 +191,7 @@ impl MqttTask {
             resync_tx,
             subscriptions,
             inbound,
+            discovery,
         } = self;
         let topics = outbox.topics().clone();
         let (client, mut eventloop) = AsyncClient::new(opts, 256);
@@ -215,7 +229,7 @@ impl MqttTask {
                             first_connect = false;
                             // Read back our retained topics (QoS 0, like the marker, so
                             // they arrive in order), then the marker ends the read-back.
-                            for f in topics.readback_filters() {
+                            for f in readback_filters(&topics, &discovery) {
                                 let _ = client.try_subscribe(f, QoS::AtMostOnce);
                             }
                             let _ = client.try_subscribe(marker.clone(), QoS::AtMostOnce);
@@ -227,8 +241,18 @@ impl MqttTask {
                     }
                     Ok(Event::Incoming(Incoming::Publish(p))) => {
                         if p.topic == marker {
-                            finish_readback(&client, &outbox, &topics, &marker);
+                            finish_readback(&client, &outbox, &topics, &discovery, &marker);
                             readback_deadline = None;
+                        } else if readback_deadline.is_some()
+                            && p.retain
+                            && discovery.object_id_of(&p.topic).is_some()
+                            && !subscriptions.iter().any(|s| s == &p.topic)
+                        {
+                            if !p.payload.is_empty()
+                                && let Some(owner) = crate::homeassistant::owner_of(&topics, &discovery, &p.topic, &p.payload)
+                            {
+                                outbox.note_existing_owned(p.topic.clone(), owner);
+                            }
                         } else if readback_deadline.is_some()
                             && p.retain
                             && topics.parse_command(&p.topic).is_none()
@@ -265,7 +289,7 @@ impl MqttTask {
                 _ = outbox.notified(), if connected && !client_full => {}
                 _ = sleep_until_opt(readback_deadline) => {
                     tracing::warn!("no read-back marker from the broker; sweeping what was read");
-                    finish_readback(&client, &outbox, &topics, &marker);
+                    finish_readback(&client, &outbox, &topics, &discovery, &marker);
                     readback_deadline = None;
                 }
             }
@@ -284,8 +308,20 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-fn finish_readback(client: &AsyncClient, outbox: &Outbox, topics: &Topics, marker: &str) {
-    for f in topics.readback_filters() {
+fn readback_filters(topics: &Topics, discovery: &DiscoveryTopics) -> Vec<String> {
+    let mut f = topics.readback_filters().to_vec();
+    f.push(discovery.readback_filter());
+    f
+}
+
+fn finish_readback(
+    client: &AsyncClient,
+    outbox: &Outbox,
+    topics: &Topics,
+    discovery: &DiscoveryTopics,
+    marker: &str,
+) {
+    for f in readback_filters(topics, discovery) {
         let _ = client.try_unsubscribe(f);
     }
     let _ = client.try_unsubscribe(marker.to_string());

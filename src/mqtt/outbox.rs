@@ -8,10 +8,13 @@
 //! - It also remembers which retained topics we hold on the broker (`known`), so
 //!   a container or endpoint can be cleared by prefix, and which ones the
 //!   start-up read-back found (`startup`), for the leftover sweep.
+//! - Topics outside the base (HA discovery configs) are *owned* by a path under
+//!   it (`topics.rs`): clearing by prefix and the sweeps treat them as living
+//!   at their owner path.
 //!
 //! Producers never wait: pushing takes a short lock and wakes the MQTT task.
 
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -49,6 +52,8 @@ pub enum Sweep {
         prefix: String,
         keep: HashSet<String>,
     },
+    /// Discovery is off: clear every discovery config of ours the read-back found.
+    Discovery,
 }
 
 #[derive(Debug)]
@@ -60,6 +65,10 @@ struct Inner {
     startup: HashSet<String>,
     readback_done: bool,
     pending_sweeps: Vec<Sweep>,
+    /// Owner path → the topics it owns (discovery configs).
+    owned: BTreeMap<String, BTreeSet<String>>,
+    owner_of: HashMap<String, String>,
+    stale_owned: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -82,6 +91,9 @@ impl Outbox {
                 startup: HashSet::new(),
                 readback_done: false,
                 pending_sweeps: Vec::new(),
+                owned: BTreeMap::new(),
+                owner_of: HashMap::new(),
+                stale_owned: Vec::new(),
             }),
             notify: Notify::new(),
             stream_cap: stream_cap.max(1),
@@ -126,15 +138,41 @@ impl Outbox {
         self.notify.notify_one();
     }
 
-    /// Clears every retained topic we hold under `prefix` (e.g. `<base>/<ep>/<ct>/`).
+    /// Publishes the whole set of retained topics `owner` owns now; the ones
+    /// it owned before and no longer does are cleared.
+    pub fn retain_owned(&self, owner: &str, msgs: Vec<(String, Bytes)>) {
+        let mut inner = self.lock();
+        let now: BTreeSet<String> = msgs.iter().map(|(t, _)| t.clone()).collect();
+        let before = inner.owned.get(owner).cloned().unwrap_or_default();
+        for t in before.difference(&now) {
+            inner.set_retained(t.clone(), Bytes::new());
+        }
+        for (t, p) in msgs {
+            inner.set_retained(t.clone(), p);
+            inner.owner_of.insert(t, owner.to_string());
+        }
+        inner.owned.insert(owner.to_string(), now);
+        drop(inner);
+        self.notify.notify_one();
+    }
+
+    /// Clears every retained topic we hold under `prefix` (e.g. `<base>/<ep>/<ct>/`),
+    /// owned ones included.
     pub fn clear_prefix(&self, prefix: &str) {
         let mut inner = self.lock();
-        let topics: Vec<String> = inner
+        let mut topics: Vec<String> = inner
             .known
             .range(prefix.to_string()..)
             .take_while(|t| t.starts_with(prefix))
             .cloned()
             .collect();
+        topics.extend(
+            inner
+                .owned
+                .range(prefix.to_string()..)
+                .take_while(|(o, _)| o.starts_with(prefix))
+                .flat_map(|(_, ts)| ts.iter().cloned()),
+        );
         for t in topics {
             inner.set_retained(t, Bytes::new());
         }
@@ -148,9 +186,19 @@ impl Outbox {
         if let Some(m) = inner.stream.pop_front() {
             return Some(m);
         }
+        // Until the read-back is complete, owned topics (discovery) wait: a
+        // leftover of the other form found late must be cleared before them.
+        let index = if inner.readback_done {
+            0
+        } else {
+            inner
+                .retained
+                .keys()
+                .position(|t| !inner.owner_of.contains_key(t))?
+        };
         inner
             .retained
-            .shift_remove_index(0)
+            .shift_remove_index(index)
             .map(|(topic, payload)| Message {
                 topic,
                 payload,
@@ -200,6 +248,25 @@ impl Outbox {
         inner.startup.insert(topic);
     }
 
+    /// A retained topic outside the base that the read-back found and that
+    /// belongs to `owner` (a discovery config of ours).
+    pub fn note_existing_owned(&self, topic: String, owner: String) {
+        let mut inner = self.lock();
+        if inner.readback_done || inner.known.contains(&topic) {
+            return;
+        }
+        if inner.owned.contains_key(&owner) {
+            // The owner already published its set in this run: this one is
+            // stale, cleared ahead of the held configs when the read-back ends.
+            inner.stale_owned.push(topic);
+            return;
+        }
+        inner.known.insert(topic.clone());
+        inner.startup.insert(topic.clone());
+        inner.owner_of.insert(topic.clone(), owner.clone());
+        inner.owned.entry(owner).or_default().insert(topic);
+    }
+
     /// Queues a sweep, or runs it now if the read-back is complete.
     pub fn sweep(&self, sweep: Sweep) {
         let mut inner = self.lock();
@@ -220,6 +287,12 @@ impl Outbox {
             return;
         }
         inner.readback_done = true;
+        for t in std::mem::take(&mut inner.stale_owned) {
+            inner.set_retained(t.clone(), Bytes::new());
+            if let Some(i) = inner.retained.get_index_of(&t) {
+                inner.retained.move_index(i, 0);
+            }
+        }
         let sweeps = std::mem::take(&mut inner.pending_sweeps);
         let mut done = Vec::new();
         for s in &sweeps {
@@ -251,6 +324,12 @@ fn log_sweep(s: &Sweep, n: usize) {
             Sweep::Restarted { ep, .. } => {
                 tracing::info!(endpoint = %ep, topics = n, "cleared topics of containers no longer mirrored")
             }
+            Sweep::Discovery => {
+                tracing::info!(
+                    topics = n,
+                    "Home Assistant discovery is off: cleared the configs published earlier"
+                )
+            }
         }
     }
 }
@@ -260,6 +339,14 @@ impl Inner {
         self.startup.remove(&topic);
         if payload.is_empty() {
             self.known.remove(&topic);
+            if let Some(owner) = self.owner_of.remove(&topic)
+                && let Some(set) = self.owned.get_mut(&owner)
+            {
+                set.remove(&topic);
+                if set.is_empty() {
+                    self.owned.remove(&owner);
+                }
+            }
         } else {
             self.known.insert(topic.clone());
         }
@@ -269,16 +356,24 @@ impl Inner {
     fn run_sweep(&mut self, topics: &Topics, sweep: &Sweep) -> usize {
         if let Sweep::Restarted { ep, live } = sweep {
             let prefix = topics.endpoint_prefix(ep);
-            let stale: Vec<String> = self
+            let gone = |path: &str| match topics.parse(path).as_deref() {
+                Some([_, ct, _, ..]) => !live.contains(*ct),
+                _ => false,
+            };
+            let mut stale: Vec<String> = self
                 .known
                 .range(prefix.clone()..)
                 .take_while(|t| t.starts_with(&prefix))
-                .filter(|t| match topics.parse(t).as_deref() {
-                    Some([_, ct, _, ..]) => !live.contains(*ct),
-                    _ => false,
-                })
+                .filter(|t| gone(t))
                 .cloned()
                 .collect();
+            stale.extend(
+                self.owned
+                    .range(prefix.clone()..)
+                    .take_while(|(o, _)| o.starts_with(&prefix))
+                    .filter(|(o, _)| gone(o))
+                    .flat_map(|(_, ts)| ts.iter().cloned()),
+            );
             let n = stale.len();
             for t in stale {
                 self.set_retained(t, Bytes::new());
@@ -289,21 +384,26 @@ impl Inner {
             .startup
             .iter()
             .filter(|t| {
-                let Some(segs) = topics.parse(t) else {
+                let owner = self.owner_of.get(*t);
+                if matches!(sweep, Sweep::Discovery) {
+                    return owner.is_some();
+                }
+                let Some(segs) = topics.parse(owner.unwrap_or(t)) else {
                     return false;
                 };
+                // `<base>/.ha` (the bridge's own config) is no endpoint's.
+                let endpoint = segs.first().filter(|ep| !ep.starts_with('.'));
                 match sweep {
                     Sweep::Endpoints {
                         keep,
                         keep_prefixes,
-                    } => segs.first().is_some_and(|ep| {
+                    } => endpoint.is_some_and(|ep| {
                         !keep.contains(*ep)
                             && !keep_prefixes.iter().any(|p| ep.starts_with(p.as_str()))
                     }),
-                    Sweep::Prefixed { prefix, keep } => segs
-                        .first()
+                    Sweep::Prefixed { prefix, keep } => endpoint
                         .is_some_and(|ep| ep.starts_with(prefix.as_str()) && !keep.contains(*ep)),
-                    Sweep::Restarted { .. } => false,
+                    Sweep::Restarted { .. } | Sweep::Discovery => false,
                     Sweep::Endpoint { ep, live } => match segs.as_slice() {
                         [e, ct, rest @ ..] if e == ep && !rest.is_empty() => {
                             // Gone container, or a flat key not republished this run.
@@ -443,6 +543,109 @@ mod tests {
             live: HashSet::from(["live".to_string()]),
         });
         assert!(o.is_empty());
+    }
+
+    #[test]
+    fn owned_topics_follow_their_owner() {
+        let o = Outbox::new(Topics::new("b"), 10);
+        // Read back: a live container's old per-entity configs, a gone one's, the bridge's.
+        o.note_existing_owned(
+            "ha/switch/b_e_live/power/config".into(),
+            "b/e/live/.ha".into(),
+        );
+        o.note_existing_owned("ha/device/b_e_gone/config".into(), "b/e/gone/.ha".into());
+        o.note_existing_owned("ha/device/b_old/config".into(), "b/old/.ha".into());
+        o.note_existing_owned("ha/device/b/config".into(), "b/.ha".into());
+        // The live one now publishes its device form: the old form goes at once.
+        o.retain_owned(
+            "b/e/live/.ha",
+            vec![("ha/device/b_e_live/config".into(), Bytes::from("{}"))],
+        );
+        let out = drain(&o);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].topic, "ha/switch/b_e_live/power/config");
+        assert!(out[0].payload.is_empty());
+        // Configs wait for the end of the read-back; a stale one of an owner
+        // that published already is cleared first, then.
+        o.note_existing_owned(
+            "ha/button/b_e_live_kill/config".into(),
+            "b/e/live/.ha".into(),
+        );
+        o.sweep(Sweep::Endpoint {
+            ep: "e".into(),
+            live: HashSet::from(["live".to_string()]),
+        });
+        o.sweep(Sweep::Endpoints {
+            keep: HashSet::from(["e".to_string()]),
+            keep_prefixes: vec![],
+        });
+        o.finish_readback();
+        let out = drain(&o);
+        assert_eq!(out[0].topic, "ha/button/b_e_live_kill/config");
+        assert!(out[0].payload.is_empty());
+        assert!(out.iter().any(|m| m.topic == "ha/device/b_e_live/config"));
+        let cleared: BTreeSet<_> = out
+            .into_iter()
+            .filter(|m| m.payload.is_empty())
+            .map(|m| m.topic)
+            .collect();
+        assert_eq!(
+            cleared,
+            BTreeSet::from([
+                "ha/button/b_e_live_kill/config".to_string(),
+                "ha/device/b_e_gone/config".to_string(),
+                "ha/device/b_old/config".to_string()
+            ])
+        );
+        // Clearing the container clears its discovery config.
+        o.clear_prefix("b/e/live/");
+        let out = drain(&o);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].topic, "ha/device/b_e_live/config");
+        assert!(out[0].payload.is_empty());
+        // Shrinking a set clears what left it.
+        o.retain_owned(
+            "b/e/x/.ha",
+            vec![
+                ("ha/a/b_e_x/1/config".into(), Bytes::from("1")),
+                ("ha/a/b_e_x/2/config".into(), Bytes::from("2")),
+            ],
+        );
+        drain(&o);
+        o.retain_owned(
+            "b/e/x/.ha",
+            vec![("ha/a/b_e_x/1/config".into(), Bytes::from("1"))],
+        );
+        let out: Vec<_> = drain(&o)
+            .into_iter()
+            .map(|m| (m.topic, m.payload.is_empty()))
+            .collect();
+        assert!(out.contains(&("ha/a/b_e_x/2/config".to_string(), true)));
+        // Restarted endpoint: configs of containers no longer live go too.
+        o.sweep(Sweep::Restarted {
+            ep: "e".into(),
+            live: HashSet::new(),
+        });
+        let out: Vec<_> = drain(&o).into_iter().map(|m| m.topic).collect();
+        assert_eq!(out, vec!["ha/a/b_e_x/1/config".to_string()]);
+    }
+
+    #[test]
+    fn discovery_off_clears_only_owned_leftovers() {
+        let o = Outbox::new(Topics::new("b"), 10);
+        o.note_existing_owned("ha/device/b/config".into(), "b/.ha".into());
+        o.note_existing_owned("ha/device/b_e_c/config".into(), "b/e/c/.ha".into());
+        o.note_existing("b/e/c/state".into());
+        o.sweep(Sweep::Discovery);
+        o.finish_readback();
+        let cleared: BTreeSet<_> = drain(&o).into_iter().map(|m| m.topic).collect();
+        assert_eq!(
+            cleared,
+            BTreeSet::from([
+                "ha/device/b/config".to_string(),
+                "ha/device/b_e_c/config".to_string()
+            ])
+        );
     }
 
     #[test]

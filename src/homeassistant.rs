@@ -1,0 +1,1216 @@
+//! Every Home Assistant discovery payload (SPEC §7) is built here: the bridge
+//! device, one device per endpoint, one per container. Pure functions of their
+//! inputs; the endpoint tasks and the supervisor decide when to publish.
+//!
+//! Shapes follow HA 2026's MQTT schemas (see `reference/home-assistant.md`):
+//! the device form's root holds only `device`, `origin`, `components` and the
+//! shared options; every entity has a `unique_id` and a `default_entity_id`
+//! (never `object_id`); availability is the bridge status AND the endpoint
+//! status (`availability_mode: all`); templates never render a value HA
+//! rejects (enum options cover every state, the update entity's JSON only
+//! carries keys HA's update schema accepts).
+
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+
+use crate::config::{Config, DiscoveryMode};
+use crate::topics::{DiscoveryTopics, Topics, ha_id};
+
+pub const ORIGIN_NAME: &str = "dockside";
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const SUPPORT_URL: &str = env!("CARGO_PKG_HOMEPAGE");
+
+/// SPEC §4.1 `state` values: the enum sensor's options.
+pub const STATE_OPTIONS: &[&str] = &[
+    "created",
+    "running",
+    "paused",
+    "restarting",
+    "removing",
+    "exited",
+    "dead",
+];
+/// SPEC §4.1 `health` values.
+pub const HEALTH_OPTIONS: &[&str] = &["none", "starting", "healthy", "unhealthy"];
+
+const ON_OFF_RUNNING: &str = "{{ 'ON' if value_json.running else 'OFF' }}";
+
+/// Maps the §4.3 update status onto HA's update-entity JSON: only keys HA's
+/// schema accepts, never `null`, absent versions left out (HA drops the whole
+/// message on a schema violation).
+pub const UPDATE_TEMPLATE: &str = concat!(
+    "{%- set v = value_json -%}",
+    "{%- set ns = namespace(o=['\"in_progress\":' ~ ('true' if v.in_progress else 'false')]) -%}",
+    "{%- if v.installed_version is string and v.installed_version -%}",
+    "{%- set ns.o = ns.o + ['\"installed_version\":' ~ (v.installed_version | tojson)] -%}",
+    "{%- endif -%}",
+    "{%- if v.latest_version is string and v.latest_version -%}",
+    "{%- set ns.o = ns.o + ['\"latest_version\":' ~ (v.latest_version | tojson)] -%}",
+    "{%- endif -%}",
+    "{%- if v.image is string and v.image -%}",
+    "{%- set ns.o = ns.o + ['\"title\":' ~ (v.image | tojson)] -%}",
+    "{%- endif -%}",
+    "{%- if v.error is string and v.error -%}",
+    "{%- set ns.o = ns.o + ['\"release_summary\":' ~ (v.error[:255] | tojson)] -%}",
+    "{%- elif v.status == 'pinned' -%}",
+    "{%- set ns.o = ns.o + ['\"release_summary\":\"The image is pinned by digest: not checked for updates.\"'] -%}",
+    "{%- elif v.status == 'local_build' -%}",
+    "{%- set ns.o = ns.o + ['\"release_summary\":\"The image was built locally: no registry to check.\"'] -%}",
+    "{%- endif -%}",
+    "{%- if v.progress is number -%}",
+    "{%- set ns.o = ns.o + ['\"update_percentage\":' ~ v.progress] -%}",
+    "{%- endif -%}",
+    "{{ '{' ~ (ns.o | join(',')) ~ '}' }}",
+);
+
+/// SPEC §4.4: the event entity's `event_types`.
+pub use crate::payloads::CONTAINER_EVENT_TYPES as EVENT_TYPES;
+
+/// What discovery needs from the configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Discovery {
+    topics: Topics,
+    pub discovery: DiscoveryTopics,
+    mode: DiscoveryMode,
+    qos: u8,
+    /// Container words HA may send (`commands.enabled` and `commands.allow`).
+    words: Vec<String>,
+    updates: bool,
+}
+
+/// A container, as far as its device and entities depend on it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ContainerFacts {
+    pub image: String,
+    /// Words this container accepts (labels and protection applied).
+    pub words: Vec<String>,
+    /// Portainer page of the container, if it comes through Portainer.
+    pub configuration_url: Option<String>,
+}
+
+/// An endpoint, as far as its device depends on it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EndpointFacts {
+    pub name: String,
+    /// `docker` or `portainer`.
+    pub kind: String,
+    pub docker_version: Option<String>,
+    pub configuration_url: Option<String>,
+}
+
+/// One entity of a device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entity {
+    /// Component id, the key in `components` (and `<object_id>` of the per-entity form).
+    pub id: &'static str,
+    pub platform: &'static str,
+    pub config: Map<String, Value>,
+}
+
+/// One device with its entities, ready to publish in either form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Device {
+    pub device_id: String,
+    pub device: Value,
+    /// Shared options set at the device root (device form) or copied into
+    /// each entity that does not set them (per-entity form).
+    pub shared: Map<String, Value>,
+    pub entities: Vec<Entity>,
+    /// Optional components not present now (words not allowed, checks off).
+    /// The device form lists them as `{"platform": …}`, which makes HA drop
+    /// one discovered earlier (HA does not drop a component that is merely
+    /// omitted) and is a no-op otherwise: removal survives any restart.
+    pub absent: Vec<(&'static str, &'static str)>,
+}
+
+impl Device {
+    fn finish(mut self, optional: &[(&'static str, &'static str)]) -> Self {
+        self.absent = optional
+            .iter()
+            .filter(|(id, _)| !self.entities.iter().any(|e| e.id == *id))
+            .copied()
+            .collect();
+        self
+    }
+}
+
+const SCOPE_OPTIONAL: &[(&str, &str)] = &[("check_updates", "button")];
+const CONTAINER_OPTIONAL: &[(&str, &str)] = &[
+    ("power", "switch"),
+    ("restart", "button"),
+    ("pause", "button"),
+    ("unpause", "button"),
+    ("kill", "button"),
+    ("update", "update"),
+    ("check_update", "button"),
+];
+
+impl Discovery {
+    /// `None` when discovery is off.
+    pub fn from_config(cfg: &Config) -> Option<Self> {
+        let ha = &cfg.homeassistant;
+        ha.enabled.then(|| Self {
+            topics: Topics::new(cfg.mqtt.base_topic.clone()),
+            discovery: DiscoveryTopics::new(ha.discovery_prefix.clone()),
+            mode: ha.discovery,
+            qos: cfg.mqtt.qos,
+            words: if cfg.commands.enabled {
+                cfg.commands.allow.clone()
+            } else {
+                Vec::new()
+            },
+            updates: cfg.updates.enabled,
+        })
+    }
+
+    /// The words HA may send to one container: the allowed ones, none when
+    /// its label turns commands off, and never a disruptive one for a
+    /// protected container or dockside's own.
+    pub fn container_words(&self, label_off: bool, protected: bool) -> Vec<String> {
+        if label_off {
+            return Vec::new();
+        }
+        self.words
+            .iter()
+            .filter(|w| !(protected && crate::commands::DISRUPTIVE.contains(&w.as_str())))
+            .filter(|w| self.updates || (w.as_str() != "check" && w.as_str() != "update"))
+            .cloned()
+            .collect()
+    }
+
+    fn allows(words: &[String], w: &str) -> bool {
+        words.iter().any(|x| x == w)
+    }
+
+    fn bridge_id(&self) -> String {
+        ha_id(&[self.topics.base()])
+    }
+
+    fn endpoint_id(&self, ep: &str) -> String {
+        ha_id(&[self.topics.base(), ep])
+    }
+
+    fn origin() -> Value {
+        json!({"name": ORIGIN_NAME, "sw_version": VERSION, "support_url": SUPPORT_URL})
+    }
+
+    fn availability(&self, ep: Option<&str>) -> Map<String, Value> {
+        let mut items = vec![json!({"topic": self.topics.bridge_status()})];
+        if let Some(ep) = ep {
+            items.push(json!({"topic": self.topics.endpoint_status(ep)}));
+        }
+        let mut m = Map::new();
+        m.insert("availability".into(), Value::Array(items));
+        m.insert("availability_mode".into(), json!("all"));
+        m
+    }
+
+    /// An entity with its ids filled in.
+    fn entity(
+        &self,
+        device_id: &str,
+        id: &'static str,
+        platform: &'static str,
+        name: &str,
+        rest: Value,
+    ) -> Entity {
+        let unique_id = format!("{device_id}_{id}");
+        let mut config = Map::new();
+        config.insert("unique_id".into(), json!(unique_id));
+        config.insert(
+            "default_entity_id".into(),
+            json!(format!("{platform}.{}", entity_slug(&unique_id))),
+        );
+        config.insert("name".into(), json!(name));
+        if let Value::Object(m) = rest {
+            config.extend(m);
+        }
+        Entity {
+            id,
+            platform,
+            config,
+        }
+    }
+
+    /// The bridge device: connectivity, version, and the bridge commands.
+    pub fn bridge(&self) -> Device {
+        let id = self.bridge_id();
+        let t = &self.topics;
+        let mut entities = vec![
+            // No availability: `offline` (the last will) is what it shows.
+            self.entity(
+                &id,
+                "connected",
+                "binary_sensor",
+                "Connected",
+                json!({"device_class": "connectivity", "state_topic": t.bridge_status(),
+                       "payload_on": "online", "payload_off": "offline"}),
+            ),
+            self.entity(
+                &id,
+                "version",
+                "sensor",
+                "Version",
+                json!({"state_topic": t.bridge_info(), "value_template": "{{ value_json.version }}",
+                       "entity_category": "diagnostic", "icon": "mdi:tag"}),
+            ),
+            self.entity(
+                &id,
+                "endpoints",
+                "sensor",
+                "Endpoints",
+                json!({"state_topic": t.bridge_info(), "value_template": "{{ value_json.endpoints | length }}",
+                       "state_class": "measurement", "entity_category": "diagnostic", "icon": "mdi:server-network"}),
+            ),
+            self.entity(
+                &id,
+                "resync",
+                "button",
+                "Resync",
+                json!({"command_topic": t.bridge_set(), "payload_press": "resync",
+                       "entity_category": "config", "icon": "mdi:sync"}),
+            ),
+        ];
+        if self.updates {
+            entities.push(self.entity(
+                &id,
+                "check_updates",
+                "button",
+                "Check for updates",
+                json!({"command_topic": t.bridge_set(), "payload_press": "check_updates",
+                       "entity_category": "config", "icon": "mdi:update"}),
+            ));
+        }
+        let mut shared = self.availability(None);
+        shared.insert("qos".into(), json!(self.qos));
+        Device {
+            device: json!({
+                "identifiers": [id],
+                "name": self.topics.base(),
+                "manufacturer": "dockside",
+                "model": "Docker to MQTT bridge",
+                "sw_version": VERSION,
+            }),
+            device_id: id,
+            shared,
+            entities,
+            absent: Vec::new(),
+        }
+        .finish(SCOPE_OPTIONAL)
+    }
+
+    /// An endpoint device: reachability, counts, engine version, commands.
+    pub fn endpoint(&self, ep: &str, f: &EndpointFacts) -> Device {
+        let id = self.endpoint_id(ep);
+        let t = &self.topics;
+        let info = t.endpoint_info(ep);
+        // Counts are stale while the engine is away: unavailable then.
+        let both = Value::Object(self.availability(Some(ep)));
+        let count = |key: &'static str, name: &str, tpl: &str, icon: &str| {
+            let mut v = json!({"state_topic": info, "value_template": tpl,
+                               "state_class": "measurement", "icon": icon});
+            if let (Value::Object(m), Value::Object(a)) = (&mut v, &both) {
+                m.extend(a.clone());
+            }
+            self.entity(&id, key, "sensor", name, v)
+        };
+        let mut entities = vec![
+            self.entity(
+                &id,
+                "reachable",
+                "binary_sensor",
+                "Reachable",
+                json!({"device_class": "connectivity", "state_topic": t.endpoint_status(ep),
+                       "payload_on": "online", "payload_off": "offline"}),
+            ),
+            count(
+                "containers_running",
+                "Containers running",
+                "{{ value_json.containers.running }}",
+                "mdi:play-circle",
+            ),
+            count(
+                "containers_stopped",
+                "Containers stopped",
+                "{{ value_json.containers.stopped }}",
+                "mdi:stop-circle",
+            ),
+            count(
+                "containers_paused",
+                "Containers paused",
+                "{{ value_json.containers.paused }}",
+                "mdi:pause-circle",
+            ),
+            count(
+                "containers_total",
+                "Containers",
+                "{{ value_json.containers.total }}",
+                "mdi:docker",
+            ),
+            count(
+                "containers_unhealthy",
+                "Containers unhealthy",
+                "{{ value_json.containers.unhealthy }}",
+                "mdi:heart-broken",
+            ),
+            count(
+                "images",
+                "Images",
+                "{{ value_json.images if value_json.images is number else 'None' }}",
+                "mdi:layers",
+            ),
+            self.entity(
+                &id,
+                "docker_version",
+                "sensor",
+                "Docker version",
+                json!({"state_topic": info,
+                       "value_template": "{{ value_json.docker_version or 'None' }}",
+                       "entity_category": "diagnostic", "icon": "mdi:docker"}),
+            ),
+            self.entity(
+                &id,
+                "resync",
+                "button",
+                "Resync",
+                json!({"command_topic": t.endpoint_set(ep), "payload_press": "resync",
+                       "entity_category": "config", "icon": "mdi:sync"}),
+            ),
+        ];
+        if self.updates {
+            entities.push(self.entity(
+                &id,
+                "check_updates",
+                "button",
+                "Check for updates",
+                json!({"command_topic": t.endpoint_set(ep), "payload_press": "check_updates",
+                       "entity_category": "config", "icon": "mdi:update"}),
+            ));
+        }
+        let mut device = json!({
+            "identifiers": [id],
+            "name": if f.name.is_empty() { ep } else { &f.name },
+            "manufacturer": if f.kind == "portainer" { "Portainer" } else { "Docker" },
+            "model": if f.kind == "portainer" { "Portainer environment" } else { "Docker engine" },
+            "via_device": self.bridge_id(),
+        });
+        if let Some(v) = &f.docker_version {
+            device["sw_version"] = json!(v);
+        }
+        if let Some(u) = &f.configuration_url {
+            device["configuration_url"] = json!(u);
+        }
+        // Reachability stays available while the bridge is up.
+        let mut shared = self.availability(None);
+        shared.insert("qos".into(), json!(self.qos));
+        Device {
+            device_id: id,
+            device,
+            shared,
+            entities,
+            absent: Vec::new(),
+        }
+        .finish(SCOPE_OPTIONAL)
+    }
+
+    /// A container device and its entities.
+    pub fn container(&self, ep: &str, ct: &str, f: &ContainerFacts) -> Device {
+        let id = ha_id(&[self.topics.base(), ep, ct]);
+        let t = &self.topics;
+        let state = t.container_state(ep, ct);
+        let set = t.container_set(ep, ct);
+        let w = &f.words;
+        let mut e = vec![
+            self.entity(
+                &id,
+                "running",
+                "binary_sensor",
+                "Running",
+                json!({"device_class": "running", "state_topic": state,
+                       "value_template": ON_OFF_RUNNING, "json_attributes_topic": state}),
+            ),
+            self.entity(
+                &id,
+                "state",
+                "sensor",
+                "State",
+                json!({"device_class": "enum", "options": STATE_OPTIONS, "state_topic": state,
+                       "value_template": "{{ value_json.state }}", "icon": "mdi:docker"}),
+            ),
+            self.entity(
+                &id,
+                "health",
+                "sensor",
+                "Health",
+                json!({"device_class": "enum", "options": HEALTH_OPTIONS, "state_topic": state,
+                       "value_template": "{{ value_json.health }}", "icon": "mdi:heart-pulse"}),
+            ),
+        ];
+        if Self::allows(w, "start") && Self::allows(w, "stop") {
+            e.push(self.entity(
+                &id,
+                "power",
+                "switch",
+                "Power",
+                json!({"command_topic": set, "payload_on": "start", "payload_off": "stop",
+                       "state_topic": state, "state_on": "ON", "state_off": "OFF",
+                       "value_template": ON_OFF_RUNNING, "icon": "mdi:power"}),
+            ));
+        }
+        if Self::allows(w, "restart") {
+            e.push(self.entity(
+                &id,
+                "restart",
+                "button",
+                "Restart",
+                json!({"device_class": "restart", "command_topic": set, "payload_press": "restart"}),
+            ));
+        }
+        for (word, name, icon) in [
+            ("pause", "Pause", "mdi:pause"),
+            ("unpause", "Unpause", "mdi:play-pause"),
+            ("kill", "Kill", "mdi:skull-crossbones"),
+        ] {
+            if Self::allows(w, word) {
+                // Rarely wanted: present, disabled until the user enables it.
+                e.push(self.entity(
+                    &id,
+                    word_id(word),
+                    "button",
+                    name,
+                    json!({"command_topic": set, "payload_press": word, "icon": icon,
+                           "enabled_by_default": false}),
+                ));
+            }
+        }
+        if self.updates {
+            let mut u = json!({"state_topic": t.container_update(ep, ct),
+                               "value_template": UPDATE_TEMPLATE, "icon": "mdi:docker"});
+            if Self::allows(w, "update") {
+                u["command_topic"] = json!(set);
+                u["payload_install"] = json!("update");
+            }
+            e.push(self.entity(&id, "update", "update", "Image update", u));
+            if Self::allows(w, "check") {
+                e.push(self.entity(
+                    &id,
+                    "check_update",
+                    "button",
+                    "Check for update",
+                    json!({"command_topic": set, "payload_press": "check",
+                           "entity_category": "config", "icon": "mdi:update"}),
+                ));
+            }
+        }
+        e.push(self.entity(
+            &id,
+            "event",
+            "event",
+            "Docker event",
+            json!({"state_topic": t.container_event(ep, ct), "event_types": EVENT_TYPES,
+                   "icon": "mdi:docker"}),
+        ));
+        let diag = |key: &'static str, name: &str, tpl: &str, extra: Value| {
+            let mut v = json!({"state_topic": state, "value_template": tpl,
+                               "entity_category": "diagnostic"});
+            if let (Value::Object(m), Value::Object(x)) = (&mut v, extra) {
+                m.extend(x);
+            }
+            self.entity(&id, key, "sensor", name, v)
+        };
+        e.push(diag(
+            "image",
+            "Image",
+            "{{ value_json.image }}",
+            json!({"icon": "mdi:layers"}),
+        ));
+        e.push(diag(
+            "started_at",
+            "Started",
+            "{{ value_json.started_at or 'None' }}",
+            json!({"device_class": "timestamp"}),
+        ));
+        e.push(diag(
+            "restart_count",
+            "Restart count",
+            "{{ value_json.restart_count }}",
+            json!({"state_class": "measurement", "icon": "mdi:restart"}),
+        ));
+        e.push(diag(
+            "exit_code",
+            "Exit code",
+            "{{ value_json.exit_code }}",
+            json!({"icon": "mdi:numeric"}),
+        ));
+        e.push(diag(
+            "ip_address",
+            "IP address",
+            "{{ value_json.ip_address or 'None' }}",
+            json!({"icon": "mdi:ip-network"}),
+        ));
+        let mut device = json!({
+            "identifiers": [id],
+            "name": ct,
+            "manufacturer": "Docker",
+            "model": f.image,
+            "via_device": self.endpoint_id(ep),
+        });
+        if let Some(u) = &f.configuration_url {
+            device["configuration_url"] = json!(u);
+        }
+        let mut shared = self.availability(Some(ep));
+        shared.insert("qos".into(), json!(self.qos));
+        Device {
+            device_id: id,
+            device,
+            shared,
+            entities: e,
+            absent: Vec::new(),
+        }
+        .finish(CONTAINER_OPTIONAL)
+    }
+
+    /// The retained messages of a device in the configured form.
+    pub fn messages(&self, d: &Device) -> Vec<(String, Bytes)> {
+        match self.mode {
+            DiscoveryMode::Device => {
+                let mut root = Map::new();
+                root.insert("device".into(), d.device.clone());
+                root.insert("origin".into(), Self::origin());
+                root.extend(d.shared.clone());
+                let mut cmps: Map<String, Value> = d
+                    .entities
+                    .iter()
+                    .map(|e| {
+                        let mut c = Map::new();
+                        c.insert("platform".into(), json!(e.platform));
+                        c.extend(e.config.clone());
+                        (e.id.to_string(), Value::Object(c))
+                    })
+                    .collect();
+                for (id, platform) in &d.absent {
+                    cmps.insert(id.to_string(), json!({ "platform": platform }));
+                }
+                root.insert("components".into(), Value::Object(cmps));
+                vec![(
+                    self.discovery.device(&d.device_id),
+                    encode(&Value::Object(root)),
+                )]
+            }
+            DiscoveryMode::Component => d
+                .entities
+                .iter()
+                .map(|e| {
+                    let mut c = e.config.clone();
+                    for (k, v) in &d.shared {
+                        c.entry(k.clone()).or_insert_with(|| v.clone());
+                    }
+                    c.insert("device".into(), d.device.clone());
+                    c.insert("origin".into(), Self::origin());
+                    (
+                        self.discovery.component(e.platform, &d.device_id, e.id),
+                        encode(&Value::Object(c)),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+fn word_id(w: &str) -> &'static str {
+    match w {
+        "pause" => "pause",
+        "unpause" => "unpause",
+        _ => "kill",
+    }
+}
+
+fn encode(v: &Value) -> Bytes {
+    // Serializing a Value cannot fail (string keys only).
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+}
+
+/// A unique id as the object part of an entity id: lowercase `[a-z0-9_]`, no
+/// leading, trailing or doubled `_` (HA's `valid_entity_id`).
+pub fn entity_slug(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars().flat_map(char::to_lowercase) {
+        let c = if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            c
+        } else {
+            '_'
+        };
+        if c == '_' && (out.is_empty() || out.ends_with('_')) {
+            continue;
+        }
+        out.push(c);
+    }
+    while out.ends_with('_') {
+        out.pop();
+    }
+    if out.is_empty() {
+        out.push_str("dockside");
+    }
+    out
+}
+
+/// Start-up read-back: is this retained discovery config one of ours (this
+/// base, published by dockside), and what owner path does it belong to?
+pub fn owner_of(
+    topics: &Topics,
+    discovery: &DiscoveryTopics,
+    topic: &str,
+    payload: &[u8],
+) -> Option<String> {
+    let object_id = discovery.object_id_of(topic)?;
+    let base_id = ha_id(&[topics.base()]);
+    if object_id != base_id && !object_id.starts_with(&format!("{base_id}_")) {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(payload).ok()?;
+    let o = v.get("origin").or_else(|| v.get("o"))?;
+    if o.get("name").and_then(Value::as_str) != Some(ORIGIN_NAME) {
+        return None;
+    }
+    // The topics the config points at say whose it is.
+    let keys = ["state_topic", "stat_t", "command_topic", "cmd_t"];
+    let mut maps: Vec<&Value> = vec![&v];
+    if let Some(Value::Object(cmps)) = v.get("components").or_else(|| v.get("cmps")) {
+        maps.extend(cmps.values());
+    }
+    let candidates = maps
+        .into_iter()
+        .flat_map(|m| keys.iter().filter_map(move |k| m.get(*k)));
+    for c in candidates {
+        let Some(segs) = c.as_str().and_then(|s| topics.parse(s)) else {
+            continue;
+        };
+        let owner = match segs.as_slice() {
+            ["status" | "info" | "set"] => topics.bridge_owner(),
+            [ep, "status" | "info" | "set"] => topics.endpoint_owner(ep),
+            [ep, ct, "state" | "update" | "event" | "set"] => topics.container_owner(ep, ct),
+            _ => continue,
+        };
+        return Some(owner);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::collections::BTreeSet;
+
+    fn cfg(mode: DiscoveryMode, allow: &[&str]) -> Config {
+        let mut c = Config::default();
+        c.homeassistant.discovery = mode;
+        c.commands.allow = allow.iter().map(|s| s.to_string()).collect();
+        c
+    }
+
+    fn all_words() -> Vec<String> {
+        crate::commands::CONTAINER_WORDS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+
+    fn facts(words: Vec<String>) -> ContainerFacts {
+        ContainerFacts {
+            image: "nginx:1.27".into(),
+            words,
+            configuration_url: None,
+        }
+    }
+
+    fn devices(d: &Discovery) -> Vec<Device> {
+        vec![
+            d.bridge(),
+            d.endpoint(
+                "local",
+                &EndpointFacts {
+                    name: "local".into(),
+                    kind: "docker".into(),
+                    docker_version: Some("28.2.2".into()),
+                    configuration_url: None,
+                },
+            ),
+            d.container("local", "my.app", &facts(all_words())),
+            d.container("local", "web", &facts(Vec::new())),
+        ]
+    }
+
+    fn parse(b: &Bytes) -> Value {
+        serde_json::from_slice(b).expect("discovery payload is JSON")
+    }
+
+    /// HA 2026 `DEVICE_DISCOVERY_SCHEMA`: anything else at the root rejects the device.
+    const ROOT_KEYS: &[&str] = &[
+        "device",
+        "origin",
+        "components",
+        "availability",
+        "availability_mode",
+        "availability_template",
+        "availability_topic",
+        "payload_available",
+        "payload_not_available",
+        "state_topic",
+        "command_topic",
+        "qos",
+        "encoding",
+        "message_expiry_interval",
+    ];
+
+    fn required(platform: &str) -> &'static [&'static str] {
+        match platform {
+            "binary_sensor" | "sensor" => &["state_topic"],
+            "switch" | "button" => &["command_topic"],
+            "event" => &["state_topic", "event_types"],
+            "update" => &["state_topic"],
+            _ => panic!("unexpected platform {platform}"),
+        }
+    }
+
+    fn valid_id(s: &str) -> bool {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    }
+
+    fn valid_entity_id(s: &str) -> bool {
+        // HA's valid_entity_id without look-around: domain.object, lowercase,
+        // no leading/trailing/double underscore in either part.
+        let Some((d, o)) = s.split_once('.') else {
+            return false;
+        };
+        [d, o].iter().all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                && !p.starts_with('_')
+                && !p.ends_with('_')
+                && !p.contains("__")
+        })
+    }
+
+    #[test]
+    fn device_form_roots_and_components_are_valid() {
+        let d = Discovery::from_config(&cfg(DiscoveryMode::Device, &[])).expect("enabled");
+        let mut uids = BTreeSet::new();
+        for dev in devices(&d) {
+            let msgs = d.messages(&dev);
+            assert_eq!(msgs.len(), 1);
+            let (topic, payload) = &msgs[0];
+            assert_eq!(
+                d.discovery.object_id_of(topic),
+                Some(dev.device_id.as_str())
+            );
+            assert!(valid_id(&dev.device_id), "{}", dev.device_id);
+            let v = parse(payload);
+            let root = v.as_object().expect("object");
+            for k in root.keys() {
+                assert!(ROOT_KEYS.contains(&k.as_str()), "root key {k} not allowed");
+            }
+            for k in ["device", "origin", "components"] {
+                assert!(root.contains_key(k), "missing {k}");
+            }
+            assert_eq!(v["origin"]["name"], "dockside");
+            assert!(v["origin"]["sw_version"].is_string());
+            assert!(
+                v["origin"]["support_url"]
+                    .as_str()
+                    .is_some_and(|u| u.starts_with("https://"))
+            );
+            assert!(v["device"]["identifiers"][0].is_string());
+            for (cid, c) in v["components"].as_object().expect("cmps") {
+                assert!(valid_id(cid), "component id {cid}");
+                let p = c["platform"].as_str().expect("platform");
+                if c.as_object().is_some_and(|m| m.len() == 1) {
+                    // A removal stub: only a platform, only for absent optional ones.
+                    assert!(dev.absent.contains(&(cid.as_str(), p)), "{cid}");
+                    continue;
+                }
+                for k in required(p) {
+                    assert!(c.get(*k).is_some(), "{cid}: {p} needs {k}");
+                }
+                let uid = c["unique_id"].as_str().expect("unique_id");
+                assert!(valid_id(uid), "{uid}");
+                assert!(uids.insert(uid.to_string()), "duplicate unique_id {uid}");
+                assert_eq!(uid, format!("{}_{cid}", dev.device_id));
+                let def = c["default_entity_id"].as_str().expect("default_entity_id");
+                assert!(valid_entity_id(def), "{def}");
+                assert!(def.starts_with(&format!("{p}.")));
+                assert!(c.get("object_id").is_none());
+                if c.get("device_class") == Some(&json!("enum")) {
+                    assert!(
+                        c.get("state_class").is_none() && c.get("unit_of_measurement").is_none()
+                    );
+                }
+                if p == "event" {
+                    assert_eq!(c["event_types"], json!(EVENT_TYPES));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn container_availability_is_bridge_and_endpoint() {
+        let d = Discovery::from_config(&cfg(DiscoveryMode::Device, &[])).expect("enabled");
+        let dev = d.container("local", "web", &facts(Vec::new()));
+        let v = parse(&d.messages(&dev)[0].1);
+        assert_eq!(
+            v["availability"],
+            json!([{"topic": "dockside/status"}, {"topic": "dockside/local/status"}])
+        );
+        assert_eq!(v["availability_mode"], "all");
+        assert_eq!(v["device"]["via_device"], "dockside_local");
+        assert_eq!(v["device"]["identifiers"], json!(["dockside_local_web"]));
+        let ep = d.endpoint("local", &EndpointFacts::default());
+        let v = parse(&d.messages(&ep)[0].1);
+        assert_eq!(v["device"]["via_device"], "dockside");
+        assert_eq!(v["components"]["reachable"].get("availability"), None);
+        assert_eq!(
+            v["components"]["containers_running"]["availability"],
+            json!([{"topic": "dockside/status"}, {"topic": "dockside/local/status"}])
+        );
+    }
+
+    #[test]
+    fn command_entities_follow_the_allowed_words() {
+        let d = Discovery::from_config(&cfg(DiscoveryMode::Device, &[])).expect("enabled");
+        let ids = |words: Vec<String>| -> BTreeSet<String> {
+            d.container("local", "web", &facts(words))
+                .entities
+                .iter()
+                .map(|e| e.id.to_string())
+                .collect()
+        };
+        let none = ids(Vec::new());
+        assert!(!none.contains("power") && !none.contains("restart"));
+        // ...and the device form names them as removal stubs.
+        let dev = d.container("local", "web", &facts(Vec::new()));
+        let v = parse(&d.messages(&dev)[0].1);
+        assert_eq!(v["components"]["power"], json!({"platform": "switch"}));
+        assert_eq!(v["components"]["restart"], json!({"platform": "button"}));
+        let dev = d.container("local", "web", &facts(all_words()));
+        let v = parse(&d.messages(&dev)[0].1);
+        assert!(v["components"]["restart"]["unique_id"].is_string());
+        let all = ids(all_words());
+        for c in [
+            "power",
+            "restart",
+            "pause",
+            "unpause",
+            "kill",
+            "check_update",
+        ] {
+            assert!(all.contains(c), "{c}");
+        }
+        // start without stop: no switch.
+        assert!(!ids(vec!["start".into(), "restart".into()]).contains("power"));
+        let dev = d.container("local", "web", &facts(all_words()));
+        let kill = dev.entities.iter().find(|e| e.id == "kill").expect("kill");
+        assert_eq!(kill.config["enabled_by_default"], json!(false));
+        let upd = dev.entities.iter().find(|e| e.id == "update").expect("u");
+        assert_eq!(upd.config["payload_install"], "update");
+        let dev = d.container("local", "web", &facts(vec!["start".into()]));
+        let upd = dev.entities.iter().find(|e| e.id == "update").expect("u");
+        assert!(upd.config.get("command_topic").is_none());
+    }
+
+    #[test]
+    fn container_words_respect_labels_protection_and_settings() {
+        let mut c = cfg(
+            DiscoveryMode::Device,
+            &["start", "stop", "restart", "check"],
+        );
+        let d = Discovery::from_config(&c).expect("enabled");
+        assert_eq!(d.container_words(false, false).len(), 4);
+        assert!(d.container_words(true, false).is_empty());
+        assert_eq!(d.container_words(false, true), vec!["start", "check"]);
+        c.updates.enabled = false;
+        let d = Discovery::from_config(&c).expect("enabled");
+        assert_eq!(
+            d.container_words(false, false),
+            vec!["start", "stop", "restart"]
+        );
+        c.commands.enabled = false;
+        let d = Discovery::from_config(&c).expect("enabled");
+        assert!(d.container_words(false, false).is_empty());
+        c.homeassistant.enabled = false;
+        assert!(Discovery::from_config(&c).is_none());
+    }
+
+    #[test]
+    fn component_form_has_one_topic_per_entity_with_the_same_ids() {
+        let dd = Discovery::from_config(&cfg(DiscoveryMode::Device, &[])).expect("on");
+        let dc = Discovery::from_config(&cfg(DiscoveryMode::Component, &[])).expect("on");
+        let f = facts(all_words());
+        let dev = dd.container("local", "my.app", &f);
+        let device_uids: BTreeSet<String> = parse(&dd.messages(&dev)[0].1)["components"]
+            .as_object()
+            .expect("cmps")
+            .values()
+            .map(|c| c["unique_id"].as_str().unwrap_or_default().to_string())
+            .collect();
+        let msgs = dc.messages(&dc.container("local", "my.app", &f));
+        assert_eq!(msgs.len(), dev.entities.len());
+        let mut uids = BTreeSet::new();
+        for (topic, payload) in &msgs {
+            let v = parse(payload);
+            let p = topic.split('/').nth(1).expect("platform");
+            // Object id = unique id: never the device form's discovery id.
+            assert_eq!(
+                topic,
+                &format!(
+                    "homeassistant/{p}/{}/config",
+                    v["unique_id"].as_str().expect("uid")
+                )
+            );
+            assert!(v.get("platform").is_none());
+            assert_eq!(v["availability_mode"], "all");
+            assert_eq!(v["origin"]["name"], "dockside");
+            assert_eq!(v["device"]["identifiers"], json!(["dockside_local_my_app"]));
+            uids.insert(v["unique_id"].as_str().unwrap_or_default().to_string());
+        }
+        assert_eq!(uids, device_uids);
+    }
+
+    #[test]
+    fn readback_recognises_only_this_base_and_dockside() {
+        let topics = Topics::new("dockside");
+        for mode in [DiscoveryMode::Device, DiscoveryMode::Component] {
+            let d = Discovery::from_config(&cfg(mode, &["start", "stop"])).expect("on");
+            for dev in devices(&d) {
+                for (topic, payload) in d.messages(&dev) {
+                    let owner = owner_of(&topics, &d.discovery, &topic, &payload)
+                        .unwrap_or_else(|| panic!("not recognised: {topic}"));
+                    let expect = if dev.device_id == "dockside" {
+                        topics.bridge_owner()
+                    } else if dev.device_id == "dockside_local" {
+                        topics.endpoint_owner("local")
+                    } else if dev.device_id == "dockside_local_web" {
+                        topics.container_owner("local", "web")
+                    } else {
+                        topics.container_owner("local", "my.app")
+                    };
+                    assert_eq!(owner, expect, "{topic}");
+                    // Another base on the same broker never claims it.
+                    assert_eq!(
+                        owner_of(&Topics::new("other"), &d.discovery, &topic, &payload),
+                        None
+                    );
+                }
+            }
+        }
+        let d = DiscoveryTopics::new("homeassistant");
+        let foreign = br#"{"device":{"identifiers":["x"]},"origin":{"name":"zigbee2mqtt"},
+            "components":{"a":{"platform":"sensor","state_topic":"dockside/local/web/state"}}}"#;
+        assert_eq!(
+            owner_of(
+                &topics,
+                &d,
+                "homeassistant/device/dockside_x/config",
+                foreign
+            ),
+            None
+        );
+        assert_eq!(
+            owner_of(
+                &topics,
+                &d,
+                "homeassistant/device/dockside_x/config",
+                b"\xff"
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn entity_slugs_are_valid_entity_ids() {
+        for (i, o) in [
+            (
+                "dockside_local_nginx_running",
+                "dockside_local_nginx_running",
+            ),
+            (
+                "Dock-Side_local_my--app_power",
+                "dock_side_local_my_app_power",
+            ),
+            ("__x__", "x"),
+            ("---", "dockside"),
+        ] {
+            assert_eq!(entity_slug(i), o);
+            assert!(valid_entity_id(&format!("sensor.{}", entity_slug(i))));
+        }
+    }
+
+    /// Renders a discovery template the way HA would (Jinja semantics, via
+    /// minijinja) against a payload dockside publishes.
+    fn render(tpl: &str, payload: &Value) -> String {
+        let mut env = minijinja::Environment::new();
+        env.add_template("t", tpl).expect("template parses");
+        env.get_template("t")
+            .expect("template")
+            .render(minijinja::context! { value_json => payload })
+            .expect("template renders")
+    }
+
+    fn container_templates(d: &Discovery) -> Vec<(String, Value)> {
+        let dev = d.container("local", "web", &facts(all_words()));
+        dev.entities
+            .iter()
+            .filter(|e| e.config.get("state_topic") == Some(&json!("dockside/local/web/state")))
+            .map(|e| (e.id.to_string(), Value::Object(e.config.clone())))
+            .collect()
+    }
+
+    fn sample_state(state: &str, health: &str, running: bool, started: Value) -> Value {
+        json!({"name":"web","id":"0123","endpoint":"local","image":"nginx:1.27","image_id":"sha256:ab",
+               "state":state,"health":health,"running":running,"paused":state=="paused",
+               "restarting":state=="restarting","dead":state=="dead","oom_killed":false,
+               "exit_code":0,"restart_count":3,"created":"2026-11-01T10:00:00Z",
+               "started_at":started,"finished_at":null,"ip_address":null,"mac_address":null,
+               "gateway":null,"ports":[],"stack":null,"service":null})
+    }
+
+    #[test]
+    fn state_templates_render_a_valid_value_for_every_state() {
+        let d = Discovery::from_config(&cfg(DiscoveryMode::Device, &[])).expect("on");
+        for state in STATE_OPTIONS {
+            for health in HEALTH_OPTIONS {
+                for started in [json!(null), json!("2026-11-20T08:00:00Z")] {
+                    let running = *state == "running";
+                    let p = sample_state(state, health, running, started.clone());
+                    for (id, c) in container_templates(&d) {
+                        let out = render(c["value_template"].as_str().expect("tpl"), &p);
+                        if let Some(opts) = c.get("options") {
+                            assert!(
+                                opts.as_array().expect("options").contains(&json!(out)),
+                                "{id}: {out} not in options"
+                            );
+                        }
+                        match id.as_str() {
+                            "running" | "power" => {
+                                assert_eq!(out, if running { "ON" } else { "OFF" })
+                            }
+                            "started_at" if started.is_null() => assert_eq!(out, "None"),
+                            "started_at" => assert_eq!(out, "2026-11-20T08:00:00Z"),
+                            "ip_address" => assert_eq!(out, "None"),
+                            "restart_count" => assert_eq!(out, "3"),
+                            _ => assert!(!out.is_empty(), "{id}"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn update_json(payload: Value) -> Map<String, Value> {
+        let out = render(UPDATE_TEMPLATE, &payload);
+        match serde_json::from_str(&out) {
+            Ok(Value::Object(m)) => m,
+            other => panic!("update template gave {out}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn update_template_emits_only_keys_ha_accepts_and_never_null() {
+        let allowed = [
+            "installed_version",
+            "latest_version",
+            "title",
+            "release_summary",
+            "release_url",
+            "entity_picture",
+            "in_progress",
+            "update_percentage",
+        ];
+        let statuses = [
+            "up_to_date",
+            "update_available",
+            "pinned",
+            "local_build",
+            "unknown",
+            "error",
+        ];
+        for status in statuses {
+            for versions in [false, true] {
+                for in_progress in [false, true] {
+                    let mut p = json!({"status": status, "update_available": status == "update_available",
+                                       "image": "nginx:1.27", "checked_at": "2026-11-22T06:00:00Z",
+                                       "in_progress": in_progress, "local_digest": "sha256:aa",
+                                       "remote_digest": "sha256:bb"});
+                    if versions {
+                        p["installed_version"] = json!("1.27.2");
+                        p["latest_version"] = json!(if status == "update_available" {
+                            "1.27.3"
+                        } else {
+                            "1.27.2"
+                        });
+                    }
+                    if status == "error" || status == "unknown" {
+                        p["error"] = json!("x".repeat(400));
+                    }
+                    if in_progress {
+                        p["progress"] = json!(40);
+                    }
+                    let m = update_json(p);
+                    for (k, v) in &m {
+                        assert!(allowed.contains(&k.as_str()), "{status}: key {k}");
+                        assert!(!v.is_null(), "{status}: {k} is null");
+                    }
+                    assert_eq!(m["in_progress"], json!(in_progress));
+                    assert_eq!(m["title"], "nginx:1.27");
+                    assert_eq!(m.contains_key("installed_version"), versions);
+                    if let Some(s) = m.get("release_summary") {
+                        assert!(s.as_str().is_some_and(|s| s.chars().count() <= 255));
+                    }
+                    if in_progress {
+                        assert_eq!(m["update_percentage"], json!(40));
+                    }
+                    if versions && status == "update_available" {
+                        assert_ne!(m["installed_version"], m["latest_version"]);
+                    }
+                }
+            }
+        }
+        // Quotes and backslashes in values stay valid JSON.
+        let m = update_json(
+            json!({"status":"error","image":"a\"b\\c","in_progress":false,
+                                   "error":"bad \"thing\"\n"}),
+        );
+        assert_eq!(m["title"], "a\"b\\c");
+    }
+
+    #[test]
+    fn endpoint_templates_render_counts() {
+        let d = Discovery::from_config(&cfg(DiscoveryMode::Device, &[])).expect("on");
+        let info = json!({"id":"local","name":"local","kind":"docker","reachable":true,
+            "docker_version":null,"containers":{"total":12,"running":10,"paused":0,"stopped":2,
+            "healthy":5,"unhealthy":1},"images":null,"volumes":7,"stacks":3});
+        let ep = d.endpoint("local", &EndpointFacts::default());
+        for e in &ep.entities {
+            let Some(tpl) = e.config.get("value_template").and_then(Value::as_str) else {
+                continue;
+            };
+            let out = render(tpl, &info);
+            match e.id {
+                "containers_running" => assert_eq!(out, "10"),
+                "containers_total" => assert_eq!(out, "12"),
+                "images" | "docker_version" => assert_eq!(out, "None"),
+                _ => assert!(!out.is_empty()),
+            }
+        }
+        let bridge = d.bridge();
+        let info = json!({"version":"0.1.0","started_at":"x","endpoints":["a","b"]});
+        for e in &bridge.entities {
+            if let Some(tpl) = e.config.get("value_template").and_then(Value::as_str) {
+                let out = render(tpl, &info);
+                assert!(out == "0.1.0" || out == "2", "{}: {out}", e.id);
+            }
+        }
+    }
+}

@@ -1,0 +1,544 @@
+//! End to end against a real Home Assistant (2026.2, built by
+//! `scripts/ha/install.sh`): dockside's discovery turns containers into HA
+//! devices whose entities show the right states and whose buttons and
+//! switches act on the real engine; HA restarts, allow-list changes and
+//! container removals leave nothing stale; HA's MQTT integration logs no
+//! warning or error about anything dockside sent.
+//!
+//! HA missing is a failure with the command to run, never a skip.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(60);
+/// A fresh HA needs a while on 2 cores (first start creates its database).
+const HA_START: Duration = Duration::from_secs(300);
+
+fn ha_root() -> PathBuf {
+    PathBuf::from(
+        std::env::var("DOCKSIDE_HA_ROOT").unwrap_or_else(|_| "/var/lib/dockside-ha/root".into()),
+    )
+}
+
+fn ha_script(args: &[&str]) -> String {
+    let out = Command::new(project_dir().join("scripts/ha/ha.sh"))
+        .args(args)
+        .env("DOCKSIDE_HA_ROOT", ha_root())
+        .output()
+        .expect("run scripts/ha/ha.sh");
+    assert!(
+        out.status.success(),
+        "scripts/ha/ha.sh {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// One Home Assistant with its own config directory and HTTP port.
+struct Ha {
+    name: String,
+    port: u16,
+    dir: PathBuf,
+    http: reqwest::Client,
+    token: String,
+}
+
+impl Ha {
+    fn start() -> Self {
+        assert!(
+            ha_root().join("opt/ha-venv/bin/hass").exists(),
+            "Home Assistant is not installed in {}: run scripts/ha/install.sh (scripts/test.sh does)",
+            ha_root().display()
+        );
+        let name = unique("t");
+        let port = free_port();
+        let dir = PathBuf::from(ha_script(&["start", &name, &port.to_string()]));
+        Self {
+            name,
+            port,
+            dir,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+            token: String::new(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("home-assistant.log")).unwrap_or_default()
+    }
+
+    fn tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Waits until HA serves its frontend (its API is up by then).
+    async fn wait_up(&self) {
+        let deadline = Instant::now() + HA_START;
+        loop {
+            if let Ok(r) = self.http.get(self.url("/manifest.json")).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Home Assistant did not come up in {HA_START:?}\n{}\n{}",
+                std::fs::read_to_string(self.dir.join("hass.out")).unwrap_or_default(),
+                self.tail()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        let r = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let status = r.status();
+        let text = r.text().await.unwrap_or_default();
+        assert!(status.is_success(), "POST {path}: {status} {text}");
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    /// Onboarding (user, token) and the MQTT integration pointed at `mqtt_port`.
+    async fn onboard(&mut self, mqtt_port: u16) {
+        let client_id = self.url("/");
+        let r: Value = self
+            .http
+            .post(self.url("/api/onboarding/users"))
+            .json(
+                &json!({"client_id": client_id, "name": "Test", "username": "test",
+                          "password": "test-password-123", "language": "en"}),
+            )
+            .send()
+            .await
+            .expect("onboarding")
+            .json()
+            .await
+            .expect("onboarding answer");
+        let code = r["auth_code"].as_str().expect("auth_code").to_string();
+        let t: Value = self
+            .http
+            .post(self.url("/auth/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!(
+                "grant_type=authorization_code&code={}&client_id={}",
+                form_encode(&code),
+                form_encode(&client_id)
+            ))
+            .send()
+            .await
+            .expect("token")
+            .json()
+            .await
+            .expect("token answer");
+        self.token = t["access_token"].as_str().expect("access_token").into();
+        self.post("/api/onboarding/analytics", json!({})).await;
+        let flow = self
+            .post(
+                "/api/config/config_entries/flow",
+                json!({"handler": "mqtt", "show_advanced_options": false}),
+            )
+            .await;
+        let id = flow["flow_id"].as_str().expect("flow_id").to_string();
+        let done = self
+            .post(
+                &format!("/api/config/config_entries/flow/{id}"),
+                json!({"broker": "127.0.0.1", "port": mqtt_port}),
+            )
+            .await;
+        assert_eq!(done["type"], "create_entry", "MQTT config flow: {done}");
+    }
+
+    async fn state(&self, entity: &str) -> Option<Value> {
+        let r = self
+            .http
+            .get(self.url(&format!("/api/states/{entity}")))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        r.json().await.ok()
+    }
+
+    async fn wait(&self, what: &str, entity: &str, pred: impl Fn(Option<&Value>) -> bool) -> Value {
+        let deadline = Instant::now() + T;
+        loop {
+            let s = self.state(entity).await;
+            if pred(s.as_ref()) {
+                return s.unwrap_or(Value::Null);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {entity} is {s:?} after {T:?}\n{}",
+                self.tail()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn wait_state(&self, entity: &str, want: &str) -> Value {
+        self.wait(&format!("want `{want}`"), entity, |s| {
+            s.is_some_and(|s| s["state"] == want)
+        })
+        .await
+    }
+
+    /// Exists and is not `unavailable`.
+    async fn wait_available(&self, entity: &str) -> Value {
+        self.wait("want available", entity, |s| {
+            s.is_some_and(|s| s["state"] != "unavailable")
+        })
+        .await
+    }
+
+    async fn wait_gone(&self, entity: &str) {
+        self.wait("want removed", entity, |s| s.is_none()).await;
+    }
+
+    async fn call(&self, domain: &str, service: &str, entity: &str) {
+        self.post(
+            &format!("/api/services/{domain}/{service}"),
+            json!({"entity_id": entity}),
+        )
+        .await;
+    }
+
+    /// Lines where HA's MQTT integration complains.
+    fn mqtt_problems(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| {
+                (l.contains(" WARNING ") || l.contains(" ERROR ") || l.contains(" CRITICAL "))
+                    && l.contains("[homeassistant.components.mqtt")
+            })
+            .map(String::from)
+            .collect()
+    }
+
+    fn stop(&self) {
+        ha_script(&["stop", &self.name]);
+    }
+
+    async fn restart(&self) {
+        self.stop();
+        ha_script(&["start", &self.name, &self.port.to_string()]);
+        self.wait_up().await;
+    }
+}
+
+impl Drop for Ha {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- Home Assistant log tail ---\n{}", self.tail());
+        }
+        let _ = Command::new(project_dir().join("scripts/ha/ha.sh"))
+            .args(["remove", &self.name])
+            .env("DOCKSIDE_HA_ROOT", ha_root())
+            .status();
+    }
+}
+
+fn config(broker: &Broker, dir: &std::path::Path, prefix: &str, allow: &str, mode: &str) -> String {
+    format!(
+        r#"{}
+[homeassistant]
+discovery = "{mode}"
+[commands]
+allow = [{allow}]
+min_interval = "1s"
+[updates]
+enabled = true
+"#,
+        base_config(broker, "dockside", &dir.join("state"), prefix)
+    )
+}
+
+fn form_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn ent(kind: &str, ct: &str, what: &str) -> String {
+    format!("{kind}.dockside_local_{}_{what}", ct.replace('-', "_"))
+}
+
+fn inspect(name: &str, fmt: &str) -> String {
+    docker(&["inspect", "-f", fmt, name])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn home_assistant_sees_and_drives_containers() {
+    require_docker();
+    let broker = Broker::start();
+    let registry = Registry::start();
+    let ct = Containers::new(&unique("dsh"));
+    let dir = tempfile::tempdir().expect("tmp");
+
+    // A running, a stopped, an unhealthy container, and one from the registry.
+    let (run, stopped, sick, upd) = (
+        ct.name("run"),
+        ct.name("stopped"),
+        ct.name("sick"),
+        ct.name("upd"),
+    );
+    // busybox `sleep` ignores SIGTERM: a short stop timeout keeps restarts quick.
+    docker(&[
+        "run",
+        "-d",
+        "--stop-timeout",
+        "1",
+        "--name",
+        &run,
+        IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    docker(&["create", "--name", &stopped, IMAGE, "sleep", "3600"]);
+    docker(&["start", &stopped]);
+    docker(&["stop", "-t", "0", &stopped]);
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &sick,
+        "--health-cmd",
+        "exit 1",
+        "--health-interval",
+        "1s",
+        "--health-retries",
+        "1",
+        IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    let tag = format!("{}/dsh/app:1", registry.host());
+    build_image(&tag);
+    docker(&["push", &tag]);
+    docker(&["run", "-d", "--name", &upd, &tag, "sleep", "3600"]);
+
+    let allow = r#""start","stop","restart","check""#;
+    let mut ds = Dockside::start(
+        dir.path(),
+        &config(&broker, dir.path(), &ct.prefix, allow, "device"),
+    );
+    let c = Collector::start(broker.port, "dockside/#").await;
+    c.wait_state(&format!("dockside/local/{sick}/state"), T, |s| {
+        s["health"] == "unhealthy"
+    })
+    .await;
+
+    let mut ha = Ha::start();
+    ha.wait_up().await;
+    ha.onboard(broker.port).await;
+
+    // Bridge and endpoint devices.
+    ha.wait_state("binary_sensor.dockside_connected", "on")
+        .await;
+    ha.wait_state("binary_sensor.dockside_local_reachable", "on")
+        .await;
+    ha.wait(
+        "containers running",
+        "sensor.dockside_local_containers_running",
+        |s| {
+            s.and_then(|s| s["state"].as_str()?.parse::<u32>().ok())
+                .is_some_and(|n| n >= 3)
+        },
+    )
+    .await;
+    ha.wait_available("button.dockside_local_resync").await;
+
+    // Every entity of the running container, with the right state.
+    ha.wait_state(&ent("binary_sensor", &run, "running"), "on")
+        .await;
+    ha.wait_state(&ent("sensor", &run, "state"), "running")
+        .await;
+    ha.wait_state(&ent("sensor", &run, "health"), "none").await;
+    ha.wait_state(&ent("switch", &run, "power"), "on").await;
+    ha.wait_state(&ent("sensor", &run, "image"), IMAGE).await;
+    ha.wait_state(&ent("sensor", &run, "restart_count"), "0")
+        .await;
+    ha.wait_state(&ent("sensor", &run, "exit_code"), "0").await;
+    let ip = inspect(&run, "{{.NetworkSettings.IPAddress}}");
+    ha.wait_state(&ent("sensor", &run, "ip_address"), &ip).await;
+    let started = ha.wait_available(&ent("sensor", &run, "started_at")).await;
+    assert!(
+        started["state"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("20") && s.contains('T')),
+        "{started}"
+    );
+    for e in [
+        ent("button", &run, "restart"),
+        ent("button", &run, "check_update"),
+        ent("event", &run, "event"),
+        ent("update", &run, "update"),
+    ] {
+        ha.wait_available(&e).await;
+    }
+    let running = ha
+        .wait_available(&ent("binary_sensor", &run, "running"))
+        .await;
+    assert_eq!(running["attributes"]["name"], run.as_str(), "{running}");
+    // Not allowed, so not there.
+    assert!(ha.state(&ent("button", &run, "kill")).await.is_none());
+
+    // The stopped one.
+    ha.wait_state(&ent("binary_sensor", &stopped, "running"), "off")
+        .await;
+    ha.wait_state(&ent("sensor", &stopped, "state"), "exited")
+        .await;
+    ha.wait_state(&ent("switch", &stopped, "power"), "off")
+        .await;
+    // The unhealthy one.
+    ha.wait_state(&ent("sensor", &sick, "health"), "unhealthy")
+        .await;
+    ha.wait_state(&ent("binary_sensor", &sick, "running"), "on")
+        .await;
+
+    // Pressing restart in HA restarts the container; the result arrives.
+    let before = inspect(&run, "{{.State.StartedAt}}");
+    let result = format!("dockside/local/{run}/result");
+    ha.call("button", "press", &ent("button", &run, "restart"))
+        .await;
+    let r = c
+        .wait_latest(&result, T, |m| m.json()["action"] == "restart")
+        .await
+        .json();
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["state"], "running", "{r}");
+    assert_ne!(inspect(&run, "{{.State.StartedAt}}"), before);
+    // A docker event of it reached the event entity.
+    ha.wait("event entity fired", &ent("event", &run, "event"), |s| {
+        s.is_some_and(|s| s["attributes"]["event_type"].is_string())
+    })
+    .await;
+
+    // Turning the switch off stops it.
+    tokio::time::sleep(Duration::from_millis(1100)).await; // commands.min_interval
+    ha.call("switch", "turn_off", &ent("switch", &run, "power"))
+        .await;
+    let r = c
+        .wait_latest(&result, T, |m| m.json()["action"] == "stop")
+        .await
+        .json();
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(inspect(&run, "{{.State.Running}}"), "false");
+    ha.wait_state(&ent("switch", &run, "power"), "off").await;
+    ha.wait_state(&ent("binary_sensor", &run, "running"), "off")
+        .await;
+    ha.wait_state(&ent("sensor", &run, "state"), "exited").await;
+
+    // The update entity: off while current, on once a newer image is pushed
+    // and a check is pressed (the endpoint's button in HA).
+    let update = ent("update", &upd, "update");
+    let u = ha.wait_state(&update, "off").await;
+    assert!(
+        u["attributes"]["installed_version"].is_string(),
+        "installed version shown: {u}"
+    );
+    build_image(&tag);
+    docker(&["push", &tag]);
+    ha.call("button", "press", "button.dockside_local_check_updates")
+        .await;
+    let u = ha.wait_state(&update, "on").await;
+    assert_ne!(
+        u["attributes"]["installed_version"], u["attributes"]["latest_version"],
+        "{u}"
+    );
+    assert_eq!(u["attributes"]["title"], tag.as_str(), "{u}");
+    assert_eq!(u["attributes"]["in_progress"], false, "{u}");
+
+    // The allow list shrinks (SIGHUP): the entities of words no longer allowed go.
+    ds.rewrite_config(&config(
+        &broker,
+        dir.path(),
+        &ct.prefix,
+        r#""start","stop","check""#,
+        "device",
+    ));
+    ds.signal("-HUP");
+    ha.wait_gone(&ent("button", &sick, "restart")).await;
+    ha.wait_available(&ent("switch", &sick, "power")).await;
+
+    // HA restarted: everything comes back, available, with its state.
+    ha.restart().await;
+    ha.wait_state(&ent("binary_sensor", &sick, "running"), "on")
+        .await;
+    ha.wait_state(&ent("sensor", &sick, "health"), "unhealthy")
+        .await;
+    ha.wait_state(&ent("switch", &run, "power"), "off").await;
+    ha.wait_state(&update, "on").await;
+    ha.wait_state("binary_sensor.dockside_local_reachable", "on")
+        .await;
+    assert!(ha.state(&ent("button", &sick, "restart")).await.is_none());
+
+    // A removed container's device disappears (after containers.removal_grace),
+    // its retained config with it.
+    docker(&["rm", "-f", &stopped]);
+    ha.wait_gone(&ent("binary_sensor", &stopped, "running"))
+        .await;
+    ha.wait_gone(&ent("switch", &stopped, "power")).await;
+    let topic = format!(
+        "homeassistant/device/dockside_local_{}/config",
+        stopped.replace('.', "_")
+    );
+    let snap = retained_snapshot(broker.port, "homeassistant/#").await;
+    assert!(!snap.contains_key(&topic), "{topic} still retained");
+
+    // The per-entity form, with the same ids: switching keeps every entity.
+    ds.rewrite_config(&config(&broker, dir.path(), &ct.prefix, allow, "component"));
+    ds.signal("-HUP");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ha.wait_state(&ent("sensor", &sick, "health"), "unhealthy")
+        .await;
+    ha.wait_available(&ent("button", &sick, "restart")).await;
+    ha.wait_state(&update, "on").await;
+    let snap = retained_snapshot(broker.port, "homeassistant/#").await;
+    assert!(
+        snap.keys().all(|t| !t.starts_with("homeassistant/device/")),
+        "device configs left: {:?}",
+        snap.keys().collect::<Vec<_>>()
+    );
+    assert!(snap.contains_key(&format!(
+        "homeassistant/switch/dockside_local_{}_power/config",
+        sick
+    )));
+
+    let problems = ha.mqtt_problems();
+    assert!(
+        problems.is_empty(),
+        "Home Assistant's MQTT integration complained:\n{}",
+        problems.join("\n")
+    );
+    assert!(ds.is_running());
+    drop(ha);
+}
