@@ -533,6 +533,19 @@ async fn home_assistant_sees_and_drives_containers() {
         sick
     )));
 
+    // Other loggers' warnings (HA's own start-up notes) are shown, not judged;
+    // anything about our entities or ids is judged.
+    let log = ha.log();
+    let all: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARNING ") || l.contains(" ERROR "))
+        .collect();
+    eprintln!("HA warnings/errors (all loggers):\n{}", all.join("\n"));
+    let ours: Vec<&&str> = all
+        .iter()
+        .filter(|l| l.contains("dockside") || l.contains("unique ID") || l.contains("unique_id"))
+        .collect();
+    assert!(ours.is_empty(), "HA complained about our entities: {ours:#?}");
     let problems = ha.mqtt_problems();
     assert!(
         problems.is_empty(),

@@ -287,6 +287,7 @@ impl MqttTask {
                     }
                 },
                 _ = outbox.notified(), if connected && !client_full => {}
+                _ = sleep_until_opt(outbox.next_deferred()) => outbox.run_deferred(),
                 _ = sleep_until_opt(readback_deadline) => {
                     tracing::warn!("no read-back marker from the broker; sweeping what was read");
                     finish_readback(&client, &outbox, &topics, &discovery, &marker);

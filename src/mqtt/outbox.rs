@@ -20,6 +20,12 @@ use std::sync::{Mutex, MutexGuard};
 use bytes::Bytes;
 use indexmap::IndexMap;
 use tokio::sync::Notify;
+use tokio::time::{Duration, Instant};
+
+/// When a discovery config is cleared along with the topics its entities
+/// read, those topics are cleared this much later: HA would otherwise still
+/// be subscribed and log a warning for each empty payload it cannot parse.
+pub const DISCOVERY_CLEAR_DELAY: Duration = Duration::from_secs(2);
 
 use crate::topics::Topics;
 
@@ -69,6 +75,8 @@ struct Inner {
     owned: BTreeMap<String, BTreeSet<String>>,
     owner_of: HashMap<String, String>,
     stale_owned: Vec<String>,
+    /// Clears that wait until HA has dropped the entities reading those topics.
+    deferred: IndexMap<String, Instant>,
 }
 
 #[derive(Debug)]
@@ -94,6 +102,7 @@ impl Outbox {
                 owned: BTreeMap::new(),
                 owner_of: HashMap::new(),
                 stale_owned: Vec::new(),
+                deferred: IndexMap::new(),
             }),
             notify: Notify::new(),
             stream_cap: stream_cap.max(1),
@@ -173,8 +182,8 @@ impl Outbox {
                 .take_while(|(o, _)| o.starts_with(prefix))
                 .flat_map(|(_, ts)| ts.iter().cloned()),
         );
-        for t in topics {
-            inner.set_retained(t, Bytes::new());
+        {
+            inner.clear_all(topics);
         }
         drop(inner);
         self.notify.notify_one();
@@ -235,6 +244,27 @@ impl Outbox {
 
     pub async fn notified(&self) {
         self.notify.notified().await
+    }
+
+    /// When the next deferred clear falls due.
+    pub fn next_deferred(&self) -> Option<Instant> {
+        self.lock().deferred.first().map(|(_, at)| *at)
+    }
+
+    /// Queues the deferred clears that are due.
+    pub fn run_deferred(&self) {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        while let Some((_, at)) = inner.deferred.first() {
+            if *at > now {
+                break;
+            }
+            if let Some((t, _)) = inner.deferred.shift_remove_index(0) {
+                inner.set_retained(t, Bytes::new());
+            }
+        }
+        drop(inner);
+        self.notify.notify_one();
     }
 
     /// A retained topic of ours found on the broker at start.
@@ -335,8 +365,31 @@ fn log_sweep(s: &Sweep, n: usize) {
 }
 
 impl Inner {
+    /// Clears `topics`; when some are discovery configs, the others follow
+    /// after [`DISCOVERY_CLEAR_DELAY`].
+    fn clear_all(&mut self, topics: Vec<String>) {
+        let (owned, plain): (Vec<String>, Vec<String>) = topics
+            .into_iter()
+            .partition(|t| self.owner_of.contains_key(t));
+        let defer = !owned.is_empty();
+        for t in owned {
+            self.set_retained(t, Bytes::new());
+        }
+        let at = Instant::now() + DISCOVERY_CLEAR_DELAY;
+        for t in plain {
+            if defer {
+                self.startup.remove(&t);
+                self.deferred.insert(t, at);
+            } else {
+                self.set_retained(t, Bytes::new());
+            }
+        }
+    }
+
     fn set_retained(&mut self, topic: String, payload: Bytes) {
         self.startup.remove(&topic);
+        // Published again (or cleared now): no longer waiting to be cleared.
+        self.deferred.shift_remove(&topic);
         if payload.is_empty() {
             self.known.remove(&topic);
             if let Some(owner) = self.owner_of.remove(&topic)
@@ -375,8 +428,8 @@ impl Inner {
                     .flat_map(|(_, ts)| ts.iter().cloned()),
             );
             let n = stale.len();
-            for t in stale {
-                self.set_retained(t, Bytes::new());
+            {
+                self.clear_all(stale);
             }
             return n;
         }
@@ -416,8 +469,8 @@ impl Inner {
             .cloned()
             .collect();
         let n = stale.len();
-        for t in stale {
-            self.set_retained(t, Bytes::new());
+        {
+            self.clear_all(stale);
         }
         n
     }
@@ -628,6 +681,47 @@ mod tests {
         });
         let out: Vec<_> = drain(&o).into_iter().map(|m| m.topic).collect();
         assert_eq!(out, vec!["ha/a/b_e_x/1/config".to_string()]);
+    }
+
+    #[test]
+    fn topics_read_by_a_cleared_config_are_cleared_after_it() {
+        let o = Outbox::new(Topics::new("b"), 10);
+        o.finish_readback();
+        o.retain_owned(
+            "b/e/c/.ha",
+            vec![("ha/device/b_e_c/config".into(), Bytes::from("{}"))],
+        );
+        o.retain("b/e/c/state", "{}");
+        o.retain("b/e/d/state", "{}");
+        drain(&o);
+        o.clear_prefix("b/e/c/");
+        let out = drain(&o);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].topic, "ha/device/b_e_c/config");
+        let due = o.next_deferred().expect("state clear deferred");
+        assert!(due > Instant::now() + DISCOVERY_CLEAR_DELAY / 2);
+        o.run_deferred();
+        assert!(o.is_empty(), "not due yet");
+        std::thread::sleep(DISCOVERY_CLEAR_DELAY + Duration::from_millis(50));
+        o.run_deferred();
+        let out = drain(&o);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].topic, "b/e/c/state");
+        assert!(out[0].payload.is_empty());
+        // Republished meanwhile (recreated): the deferred clear is dropped.
+        o.retain_owned(
+            "b/e/d/.ha",
+            vec![("ha/device/b_e_d/config".into(), Bytes::from("{}"))],
+        );
+        drain(&o);
+        o.clear_prefix("b/e/d/");
+        o.retain("b/e/d/state", "{\"new\":1}");
+        assert!(o.next_deferred().is_none());
+        // Without discovery, clears are immediate.
+        o.retain("b/e/x/state", "1");
+        drain(&o);
+        o.clear_prefix("b/e/x/");
+        assert_eq!(drain(&o).len(), 1);
     }
 
     #[test]
