@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts what the integration tests need, idempotently, on loopback:
 # Docker engine, Mosquitto (binaries only: each test starts its own broker on a
-# free port), the distribution registry, and the scratch busybox test image.
+# free port), the distribution registry, the scratch busybox test image, and a
+# headless Home Assistant (scripts/ha/install.sh, once: about 80 s and 1.5 GB).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -40,4 +41,6 @@ DOCKERFILE
   rm -rf "$ctx"
   echo "test-env: built dockside-test/busybox:latest"
 fi
+# Home Assistant for the discovery end-to-end test (tests/homeassistant.rs).
+"$here/ha/install.sh"
 echo "test-env: ready (docker $(docker version -f '{{.Server.Version}}' 2>/dev/null), $(mosquitto -h 2>/dev/null | head -1))"
