@@ -944,6 +944,40 @@ mod tests {
     }
 
     #[test]
+    fn homeassistant_section() {
+        let c = load_str("", &[]).expect("defaults");
+        assert!(c.homeassistant.enabled);
+        assert_eq!(c.homeassistant.birth_topic(), "homeassistant/status");
+        assert_eq!(c.homeassistant.discovery, DiscoveryMode::Device);
+        let c = load_str(
+            "[homeassistant]\ndiscovery_prefix = \"ha\"\ndiscovery = \"component\"\n",
+            &[("DOCKSIDE__HOMEASSISTANT__ENABLED", "false")],
+        )
+        .expect("load");
+        assert!(!c.homeassistant.enabled);
+        assert_eq!(c.homeassistant.birth_topic(), "ha/status");
+        assert_eq!(c.homeassistant.discovery, DiscoveryMode::Component);
+        for (text, key) in [
+            (
+                "[homeassistant]\ndiscovery_prefix = \"ha/#\"\n",
+                "homeassistant.discovery_prefix",
+            ),
+            (
+                "[homeassistant]\ndiscovery_prefix = \"dockside/ha\"\n",
+                "homeassistant.discovery_prefix",
+            ),
+            (
+                "[homeassistant]\nbirth_topic = \"\"\n",
+                "homeassistant.birth_topic",
+            ),
+            ("[homeassistant]\ndiscovery = \"entity\"\n", "discovery"),
+        ] {
+            let e = load_str(text, &[]).expect_err(text);
+            assert!(e.to_string().contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn password_file_and_redaction() {
         let mut secret = tempfile::NamedTempFile::new().expect("tempfile");
         secret.write_all(b"s3cr3t-pw\n").expect("write");

@@ -545,7 +545,10 @@ async fn home_assistant_sees_and_drives_containers() {
         .iter()
         .filter(|l| l.contains("dockside") || l.contains("unique ID") || l.contains("unique_id"))
         .collect();
-    assert!(ours.is_empty(), "HA complained about our entities: {ours:#?}");
+    assert!(
+        ours.is_empty(),
+        "HA complained about our entities: {ours:#?}"
+    );
     let problems = ha.mqtt_problems();
     assert!(
         problems.is_empty(),

@@ -1,0 +1,103 @@
+//! The jMQTT templates in `config/jeedom/` only name topics and JSON keys that
+//! dockside publishes (SPEC §3, §4) and only send words it accepts (§5).
+
+use serde_json::{Value, json};
+
+fn load(name: &str) -> Value {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config/jeedom")
+        .join(name);
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// `[a][b]` → the value at a.b, if present.
+fn at<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    path.trim_start_matches('[')
+        .trim_end_matches(']')
+        .split("][")
+        .try_fold(v, |v, k| v.get(k))
+}
+
+fn check(file: &str, payloads: &[(&str, Value)], words: &[&str]) {
+    let t = load(file);
+    let (_, tpl) = t
+        .as_object()
+        .and_then(|o| o.iter().next())
+        .expect("one template");
+    assert_eq!(tpl["eqType_name"], "jMQTT");
+    let cmds = tpl["commands"].as_array().expect("commands");
+    assert!(cmds.len() > 5);
+    for c in cmds {
+        let conf = &c["configuration"];
+        let topic = conf["topic"].as_str().expect("topic");
+        let suffix = topic
+            .strip_prefix("%s/")
+            .expect("topic under the equipment's base");
+        match c["type"].as_str() {
+            Some("info") => {
+                let payload = payloads
+                    .iter()
+                    .find(|(s, _)| *s == suffix)
+                    .map(|(_, p)| p)
+                    .unwrap_or_else(|| panic!("{file}: no such topic {topic}"));
+                if let Some(path) = conf["jsonPath"].as_str() {
+                    assert!(at(payload, path).is_some(), "{file}: {topic} has no {path}");
+                }
+            }
+            Some("action") => {
+                assert_eq!(suffix, "set", "{file}");
+                let word = conf["request"].as_str().expect("request");
+                assert!(words.contains(&word), "{file}: `{word}` is no command");
+                assert_eq!(conf["retain"], "0", "{file}: commands must not be retained");
+                if let Some(v) = c.get("value").and_then(Value::as_str) {
+                    assert!(
+                        cmds.iter().any(|x| x["name"] == v && x["type"] == "info"),
+                        "{file}: value names a missing info `{v}`"
+                    );
+                }
+            }
+            other => panic!("{file}: command type {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn container_template_matches_the_topics() {
+    let state = json!({"name":"nginx","id":"x","endpoint":"local","image":"nginx:1.27","image_id":"sha256:x",
+        "state":"running","health":"healthy","running":true,"paused":false,"restarting":false,"dead":false,
+        "oom_killed":false,"exit_code":0,"restart_count":0,"created":"x","started_at":"x","finished_at":null,
+        "ip_address":"172.17.0.2","mac_address":null,"gateway":null,"ports":[],"stack":null,"service":null});
+    let update = json!({"status":"update_available","update_available":true,"image":"nginx:1.27",
+        "installed_version":"1.27.2","latest_version":"1.27.3","in_progress":false});
+    let event = json!({"event_type":"start","time":"x","attributes":{}});
+    let result = json!({"action":"start","ok":true});
+    check(
+        "dockside_container.json",
+        &[
+            ("state", state),
+            ("update", update),
+            ("event", event),
+            ("result", result),
+        ],
+        &[
+            "start", "stop", "restart", "pause", "unpause", "kill", "update", "check",
+        ],
+    );
+}
+
+#[test]
+fn endpoint_template_matches_the_topics() {
+    let info = json!({"id":"local","name":"local","kind":"docker","reachable":true,"docker_version":"28.2.2",
+        "containers":{"total":1,"running":1,"paused":0,"stopped":0,"healthy":0,"unhealthy":0},
+        "images":3,"volumes":1,"stacks":0});
+    check(
+        "dockside_endpoint.json",
+        &[
+            ("status", json!("online")),
+            ("info", info),
+            ("result", json!({"ok":true})),
+        ],
+        &["resync", "check_updates"],
+    );
+}
