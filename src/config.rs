@@ -278,6 +278,9 @@ pub struct CommandsConfig {
     /// How long a command waits for the engine and for the state it asks for.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// How long an `update` (pull + recreate) may take.
+    #[serde(with = "humantime_serde")]
+    pub update_timeout: Duration,
 }
 
 impl Default for CommandsConfig {
@@ -288,6 +291,7 @@ impl Default for CommandsConfig {
             protect: Vec::new(),
             min_interval: Duration::from_secs(2),
             timeout: Duration::from_secs(60),
+            update_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -665,6 +669,9 @@ impl Config {
         }
         if self.commands.timeout < Duration::from_secs(1) {
             return Err(invalid("commands.timeout", "must be at least 1s"));
+        }
+        if self.commands.update_timeout < Duration::from_secs(10) {
+            return Err(invalid("commands.update_timeout", "must be at least 10s"));
         }
         if self.containers.reconcile_interval < Duration::from_secs(1) {
             return Err(invalid(

@@ -56,7 +56,8 @@ impl ContainerFilter {
 
     /// By name alone (events carry the name; the label check needs inspect data).
     pub fn allows_name(&self, name: &str) -> bool {
-        if self.exclude.is_match(name) {
+        // The old container during an `update`: never mirrored.
+        if name.ends_with(crate::docker::recreate::OLD_SUFFIX) || self.exclude.is_match(name) {
             return false;
         }
         self.include.as_ref().is_none_or(|inc| inc.is_match(name))

@@ -121,6 +121,8 @@ fn settings(
         own_ids,
         min_interval: cfg.commands.min_interval,
         command_timeout: cfg.commands.timeout,
+        update_timeout: cfg.commands.update_timeout,
+        registry_credentials: Arc::new(crate::watcher::credentials(&cfg.updates)),
         inventory,
         topics: Topics::new(cfg.mqtt.base_topic.clone()),
         filter: ContainerFilter::new(&cfg.containers)?,
@@ -637,13 +639,7 @@ impl Supervisor {
                 self.resync(eps, req, result_topic, received);
             }
             CommandTarget::Container(ep, ct) => {
-                let refusal = if req.action == "update" {
-                    Some((
-                        Code::Invalid,
-                        "`update` is not available in this version (pull + recreate comes with its own issue)"
-                            .to_string(),
-                    ))
-                } else if !self.commands.enabled {
+                let refusal = if !self.commands.enabled {
                     Some((
                         Code::Forbidden,
                         "commands are disabled (commands.enabled = false)".to_string(),

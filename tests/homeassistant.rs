@@ -343,9 +343,19 @@ async fn home_assistant_sees_and_drives_containers() {
     let tag = format!("{}/dsh/app:1", registry.host());
     build_image(&tag);
     docker(&["push", &tag]);
-    docker(&["run", "-d", "--name", &upd, &tag, "sleep", "3600"]);
+    docker(&[
+        "run",
+        "-d",
+        "--stop-timeout",
+        "1",
+        "--name",
+        &upd,
+        &tag,
+        "sleep",
+        "3600",
+    ]);
 
-    let allow = r#""start","stop","restart","check""#;
+    let allow = r#""start","stop","restart","check","update""#;
     let mut ds = Dockside::start(
         dir.path(),
         &config(&broker, dir.path(), &ct.prefix, allow, "device"),
@@ -477,6 +487,22 @@ async fn home_assistant_sees_and_drives_containers() {
     assert_eq!(u["attributes"]["title"], tag.as_str(), "{u}");
     assert_eq!(u["attributes"]["in_progress"], false, "{u}");
 
+    // Install from HA: pull + recreate; the entity turns `off`.
+    let new_image = docker(&["image", "inspect", "-f", "{{.Id}}", &tag]);
+    ha.call("update", "install", &update).await;
+    let r = c
+        .wait_latest(&format!("dockside/local/{upd}/result"), T, |m| {
+            m.json()["action"] == "update"
+        })
+        .await
+        .json();
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(inspect(&upd, "{{.Image}}"), new_image);
+    assert_eq!(inspect(&upd, "{{.State.Running}}"), "true");
+    ha.wait_state(&update, "off").await;
+    ha.wait_state(&ent("binary_sensor", &upd, "running"), "on")
+        .await;
+
     // The allow list shrinks (SIGHUP): the entities of words no longer allowed go.
     ds.rewrite_config(&config(
         &broker,
@@ -496,7 +522,7 @@ async fn home_assistant_sees_and_drives_containers() {
     ha.wait_state(&ent("sensor", &sick, "health"), "unhealthy")
         .await;
     ha.wait_state(&ent("switch", &run, "power"), "off").await;
-    ha.wait_state(&update, "on").await;
+    ha.wait_state(&update, "off").await;
     ha.wait_state("binary_sensor.dockside_local_reachable", "on")
         .await;
     assert!(ha.state(&ent("button", &sick, "restart")).await.is_none());
@@ -521,7 +547,7 @@ async fn home_assistant_sees_and_drives_containers() {
     ha.wait_state(&ent("sensor", &sick, "health"), "unhealthy")
         .await;
     ha.wait_available(&ent("button", &sick, "restart")).await;
-    ha.wait_state(&update, "on").await;
+    ha.wait_state(&update, "off").await;
     let snap = retained_snapshot(broker.port, "homeassistant/#").await;
     assert!(
         snap.keys().all(|t| !t.starts_with("homeassistant/device/")),

@@ -144,10 +144,28 @@ impl DockerClient {
         url: Url,
         timeout: Option<Duration>,
     ) -> Result<reqwest::Response, DockerError> {
+        self.execute_with(method, url, timeout, None, None).await
+    }
+
+    /// [`Self::execute`] with a JSON body and one extra header.
+    async fn execute_with(
+        &self,
+        method: Method,
+        url: Url,
+        timeout: Option<Duration>,
+        body: Option<&serde_json::Value>,
+        header: Option<(&str, &str)>,
+    ) -> Result<reqwest::Response, DockerError> {
         for attempt in 0..2 {
             let mut req = self.http.request(method.clone(), url.clone());
             if let Some(t) = timeout {
                 req = req.timeout(t);
+            }
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            if let Some((k, v)) = header {
+                req = req.header(k, v);
             }
             let mut sent_auth = None;
             if let Some(auth) = &self.auth {
@@ -362,6 +380,126 @@ impl DockerClient {
             StatusCode::NOT_MODIFIED => Ok(false),
             StatusCode::NOT_FOUND => Err(DockerError::NotFound),
             s if s.is_success() => Ok(true),
+            _ => Err(status_error(resp).await),
+        }
+    }
+
+    /// `GET /containers/{id}/json` as raw JSON: every field, for a recreate.
+    pub async fn inspect_raw(&self, id: &str) -> Result<serde_json::Value, DockerError> {
+        self.get_json(
+            "container inspect",
+            &["containers", id, "json"],
+            &[],
+            MAX_OBJECT_BODY,
+        )
+        .await
+    }
+
+    /// `GET /images/{id}/json` as raw JSON.
+    pub async fn image_inspect_raw(&self, id: &str) -> Result<serde_json::Value, DockerError> {
+        self.get_json(
+            "image inspect",
+            &["images", id, "json"],
+            &[],
+            MAX_OBJECT_BODY,
+        )
+        .await
+    }
+
+    /// `POST /images/create`: pulls `image:tag`, reading the progress stream to
+    /// its end; an `error` line in it is the pull's failure.
+    pub async fn pull(
+        &self,
+        image: &str,
+        tag: &str,
+        registry_auth: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(), DockerError> {
+        let mut url = self.url(&["images", "create"]);
+        url.query_pairs_mut()
+            .append_pair("fromImage", image)
+            .append_pair("tag", tag);
+        let header = registry_auth.map(|a| ("X-Registry-Auth", a));
+        let resp = self
+            .execute_with(Method::POST, url, Some(timeout), None, header)
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Err(status_error(resp).await);
+        }
+        if !resp.status().is_success() {
+            return Err(status_error(resp).await);
+        }
+        let body = read_capped(resp, MAX_LIST_BODY, "pull progress").await?;
+        for line in body.split(|b| *b == b'\n') {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(line)
+                && let Some(e) = v
+                    .get("error")
+                    .or_else(|| v.get("errorDetail").and_then(|d| d.get("message")))
+            {
+                return Err(DockerError::Status {
+                    status: 500,
+                    message: e.as_str().unwrap_or("pull failed").to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// `POST /containers/create?name=`; returns the new id.
+    pub async fn create_container(
+        &self,
+        name: &str,
+        body: &serde_json::Value,
+    ) -> Result<String, DockerError> {
+        let mut url = self.url(&["containers", "create"]);
+        url.query_pairs_mut().append_pair("name", name);
+        let resp = self
+            .execute_with(Method::POST, url, Some(REQUEST_TIMEOUT), Some(body), None)
+            .await?;
+        if !resp.status().is_success() {
+            return Err(status_error(resp).await);
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&read_capped(resp, MAX_OBJECT_BODY, "container create").await?)
+                .map_err(|e| DockerError::Decode {
+                    what: "container create",
+                    message: e.to_string(),
+                })?;
+        v.get("Id")
+            .and_then(|i| i.as_str())
+            .map(String::from)
+            .ok_or(DockerError::Decode {
+                what: "container create",
+                message: "no Id".into(),
+            })
+    }
+
+    /// `POST /networks/{net}/connect`.
+    pub async fn network_connect(
+        &self,
+        network: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), DockerError> {
+        let url = self.url(&["networks", network, "connect"]);
+        let resp = self
+            .execute_with(Method::POST, url, Some(REQUEST_TIMEOUT), Some(body), None)
+            .await?;
+        if !resp.status().is_success() {
+            return Err(status_error(resp).await);
+        }
+        Ok(())
+    }
+
+    /// `DELETE /containers/{id}?force=true` (volumes are kept).
+    pub async fn remove_container(&self, id: &str) -> Result<(), DockerError> {
+        let mut url = self.url(&["containers", id]);
+        url.query_pairs_mut().append_pair("force", "true");
+        let resp = self
+            .execute(Method::DELETE, url, Some(REQUEST_TIMEOUT))
+            .await?;
+        match resp.status() {
+            s if s.is_success() => Ok(()),
+            StatusCode::NOT_FOUND => Err(DockerError::NotFound),
             _ => Err(status_error(resp).await),
         }
     }

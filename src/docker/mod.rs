@@ -3,5 +3,6 @@
 
 pub mod client;
 pub mod models;
+pub mod recreate;
 
 pub use client::{DockerClient, DockerError, EventStream};

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use super::Endpoint;
 use crate::commands::{Code, CommandResult, DISRUPTIVE, Request};
 use crate::docker::DockerError;
+use crate::docker::recreate::{self, Outcome, RecreateError};
 use crate::payloads::ContainerState;
 
 #[derive(Debug)]
@@ -38,8 +39,17 @@ pub struct Pending {
     deadline: Instant,
 }
 
-/// (container name, command sequence number, engine answer: false = "already so").
-pub type ActionResult = (String, u64, Result<bool, DockerError>);
+/// What a command task reports back.
+#[derive(Debug)]
+pub enum Answer {
+    /// A plain engine call: false = "already so".
+    Engine(Result<bool, DockerError>),
+    /// An `update` (pull + recreate), complete.
+    Update(Result<Outcome, RecreateError>),
+}
+
+/// (container name, command sequence number, answer).
+pub type ActionResult = (String, u64, Answer);
 
 enum Progress {
     Reached,
@@ -175,7 +185,11 @@ impl Endpoint {
         self.next_seq += 1;
         let seq = self.next_seq;
         let id = state.id.clone();
-        let timeout = s.command_timeout;
+        let timeout = if req.action == "update" {
+            s.update_timeout
+        } else {
+            s.command_timeout
+        };
         self.pending.insert(
             name.clone(),
             Pending {
@@ -191,17 +205,39 @@ impl Endpoint {
         tracing::info!(endpoint = %self.id, container = %name, action = %req.action, "running command");
         let client = self.client.clone();
         let action = req.action;
+        if action == "update" {
+            let auth = registry_auth(&s.registry_credentials, &state.image);
+            // Detached: a recreate cut in the middle (the session ends, a
+            // reload) would leave the container renamed; it always runs to its end.
+            let (tx, rx) = oneshot::channel();
+            let n = name.clone();
+            tokio::spawn(async move {
+                let r = recreate::recreate(&client, &id, &n, auth.as_deref(), timeout).await;
+                let _ = tx.send(r);
+            });
+            self.actions.spawn(async move {
+                let r = rx.await.unwrap_or_else(|_| {
+                    Err(RecreateError::Refused("the update task ended early".into()))
+                });
+                (name, seq, Answer::Update(r))
+            });
+            return;
+        }
         self.actions.spawn(async move {
             let r = client
                 .container_action(&id, &action, &[], timeout.max(Duration::from_secs(1)))
                 .await;
-            (name, seq, r)
+            (name, seq, Answer::Engine(r))
         });
     }
 
     pub(super) fn on_action_done(&mut self, (name, seq, r): super::commands::ActionResult) {
         let Some(p) = self.pending.get_mut(&name).filter(|p| p.seq == seq) else {
             return; // timed out or failed meanwhile
+        };
+        let r = match r {
+            Answer::Engine(r) => r,
+            Answer::Update(r) => return self.on_update_done(&name, r),
         };
         match r {
             Ok(_) => {
@@ -230,6 +266,42 @@ impl Endpoint {
                 }
             }
         }
+    }
+
+    /// An `update` ended: the new container runs (checked by the recreate
+    /// itself), the image was current, or the old container is back.
+    fn on_update_done(&mut self, name: &str, r: Result<Outcome, RecreateError>) {
+        let Some(p) = self.pending.remove(name) else {
+            return;
+        };
+        let state = self.containers.get(name).map(|s| s.state.clone());
+        let result = match r {
+            Ok(Outcome::UpToDate) => {
+                tracing::info!(endpoint = %self.id, container = %name, "update: the image is current");
+                CommandResult::ok(&p.req, state, p.received)
+            }
+            Ok(Outcome::Updated { id, running }) => {
+                tracing::info!(endpoint = %self.id, container = %name, new_id = %id, "update: recreated from the new image");
+                self.schedule_inspect(id);
+                let st = if running { "running" } else { "created" };
+                CommandResult::ok(&p.req, Some(st.to_string()), p.received)
+            }
+            Err(RecreateError::Refused(why)) => {
+                CommandResult::refused(&p.req, Code::Invalid, why, p.received).with_state(state)
+            }
+            Err(RecreateError::Engine {
+                err: DockerError::NotFound,
+                ..
+            }) => CommandResult::refused(
+                &p.req,
+                Code::NotFound,
+                "the container no longer exists",
+                p.received,
+            ),
+            Err(e) => CommandResult::refused(&p.req, Code::EngineError, e.to_string(), p.received)
+                .with_state(state),
+        };
+        self.send_result(name, result);
     }
 
     /// Called whenever a container's state is published.
@@ -312,6 +384,20 @@ impl Endpoint {
             }
         }
     }
+}
+
+/// `X-Registry-Auth` for pulling `image`: base64url of the registry's
+/// credentials, when configured.
+fn registry_auth(
+    creds: &std::collections::HashMap<String, crate::registry::client::Credentials>,
+    image: &str,
+) -> Option<String> {
+    use base64::Engine as _;
+    let r = crate::registry::reference::Reference::parse(image)?;
+    let c = creds.get(&r.registry).or_else(|| creds.get(r.api_host()))?;
+    let json = serde_json::json!({"username": c.username, "password": c.password,
+                                  "serveraddress": r.registry});
+    Some(base64::engine::general_purpose::URL_SAFE.encode(json.to_string()))
 }
 
 #[cfg(test)]

@@ -74,6 +74,9 @@ pub struct EndpointSettings {
     pub own_ids: HashSet<String>,
     pub min_interval: Duration,
     pub command_timeout: Duration,
+    pub update_timeout: Duration,
+    /// Registry credentials per host, for the pulls of `update`.
+    pub registry_credentials: Arc<HashMap<String, crate::registry::client::Credentials>>,
     /// Where the image watcher learns which containers run which image.
     pub inventory: Option<Arc<crate::watcher::Inventory>>,
     /// Home Assistant discovery, when on.
@@ -500,6 +503,7 @@ impl Endpoint {
     /// List + inspect everything; heals whatever the stream missed.
     async fn full_sync(&mut self) -> Result<(), DockerError> {
         let list = self.client.list_containers().await?;
+        self.recover_interrupted_updates(&list).await;
         let mut wanted = Vec::new();
         let mut listed = HashSet::new();
         for c in &list {
@@ -545,6 +549,38 @@ impl Endpoint {
             self.schedule_removal(&name);
         }
         Ok(())
+    }
+
+    /// An `update` cut short (dockside or the host went down in the middle)
+    /// leaves the old container renamed `<name>.dockside-old`: when no
+    /// container took its name, it gets it back.
+    async fn recover_interrupted_updates(&self, list: &[crate::docker::models::ContainerSummary]) {
+        use crate::docker::recreate::OLD_SUFFIX;
+        let names: HashSet<&str> = list.iter().filter_map(|c| c.name()).collect();
+        for c in list {
+            let Some(base) = c.name().and_then(|n| n.strip_suffix(OLD_SUFFIX)) else {
+                continue;
+            };
+            if self.pending.contains_key(base) {
+                continue; // that update is running now
+            }
+            if names.contains(base) || base.is_empty() {
+                tracing::warn!(endpoint = %self.id, container = %base, "an old container from an update is left over; remove it when the new one is fine");
+                continue;
+            }
+            match self
+                .client
+                .container_action(&c.id, "rename", &[("name", base)], Duration::from_secs(15))
+                .await
+            {
+                Ok(_) => {
+                    tracing::warn!(endpoint = %self.id, container = %base, "restored a container left renamed by an interrupted update")
+                }
+                Err(e) => {
+                    tracing::warn!(endpoint = %self.id, container = %base, error = %e, "cannot restore a container left renamed by an interrupted update")
+                }
+            }
+        }
     }
 
     fn on_line(&mut self, line: &str) {
@@ -714,6 +750,12 @@ impl Endpoint {
         {
             self.containers.remove(&old);
             self.clear_container(&old);
+        }
+        // Recreated (e.g. by `update`): the old id no longer names it.
+        if let Some(prev) = self.containers.get(&name)
+            && prev.id != id
+        {
+            self.names.remove(&prev.id);
         }
         self.names.insert(id.to_string(), name.clone());
         self.removals.remove(&name);
