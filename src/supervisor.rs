@@ -329,6 +329,9 @@ impl Supervisor {
                 if restarted {
                     ep = ep.restarted();
                 }
+                if let EndpointSpec::Portainer(p) = &spec {
+                    ep = ep.with_portainer(p.client.clone(), p.env_id);
+                }
                 tokio::spawn(ep.run(token.clone(), cmd_rx))
             }
             Err(e) => {

@@ -173,7 +173,7 @@ async fn each_refusal_has_its_code_and_touches_nothing() {
         (&labelled, "stop", "forbidden", "dockside.commands=false"),
         (&guarded, "restart", "forbidden", "protected"),
         (&excluded, "stop", "forbidden", "not mirrored"),
-        (&plain, "update", "invalid", "not available"),
+        (&plain, "update", "forbidden", "commands.allow"),
         (&plain, "check", "forbidden", "commands.allow"),
     ];
     for (i, (ct, action, code, text)) in cases.iter().enumerate() {

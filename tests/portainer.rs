@@ -281,3 +281,64 @@ async fn an_html_error_page_from_a_proxy_is_survived() {
     c.wait_state(&s.state("home-local", &name), T, |j| j["running"] == true)
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_goes_through_portainers_recreate() {
+    let s = Setup::new();
+    let reg = Registry::start();
+    let tag = format!("{}/dsp/app:1", reg.host());
+    build_image(&tag);
+    docker(&["push", &tag]);
+    let name = s.ct.name("app");
+    docker(&[
+        "run",
+        "-d",
+        "--stop-timeout",
+        "1",
+        "--name",
+        &name,
+        "-e",
+        "MODE=prod",
+        &tag,
+        "sleep",
+        "3600",
+    ]);
+    let old_id = docker(&["inspect", "-f", "{{.Id}}", &name]);
+    let p = FakePortainer::start(vec![Env::new(1, "Local", 1)]).await;
+    let c = Collector::start(s.broker.port, &format!("{}/#", s.base)).await;
+    let config = s.config(&p, &api_key()).replace(
+        r#""start", "stop", "restart""#,
+        r#""start", "stop", "update""#,
+    );
+    let _d = Dockside::start(s.dir.path(), &config);
+    let state = s.state("home-local", &name);
+    c.wait_state(&state, T, |j| j["running"] == true).await;
+
+    let new_image = build_image(&tag);
+    docker(&["push", &tag]);
+    let set = format!("{}/home-local/{name}/set", s.base);
+    c.publish(&set, br#"{"action":"update","request_id":"p1"}"#, false)
+        .await;
+    let r = c
+        .wait_latest(&format!("{}/home-local/{name}/result", s.base), T, |m| {
+            m.json()["request_id"] == "p1"
+        })
+        .await
+        .json();
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["state"], "running", "{r}");
+    assert_eq!(
+        p.recreates(),
+        vec![old_id.clone()],
+        "Portainer's recreate was used"
+    );
+    let new_id = docker(&["inspect", "-f", "{{.Id}}", &name]);
+    assert_ne!(new_id, old_id);
+    assert_eq!(docker(&["inspect", "-f", "{{.Image}}", &name]), new_image);
+    // The name kept its topics through Portainer's rename-and-recreate.
+    c.wait_state(&state, T, |j| {
+        j["id"] == new_id.as_str() && j["running"] == true
+    })
+    .await;
+    assert!(c.on(&state).iter().all(|m| !m.payload.is_empty()));
+}

@@ -18,7 +18,7 @@ use super::{DockerClient, DockerError};
 /// are not mirrored (filter.rs), so the swap is invisible on MQTT.
 pub const OLD_SUFFIX: &str = ".dockside-old";
 /// How long the new container must stay up to count as started.
-const SETTLE: Duration = Duration::from_secs(2);
+pub const SETTLE: Duration = Duration::from_secs(2);
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, PartialEq, Eq)]

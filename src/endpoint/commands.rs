@@ -211,8 +211,12 @@ impl Endpoint {
             // reload) would leave the container renamed; it always runs to its end.
             let (tx, rx) = oneshot::channel();
             let n = name.clone();
+            let portainer = self.portainer.clone();
             tokio::spawn(async move {
-                let r = recreate::recreate(&client, &id, &n, auth.as_deref(), timeout).await;
+                let r = match portainer {
+                    Some((p, env)) => via_portainer(&p, env, &client, &id, timeout).await,
+                    None => recreate::recreate(&client, &id, &n, auth.as_deref(), timeout).await,
+                };
                 let _ = tx.send(r);
             });
             self.actions.spawn(async move {
@@ -384,6 +388,64 @@ impl Endpoint {
             }
         }
     }
+}
+
+/// `update` on a Portainer environment: Portainer's recreate (it pulls with
+/// its own registry credentials and keeps its access controls), then a check
+/// that the new container runs.
+async fn via_portainer(
+    portainer: &crate::portainer::PortainerClient,
+    env: i64,
+    client: &crate::docker::DockerClient,
+    id: &str,
+    timeout: Duration,
+) -> Result<Outcome, RecreateError> {
+    let before = client
+        .inspect_raw(id)
+        .await
+        .map_err(|err| RecreateError::Engine {
+            step: "inspecting the container",
+            err,
+        })?;
+    recreate::split_reference(before["Config"]["Image"].as_str().unwrap_or_default())?;
+    let was_running = before["State"]["Running"] == serde_json::json!(true);
+    let new_id = portainer
+        .recreate(env, id, timeout)
+        .await
+        .map_err(|e| RecreateError::Engine {
+            step: "Portainer's recreate",
+            err: DockerError::Status {
+                status: 502,
+                message: e.to_string(),
+            },
+        })?;
+    if was_running {
+        tokio::time::sleep(recreate::SETTLE).await;
+        let st = client
+            .inspect_raw(&new_id)
+            .await
+            .map_err(|err| RecreateError::Engine {
+                step: "inspecting the new container",
+                err,
+            })?;
+        if st["State"]["Running"] != serde_json::json!(true) {
+            return Err(RecreateError::Engine {
+                step: "starting the new container",
+                err: DockerError::Status {
+                    status: 500,
+                    message: format!(
+                        "it is {} with exit code {}",
+                        st["State"]["Status"].as_str().unwrap_or("not running"),
+                        st["State"]["ExitCode"]
+                    ),
+                },
+            });
+        }
+    }
+    Ok(Outcome::Updated {
+        id: new_id,
+        running: was_running,
+    })
 }
 
 /// `X-Registry-Auth` for pulling `image`: base64url of the registry's

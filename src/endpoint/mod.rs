@@ -167,6 +167,8 @@ pub struct Endpoint {
     /// What each container's discovery config was last built from.
     ha_containers: HashMap<String, ContainerFacts>,
     ha_endpoint: Option<EndpointFacts>,
+    /// Portainer environments: the client and environment id, for Portainer's recreate.
+    portainer: Option<(Arc<crate::portainer::PortainerClient>, i64)>,
 }
 
 impl Endpoint {
@@ -217,7 +219,18 @@ impl Endpoint {
             next_seq: 0,
             ha_containers: HashMap::new(),
             ha_endpoint: None,
+            portainer: None,
         }
+    }
+
+    /// A Portainer environment: `update` goes through Portainer's recreate.
+    pub fn with_portainer(
+        mut self,
+        client: Arc<crate::portainer::PortainerClient>,
+        env_id: i64,
+    ) -> Self {
+        self.portainer = Some((client, env_id));
+        self
     }
 
     /// Marks an endpoint started again within one run (reload).
@@ -665,11 +678,14 @@ impl Endpoint {
         match action {
             "destroy" => self.on_gone(&id),
             "rename" => {
+                // The old name's topics go unless the name is taken again within
+                // the grace (a recreate done by renaming, as Portainer's is).
                 if let Some(old) = ev.actor.attributes.get("oldName") {
                     let old = old.trim_start_matches('/');
                     if self.containers.get(old).is_some_and(|s| s.id == id) {
                         self.containers.remove(old);
-                        self.clear_container(old);
+                        self.schedule_removal(old);
+                        self.info_changed();
                     }
                 }
                 self.schedule_inspect(id);
@@ -743,13 +759,13 @@ impl Endpoint {
             }
             return;
         }
-        // Renamed while we were not looking: the old name's topics go.
+        // Renamed while we were not looking: the old name's topics go (after the grace).
         if let Some(old) = self.names.get(id).cloned()
             && old != name
             && self.containers.get(&old).is_some_and(|s| s.id == id)
         {
             self.containers.remove(&old);
-            self.clear_container(&old);
+            self.schedule_removal(&old);
         }
         // Recreated (e.g. by `update`): the old id no longer names it.
         if let Some(prev) = self.containers.get(&name)

@@ -325,6 +325,53 @@ impl PortainerClient {
         segs: &[&str],
         query: &[(&str, String)],
     ) -> Result<(Vec<u8>, Option<usize>), PortainerError> {
+        self.request(reqwest::Method::GET, segs, query, None, REQUEST_TIMEOUT)
+            .await
+    }
+
+    /// Portainer's own recreate (CE ≥ 2.19): pulls the image, recreates the
+    /// container with its configuration and Portainer's resource controls,
+    /// starts it. Returns the new container's id.
+    pub async fn recreate(
+        &self,
+        env_id: i64,
+        container_id: &str,
+        timeout: Duration,
+    ) -> Result<String, PortainerError> {
+        let body = serde_json::json!({"PullImage": true});
+        let (answer, _) = self
+            .request(
+                reqwest::Method::POST,
+                &[
+                    "api",
+                    "docker",
+                    &env_id.to_string(),
+                    "containers",
+                    container_id,
+                    "recreate",
+                ],
+                &[],
+                Some(&body),
+                timeout,
+            )
+            .await?;
+        let v: serde_json::Value = serde_json::from_slice(&answer)
+            .map_err(|e| PortainerError::Decode(format!("recreate answer: {e}")))?;
+        v.get("Id")
+            .and_then(|i| i.as_str())
+            .filter(|i| !i.is_empty())
+            .map(String::from)
+            .ok_or_else(|| PortainerError::Decode("recreate answer has no Id".into()))
+    }
+
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        segs: &[&str],
+        query: &[(&str, String)],
+        json: Option<&serde_json::Value>,
+        timeout: Duration,
+    ) -> Result<(Vec<u8>, Option<usize>), PortainerError> {
         let mut url = self.base.clone();
         extend(&mut url, segs);
         if !query.is_empty() {
@@ -337,11 +384,15 @@ impl PortainerClient {
                 .current_header()
                 .await
                 .map_err(PortainerError::Login)?;
-            let resp = self
+            let mut req = self
                 .http
-                .get(url.clone())
+                .request(method.clone(), url.clone())
                 .header(name, value.clone())
-                .timeout(REQUEST_TIMEOUT)
+                .timeout(timeout);
+            if let Some(b) = json {
+                req = req.json(b);
+            }
+            let resp = req
                 .send()
                 .await
                 .map_err(|e| PortainerError::Connect(chain(&e)))?;

@@ -55,6 +55,8 @@ struct State {
     banned: bool,
     buffer_events: bool,
     html_env_list: bool,
+    /// Container ids Portainer's recreate was called for.
+    recreates: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -111,6 +113,9 @@ impl FakePortainer {
                 .filter(|e| e.id == id)
                 .for_each(|e| e.down = down)
         });
+    }
+    pub fn recreates(&self) -> Vec<String> {
+        self.with(|s| s.recreates.clone())
     }
     /// Every JWT becomes invalid, as when Portainer restarts.
     pub fn restart(&self) {
@@ -356,6 +361,41 @@ async fn handle(mut s: TcpStream, st: Arc<Mutex<State>>) -> std::io::Result<()> 
         )
         .await;
     }
+    // Portainer's own recreate (CE >= 2.19): pull, stop, rename the old one,
+    // create from its Config/HostConfig, start, remove the old one; answers the
+    // new container's inspect.
+    if let Some(rest) = req.path.strip_prefix("/api/docker/")
+        && req.method == "POST"
+        && let [env, "containers", id, "recreate"] = rest.split('/').collect::<Vec<_>>()[..]
+    {
+        let known = {
+            let g = st.lock().expect("lock");
+            g.envs.iter().any(|e| e.id.to_string() == env)
+        };
+        if !known {
+            return respond(
+                &mut s,
+                "404 Not Found",
+                "",
+                &err("Unable to find an environment", ""),
+            )
+            .await;
+        }
+        let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap_or_default();
+        st.lock().expect("lock").recreates.push(id.to_string());
+        return match recreate(id, body["PullImage"] == true).await {
+            Ok(v) => respond(&mut s, "200 OK", "", &v.to_string()).await,
+            Err(e) => {
+                respond(
+                    &mut s,
+                    "500 Internal Server Error",
+                    "",
+                    &err("Error recreating container", &e),
+                )
+                .await
+            }
+        };
+    }
     if req.path == "/api/tags" {
         return respond(&mut s, "200 OK", "", "[]").await;
     }
@@ -404,6 +444,105 @@ async fn handle(mut s: TcpStream, st: Arc<Mutex<State>>) -> std::io::Result<()> 
         return forward(s, &req, &docker_path, buffer).await;
     }
     respond(&mut s, "404 Not Found", "", &err("Not found", "")).await
+}
+
+/// One request to the engine socket; (status, body).
+async fn engine(
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<(u16, Vec<u8>), String> {
+    let mut sock = UnixStream::connect("/var/run/docker.sock")
+        .await
+        .map_err(|e| e.to_string())?;
+    let data = body.map(|b| b.to_string()).unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        data.len()
+    );
+    sock.write_all(head.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    sock.write_all(data.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    sock.read_to_end(&mut out)
+        .await
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out);
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (headers, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if headers
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut b = String::new();
+        let mut r = rest;
+        while let Some((size, tail)) = r.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || tail.len() < n {
+                break;
+            }
+            b.push_str(&tail[..n]);
+            r = tail[n..].trim_start_matches("\r\n");
+        }
+        b
+    } else {
+        rest.to_string()
+    };
+    if status >= 400 {
+        return Err(format!("{method} {path}: {status} {body}"));
+    }
+    Ok((status, body.into_bytes()))
+}
+
+async fn recreate(id: &str, pull: bool) -> Result<serde_json::Value, String> {
+    let (_, b) = engine("GET", &format!("/containers/{id}/json"), None).await?;
+    let old: serde_json::Value = serde_json::from_slice(&b).map_err(|e| e.to_string())?;
+    let name = old["Name"]
+        .as_str()
+        .unwrap_or_default()
+        .trim_start_matches('/')
+        .to_string();
+    let image = old["Config"]["Image"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if pull {
+        let (repo, tag) = image.rsplit_once(':').unwrap_or((&image, "latest"));
+        engine(
+            "POST",
+            &format!("/images/create?fromImage={repo}&tag={tag}"),
+            None,
+        )
+        .await?;
+    }
+    engine("POST", &format!("/containers/{id}/stop?t=1"), None).await?;
+    engine(
+        "POST",
+        &format!("/containers/{id}/rename?name={name}-old"),
+        None,
+    )
+    .await?;
+    let mut create = old["Config"].clone();
+    create["HostConfig"] = old["HostConfig"].clone();
+    let (_, b) = engine(
+        "POST",
+        &format!("/containers/create?name={name}"),
+        Some(&create),
+    )
+    .await?;
+    let new: serde_json::Value = serde_json::from_slice(&b).map_err(|e| e.to_string())?;
+    let new_id = new["Id"].as_str().unwrap_or_default().to_string();
+    engine("POST", &format!("/containers/{new_id}/start"), None).await?;
+    engine("DELETE", &format!("/containers/{id}?force=true"), None).await?;
+    let (_, b) = engine("GET", &format!("/containers/{new_id}/json"), None).await?;
+    serde_json::from_slice(&b).map_err(|e| e.to_string())
 }
 
 /// Forwards one request to the engine socket and streams the answer back.
