@@ -64,14 +64,15 @@ impl ContainerFilter {
     }
 
     pub fn allows(&self, name: &str, labels: &HashMap<String, String>) -> bool {
-        if labels
-            .get(ENABLE_LABEL)
-            .is_some_and(|v| v.eq_ignore_ascii_case("false"))
-        {
-            return false;
-        }
-        self.allows_name(name)
+        !label_excludes(labels) && self.allows_name(name)
     }
+}
+
+/// The label `dockside.enable=false`: excluded whatever the name.
+pub fn label_excludes(labels: &HashMap<String, String>) -> bool {
+    labels
+        .get(ENABLE_LABEL)
+        .is_some_and(|v| v.eq_ignore_ascii_case("false"))
 }
 
 #[cfg(test)]

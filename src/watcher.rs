@@ -49,6 +49,13 @@ struct InventoryInner {
     endpoints: HashMap<String, Arc<DockerClient>>,
     containers: BTreeMap<Key, Watched>,
     changed: BTreeSet<Key>,
+    /// Containers an `update` is running on.
+    in_progress: BTreeSet<Key>,
+    /// A change that must not wait for the debounce (an update starting).
+    urgent: bool,
+    /// Containers whose reference is checked again at the next round,
+    /// fresh result or not (an `update` just pulled it).
+    recheck: BTreeSet<Key>,
 }
 
 /// Containers of every endpoint, written by the endpoint tasks, read by the watcher.
@@ -88,6 +95,32 @@ impl Inventory {
             drop(g);
             self.notify.notify_one();
         }
+    }
+    /// An `update` started or ended on a container: its status says so at once.
+    pub fn set_in_progress(&self, ep: &str, ct: &str, on: bool) {
+        let key = (ep.to_string(), ct.to_string());
+        let mut g = self.lock();
+        let changed = if on {
+            g.in_progress.insert(key.clone())
+        } else {
+            g.recheck.insert(key.clone());
+            g.in_progress.remove(&key)
+        };
+        if changed {
+            g.changed.insert(key);
+            g.urgent = true;
+            drop(g);
+            self.notify.notify_one();
+        }
+    }
+    fn in_progress(&self, key: &Key) -> bool {
+        self.lock().in_progress.contains(key)
+    }
+    fn take_recheck(&self) -> BTreeSet<Key> {
+        std::mem::take(&mut self.lock().recheck)
+    }
+    fn take_urgent(&self) -> bool {
+        std::mem::take(&mut self.lock().urgent)
     }
     /// Forgets a container; `then` (clearing its topics) runs under the lock.
     pub fn remove_container_then(&self, ep: &str, ct: &str, then: impl FnOnce()) {
@@ -320,7 +353,9 @@ impl Watcher {
                     next_round = Instant::now() + jitter(self.cfg.interval);
                 }
                 _ = self.inventory.notify.notified() => {
-                    debounce.get_or_insert(Instant::now() + INVENTORY_DEBOUNCE);
+                    let wait = if self.inventory.take_urgent() { Duration::ZERO } else { INVENTORY_DEBOUNCE };
+                    let at = Instant::now() + wait;
+                    debounce = Some(debounce.map_or(at, |d| d.min(at)));
                 }
                 _ = sleep_until_opt(debounce) => {
                     debounce = None;
@@ -414,7 +449,8 @@ impl Watcher {
         // One check per distinct reference.
         let stale_before = unix_now().saturating_sub(self.cfg.interval.as_secs() * 9 / 10);
         let mut due: BTreeMap<String, (Reference, bool)> = BTreeMap::new();
-        for (_, w, _, class, _) in &classified {
+        let recheck = self.inventory.take_recheck();
+        for (key, w, _, class, _) in &classified {
             if let Class::Tracked { reference, .. } = class {
                 let k = key_of(reference);
                 let follows = w.follow.contains_key(tagging::FOLLOW_LABEL);
@@ -422,7 +458,7 @@ impl Watcher {
                     r.checked_unix >= stale_before
                         && (!follows || r.tags.is_some() || r.error.is_some())
                 });
-                if force || !fresh {
+                if force || !fresh || recheck.contains(key) {
                     let e = due.entry(k).or_insert((reference.clone(), false));
                     e.1 |= follows;
                 }
@@ -476,7 +512,8 @@ impl Watcher {
         }
         // Statuses.
         for (key, w, image, class, pending) in classified {
-            let status = self.status(&w, image.as_deref(), class, pending).await;
+            let mut status = self.status(&w, image.as_deref(), class, pending).await;
+            status.in_progress = self.inventory.in_progress(&key);
             if self.published.get(&key) != Some(&status) {
                 let topic = self.topics.container_update(&key.0, &key.1);
                 let payload = serde_json::to_vec(&status).unwrap_or_default();

@@ -171,6 +171,20 @@ async fn update_recreates_with_the_same_configuration_or_restores() {
     })
     .await;
 
+    // The image watcher showed the update running, then the new image current.
+    let upd = format!("{base}/local/{app}/update");
+    c.wait_latest(&upd, T, |m| {
+        let j = m.json();
+        j["status"] == "up_to_date"
+            && j["in_progress"] == false
+            && j["installed_version"].is_string()
+    })
+    .await;
+    assert!(
+        c.on(&upd).iter().any(|m| m.json()["in_progress"] == true),
+        "in_progress shown during the update"
+    );
+
     // A new image that cannot start: the old container comes back, running.
     push_image(&tag, "ENTRYPOINT [\"/bin/false\"]");
     docker(&["rmi", &tag]);

@@ -209,14 +209,21 @@ impl Endpoint {
             let auth = registry_auth(&s.registry_credentials, &state.image);
             // Detached: a recreate cut in the middle (the session ends, a
             // reload) would leave the container renamed; it always runs to its end.
+            if let Some(inv) = &s.inventory {
+                inv.set_in_progress(&self.id, &name, true);
+            }
             let (tx, rx) = oneshot::channel();
             let n = name.clone();
             let portainer = self.portainer.clone();
+            let (inv, ep) = (s.inventory.clone(), self.id.clone());
             tokio::spawn(async move {
                 let r = match portainer {
                     Some((p, env)) => via_portainer(&p, env, &client, &id, timeout).await,
                     None => recreate::recreate(&client, &id, &n, auth.as_deref(), timeout).await,
                 };
+                if let Some(inv) = inv {
+                    inv.set_in_progress(&ep, &n, false);
+                }
                 let _ = tx.send(r);
             });
             self.actions.spawn(async move {

@@ -752,7 +752,11 @@ impl Endpoint {
             return;
         }
         if !self.settings.filter.allows(&name, &ins.config.labels) {
-            self.excluded.insert(id.to_string());
+            // By label: its events are ignored from now on. By name: a rename
+            // (e.g. an `update` restoring it) may bring it back.
+            if crate::filter::label_excludes(&ins.config.labels) {
+                self.excluded.insert(id.to_string());
+            }
             if self.containers.get(&name).is_some_and(|s| s.id == id) {
                 self.containers.remove(&name);
                 self.clear_container(&name);
