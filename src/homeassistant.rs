@@ -20,18 +20,8 @@ pub const ORIGIN_NAME: &str = "dockside";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const SUPPORT_URL: &str = env!("CARGO_PKG_HOMEPAGE");
 
-/// SPEC §4.1 `state` values: the enum sensor's options.
-pub const STATE_OPTIONS: &[&str] = &[
-    "created",
-    "running",
-    "paused",
-    "restarting",
-    "removing",
-    "exited",
-    "dead",
-];
-/// SPEC §4.1 `health` values.
-pub const HEALTH_OPTIONS: &[&str] = &["none", "starting", "healthy", "unhealthy"];
+/// The enum sensors' options: every value §4.1 allows.
+pub use crate::payloads::{HEALTHS as HEALTH_OPTIONS, STATES as STATE_OPTIONS};
 
 const ON_OFF_RUNNING: &str = "{{ 'ON' if value_json.running else 'OFF' }}";
 
@@ -232,6 +222,29 @@ impl Discovery {
         }
     }
 
+    /// `resync` and (with update checks on) `check_updates` on a bridge or endpoint `set` topic.
+    fn scope_buttons(&self, id: &str, set: &str) -> Vec<Entity> {
+        let mut v = vec![self.entity(
+            id,
+            "resync",
+            "button",
+            "Resync",
+            json!({"command_topic": set, "payload_press": "resync",
+                   "entity_category": "config", "icon": "mdi:sync"}),
+        )];
+        if self.updates {
+            v.push(self.entity(
+                id,
+                "check_updates",
+                "button",
+                "Check for updates",
+                json!({"command_topic": set, "payload_press": "check_updates",
+                       "entity_category": "config", "icon": "mdi:update"}),
+            ));
+        }
+        v
+    }
+
     /// The bridge device: connectivity, version, and the bridge commands.
     pub fn bridge(&self) -> Device {
         let id = self.bridge_id();
@@ -262,25 +275,8 @@ impl Discovery {
                 json!({"state_topic": t.bridge_info(), "value_template": "{{ value_json.endpoints | length }}",
                        "state_class": "measurement", "entity_category": "diagnostic", "icon": "mdi:server-network"}),
             ),
-            self.entity(
-                &id,
-                "resync",
-                "button",
-                "Resync",
-                json!({"command_topic": t.bridge_set(), "payload_press": "resync",
-                       "entity_category": "config", "icon": "mdi:sync"}),
-            ),
         ];
-        if self.updates {
-            entities.push(self.entity(
-                &id,
-                "check_updates",
-                "button",
-                "Check for updates",
-                json!({"command_topic": t.bridge_set(), "payload_press": "check_updates",
-                       "entity_category": "config", "icon": "mdi:update"}),
-            ));
-        }
+        entities.extend(self.scope_buttons(&id, &t.bridge_set()));
         let mut shared = self.availability(None);
         shared.insert("qos".into(), json!(self.qos));
         Device {
@@ -368,25 +364,8 @@ impl Discovery {
                        "value_template": "{{ value_json.docker_version or 'None' }}",
                        "entity_category": "diagnostic", "icon": "mdi:docker"}),
             ),
-            self.entity(
-                &id,
-                "resync",
-                "button",
-                "Resync",
-                json!({"command_topic": t.endpoint_set(ep), "payload_press": "resync",
-                       "entity_category": "config", "icon": "mdi:sync"}),
-            ),
         ];
-        if self.updates {
-            entities.push(self.entity(
-                &id,
-                "check_updates",
-                "button",
-                "Check for updates",
-                json!({"command_topic": t.endpoint_set(ep), "payload_press": "check_updates",
-                       "entity_category": "config", "icon": "mdi:update"}),
-            ));
-        }
+        entities.extend(self.scope_buttons(&id, &t.endpoint_set(ep)));
         let mut device = json!({
             "identifiers": [id],
             "name": if f.name.is_empty() { ep } else { &f.name },

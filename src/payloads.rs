@@ -39,7 +39,8 @@ pub struct ContainerState {
     pub service: Option<String>,
 }
 
-const STATES: &[&str] = &[
+/// SPEC §4.1 `state` values (also the HA enum sensor's options).
+pub const STATES: &[&str] = &[
     "created",
     "running",
     "paused",
@@ -48,7 +49,8 @@ const STATES: &[&str] = &[
     "exited",
     "dead",
 ];
-const HEALTHS: &[&str] = &["none", "starting", "healthy", "unhealthy"];
+/// SPEC §4.1 `health` values.
+pub const HEALTHS: &[&str] = &["none", "starting", "healthy", "unhealthy"];
 
 /// Docker's zero time and empty strings become `None`.
 fn time_or_null(t: Option<&str>) -> Option<String> {

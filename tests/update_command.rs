@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -13,31 +12,14 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(60);
 
-/// Builds an image from `dockerfile` (FROM the test busybox) tagged `tag`, pushes it.
+/// Builds an image (with an ENV of its own, FROM the test busybox) tagged `tag`, pushes it.
 fn push_image(tag: &str, extra: &str) -> String {
-    let dir = tempfile::tempdir().expect("tmp");
-    std::fs::write(
-        dir.path().join("Dockerfile"),
-        format!(
-            "FROM {IMAGE}\nLABEL dockside.test.nonce={}\nENV FROM_IMAGE={}\n{extra}\n",
-            fastrand::u64(..),
-            fastrand::u32(..)
-        ),
-    )
-    .expect("Dockerfile");
-    let out = Command::new("docker")
-        .args(["build", "-q", "-t", tag])
-        .arg(dir.path())
-        .env("DOCKER_BUILDKIT", "0")
-        .output()
-        .expect("docker build");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let id = build_image_with(
+        tag,
+        &format!("ENV FROM_IMAGE={}\n{extra}", fastrand::u32(..)),
     );
     docker(&["push", tag]);
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    id
 }
 
 fn inspect(name: &str) -> Value {

@@ -614,11 +614,16 @@ impl Drop for Registry {
 
 /// Builds a fresh image (unique label, so a unique ID) tagged `tag`.
 pub fn build_image(tag: &str) -> String {
+    build_image_with(tag, "")
+}
+
+/// [`build_image`] with more Dockerfile lines.
+pub fn build_image_with(tag: &str, extra: &str) -> String {
     let dir = tempfile::tempdir().expect("tmp");
     std::fs::write(
         dir.path().join("Dockerfile"),
         format!(
-            "FROM {IMAGE}\nLABEL dockside.test.nonce={}\n",
+            "FROM {IMAGE}\nLABEL dockside.test.nonce={}\n{extra}\n",
             fastrand::u64(..)
         ),
     )
