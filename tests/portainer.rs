@@ -341,4 +341,26 @@ async fn update_goes_through_portainers_recreate() {
     })
     .await;
     assert!(c.on(&state).iter().all(|m| !m.payload.is_empty()));
+    // Home Assistant's device links to the container's page in Portainer.
+    let snap = retained_snapshot(s.broker.port, "homeassistant/#").await;
+    let cfg = snap
+        .get(&format!(
+            "homeassistant/device/{}_home-local_{name}/config",
+            s.base
+        ))
+        .expect("container device config");
+    let v: serde_json::Value = serde_json::from_slice(cfg).expect("json");
+    assert_eq!(
+        v["device"]["configuration_url"],
+        format!("{}/#!/1/docker/containers/{new_id}", p.url()).as_str()
+    );
+    let ep = snap
+        .get(&format!(
+            "homeassistant/device/{}_home-local/config",
+            s.base
+        ))
+        .expect("endpoint device config");
+    let v: serde_json::Value = serde_json::from_slice(ep).expect("json");
+    assert_eq!(v["device"]["manufacturer"], "Portainer");
+    assert_eq!(v["device"]["name"], "Local");
 }
