@@ -276,6 +276,16 @@ enabled = true
     )
 }
 
+/// Waits for the result of `action` on `topic` and checks it succeeded.
+async fn ok_result(c: &Collector, topic: &str, action: &str) -> Value {
+    let r = c
+        .wait_latest(topic, T, |m| m.json()["action"] == action)
+        .await
+        .json();
+    assert_eq!(r["ok"], true, "{r}");
+    r
+}
+
 fn form_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -439,11 +449,7 @@ async fn home_assistant_sees_and_drives_containers() {
     let result = format!("dockside/local/{run}/result");
     ha.call("button", "press", &ent("button", &run, "restart"))
         .await;
-    let r = c
-        .wait_latest(&result, T, |m| m.json()["action"] == "restart")
-        .await
-        .json();
-    assert_eq!(r["ok"], true, "{r}");
+    let r = ok_result(&c, &result, "restart").await;
     assert_eq!(r["state"], "running", "{r}");
     assert_ne!(inspect(&run, "{{.State.StartedAt}}"), before);
     // A docker event of it reached the event entity.
@@ -456,11 +462,7 @@ async fn home_assistant_sees_and_drives_containers() {
     tokio::time::sleep(Duration::from_millis(1100)).await; // commands.min_interval
     ha.call("switch", "turn_off", &ent("switch", &run, "power"))
         .await;
-    let r = c
-        .wait_latest(&result, T, |m| m.json()["action"] == "stop")
-        .await
-        .json();
-    assert_eq!(r["ok"], true, "{r}");
+    ok_result(&c, &result, "stop").await;
     assert_eq!(inspect(&run, "{{.State.Running}}"), "false");
     ha.wait_state(&ent("switch", &run, "power"), "off").await;
     ha.wait_state(&ent("binary_sensor", &run, "running"), "off")
@@ -490,13 +492,7 @@ async fn home_assistant_sees_and_drives_containers() {
     // Install from HA: pull + recreate; the entity turns `off`.
     let new_image = docker(&["image", "inspect", "-f", "{{.Id}}", &tag]);
     ha.call("update", "install", &update).await;
-    let r = c
-        .wait_latest(&format!("dockside/local/{upd}/result"), T, |m| {
-            m.json()["action"] == "update"
-        })
-        .await
-        .json();
-    assert_eq!(r["ok"], true, "{r}");
+    ok_result(&c, &format!("dockside/local/{upd}/result"), "update").await;
     assert_eq!(inspect(&upd, "{{.Image}}"), new_image);
     assert_eq!(inspect(&upd, "{{.State.Running}}"), "true");
     ha.wait_state(&update, "off").await;
