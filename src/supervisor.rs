@@ -604,32 +604,26 @@ impl Supervisor {
             tracing::info!(topic = %msg.topic, request_id = %rid, "duplicate command delivery ignored");
             return;
         }
+        if let CommandTarget::Endpoint(ep) = target
+            && !self.endpoints.contains_key(ep)
+        {
+            return reply(CommandResult::refused(
+                &req,
+                Code::NotFound,
+                format!("no endpoint `{ep}`"),
+                received,
+            ));
+        }
         match target {
             CommandTarget::Bridge | CommandTarget::Endpoint(_) => {
                 if req.action == "check_updates" {
                     let scope = match target {
-                        CommandTarget::Endpoint(ep) if !self.endpoints.contains_key(ep) => {
-                            return reply(CommandResult::refused(
-                                &req,
-                                Code::NotFound,
-                                format!("no endpoint `{ep}`"),
-                                received,
-                            ));
-                        }
                         CommandTarget::Endpoint(ep) => CheckScope::Endpoint(ep.to_string()),
                         _ => CheckScope::All,
                     };
                     return self.check_updates(scope, req, result_topic, received);
                 }
                 let eps: Vec<String> = match target {
-                    CommandTarget::Endpoint(ep) if !self.endpoints.contains_key(ep) => {
-                        return reply(CommandResult::refused(
-                            &req,
-                            Code::NotFound,
-                            format!("no endpoint `{ep}`"),
-                            received,
-                        ));
-                    }
                     CommandTarget::Endpoint(ep) => vec![ep.to_string()],
                     _ => {
                         // Environments added or removed in Portainer show up too.

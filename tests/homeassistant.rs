@@ -320,18 +320,7 @@ async fn home_assistant_sees_and_drives_containers() {
         ct.name("sick"),
         ct.name("upd"),
     );
-    // busybox `sleep` ignores SIGTERM: a short stop timeout keeps restarts quick.
-    docker(&[
-        "run",
-        "-d",
-        "--stop-timeout",
-        "1",
-        "--name",
-        &run,
-        IMAGE,
-        "sleep",
-        "3600",
-    ]);
+    run_sleeper(&run, IMAGE, &[]);
     docker(&["create", "--name", &stopped, IMAGE, "sleep", "3600"]);
     docker(&["start", &stopped]);
     docker(&["stop", "-t", "0", &stopped]);
@@ -353,17 +342,7 @@ async fn home_assistant_sees_and_drives_containers() {
     let tag = format!("{}/dsh/app:1", registry.host());
     build_image(&tag);
     docker(&["push", &tag]);
-    docker(&[
-        "run",
-        "-d",
-        "--stop-timeout",
-        "1",
-        "--name",
-        &upd,
-        &tag,
-        "sleep",
-        "3600",
-    ]);
+    run_sleeper(&upd, &tag, &[]);
 
     let allow = r#""start","stop","restart","check","update""#;
     let mut ds = Dockside::start(

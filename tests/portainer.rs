@@ -290,19 +290,7 @@ async fn update_goes_through_portainers_recreate() {
     build_image(&tag);
     docker(&["push", &tag]);
     let name = s.ct.name("app");
-    docker(&[
-        "run",
-        "-d",
-        "--stop-timeout",
-        "1",
-        "--name",
-        &name,
-        "-e",
-        "MODE=prod",
-        &tag,
-        "sleep",
-        "3600",
-    ]);
+    run_sleeper(&name, &tag, &["-e", "MODE=prod"]);
     let old_id = docker(&["inspect", "-f", "{{.Id}}", &name]);
     let p = FakePortainer::start(vec![Env::new(1, "Local", 1)]).await;
     let c = Collector::start(s.broker.port, &format!("{}/#", s.base)).await;

@@ -54,31 +54,27 @@ async fn update_recreates_with_the_same_configuration_or_restores() {
     docker(&["network", "create", &net]);
     let vol = format!("{}-vol", ct.prefix);
     let app = ct.name("app");
-    docker(&[
-        "run",
-        "-d",
-        "--name",
+    let volume = format!("{vol}:/data");
+    run_sleeper(
         &app,
-        "--stop-timeout",
-        "1",
-        "--network",
-        &net,
-        "--network-alias",
-        "web",
-        "-e",
-        "MODE=prod",
-        "--label",
-        "com.example.mine=x",
-        "--restart",
-        "unless-stopped",
-        "-v",
-        &format!("{vol}:/data"),
-        "-p",
-        "127.0.0.1::8080",
         &tag,
-        "sleep",
-        "3600",
-    ]);
+        &[
+            "--network",
+            &net,
+            "--network-alias",
+            "web",
+            "-e",
+            "MODE=prod",
+            "--label",
+            "com.example.mine=x",
+            "--restart",
+            "unless-stopped",
+            "-v",
+            &volume,
+            "-p",
+            "127.0.0.1::8080",
+        ],
+    );
     docker(&["exec", &app, "sh", "-c", "echo kept > /data/file"]);
     let before = inspect(&app);
 

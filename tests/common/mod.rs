@@ -47,6 +47,16 @@ pub fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// `docker run -d` of `image` running `sleep 3600` as `name`, with `opts`
+/// before the image. busybox `sleep` ignores SIGTERM: a 1 s stop timeout
+/// keeps stops, restarts and recreates quick.
+pub fn run_sleeper(name: &str, image: &str, opts: &[&str]) -> String {
+    let mut args = vec!["run", "-d", "--stop-timeout", "1", "--name", name];
+    args.extend_from_slice(opts);
+    args.extend_from_slice(&[image, "sleep", "3600"]);
+    docker(&args)
+}
+
 /// Runs `docker ARGS`, ignoring failure.
 pub fn docker_quiet(args: &[&str]) {
     let _ = Command::new("docker")
