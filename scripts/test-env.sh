@@ -21,8 +21,6 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-# The packaged services are not used (tests run their own on free ports).
-pkill -x mosquitto 2>/dev/null || true
 
 "$here/dockerd.sh" start
 

@@ -29,6 +29,8 @@ struct Args {
     sequential: usize,
     idle_secs: u64,
     commands: usize,
+    runs: usize,
+    health: usize,
     broker_nodelay: bool,
     dockside: PathBuf,
 }
@@ -36,9 +38,11 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         containers: 100,
-        sequential: 50,
+        sequential: 20,
         idle_secs: 60,
         commands: 40,
+        runs: 3,
+        health: 4,
         broker_nodelay: false,
         dockside: std::env::current_exe()
             .map_err(|e| e.to_string())?
@@ -52,11 +56,13 @@ fn parse_args() -> Result<Args, String> {
             "--sequential" => a.sequential = v()?.parse().map_err(|e| format!("{e}"))?,
             "--idle-secs" => a.idle_secs = v()?.parse().map_err(|e| format!("{e}"))?,
             "--commands" => a.commands = v()?.parse().map_err(|e| format!("{e}"))?,
+            "--runs" => a.runs = v()?.parse().map_err(|e| format!("{e}"))?,
+            "--health" => a.health = v()?.parse().map_err(|e| format!("{e}"))?,
             "--broker-nodelay" => a.broker_nodelay = true,
             "--dockside" => a.dockside = PathBuf::from(v()?),
             "-h" | "--help" => {
                 println!(
-                    "dockside-bench [--containers N=100] [--sequential K=50] [--idle-secs S=60] [--commands C=40] [--broker-nodelay] [--dockside PATH]"
+                    "dockside-bench [--containers N=100] [--sequential K=20] [--runs R=3] [--health H=4] [--idle-secs S=60] [--commands C=40] [--broker-nodelay] [--dockside PATH]"
                 );
                 std::process::exit(0);
             }
@@ -108,14 +114,6 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let idx = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
     v[idx.min(v.len() - 1)]
-}
-
-fn event_latency_ms(a: &Arrival) -> Option<f64> {
-    // The payload's `time` is built from the engine's timeNano.
-    let t = a.json["time"].as_str()?;
-    let ts = humantime::parse_rfc3339(t).ok()?;
-    let ns = ts.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos() as i128;
-    Some((a.wall_ns - ns) as f64 / 1e6)
 }
 
 struct Guard {
@@ -184,6 +182,145 @@ fn count_events(all: &[Arrival], topic: &str, ids: &[String], action: &str) -> u
         .count()
 }
 
+/// The one-by-one sequence each container goes through (it ends stopped).
+const SEQUENCE: [&str; 7] = ["start", "pause", "unpause", "restart", "kill", "start", "stop"];
+
+async fn act(engine: &DockerClient, id: &str, action: &str) -> Result<(), String> {
+    // busybox sleep ignores SIGTERM: t=0 makes stop and restart kill at once.
+    let q: &[(&str, &str)] = if matches!(action, "stop" | "restart") { &[("t", "0")] } else { &[] };
+    engine
+        .container_action(id, action, q, Duration::from_secs(30))
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("{action} {id}: {e}"))
+}
+
+async fn burst(engine: &Arc<DockerClient>, ids: &[String], action: &'static str) {
+    let tasks: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (engine, id) = (engine.clone(), id.clone());
+            tokio::spawn(async move { act(&engine, &id, action).await })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// What was done to a container between two wall-clock times.
+struct Span {
+    id: String,
+    action: &'static str,
+    from: i128,
+    to: i128,
+}
+
+/// Latencies of one (action, event) pair in one run.
+#[derive(Clone)]
+struct Row {
+    action: String,
+    event: String,
+    events: Vec<f64>,
+    state: Vec<f64>,
+    lost: usize,
+}
+
+struct BurstRun {
+    rows: Vec<Row>,
+    wrong_final: usize,
+}
+
+fn event_ns(a: &Arrival) -> Option<i128> {
+    let t = humantime::parse_rfc3339(a.json["time"].as_str()?).ok()?;
+    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos() as i128)
+}
+
+/// For every state-changing container event inside a span: event → its
+/// message on the events topic, and event → the first retained state showing
+/// what the event tells (SPEC §10).
+fn analyze(all: &[Arrival], events_topic: &str, spans: &[Span]) -> Vec<Row> {
+    let mut rows: std::collections::BTreeMap<(String, String), Row> = Default::default();
+    for a in all.iter().filter(|a| a.topic == events_topic && a.json["type"] == "container") {
+        let (Some(id), Some(action), Some(t)) = (a.json["id"].as_str(), a.json["action"].as_str(), event_ns(a)) else {
+            continue;
+        };
+        let health = action.strip_prefix("health_status:").map(str::trim);
+        let event = match (action, health) {
+            ("start" | "die" | "pause" | "unpause", _) => action.to_string(),
+            (_, Some(h)) => format!("health_status: {h}"),
+            _ => continue,
+        };
+        let Some(span) = spans.iter().find(|s| s.id == id && t >= s.from && t < s.to) else {
+            continue;
+        };
+        let exit_code: Option<i64> = a.json["attributes"]["exitCode"].as_str().and_then(|c| c.parse().ok());
+        let shows = |j: &serde_json::Value| match (action, health) {
+            ("start" | "unpause", _) => j["state"] == "running",
+            ("pause", _) => j["state"] == "paused",
+            ("die", _) => j["state"] == "exited" && exit_code.is_none_or(|c| j["exit_code"] == c),
+            (_, Some(h)) => j["health"] == h,
+            _ => false,
+        };
+        let state = all
+            .iter()
+            .find(|b| b.topic.ends_with("/state") && b.json["id"] == id && b.wall_ns >= t && shows(&b.json));
+        let row = rows.entry((span.action.to_string(), event.clone())).or_insert_with(|| Row {
+            action: span.action.to_string(),
+            event,
+            events: Vec::new(),
+            state: Vec::new(),
+            lost: 0,
+        });
+        row.events.push((a.wall_ns - t) as f64 / 1e6);
+        match state {
+            Some(b) => row.state.push((b.wall_ns - t) as f64 / 1e6),
+            None => row.lost += 1,
+        }
+    }
+    rows.into_values().collect()
+}
+
+fn fmt3(v: &mut [f64]) -> String {
+    format!("{:.1} / {:.1} / {:.1}", pct(v, 0.0), pct(v, 50.0), pct(v, 100.0))
+}
+
+/// One markdown row per (action, event): p50 and p99 of each run as
+/// min / median / max over the runs, and the worst single value.
+fn report(title: &str, runs: &[Vec<Row>]) {
+    println!();
+    println!("{title}:");
+    println!("| action | event | n (all runs) | events topic p50 / p99 (median run) | state p50 min/med/max | state p99 min/med/max | state worst | lost |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut keys: Vec<(String, String)> = runs.iter().flatten().map(|r| (r.action.clone(), r.event.clone())).collect();
+    keys.sort();
+    keys.dedup();
+    for (action, event) in keys {
+        let rows: Vec<&Row> = runs.iter().flatten().filter(|r| r.action == action && r.event == event).collect();
+        let (mut sp50, mut sp99, mut ep50, mut ep99) = (vec![], vec![], vec![], vec![]);
+        let (mut worst, mut n, mut lost) = (0f64, 0, 0);
+        for r in &rows {
+            let (mut s, mut e) = (r.state.clone(), r.events.clone());
+            n += r.events.len();
+            lost += r.lost;
+            if !s.is_empty() {
+                sp50.push(pct(&mut s, 50.0));
+                sp99.push(pct(&mut s, 99.0));
+                worst = worst.max(pct(&mut s, 100.0));
+            }
+            ep50.push(pct(&mut e, 50.0));
+            ep99.push(pct(&mut e, 99.0));
+        }
+        println!(
+            "| {action} | {event} | {n} | {:.1} / {:.1} | {} | {} | {worst:.1} | {lost} |",
+            pct(&mut ep50, 50.0),
+            pct(&mut ep99, 50.0),
+            fmt3(&mut sp50),
+            fmt3(&mut sp99),
+        );
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), String> {
     let args = parse_args()?;
@@ -237,6 +374,16 @@ async fn main() -> Result<(), String> {
         ])?);
     }
 
+    // Containers with a healthcheck on a marker file, for health transitions.
+    let mut health_ids = Vec::new();
+    for i in 0..args.health {
+        health_ids.push(docker(&[
+            "run", "-d", "--name", &format!("{prefix}-h{i}"),
+            "--health-cmd", "test -f /ok", "--health-interval", "1s", "--health-retries", "1",
+            IMAGE, "sh", "-c", "touch /ok; exec sleep 3600",
+        ])?);
+    }
+
     // Subscriber.
     let base = prefix.clone();
     let arrivals: Arc<Mutex<Vec<Arrival>>> = Arc::new(Mutex::new(Vec::new()));
@@ -254,7 +401,7 @@ async fn main() -> Result<(), String> {
         loop {
             match el.poll().await {
                 Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                    let _ = client.try_subscribe(filter.clone(), QoS::AtMostOnce);
+                    let _ = client.try_subscribe(filter.clone(), QoS::AtLeastOnce);
                 }
                 Ok(Event::Incoming(Incoming::SubAck(_))) => {
                     if let Ok(mut s) = s2.lock() {
@@ -322,122 +469,87 @@ async fn main() -> Result<(), String> {
 
     let engine = DockerClient::new(&EndpointConfig::default()).map_err(|e| e.to_string())?;
     engine.negotiate().await.map_err(|e| e.to_string())?;
-    let short = Duration::from_secs(30);
-
-    // 1. One by one.
-    let k = args.sequential.min(n);
-    arrivals.lock().map_err(|e| e.to_string())?.clear();
-    for id in &ids[..k] {
-        engine
-            .container_action(id, "start", &[], short)
-            .await
-            .map_err(|e| e.to_string())?;
-        let id2 = id.clone();
-        let topic = events_topic.clone();
-        wait_for(&arrivals, Duration::from_secs(10), |all| {
-            all.iter().any(|a| {
-                a.topic == topic && a.json["id"] == id2.as_str() && a.json["action"] == "start"
-            })
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let seq: Vec<Arrival> = arrivals.lock().map_err(|e| e.to_string())?.clone();
-    let mut lat: Vec<f64> = seq
-        .iter()
-        .filter(|a| a.topic == events_topic && a.json["type"] == "container")
-        .filter_map(event_latency_ms)
-        .collect();
-    let seq_events = lat.len();
-    let (p50, p99) = (pct(&mut lat, 50.0), pct(&mut lat, 99.0));
-    // State latency: start event time → running state arrival.
-    let mut event_time: HashMap<String, i128> = HashMap::new();
-    for a in &seq {
-        if a.topic == events_topic
-            && a.json["action"] == "start"
-            && let (Some(id), Some(l)) = (a.json["id"].as_str(), event_latency_ms(a))
-        {
-            event_time.insert(id.to_string(), a.wall_ns - (l * 1e6) as i128);
-        }
-    }
-    let mut state_lat: Vec<f64> = seq
-        .iter()
-        .filter(|a| a.topic.ends_with("/state") && a.json["state"] == "running")
-        .filter_map(|a| {
-            let t0 = event_time.get(a.json["id"].as_str()?)?;
-            Some((a.wall_ns - t0) as f64 / 1e6)
-        })
-        .collect();
-    let (s50, s99) = (pct(&mut state_lat, 50.0), pct(&mut state_lat, 99.0));
-    for id in &ids[..k] {
-        let _ = engine
-            .container_action(id, "stop", &[("t", "0")], short)
-            .await;
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-
-    // 2. Burst: all started at once, then all stopped at once.
-    arrivals.lock().map_err(|e| e.to_string())?.clear();
     let engine = Arc::new(engine);
-    let burst = |action: &'static str| {
-        let engine = engine.clone();
-        let ids = ids.clone();
-        async move {
-            let q: &[(&str, &str)] = if action == "stop" { &[("t", "0")] } else { &[] };
-            let tasks: Vec<_> = ids
-                .iter()
-                .map(|id| {
-                    let (engine, id) = (engine.clone(), id.clone());
-                    tokio::spawn(
-                        async move { engine.container_action(&id, action, q, short).await },
-                    )
-                })
-                .collect();
-            for t in tasks {
-                let _ = t.await;
+    let k = args.sequential.min(n);
+    let mut seq_runs: Vec<Vec<Row>> = Vec::new();
+    let mut burst_runs: Vec<BurstRun> = Vec::new();
+    for run in 0..args.runs {
+        // 1. One by one: every kind of transition, one container at a time.
+        println!("run {}: one by one on {k} containers…", run + 1);
+        arrivals.lock().map_err(|e| e.to_string())?.clear();
+        let mut spans: Vec<Span> = Vec::new();
+        for id in &ids[..k] {
+            for action in SEQUENCE {
+                let from = wall_ns();
+                act(&engine, id, action).await?;
+                tokio::time::sleep(Duration::from_millis(60)).await;
+                spans.push(Span { id: id.clone(), action, from, to: wall_ns() });
             }
         }
-    };
-    burst("start").await;
-    let topic = events_topic.clone();
-    wait_for(&arrivals, Duration::from_secs(30), |all| {
-        count_events(all, &topic, &ids, "start") >= n
-    })
-    .await;
-    burst("stop").await;
-    wait_for(&arrivals, Duration::from_secs(30), |all| {
-        count_events(all, &topic, &ids, "stop") >= n
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let all: Vec<Arrival> = arrivals.lock().map_err(|e| e.to_string())?.clone();
-    let expected = 3 * n;
-    let got = count_events(&all, &events_topic, &ids, "start")
-        + count_events(&all, &events_topic, &ids, "die")
-        + count_events(&all, &events_topic, &ids, "stop");
-    let mut latest_state: HashMap<String, serde_json::Value> = HashMap::new();
-    for a in &all {
-        if a.topic.ends_with("/state") {
-            latest_state.insert(a.topic.clone(), a.json.clone());
+        // Health: flip a healthcheck's marker file and wait for the engine's verdict.
+        for id in &health_ids {
+            for (cmd, want) in [("rm -f /ok", "unhealthy"), ("touch /ok", "healthy")] {
+                let from = wall_ns();
+                docker(&["exec", id, "sh", "-c", cmd])?;
+                let (topic, id2) = (events_topic.clone(), id.clone());
+                let label = format!("health_status: {want}");
+                wait_for(&arrivals, Duration::from_secs(15), |all| {
+                    all.iter().any(|a| {
+                        a.topic == topic && a.json["id"] == id2.as_str() && a.json["action"] == label.as_str() && a.wall_ns > from
+                    })
+                })
+                .await;
+                tokio::time::sleep(Duration::from_millis(60)).await;
+                spans.push(Span { id: id.clone(), action: "health", from, to: wall_ns() });
+            }
         }
-    }
-    let wrong_final = (0..n)
-        .filter(|i| {
-            latest_state
-                .get(&format!("{base}/local/{prefix}-{i}/state"))
-                .is_none_or(|s| s["state"] != "exited")
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let all = arrivals.lock().map_err(|e| e.to_string())?.clone();
+        seq_runs.push(analyze(&all, &events_topic, &spans));
+
+        // 2. Burst: all started at once, then all stopped at once.
+        println!("run {}: burst of {n}…", run + 1);
+        arrivals.lock().map_err(|e| e.to_string())?.clear();
+        let from = wall_ns();
+        burst(&engine, &ids, "start").await;
+        let topic = events_topic.clone();
+        wait_for(&arrivals, Duration::from_secs(30), |all| {
+            count_events(all, &topic, &ids, "start") >= n
         })
-        .count();
-    let mut blat: Vec<f64> = all
-        .iter()
-        .filter(|a| a.topic == events_topic && a.json["type"] == "container")
-        .filter_map(event_latency_ms)
-        .collect();
-    let (b50, b99) = (pct(&mut blat, 50.0), pct(&mut blat, 99.0));
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mid = wall_ns();
+        burst(&engine, &ids, "stop").await;
+        wait_for(&arrivals, Duration::from_secs(30), |all| {
+            count_events(all, &topic, &ids, "stop") >= n
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let all = arrivals.lock().map_err(|e| e.to_string())?.clone();
+        let mut spans: Vec<Span> = Vec::new();
+        for id in &ids {
+            spans.push(Span { id: id.clone(), action: "burst start", from, to: mid });
+            spans.push(Span { id: id.clone(), action: "burst stop", from: mid, to: wall_ns() });
+        }
+        let rows = analyze(&all, &events_topic, &spans);
+        let mut latest_state: HashMap<String, serde_json::Value> = HashMap::new();
+        for a in &all {
+            if a.topic.ends_with("/state") {
+                latest_state.insert(a.topic.clone(), a.json.clone());
+            }
+        }
+        let wrong_final = (0..n)
+            .filter(|i| {
+                latest_state
+                    .get(&format!("{base}/local/{prefix}-{i}/state"))
+                    .is_none_or(|s| s["state"] != "exited")
+            })
+            .count();
+        burst_runs.push(BurstRun { rows, wrong_final });
+    }
 
     // 3. Idle with every container running.
-    burst("start").await;
+    burst(&engine, &ids, "start").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (_, t0) = proc_stat(pid).ok_or("cannot read /proc for dockside")?;
     let w0 = Instant::now();
@@ -483,15 +595,23 @@ async fn main() -> Result<(), String> {
     let (c50, c99) = (pct(&mut cmd_lat, 50.0), pct(&mut cmd_lat, 99.0));
 
     println!();
-    println!("dockside-bench: {n} containers, local engine, mosquitto on loopback");
     println!(
-        "one-by-one ({k} starts, {seq_events} container events): event→MQTT p50 {p50:.2} ms, p99 {p99:.2} ms"
+        "dockside-bench: {n} containers, local engine, mosquitto on loopback, QoS 1 subscriber, {} runs",
+        args.runs
     );
-    println!("one-by-one: start event→running state p50 {s50:.2} ms, p99 {s99:.2} ms");
-    println!(
-        "burst of {n} (start all, then stop all): {got}/{expected} start/die/stop events received, {} lost; {wrong_final} wrong final states; event→MQTT p50 {b50:.1} ms, p99 {b99:.1} ms",
-        expected.saturating_sub(got)
-    );
+    println!("latency = engine event timeNano -> arrival at the subscriber; per run p50 / p99 / max in ms; the worst of all runs last");
+    report("one by one", &seq_runs);
+    let rows: Vec<Vec<Row>> = burst_runs.iter().map(|b| b.rows.clone()).collect();
+    report(&format!("burst of {n}"), &rows);
+    for (i, b) in burst_runs.iter().enumerate() {
+        let lost: usize = b.rows.iter().map(|r| r.lost).sum();
+        let total: usize = b.rows.iter().map(|r| r.state.len() + r.lost).sum();
+        println!(
+            "burst run {}: {lost} of {total} transitions without their state, {} wrong final states",
+            i + 1,
+            b.wrong_final
+        );
+    }
     println!(
         "idle {}s with {n} running containers: RSS {:.1} MB, CPU {cpu_pct:.3} % of one core",
         args.idle_secs,

@@ -4,6 +4,7 @@
 //! the MQTT outbox; it never waits on MQTT.
 
 mod commands;
+mod transitions;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -120,7 +121,8 @@ struct Facts {
     volumes: Option<i64>,
 }
 
-type InspectResult = (String, Result<Option<ContainerInspect>, DockerError>);
+/// Container id, the event generation it was asked at (see `transitions`), the answer.
+type InspectResult = (String, u64, Result<Option<ContainerInspect>, DockerError>);
 
 pub struct Endpoint {
     id: String,
@@ -145,6 +147,8 @@ pub struct Endpoint {
     again: HashSet<String>,
     queued: VecDeque<String>,
     inspects: JoinSet<InspectResult>,
+    /// Transitions published from events that no inspect has confirmed yet.
+    overlays: transitions::Overlays,
     facts: Facts,
     online: Option<bool>,
     last_info: Option<EndpointInfo>,
@@ -203,6 +207,7 @@ impl Endpoint {
             again: HashSet::new(),
             queued: VecDeque::new(),
             inspects: JoinSet::new(),
+            overlays: transitions::Overlays::default(),
             facts: Facts::default(),
             online: None,
             last_info: None,
@@ -404,7 +409,7 @@ impl Endpoint {
                 _ = sleep_until_opt(command_due) => self.expire_commands(),
                 Some(res) = self.inspects.join_next(), if !self.inspects.is_empty() => {
                     match res {
-                        Ok((id, r)) => self.on_inspect(id, r),
+                        Ok((id, asked, r)) => self.on_inspect(id, asked, r),
                         Err(e) => tracing::error!(endpoint = %self.id, error = %e, "inspect task failed"),
                     }
                 }
@@ -533,15 +538,19 @@ impl Endpoint {
                 let client = client.clone();
                 async move {
                     let r = client.inspect(&id).await;
-                    (id, r)
+                    (id, 0, r)
                 }
             })
             .buffer_unordered(INSPECT_CONCURRENCY)
             .collect()
             .await;
-        for (id, r) in results {
+        for (id, _, r) in results {
             match r {
-                Ok(Some(ins)) => self.apply_inspect(&id, ins),
+                // No event was handled meanwhile: the answer is newer than all of them.
+                Ok(Some(ins)) => {
+                    let asked = self.overlays.generation(&id);
+                    self.apply_inspect(&id, asked, ins)
+                }
                 Ok(None) => {} // removed meanwhile; its destroy event follows
                 Err(DockerError::Decode { what, message }) => {
                     tracing::warn!(endpoint = %self.id, container = %id, %what, %message, "skipping a malformed container")
@@ -683,9 +692,19 @@ impl Endpoint {
                 if let Some(old) = ev.actor.attributes.get("oldName") {
                     let old = old.trim_start_matches('/');
                     if self.containers.get(old).is_some_and(|s| s.id == id) {
-                        self.containers.remove(old);
+                        let moved = self.containers.remove(old);
                         self.schedule_removal(old);
                         self.info_changed();
+                        // The new name shows at once; its inspect fills in the rest.
+                        if let (Some(mut st), Some(new)) = (moved, name.clone())
+                            && new != old
+                            && self.settings.filter.allows_name(&new)
+                        {
+                            st.name = new.clone();
+                            self.names.insert(id.clone(), new.clone());
+                            self.removals.remove(&new);
+                            self.publish_state(&new, st, false);
+                        }
                     }
                 }
                 self.schedule_inspect(id);
@@ -696,6 +715,12 @@ impl Endpoint {
                     && let Some(n) = &name
                 {
                     self.removals.remove(n);
+                }
+                if let Some(n) = &name
+                    && let Some(t) =
+                        transitions::transition_of(&ev.action, &ev.actor.attributes, ev.nanos())
+                {
+                    self.publish_transition(&id, n, t);
                 }
                 self.schedule_inspect(id);
             }
@@ -715,18 +740,24 @@ impl Endpoint {
         }
         self.inflight.insert(id.clone());
         let client = self.client.clone();
+        let asked = self.overlays.generation(&id);
         self.inspects.spawn(async move {
             let r = client.inspect(&id).await;
-            (id, r)
+            (id, asked, r)
         });
     }
 
-    fn on_inspect(&mut self, id: String, r: Result<Option<ContainerInspect>, DockerError>) {
+    fn on_inspect(
+        &mut self,
+        id: String,
+        asked: u64,
+        r: Result<Option<ContainerInspect>, DockerError>,
+    ) {
         self.inflight.remove(&id);
         match r {
             Ok(Some(ins)) => {
                 if !self.destroyed.contains(&id) {
-                    self.apply_inspect(&id, ins);
+                    self.apply_inspect(&id, asked, ins);
                 }
             }
             Ok(None) => self.on_gone(&id),
@@ -745,7 +776,8 @@ impl Endpoint {
         }
     }
 
-    fn apply_inspect(&mut self, id: &str, ins: ContainerInspect) {
+    /// An inspect answer, asked at event generation `asked`.
+    fn apply_inspect(&mut self, id: &str, asked: u64, ins: ContainerInspect) {
         let name = ins.name.trim_start_matches('/').to_string();
         if name.is_empty() || name.contains('/') {
             tracing::warn!(endpoint = %self.id, container = %id, "skipping a container without a usable name");
@@ -796,8 +828,22 @@ impl Endpoint {
         } else {
             self.no_commands.remove(&name);
         }
-        let state = ContainerState::from_inspect(&self.id, &ins);
+        let mut state = ContainerState::from_inspect(&self.id, &ins);
+        self.overlays.settle(id, asked, &mut state);
         self.publish_state(&name, state, false);
+    }
+
+    /// SPEC §10: what the event tells is published now; the inspect it
+    /// triggers confirms or corrects it.
+    fn publish_transition(&mut self, id: &str, name: &str, t: transitions::Transition) {
+        let Some(mut state) = self.containers.get(name).filter(|s| s.id == id).cloned() else {
+            return; // not known yet: its inspect publishes it
+        };
+        let changed = transitions::apply(&mut state, &t);
+        self.overlays.record(id, t);
+        if changed {
+            self.publish_state(name, state, false);
+        }
     }
 
     fn publish_state(&mut self, name: &str, state: ContainerState, force: bool) {
@@ -853,6 +899,7 @@ impl Endpoint {
             }
         }
         self.excluded.remove(id);
+        self.overlays.forget(id);
         if let Some(name) = self.names.remove(id)
             && self.containers.get(&name).is_some_and(|s| s.id == id)
         {

@@ -189,30 +189,30 @@ impl Outbox {
         self.notify.notify_one();
     }
 
-    /// Next message to send: events first (latency), then the latest states.
+    /// Next message to send: the latest states first (what users see, and what
+    /// must be on the broker when we stop), then events and results in order.
     pub fn pop(&self) -> Option<Message> {
         let mut inner = self.lock();
-        if let Some(m) = inner.stream.pop_front() {
-            return Some(m);
-        }
         // Until the read-back is complete, owned topics (discovery) wait: a
         // leftover of the other form found late must be cleared before them.
         let index = if inner.readback_done {
-            0
+            (!inner.retained.is_empty()).then_some(0)
         } else {
             inner
                 .retained
                 .keys()
-                .position(|t| !inner.owner_of.contains_key(t))?
+                .position(|t| !inner.owner_of.contains_key(t))
         };
-        inner
-            .retained
-            .shift_remove_index(index)
-            .map(|(topic, payload)| Message {
+        if let Some(i) = index
+            && let Some((topic, payload)) = inner.retained.shift_remove_index(i)
+        {
+            return Some(Message {
                 topic,
                 payload,
                 retain: true,
-            })
+            });
+        }
+        inner.stream.pop_front()
     }
 
     /// Puts back a message the client could not take; a newer value for the
@@ -509,6 +509,17 @@ mod tests {
             vec![Bytes::from("2"), Bytes::from("3"), Bytes::from("4")]
         );
         assert_eq!(o.dropped(), 2);
+    }
+
+    #[test]
+    fn states_go_out_before_queued_events() {
+        let o = Outbox::new(Topics::new("b"), 100);
+        o.finish_readback();
+        o.send("b/e/events", "die");
+        o.send("b/e/c/event", "die");
+        o.retain("b/e/c/state", "exited");
+        let out: Vec<_> = drain(&o).into_iter().map(|m| m.topic).collect();
+        assert_eq!(out, vec!["b/e/c/state", "b/e/events", "b/e/c/event"]);
     }
 
     #[test]
