@@ -17,6 +17,8 @@ pub struct StateDirError {
 #[derive(Debug, Clone)]
 pub struct StateDir {
     dir: PathBuf,
+    /// Writers of one file never interleave (a background save and the final one).
+    writing: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl StateDir {
@@ -34,6 +36,7 @@ impl StateDir {
         let _ = std::fs::remove_file(&probe);
         Ok(Self {
             dir: dir.to_path_buf(),
+            writing: Default::default(),
         })
     }
 
@@ -56,12 +59,26 @@ impl StateDir {
         }
     }
 
+    /// Blocking: call it off the async workers (`spawn_blocking`) or at shutdown.
     pub fn save_cursor(&self, ep: &str, cursor: &Cursor) -> std::io::Result<()> {
-        let path = self.cursor_path(ep);
-        let tmp = path.with_extension("json.tmp");
-        let data = serde_json::to_vec(cursor).map_err(std::io::Error::other)?;
-        std::fs::write(&tmp, data)?;
-        std::fs::rename(&tmp, &path)
+        let data = serde_json::to_vec(&cursor.persisted()).map_err(std::io::Error::other)?;
+        self.write_atomic(&format!("cursor-{ep}.json"), &data)
+    }
+
+    /// Writes `name` whole or not at all, durably: temp file, fsync, rename,
+    /// fsync of the directory (a power cut on a Pi leaves the old or the new
+    /// file, never a torn one).
+    pub fn write_atomic(&self, name: &str, data: &[u8]) -> std::io::Result<()> {
+        let _one_writer = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let path = self.dir.join(name);
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&self.dir)?.sync_all()
     }
 
     pub fn remove_cursor(&self, ep: &str) {
@@ -70,7 +87,10 @@ impl StateDir {
 }
 
 /// Where an endpoint's event stream resumes, plus the keys of the events seen
-/// last, to drop the boundary duplicates a `since` replay brings back.
+/// last, to drop the duplicates a `since` replay (or a Portainer poll beside
+/// the live stream) brings back. In memory it remembers the last
+/// `RECENT_CAP` keys; on disk only what a resume needs: the newest time and
+/// the keys at exactly that time (`since` replays from that time on).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Cursor {
     /// Newest event time seen (Unix ns); 0 = none yet.
@@ -84,6 +104,21 @@ pub struct Cursor {
 const RECENT_CAP: usize = 2048;
 
 impl Cursor {
+    /// What goes to disk: the newest time and the keys of the events at it.
+    pub fn persisted(&self) -> Cursor {
+        let at = self.time_nano.to_string();
+        Cursor {
+            time_nano: self.time_nano,
+            recent: self
+                .recent
+                .iter()
+                .filter(|k| k.split('|').next() == Some(at.as_str()))
+                .cloned()
+                .collect(),
+            index: HashSet::new(),
+        }
+    }
+
     pub fn rebuild_index(&mut self) {
         self.index = self.recent.iter().cloned().collect();
     }
@@ -145,12 +180,25 @@ mod tests {
             c.accept(i, event_key(i, "x", "start"));
         }
         assert_eq!(c.recent.len(), RECENT_CAP);
+        // Two more events at the newest time, one slightly older that came late.
+        let last = RECENT_CAP as i64 + 9;
+        c.accept(last, event_key(last, "y", "die"));
+        c.accept(last - 3, event_key(last - 3, "z", "die"));
         sd.save_cursor("local", &c).expect("save");
         let mut back = sd.load_cursor("local").expect("load");
         back.rebuild_index();
         assert_eq!(back.time_nano, c.time_nano);
-        let last = RECENT_CAP as i64 + 9;
+        // Only the keys at the newest time are kept: that is all a resume replays.
+        assert_eq!(back.recent.len(), 2, "{:?}", back.recent);
         assert!(!back.accept(last, event_key(last, "x", "start")));
+        assert!(!back.accept(last, event_key(last, "y", "die")));
+        assert!(back.accept(last, event_key(last, "w", "start")));
+        assert!(std::fs::read_dir(sd.path()).expect("ls").all(|e| {
+            !e.expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".tmp")
+        }));
         sd.remove_cursor("local");
         assert!(sd.load_cursor("local").is_none());
     }

@@ -269,6 +269,9 @@ pub fn credentials(cfg: &UpdatesConfig) -> HashMap<String, Credentials> {
     out
 }
 
+/// A container of a round: its key, what it runs, its image, class, pending recreate.
+type Classified = (Key, Watched, Option<Arc<ImageInspect>>, Class, bool);
+
 pub struct Watcher {
     cfg: UpdatesConfig,
     topics: crate::topics::Topics,
@@ -325,12 +328,9 @@ impl Watcher {
         let p = Persisted {
             results: self.results.clone(),
         };
-        let path = dir.path().join("updates.json");
-        let tmp = path.with_extension("json.tmp");
         let r = serde_json::to_vec(&p)
             .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|_| std::fs::rename(&tmp, &path));
+            .and_then(|b| dir.write_atomic("updates.json", &b));
         if let Err(e) = r {
             tracing::warn!(error = %e, "cannot save update results");
         }
@@ -393,6 +393,30 @@ impl Watcher {
         r
     }
 
+    /// After a full round: results, image facts and statuses of references,
+    /// images and containers no longer in use are dropped (and not persisted).
+    fn forget_unused(&mut self, classified: &[Classified]) {
+        let refs: BTreeSet<String> = classified
+            .iter()
+            .filter_map(|(_, _, _, c, _)| match c {
+                Class::Tracked { reference, .. } => Some(key_of(reference)),
+                _ => None,
+            })
+            .collect();
+        let images: BTreeSet<(String, String)> = classified
+            .iter()
+            .map(|((ep, _), w, _, _, _)| (ep.clone(), w.image_id.clone()))
+            .collect();
+        let keys: BTreeSet<&Key> = classified.iter().map(|(k, _, _, _, _)| k).collect();
+        let before = self.results.len();
+        self.results.retain(|k, _| refs.contains(k));
+        self.images.retain(|k, _| images.contains(k));
+        self.published.retain(|k, _| keys.contains(k));
+        if self.results.len() != before {
+            self.save();
+        }
+    }
+
     /// After a broker reconnect (or HA's birth): every status again, for the
     /// containers that still exist.
     fn republish(&self) {
@@ -429,7 +453,7 @@ impl Watcher {
             return Err(format!("no container `{ct}` on endpoint `{ep}`"));
         }
         // Image facts and classes.
-        let mut classified = Vec::new();
+        let mut classified: Vec<Classified> = Vec::new();
         for ((ep, ct), w) in in_scope {
             let Some(client) = clients.get(&ep).cloned() else {
                 continue;
@@ -445,6 +469,9 @@ impl Watcher {
                 _ => false,
             };
             classified.push(((ep, ct), w, image.ok(), class, pending));
+        }
+        if matches!(scope, CheckScope::All) && only.is_none() {
+            self.forget_unused(&classified);
         }
         // One check per distinct reference.
         let stale_before = unix_now().saturating_sub(self.cfg.interval.as_secs() * 9 / 10);

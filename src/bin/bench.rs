@@ -42,7 +42,7 @@ fn parse_args() -> Result<Args, String> {
         idle_secs: 60,
         commands: 40,
         runs: 3,
-        health: 4,
+        health: 10,
         broker_nodelay: false,
         dockside: std::env::current_exe()
             .map_err(|e| e.to_string())?
@@ -62,7 +62,7 @@ fn parse_args() -> Result<Args, String> {
             "--dockside" => a.dockside = PathBuf::from(v()?),
             "-h" | "--help" => {
                 println!(
-                    "dockside-bench [--containers N=100] [--sequential K=20] [--runs R=3] [--health H=4] [--idle-secs S=60] [--commands C=40] [--broker-nodelay] [--dockside PATH]"
+                    "dockside-bench [--containers N=100] [--sequential K=20] [--runs R=3] [--health H=10] [--idle-secs S=60] [--commands C=40] [--broker-nodelay] [--dockside PATH]"
                 );
                 std::process::exit(0);
             }
@@ -139,6 +139,35 @@ impl Drop for Guard {
     }
 }
 
+/// Bytes the process caused to be written to storage (whole pages).
+fn write_bytes(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// name → (inode, mtime ns, size) of every file in the state directory: a
+/// change is one write of that many bytes (files are replaced whole).
+fn state_files(dir: &std::path::Path) -> HashMap<String, (u64, i128, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = HashMap::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if let Ok(m) = e.metadata() {
+                let mtime = m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128;
+                out.insert(
+                    e.file_name().to_string_lossy().into_owned(),
+                    (m.ino(), mtime, m.size()),
+                );
+            }
+        }
+    }
+    out
+}
+
 fn proc_stat(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss_kb = status
@@ -183,11 +212,17 @@ fn count_events(all: &[Arrival], topic: &str, ids: &[String], action: &str) -> u
 }
 
 /// The one-by-one sequence each container goes through (it ends stopped).
-const SEQUENCE: [&str; 7] = ["start", "pause", "unpause", "restart", "kill", "start", "stop"];
+const SEQUENCE: [&str; 7] = [
+    "start", "pause", "unpause", "restart", "kill", "start", "stop",
+];
 
 async fn act(engine: &DockerClient, id: &str, action: &str) -> Result<(), String> {
     // busybox sleep ignores SIGTERM: t=0 makes stop and restart kill at once.
-    let q: &[(&str, &str)] = if matches!(action, "stop" | "restart") { &[("t", "0")] } else { &[] };
+    let q: &[(&str, &str)] = if matches!(action, "stop" | "restart") {
+        &[("t", "0")]
+    } else {
+        &[]
+    };
     engine
         .container_action(id, action, q, Duration::from_secs(30))
         .await
@@ -241,8 +276,15 @@ fn event_ns(a: &Arrival) -> Option<i128> {
 /// what the event tells (SPEC §10).
 fn analyze(all: &[Arrival], events_topic: &str, spans: &[Span]) -> Vec<Row> {
     let mut rows: std::collections::BTreeMap<(String, String), Row> = Default::default();
-    for a in all.iter().filter(|a| a.topic == events_topic && a.json["type"] == "container") {
-        let (Some(id), Some(action), Some(t)) = (a.json["id"].as_str(), a.json["action"].as_str(), event_ns(a)) else {
+    for a in all
+        .iter()
+        .filter(|a| a.topic == events_topic && a.json["type"] == "container")
+    {
+        let (Some(id), Some(action), Some(t)) = (
+            a.json["id"].as_str(),
+            a.json["action"].as_str(),
+            event_ns(a),
+        ) else {
             continue;
         };
         let health = action.strip_prefix("health_status:").map(str::trim);
@@ -254,7 +296,9 @@ fn analyze(all: &[Arrival], events_topic: &str, spans: &[Span]) -> Vec<Row> {
         let Some(span) = spans.iter().find(|s| s.id == id && t >= s.from && t < s.to) else {
             continue;
         };
-        let exit_code: Option<i64> = a.json["attributes"]["exitCode"].as_str().and_then(|c| c.parse().ok());
+        let exit_code: Option<i64> = a.json["attributes"]["exitCode"]
+            .as_str()
+            .and_then(|c| c.parse().ok());
         let shows = |j: &serde_json::Value| match (action, health) {
             ("start" | "unpause", _) => j["state"] == "running",
             ("pause", _) => j["state"] == "paused",
@@ -262,16 +306,18 @@ fn analyze(all: &[Arrival], events_topic: &str, spans: &[Span]) -> Vec<Row> {
             (_, Some(h)) => j["health"] == h,
             _ => false,
         };
-        let state = all
-            .iter()
-            .find(|b| b.topic.ends_with("/state") && b.json["id"] == id && b.wall_ns >= t && shows(&b.json));
-        let row = rows.entry((span.action.to_string(), event.clone())).or_insert_with(|| Row {
-            action: span.action.to_string(),
-            event,
-            events: Vec::new(),
-            state: Vec::new(),
-            lost: 0,
+        let state = all.iter().find(|b| {
+            b.topic.ends_with("/state") && b.json["id"] == id && b.wall_ns >= t && shows(&b.json)
         });
+        let row = rows
+            .entry((span.action.to_string(), event.clone()))
+            .or_insert_with(|| Row {
+                action: span.action.to_string(),
+                event,
+                events: Vec::new(),
+                state: Vec::new(),
+                lost: 0,
+            });
         row.events.push((a.wall_ns - t) as f64 / 1e6);
         match state {
             Some(b) => row.state.push((b.wall_ns - t) as f64 / 1e6),
@@ -282,7 +328,12 @@ fn analyze(all: &[Arrival], events_topic: &str, spans: &[Span]) -> Vec<Row> {
 }
 
 fn fmt3(v: &mut [f64]) -> String {
-    format!("{:.1} / {:.1} / {:.1}", pct(v, 0.0), pct(v, 50.0), pct(v, 100.0))
+    format!(
+        "{:.1} / {:.1} / {:.1}",
+        pct(v, 0.0),
+        pct(v, 50.0),
+        pct(v, 100.0)
+    )
 }
 
 /// One markdown row per (action, event): p50 and p99 of each run as
@@ -290,13 +341,23 @@ fn fmt3(v: &mut [f64]) -> String {
 fn report(title: &str, runs: &[Vec<Row>]) {
     println!();
     println!("{title}:");
-    println!("| action | event | n (all runs) | events topic p50 / p99 (median run) | state p50 min/med/max | state p99 min/med/max | state worst | lost |");
+    println!(
+        "| action | event | n (all runs) | events topic p50 / p99 (median run) | state p50 min/med/max | state p99 min/med/max | state worst | lost |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
-    let mut keys: Vec<(String, String)> = runs.iter().flatten().map(|r| (r.action.clone(), r.event.clone())).collect();
+    let mut keys: Vec<(String, String)> = runs
+        .iter()
+        .flatten()
+        .map(|r| (r.action.clone(), r.event.clone()))
+        .collect();
     keys.sort();
     keys.dedup();
     for (action, event) in keys {
-        let rows: Vec<&Row> = runs.iter().flatten().filter(|r| r.action == action && r.event == event).collect();
+        let rows: Vec<&Row> = runs
+            .iter()
+            .flatten()
+            .filter(|r| r.action == action && r.event == event)
+            .collect();
         let (mut sp50, mut sp99, mut ep50, mut ep99) = (vec![], vec![], vec![], vec![]);
         let (mut worst, mut n, mut lost) = (0f64, 0, 0);
         for r in &rows {
@@ -378,9 +439,20 @@ async fn main() -> Result<(), String> {
     let mut health_ids = Vec::new();
     for i in 0..args.health {
         health_ids.push(docker(&[
-            "run", "-d", "--name", &format!("{prefix}-h{i}"),
-            "--health-cmd", "test -f /ok", "--health-interval", "1s", "--health-retries", "1",
-            IMAGE, "sh", "-c", "touch /ok; exec sleep 3600",
+            "run",
+            "-d",
+            "--name",
+            &format!("{prefix}-h{i}"),
+            "--health-cmd",
+            "test -f /ok",
+            "--health-interval",
+            "1s",
+            "--health-retries",
+            "1",
+            IMAGE,
+            "sh",
+            "-c",
+            "touch /ok; exec sleep 3600",
         ])?);
     }
 
@@ -483,7 +555,12 @@ async fn main() -> Result<(), String> {
                 let from = wall_ns();
                 act(&engine, id, action).await?;
                 tokio::time::sleep(Duration::from_millis(60)).await;
-                spans.push(Span { id: id.clone(), action, from, to: wall_ns() });
+                spans.push(Span {
+                    id: id.clone(),
+                    action,
+                    from,
+                    to: wall_ns(),
+                });
             }
         }
         // Health: flip a healthcheck's marker file and wait for the engine's verdict.
@@ -495,12 +572,20 @@ async fn main() -> Result<(), String> {
                 let label = format!("health_status: {want}");
                 wait_for(&arrivals, Duration::from_secs(15), |all| {
                     all.iter().any(|a| {
-                        a.topic == topic && a.json["id"] == id2.as_str() && a.json["action"] == label.as_str() && a.wall_ns > from
+                        a.topic == topic
+                            && a.json["id"] == id2.as_str()
+                            && a.json["action"] == label.as_str()
+                            && a.wall_ns > from
                     })
                 })
                 .await;
                 tokio::time::sleep(Duration::from_millis(60)).await;
-                spans.push(Span { id: id.clone(), action: "health", from, to: wall_ns() });
+                spans.push(Span {
+                    id: id.clone(),
+                    action: "health",
+                    from,
+                    to: wall_ns(),
+                });
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -528,8 +613,18 @@ async fn main() -> Result<(), String> {
         let all = arrivals.lock().map_err(|e| e.to_string())?.clone();
         let mut spans: Vec<Span> = Vec::new();
         for id in &ids {
-            spans.push(Span { id: id.clone(), action: "burst start", from, to: mid });
-            spans.push(Span { id: id.clone(), action: "burst stop", from: mid, to: wall_ns() });
+            spans.push(Span {
+                id: id.clone(),
+                action: "burst start",
+                from,
+                to: mid,
+            });
+            spans.push(Span {
+                id: id.clone(),
+                action: "burst stop",
+                from: mid,
+                to: wall_ns(),
+            });
         }
         let rows = analyze(&all, &events_topic, &spans);
         let mut latest_state: HashMap<String, serde_json::Value> = HashMap::new();
@@ -553,8 +648,24 @@ async fn main() -> Result<(), String> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (_, t0) = proc_stat(pid).ok_or("cannot read /proc for dockside")?;
     let w0 = Instant::now();
-    tokio::time::sleep(Duration::from_secs(args.idle_secs)).await;
+    let state_dir = dir.join("state");
+    let wb0 = write_bytes(pid).ok_or("cannot read /proc/<pid>/io for dockside")?;
+    let mut files: HashMap<String, (u64, i128, u64)> = state_files(&state_dir);
+    let (mut file_bytes, mut file_writes) = (0u64, 0u64);
+    while w0.elapsed() < Duration::from_secs(args.idle_secs) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = state_files(&state_dir);
+        for (name, meta) in &now {
+            if files.get(name) != Some(meta) {
+                file_bytes += meta.2;
+                file_writes += 1;
+            }
+        }
+        files = now;
+    }
+    let wb1 = write_bytes(pid).ok_or("cannot read /proc/<pid>/io for dockside")?;
     let (rss_kb, t1) = proc_stat(pid).ok_or("cannot read /proc for dockside")?;
+    let per_hour = 3600.0 / w0.elapsed().as_secs_f64();
     let ticks_per_sec = 100.0; // USER_HZ on Linux
     let cpu_pct = (t1 - t0) as f64 / ticks_per_sec / w0.elapsed().as_secs_f64() * 100.0;
 
@@ -599,7 +710,9 @@ async fn main() -> Result<(), String> {
         "dockside-bench: {n} containers, local engine, mosquitto on loopback, QoS 1 subscriber, {} runs",
         args.runs
     );
-    println!("latency = engine event timeNano -> arrival at the subscriber; per run p50 / p99 / max in ms; the worst of all runs last");
+    println!(
+        "latency = engine event timeNano -> arrival at the subscriber; per run p50 / p99 / max in ms; the worst of all runs last"
+    );
     report("one by one", &seq_runs);
     let rows: Vec<Vec<Row>> = burst_runs.iter().map(|b| b.rows.clone()).collect();
     report(&format!("burst of {n}"), &rows);
@@ -616,6 +729,13 @@ async fn main() -> Result<(), String> {
         "idle {}s with {n} running containers: RSS {:.1} MB, CPU {cpu_pct:.3} % of one core",
         args.idle_secs,
         rss_kb as f64 / 1024.0
+    );
+    println!(
+        "state.dir wear over {}s with {} containers running 1 s healthchecks: {file_writes} file writes, {:.3} MB/hour of file bytes, {:.3} MB/hour of write_bytes (/proc/<pid>/io)",
+        args.idle_secs,
+        args.health,
+        file_bytes as f64 * per_hour / 1e6,
+        wb1.saturating_sub(wb0) as f64 * per_hour / 1e6
     );
     println!(
         "commands ({} pause/unpause, one at a time): command→result p50 {c50:.1} ms, p99 {c99:.1} ms, {cmd_failed} failed",

@@ -41,7 +41,9 @@ const INSPECT_CONCURRENCY: usize = 8;
 const INFO_DEBOUNCE: Duration = Duration::from_millis(200);
 /// Image/volume counts are re-read at most this often after such events.
 const FACTS_DEBOUNCE: Duration = Duration::from_secs(2);
-const CURSOR_SAVE_EVERY: Duration = Duration::from_secs(1);
+/// The cursor is written at most this often (and at the end of a session):
+/// with 1 s healthchecks events never stop, and an SD card wears per write.
+const CURSOR_SAVE_EVERY: Duration = Duration::from_secs(10);
 /// Actions that do not change a container's state: no inspect needed.
 const STATELESS_ACTIONS: &[&str] = &[
     "attach",
@@ -143,6 +145,9 @@ pub struct Endpoint {
     removals: HashMap<String, Instant>,
     cursor: Cursor,
     cursor_dirty: bool,
+    /// A background cursor write is under way / the last one failed (retry).
+    cursor_saving: Arc<std::sync::atomic::AtomicBool>,
+    cursor_failed: Arc<std::sync::atomic::AtomicBool>,
     inflight: HashSet<String>,
     again: HashSet<String>,
     queued: VecDeque<String>,
@@ -203,6 +208,8 @@ impl Endpoint {
             removals: HashMap::new(),
             cursor,
             cursor_dirty: false,
+            cursor_saving: Default::default(),
+            cursor_failed: Default::default(),
             inflight: HashSet::new(),
             again: HashSet::new(),
             queued: VecDeque::new(),
@@ -379,7 +386,8 @@ impl Endpoint {
         let period = self.settings.reconcile_interval;
         let mut reconcile = tokio::time::interval_at(Instant::now() + period, period);
         reconcile.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut save = tokio::time::interval(CURSOR_SAVE_EVERY);
+        let mut save =
+            tokio::time::interval_at(Instant::now() + CURSOR_SAVE_EVERY, CURSOR_SAVE_EVERY);
         save.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut resync = self.mqtt.resync_signal();
         resync.mark_unchanged();
@@ -437,23 +445,63 @@ impl Endpoint {
                     self.full_sync().await?;
                     self.publish_info_now();
                 }
-                _ = save.tick(), if self.cursor_dirty => self.save_cursor(),
+                _ = save.tick() => self.save_cursor_soon(),
                 Ok(()) = resync.changed() => self.republish_all(),
             }
         }
     }
 
+    /// Now, on this thread: at the end of a session and at shutdown.
     fn save_cursor(&mut self) {
-        if !self.cursor_dirty {
+        if !self.cursor_dirty && !self.cursor_failed.load(Ordering::Acquire) {
             return;
         }
         if let Some(dir) = &self.settings.state_dir
             && let Err(e) = dir.save_cursor(&self.id, &self.cursor)
         {
             tracing::warn!(endpoint = %self.id, error = %e, "cannot save the event cursor");
+            self.cursor_failed.store(true, Ordering::Release);
             return;
         }
+        self.cursor_failed.store(false, Ordering::Release);
         self.cursor_dirty = false;
+    }
+
+    /// Periodic save, off the async workers (fsync can take long on an SD
+    /// card). A failed write (disk full, read-only) is retried next time.
+    fn save_cursor_soon(&mut self) {
+        if self.cursor_saving.load(Ordering::Acquire) {
+            return; // the previous write is still under way
+        }
+        let failed_before = self.cursor_failed.load(Ordering::Acquire);
+        if !self.cursor_dirty && !failed_before {
+            return;
+        }
+        let Some(dir) = self.settings.state_dir.clone() else {
+            return;
+        };
+        self.cursor_dirty = false;
+        let (id, cursor) = (self.id.clone(), self.cursor.persisted());
+        let (saving, failed) = (self.cursor_saving.clone(), self.cursor_failed.clone());
+        saving.store(true, Ordering::Release);
+        tokio::task::spawn_blocking(move || {
+            match dir.save_cursor(&id, &cursor) {
+                Ok(()) => {
+                    if failed.swap(false, Ordering::AcqRel) {
+                        tracing::info!(endpoint = %id, "event cursor saved again");
+                    }
+                }
+                Err(e) => {
+                    if failed_before {
+                        tracing::debug!(endpoint = %id, error = %e, "still cannot save the event cursor");
+                    } else {
+                        tracing::warn!(endpoint = %id, error = %e, "cannot save the event cursor; mirroring goes on, retrying every 10 s");
+                    }
+                    failed.store(true, Ordering::Release);
+                }
+            }
+            saving.store(false, Ordering::Release);
+        });
     }
 
     /// A bounded `since`/`until` read of the events (Portainer flushes bounded
@@ -836,12 +884,12 @@ impl Endpoint {
     /// SPEC §10: what the event tells is published now; the inspect it
     /// triggers confirms or corrects it.
     fn publish_transition(&mut self, id: &str, name: &str, t: transitions::Transition) {
-        let Some(mut state) = self.containers.get(name).filter(|s| s.id == id).cloned() else {
-            return; // not known yet: its inspect publishes it
-        };
-        let changed = transitions::apply(&mut state, &t);
-        self.overlays.record(id, t);
-        if changed {
+        // Recorded even when the container is not known yet: its first inspect
+        // may be older than this event (an `oom` right after `start`).
+        let mut state = self.containers.get(name).filter(|s| s.id == id).cloned();
+        if self.overlays.on_event(id, t, state.as_mut())
+            && let Some(state) = state
+        {
             self.publish_state(name, state, false);
         }
     }

@@ -17,11 +17,16 @@ use crate::payloads::{ContainerState, rfc3339_nanos};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transition {
     /// `start`: running since the event.
-    Started { at: String },
+    Started {
+        at: String,
+    },
     /// `unpause`: running again.
     Unpaused,
     /// `die`: exited with the event's exit code at the event time.
-    Died { exit_code: i64, at: String },
+    Died {
+        exit_code: i64,
+        at: String,
+    },
     Paused,
     /// `oom`: the kernel killed it for memory.
     OomKilled,
@@ -111,6 +116,10 @@ fn set_running(s: &mut ContainerState) {
 #[derive(Debug, Default)]
 pub struct Overlays {
     by_id: HashMap<String, Overlay>,
+    /// Ids with an `oom` since their last `start`: the engine's inspect only
+    /// shows `OOMKilled` once the container has exited, so an answer between
+    /// `oom` and `die` must not take the flag back.
+    oom: std::collections::HashSet<String>,
 }
 
 #[derive(Debug, Default)]
@@ -127,8 +136,32 @@ const RECENT_PER_CONTAINER: usize = 32;
 const MAX_CONTAINERS: usize = 16_384;
 
 impl Overlays {
-    /// Records a transition that was just published from an event.
-    pub fn record(&mut self, id: &str, t: Transition) {
+    /// Records a transition from an event and applies it to the container's
+    /// state when it is known; true when that changed it.
+    pub fn on_event(
+        &mut self,
+        id: &str,
+        t: Transition,
+        state: Option<&mut ContainerState>,
+    ) -> bool {
+        match &t {
+            Transition::OomKilled => {
+                if self.oom.len() >= MAX_CONTAINERS {
+                    self.oom.clear();
+                }
+                self.oom.insert(id.to_string());
+            }
+            Transition::Started { .. } => {
+                self.oom.remove(id);
+            }
+            _ => {}
+        }
+        let changed = state.is_some_and(|s| apply(s, &t));
+        self.record(id, t);
+        changed
+    }
+
+    fn record(&mut self, id: &str, t: Transition) {
         if self.by_id.len() >= MAX_CONTAINERS && !self.by_id.contains_key(id) {
             self.by_id.clear();
         }
@@ -149,6 +182,9 @@ impl Overlays {
     /// An inspect asked at `asked` answered `state`: replays what happened
     /// since on top of it and forgets what the answer already covers.
     pub fn settle(&mut self, id: &str, asked: u64, state: &mut ContainerState) {
+        if self.oom.contains(id) {
+            state.oom_killed = true;
+        }
         let Some(o) = self.by_id.get_mut(id) else {
             return;
         };
@@ -163,6 +199,7 @@ impl Overlays {
 
     pub fn forget(&mut self, id: &str) {
         self.by_id.remove(id);
+        self.oom.remove(id);
     }
 
     #[cfg(test)]
@@ -214,10 +251,7 @@ mod tests {
             transition_of("start", &none, t),
             Some(Transition::Started { .. })
         ));
-        assert_eq!(
-            transition_of("pause", &none, t),
-            Some(Transition::Paused)
-        );
+        assert_eq!(transition_of("pause", &none, t), Some(Transition::Paused));
         assert_eq!(
             transition_of("unpause", &none, t),
             Some(Transition::Unpaused)
@@ -265,7 +299,10 @@ mod tests {
         assert!(!apply(&mut s, &Transition::Health("unhealthy".into())));
         assert!(!apply(&mut s, &Transition::Paused));
         assert!(apply(&mut s, &Transition::Started { at: "T2".into() }));
-        assert_eq!((s.state.as_str(), s.running, s.exit_code), ("running", true, 0));
+        assert_eq!(
+            (s.state.as_str(), s.running, s.exit_code),
+            ("running", true, 0)
+        );
         assert_eq!(s.started_at.as_deref(), Some("T2"));
         assert!(apply(&mut s, &Transition::Paused));
         assert_eq!((s.state.as_str(), s.paused), ("paused", true));
@@ -318,6 +355,36 @@ mod tests {
         // Unknown ids and an empty table are no-ops.
         o.settle("zzz", 0, &mut answer);
         assert_eq!(o.generation("zzz"), 0);
+    }
+
+    #[test]
+    fn an_oom_sticks_until_the_next_start() {
+        let mut o = Overlays::default();
+        let mut s = running();
+        assert!(o.on_event("abc", Transition::OomKilled, Some(&mut s)));
+        // The engine answers running, OOMKilled false, until the container exits.
+        let asked = o.generation("abc");
+        let mut answer = running();
+        o.settle("abc", asked, &mut answer);
+        assert!(answer.oom_killed);
+        o.on_event(
+            "abc",
+            Transition::Died {
+                exit_code: 137,
+                at: "T".into(),
+            },
+            Some(&mut answer),
+        );
+        assert!(answer.oom_killed && !answer.running);
+        o.on_event(
+            "abc",
+            Transition::Started { at: "T2".into() },
+            Some(&mut answer),
+        );
+        assert!(!answer.oom_killed);
+        let mut answer = running();
+        o.settle("abc", o.generation("abc"), &mut answer);
+        assert!(!answer.oom_killed);
     }
 
     #[test]
