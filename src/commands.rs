@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::topics::{CommandTarget, Topics};
+
 /// Payloads larger than this are refused unread.
 pub const MAX_PAYLOAD: usize = 1024;
 const MAX_REQUEST_ID: usize = 128;
@@ -218,28 +220,73 @@ impl CommandResult {
     }
 }
 
-/// Remembers (topic, request id) pairs for `DEDUP_WINDOW`.
+/// Remembers (topic, request id) pairs for `DEDUP_WINDOW`, at most
+/// `DEDUP_CAP` of them (a flood of distinct ids forgets the oldest first).
 #[derive(Debug, Default)]
 pub struct Dedup {
     seen: HashMap<(String, String), Instant>,
+    order: std::collections::VecDeque<((String, String), Instant)>,
 }
+
+pub const DEDUP_CAP: usize = 4096;
 
 impl Dedup {
     /// True when this pair was already seen within the window.
     pub fn is_duplicate(&mut self, topic: &str, request_id: &str, now: Instant) -> bool {
-        if self.seen.len() > 4096 {
-            self.seen
-                .retain(|_, t| now.duration_since(*t) < DEDUP_WINDOW);
+        while let Some((k, t)) = self.order.front() {
+            let expired = now.duration_since(*t) >= DEDUP_WINDOW;
+            if !expired && self.order.len() < DEDUP_CAP {
+                break;
+            }
+            // Only the newest sighting of a key removes it from the map.
+            if self.seen.get(k) == Some(t) {
+                self.seen.remove(k);
+            }
+            self.order.pop_front();
         }
         let key = (topic.to_string(), request_id.to_string());
         match self.seen.get(&key) {
             Some(t) if now.duration_since(*t) < DEDUP_WINDOW => true,
             _ => {
-                self.seen.insert(key, now);
+                self.seen.insert(key.clone(), now);
+                self.order.push_back((key, now));
                 false
             }
         }
     }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+/// The one result for a command that cannot even be queued (the inbound
+/// queue is full): `busy`, with the request's id when it has one.
+pub fn overflow_reply(topics: &Topics, topic: &str, payload: &[u8]) -> Option<(String, Vec<u8>)> {
+    let (scope, result_topic) = match topics.parse_command(topic)? {
+        CommandTarget::Bridge => (Scope::Bridge, topics.bridge_result()),
+        CommandTarget::Endpoint(ep) => (Scope::Endpoint, topics.endpoint_result(ep)),
+        CommandTarget::Container(ep, ct) => (Scope::Container, topics.container_result(ep, ct)),
+    };
+    if payload.is_empty() {
+        return None; // deletes a retained message; never a command
+    }
+    let (action, request_id) = match parse(payload, scope) {
+        Ok(r) => (Some(r.action), r.request_id),
+        Err(e) => (e.action, e.request_id),
+    };
+    let r = CommandResult::failed(
+        action,
+        request_id,
+        Code::Busy,
+        "too many commands are waiting; try again",
+        Instant::now(),
+    );
+    Some((result_topic, r.to_json()))
 }
 
 /// Container ids dockside runs in, if it runs in a container: Docker bind-mounts
@@ -284,6 +331,51 @@ pub fn detect_own_container() -> HashSet<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dedup_is_bounded_and_forgets_the_oldest_first() {
+        let mut d = Dedup::default();
+        let now = Instant::now();
+        for i in 0..(DEDUP_CAP * 25) {
+            assert!(!d.is_duplicate("t", &format!("r{i}"), now));
+        }
+        assert!(d.len() <= DEDUP_CAP, "{}", d.len());
+        assert!(d.order.len() <= DEDUP_CAP);
+        let last = format!("r{}", DEDUP_CAP * 25 - 1);
+        assert!(
+            d.is_duplicate("t", &last, now),
+            "recent ids are still known"
+        );
+        assert!(!d.is_duplicate("t", "r0", now), "the oldest was forgotten");
+        // Expired ones go too, and an id seen again after expiry counts anew.
+        let later = now + DEDUP_WINDOW + Duration::from_secs(1);
+        assert!(!d.is_duplicate("t", &last, later));
+        assert!(d.is_duplicate("t", &last, later));
+    }
+
+    #[test]
+    fn overflow_reply_is_busy_with_the_request_id() {
+        let topics = Topics::new("b");
+        let (t, r) = overflow_reply(
+            &topics,
+            "b/local/web/set",
+            br#"{"action":"stop","request_id":"x1"}"#,
+        )
+        .expect("reply");
+        assert_eq!(t, "b/local/web/result");
+        let v: serde_json::Value = serde_json::from_slice(&r).expect("json");
+        assert_eq!(
+            (
+                v["code"].as_str(),
+                v["request_id"].as_str(),
+                v["ok"].as_bool()
+            ),
+            (Some("busy"), Some("x1"), Some(false))
+        );
+        assert!(overflow_reply(&topics, "b/local/web/set", b"").is_none());
+        assert!(overflow_reply(&topics, "b/local/web/state", b"stop").is_none());
+        assert!(overflow_reply(&topics, "b/set", b"\xff\xfe").is_some());
+    }
 
     #[test]
     fn words_and_json() {

@@ -45,6 +45,32 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
+/// What a reload changes (`Config::diff`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ConfigDiff {
+    /// `[mqtt]`, `[homeassistant]` or `[state]`: every task restarts in-process
+    /// (new connection, topics or state directory), once the new pieces are built.
+    pub restart_all: bool,
+    /// `[containers]`, `[events]` or `[commands]`: every endpoint restarts.
+    pub endpoint_settings: bool,
+    /// `[updates]`: the image watcher restarts; nothing else does.
+    pub updates: bool,
+    pub endpoints_added: Vec<String>,
+    pub endpoints_removed: Vec<String>,
+    pub endpoints_changed: Vec<String>,
+    pub portainer_added: Vec<String>,
+    pub portainer_removed: Vec<String>,
+    pub portainer_changed: Vec<String>,
+    /// `[log]`: takes effect at the next start.
+    pub log: bool,
+}
+
+impl ConfigDiff {
+    pub fn is_empty(&self) -> bool {
+        *self == ConfigDiff::default()
+    }
+}
+
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -492,7 +518,86 @@ impl Config {
         self.validate()
     }
 
+    /// Every file-valued key names a readable file: a reload that points at a
+    /// missing CA or key is refused before anything is torn down.
+    fn check_files(&self) -> Result<(), ConfigError> {
+        let mut files: Vec<(String, &PathBuf)> = Vec::new();
+        let m = &self.mqtt;
+        for (k, v) in [
+            ("ca_file", &m.ca_file),
+            ("client_cert", &m.client_cert),
+            ("client_key", &m.client_key),
+        ] {
+            if let Some(p) = v {
+                files.push((format!("mqtt.{k}"), p));
+            }
+        }
+        for (id, e) in &self.endpoints {
+            for (k, v) in [
+                ("ca_file", &e.ca_file),
+                ("client_cert", &e.client_cert),
+                ("client_key", &e.client_key),
+            ] {
+                if let Some(p) = v {
+                    files.push((format!("endpoints.{id}.{k}"), p));
+                }
+            }
+        }
+        for (key, p) in &self.portainer {
+            if let Some(f) = &p.ca_file {
+                files.push((format!("portainer.{key}.ca_file"), f));
+            }
+        }
+        if let Some(f) = &self.updates.docker_config {
+            files.push(("updates.docker_config".into(), f));
+        }
+        for (key, path) in files {
+            std::fs::File::open(path)
+                .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
+        }
+        Ok(())
+    }
+
+    /// What changed between this config and `new`, as data: the supervisor
+    /// restarts only that.
+    pub fn diff(&self, new: &Config) -> ConfigDiff {
+        fn keys<V: PartialEq>(
+            a: &BTreeMap<String, V>,
+            b: &BTreeMap<String, V>,
+        ) -> (Vec<String>, Vec<String>, Vec<String>) {
+            let added = b.keys().filter(|k| !a.contains_key(*k)).cloned().collect();
+            let removed = a.keys().filter(|k| !b.contains_key(*k)).cloned().collect();
+            let changed = a
+                .iter()
+                .filter(|(k, v)| b.get(*k).is_some_and(|w| w != *v))
+                .map(|(k, _)| k.clone())
+                .collect();
+            (added, removed, changed)
+        }
+        let (endpoints_added, endpoints_removed, endpoints_changed) =
+            keys(&self.effective_endpoints(), &new.effective_endpoints());
+        let (portainer_added, portainer_removed, portainer_changed) =
+            keys(&self.portainer, &new.portainer);
+        ConfigDiff {
+            restart_all: self.mqtt != new.mqtt
+                || self.homeassistant != new.homeassistant
+                || self.state != new.state,
+            endpoint_settings: self.containers != new.containers
+                || self.events != new.events
+                || self.commands != new.commands,
+            updates: self.updates != new.updates,
+            endpoints_added,
+            endpoints_removed,
+            endpoints_changed,
+            portainer_added,
+            portainer_removed,
+            portainer_changed,
+            log: self.log != new.log,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_files()?;
         self.broker_addr()?;
         let base = &self.mqtt.base_topic;
         if !valid_topic_name(base) {
@@ -876,6 +981,63 @@ mod tests {
         let mut f = tempfile::NamedTempFile::new().expect("tempfile");
         f.write_all(toml_text.as_bytes()).expect("write");
         Config::load(Some(f.path()), &env(vars))
+    }
+
+    #[test]
+    fn reload_diff_names_only_what_changed() {
+        let base = r#"
+[endpoints.a]
+url = "unix:///a.sock"
+[endpoints.b]
+url = "unix:///b.sock"
+[portainer.p]
+url = "https://p.example"
+api_key = "k"
+"#;
+        let old = load_str(base, &[]).expect("old");
+        assert!(old.diff(&old).is_empty());
+        let new = load_str(&format!("{base}[updates]\ninterval = \"1h\"\n"), &[]).expect("new");
+        let d = old.diff(&new);
+        assert!(d.updates && !d.restart_all && !d.endpoint_settings, "{d:?}");
+        assert!(d.endpoints_changed.is_empty() && d.portainer_changed.is_empty());
+        let new = load_str(
+            &format!("{base}[portainer.q]\nurl = \"https://q.example\"\napi_key = \"k\"\n")
+                .replace("unix:///b.sock", "tcp://127.0.0.1:2375"),
+            &[],
+        )
+        .expect("new");
+        let d = old.diff(&new);
+        assert_eq!(d.portainer_added, vec!["q".to_string()]);
+        assert_eq!(d.endpoints_changed, vec!["b".to_string()]);
+        assert!(!d.restart_all && !d.updates && d.endpoints_added.is_empty());
+        let new = load_str(
+            &format!("{base}[mqtt]\nkeep_alive = \"60s\"\n[containers]\nexclude = [\"x\"]\n"),
+            &[],
+        )
+        .expect("new");
+        let d = old.diff(&new);
+        assert!(d.restart_all && d.endpoint_settings);
+    }
+
+    #[test]
+    fn every_file_valued_key_must_be_readable() {
+        for (toml, key) in [
+            (
+                "[mqtt]\nurl = \"mqtts://h:8883\"\nca_file = \"/nonexistent/ca.pem\"\n",
+                "mqtt.ca_file",
+            ),
+            (
+                "[endpoints.x]\nurl = \"https://h:2376\"\nclient_cert = \"/nonexistent/c\"\nclient_key = \"/nonexistent/k\"\n",
+                "endpoints.x.client_cert",
+            ),
+            (
+                "[portainer.p]\nurl = \"https://p\"\napi_key = \"k\"\nca_file = \"/nonexistent/ca\"\n",
+                "portainer.p.ca_file",
+            ),
+        ] {
+            let e = load_str(toml, &[]).expect_err(key);
+            assert!(e.to_string().contains(key), "{e}");
+        }
     }
 
     #[test]

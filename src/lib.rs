@@ -19,6 +19,7 @@ pub mod persist;
 pub mod portainer;
 pub mod registry;
 pub mod signals;
+pub mod supervise;
 pub mod supervisor;
 pub mod topics;
 pub mod watcher;

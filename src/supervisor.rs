@@ -20,6 +20,7 @@ use crate::mqtt::{self, Inbound, MqttError, MqttHandle, Sweep};
 use crate::payloads::{BridgeInfo, now_rfc3339};
 use crate::persist::{StateDir, StateDirError};
 use crate::portainer::{self, PortainerClient, PortainerEndpoint, SourceUpdate};
+use crate::supervise::{self, Liveness};
 use crate::topics::CommandTarget;
 use crate::topics::Topics;
 use crate::watcher::{CheckRequest, CheckScope, Inventory, Watcher};
@@ -51,7 +52,9 @@ struct EndpointHandle {
     /// The `[portainer.<key>]` it comes from, if any.
     source: Option<String>,
     token: CancellationToken,
+    /// The supervised task (restarted on a crash; see `supervise`).
     join: JoinHandle<()>,
+    liveness: Liveness,
     commands: mpsc::Sender<EndpointCommand>,
 }
 
@@ -86,6 +89,8 @@ pub async fn run(
 struct SourceHandle {
     resync: mpsc::Sender<()>,
     token: CancellationToken,
+    join: JoinHandle<()>,
+    liveness: Liveness,
     /// Has it listed its environments once (its leftovers may be swept)?
     listed: bool,
 }
@@ -93,6 +98,8 @@ struct SourceHandle {
 struct Supervisor {
     /// The image watcher's request queue, when update checks are on.
     checks: Option<mpsc::Sender<CheckRequest>>,
+    watcher: Option<WatcherHandle>,
+    state_dir: StateDir,
     inventory: Option<Arc<Inventory>>,
     settings: Arc<EndpointSettings>,
     sources: BTreeMap<String, SourceHandle>,
@@ -132,7 +139,106 @@ fn settings(
         flat_topics: cfg.mqtt.flat_topics,
         state_dir: Some(state_dir.clone()),
         ha: Discovery::from_config(cfg).map(Arc::new),
+        test_panic_on: supervise::test_panic_name(),
     })
+}
+
+struct WatcherHandle {
+    token: CancellationToken,
+    join: JoinHandle<()>,
+    checks: mpsc::Sender<CheckRequest>,
+}
+
+/// The image watcher, supervised, when `[updates] enabled`.
+fn start_watcher(
+    config: &Config,
+    mqtt: &MqttHandle,
+    inventory: Option<Arc<Inventory>>,
+    state_dir: &StateDir,
+) -> Option<WatcherHandle> {
+    let inv = inventory.filter(|_| config.updates.enabled)?;
+    let token = CancellationToken::new();
+    let (checks, check_rx) = mpsc::channel::<CheckRequest>(8);
+    let (cfg, outbox, dir) = (config.clone(), mqtt.outbox.clone(), state_dir.clone());
+    let (token2, resync) = (token.clone(), mqtt.resync_signal());
+    let requests = Arc::new(tokio::sync::Mutex::new(check_rx));
+    let join = supervise::spawn(
+        "image watcher".into(),
+        token.clone(),
+        Liveness::default(),
+        || {},
+        move || {
+            let w = Watcher::new(&cfg, outbox.clone(), inv.clone(), Some(dir.clone()))
+                .map_err(|e| e.to_string())?;
+            let (token, resync, requests) = (token2.clone(), resync.clone(), requests.clone());
+            Ok(async move {
+                let mut requests = requests.lock_owned().await;
+                w.run(token, &mut requests, resync).await
+            })
+        },
+    );
+    Some(WatcherHandle {
+        token,
+        join,
+        checks,
+    })
+}
+
+/// A reload whose new pieces cannot be built is refused before anything stops.
+fn preflight(new: &Config, current: &Config) -> Result<(), String> {
+    if new.state.dir != current.state.dir {
+        StateDir::open(&new.state.dir).map_err(|e| e.to_string())?;
+    }
+    mqtt::new(new, Vec::new(), None).map_err(|e| e.to_string())?;
+    ContainerFilter::new(&new.containers).map_err(|e| e.to_string())?;
+    glob_set("commands.protect", &new.commands.protect).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// One incarnation of an endpoint task, from its spec.
+fn build_endpoint(
+    id: &str,
+    spec: &EndpointSpec,
+    settings: Arc<EndpointSettings>,
+    mqtt: MqttHandle,
+) -> Result<Endpoint, String> {
+    let (meta, client) = match spec {
+        EndpointSpec::Direct(cfg) => (
+            EndpointMeta {
+                name: id.to_string(),
+                kind: "docker",
+                public_url: None,
+                portainer_id: None,
+                poll_interval: None,
+                portainer_ui: None,
+            },
+            DockerClient::new(cfg),
+        ),
+        EndpointSpec::Portainer(p) => {
+            let auth: Arc<dyn crate::docker::client::RequestAuth> = p.client.auth.clone();
+            (
+                EndpointMeta {
+                    name: p.name.clone(),
+                    kind: "portainer",
+                    public_url: p.public_url.clone(),
+                    portainer_id: Some(p.env_id),
+                    poll_interval: Some(p.poll_interval),
+                    portainer_ui: Some(p.client.base.as_str().trim_end_matches('/').to_string()),
+                },
+                DockerClient::shared(
+                    p.client.http.clone(),
+                    &p.client.docker_base(p.env_id),
+                    Some(auth),
+                ),
+            )
+        }
+    };
+    let client = client.map_err(|e| e.to_string())?;
+    let mut ep = Endpoint::new(id.to_string(), meta, client, settings, mqtt);
+    if let EndpointSpec::Portainer(p) = spec {
+        ep = ep.with_portainer(p.client.clone(), p.env_id);
+    }
+    Ok(ep)
 }
 
 async fn run_instance(
@@ -150,34 +256,27 @@ async fn run_instance(
     }
     let (mqtt_task, mqtt) = mqtt::new(config, subscriptions, Some(inbound_tx))?;
     let mqtt_token = CancellationToken::new();
-    let mqtt_join = tokio::spawn(mqtt_task.run(mqtt_token.clone()));
-
-    let inventory = config
-        .updates
-        .enabled
-        .then(|| Arc::new(Inventory::default()));
-    let watcher_token = CancellationToken::new();
-    let (check_tx, check_rx) = mpsc::channel::<CheckRequest>(8);
-    let checks = match &inventory {
-        Some(inv) => match Watcher::new(
-            config,
-            mqtt.outbox.clone(),
-            inv.clone(),
-            Some(state_dir.clone()),
-        ) {
-            Ok(w) => {
-                tokio::spawn(w.run(watcher_token.clone(), check_rx, mqtt.resync_signal()));
-                Some(check_tx)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the image watcher");
-                None
-            }
-        },
-        None => None,
+    let mqtt_live = Liveness::default();
+    let mqtt_join = {
+        let token = mqtt_token.clone();
+        // Its last will tells the broker we are gone while it restarts.
+        supervise::spawn(
+            "mqtt".into(),
+            mqtt_token.clone(),
+            mqtt_live.clone(),
+            || {},
+            move || Ok(mqtt_task.clone().run(token.clone())),
+        )
     };
+
+    // Always there (endpoints feed it), so `[updates]` can be switched on by a reload.
+    let inventory = Some(Arc::new(Inventory::default()));
+    let watcher = start_watcher(config, &mqtt, inventory.clone(), &state_dir);
+    let checks = watcher.as_ref().map(|w| w.checks.clone());
     let mut sup = Supervisor {
         checks,
+        watcher,
+        state_dir: state_dir.clone(),
         inventory: inventory.clone(),
         sources: BTreeMap::new(),
         settings: Arc::new(settings(config, &state_dir, inventory.clone())?),
@@ -222,36 +321,20 @@ async fn run_instance(
                     sd_notify::NotifyState::Reloading,
                     sd_notify::NotifyState::monotonic_usec_now().unwrap_or(sd_notify::NotifyState::Status("reloading")),
                 ]);
-                if new.mqtt != current.mqtt
-                    || new.homeassistant != current.homeassistant
-                    || new.state != current.state
-                    || new.portainer != current.portainer
-                    || new.updates != current.updates
-                {
+                if let Err(e) = preflight(&new, &current) {
+                    tracing::error!(error = %e, "reload refused: keeping the running configuration");
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+                    continue;
+                }
+                let d = current.diff(&new);
+                tracing::info!(diff = ?d, "applying the new configuration");
+                if d.restart_all {
                     break Outcome::Restart(Box::new(new));
                 }
-                if new.log != current.log {
+                if d.log {
                     tracing::warn!("log settings take effect at the next start");
                 }
-                let global_changed = new.containers != current.containers
-                    || new.events != current.events
-                    || new.commands != current.commands;
-                sup.commands = new.commands.clone();
-                if global_changed {
-                    sup.settings = Arc::new(settings(&new, &state_dir, sup.inventory.clone())?);
-                }
-                sup.apply(new.effective_endpoints(), global_changed).await;
-                if global_changed {
-                    // Portainer environments depend on the same settings.
-                    let ids: Vec<String> = sup.endpoints.iter().filter(|(_, h)| h.source.is_some()).map(|(id, _)| id.clone()).collect();
-                    for id in ids {
-                        if let Some(h) = sup.endpoints.get(&id) {
-                            let (spec, source) = (h.spec.clone(), h.source.clone());
-                            sup.stop(&id).await;
-                            sup.start(id, spec, source, true);
-                        }
-                    }
-                }
+                sup.reload(&new, &d, &source_tx).await;
                 current = new;
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
                 tracing::info!(endpoints = sup.endpoints.len(), "configuration reloaded");
@@ -265,18 +348,14 @@ async fn run_instance(
         }
     };
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    watcher_token.cancel();
+    if let Some(w) = sup.watcher.take() {
+        w.token.cancel();
+    }
     for s in sup.sources.values() {
         s.token.cancel();
     }
     sup.stop_all().await;
-    mqtt_token.cancel();
-    if tokio::time::timeout(MQTT_STOP_GRACE, mqtt_join)
-        .await
-        .is_err()
-    {
-        tracing::warn!("MQTT task did not stop in time");
-    }
+    supervise::stop("mqtt", &mqtt_token, mqtt_join, MQTT_STOP_GRACE).await;
     Ok(outcome)
 }
 
@@ -284,65 +363,36 @@ impl Supervisor {
     fn start(&mut self, id: String, spec: EndpointSpec, source: Option<String>, restarted: bool) {
         let token = CancellationToken::new();
         let (commands, cmd_rx) = mpsc::channel(ENDPOINT_COMMAND_QUEUE);
-        let (meta, client) = match &spec {
-            EndpointSpec::Direct(cfg) => (
-                EndpointMeta {
-                    name: id.clone(),
-                    kind: "docker",
-                    public_url: None,
-                    portainer_id: None,
-                    poll_interval: None,
-                    portainer_ui: None,
-                },
-                DockerClient::new(cfg),
-            ),
-            EndpointSpec::Portainer(p) => {
-                let auth: Arc<dyn crate::docker::client::RequestAuth> = p.client.auth.clone();
-                (
-                    EndpointMeta {
-                        name: p.name.clone(),
-                        kind: "portainer",
-                        public_url: p.public_url.clone(),
-                        portainer_id: Some(p.env_id),
-                        poll_interval: Some(p.poll_interval),
-                        portainer_ui: Some(
-                            p.client.base.as_str().trim_end_matches('/').to_string(),
-                        ),
-                    },
-                    DockerClient::shared(
-                        p.client.http.clone(),
-                        &p.client.docker_base(p.env_id),
-                        Some(auth),
-                    ),
-                )
+        let cmd_rx = Arc::new(tokio::sync::Mutex::new(cmd_rx));
+        let liveness = Liveness::default();
+        let (settings, mqtt) = (self.settings.clone(), self.mqtt.clone());
+        let (spec2, id2, token2) = (spec.clone(), id.clone(), token.clone());
+        let mut restarted = restarted;
+        // Each incarnation is built afresh: a set-up failure (a bad certificate
+        // file) is retried like a crash, and a crash starts from a clean table.
+        let make = move || {
+            let mut ep = build_endpoint(&id2, &spec2, settings.clone(), mqtt.clone())?;
+            if restarted {
+                ep = ep.restarted();
             }
+            restarted = true;
+            let (token, rx) = (token2.clone(), cmd_rx.clone());
+            Ok(async move {
+                let mut rx = rx.lock_owned().await;
+                ep.run(token, &mut rx).await
+            })
         };
-        let join = match client {
-            Ok(client) => {
-                let mut ep = Endpoint::new(
-                    id.clone(),
-                    meta,
-                    client,
-                    self.settings.clone(),
-                    self.mqtt.clone(),
-                );
-                if restarted {
-                    ep = ep.restarted();
-                }
-                if let EndpointSpec::Portainer(p) = &spec {
-                    ep = ep.with_portainer(p.client.clone(), p.env_id);
-                }
-                tokio::spawn(ep.run(token.clone(), cmd_rx))
-            }
-            Err(e) => {
-                // Bad certificate files and the like: this endpoint only is offline.
-                tracing::error!(endpoint = %id, error = %e, "cannot set up the endpoint");
-                self.mqtt
-                    .outbox
-                    .retain(self.settings.topics.endpoint_status(&id), "offline");
-                tokio::spawn(async {})
-            }
-        };
+        let (outbox, status) = (
+            self.mqtt.outbox.clone(),
+            self.settings.topics.endpoint_status(&id),
+        );
+        let join = supervise::spawn(
+            format!("endpoint {id}"),
+            token.clone(),
+            liveness.clone(),
+            move || outbox.retain(status.clone(), "offline"),
+            make,
+        );
         self.endpoints.insert(
             id,
             EndpointHandle {
@@ -350,6 +400,7 @@ impl Supervisor {
                 source,
                 token,
                 join,
+                liveness,
                 commands,
             },
         );
@@ -357,27 +408,106 @@ impl Supervisor {
 
     async fn stop(&mut self, id: &str) {
         if let Some(h) = self.endpoints.remove(id) {
-            h.token.cancel();
-            if tokio::time::timeout(ENDPOINT_STOP_GRACE, h.join)
-                .await
-                .is_err()
-            {
-                tracing::warn!(endpoint = %id, "endpoint task did not stop in time");
-            }
+            supervise::stop(
+                &format!("endpoint {id}"),
+                &h.token,
+                h.join,
+                ENDPOINT_STOP_GRACE,
+            )
+            .await;
         }
     }
 
     async fn stop_all(&mut self) {
-        for h in self.endpoints.values() {
-            h.token.cancel();
-        }
-        let handles: Vec<_> = std::mem::take(&mut self.endpoints).into_values().collect();
-        let all = futures_util::future::join_all(handles.into_iter().map(|h| h.join));
-        if tokio::time::timeout(ENDPOINT_STOP_GRACE, all)
+        let handles: Vec<_> = std::mem::take(&mut self.endpoints).into_iter().collect();
+        futures_util::future::join_all(handles.into_iter().map(|(id, h)| async move {
+            supervise::stop(
+                &format!("endpoint {id}"),
+                &h.token,
+                h.join,
+                ENDPOINT_STOP_GRACE,
+            )
             .await
-            .is_err()
-        {
-            tracing::warn!("some endpoint tasks did not stop in time");
+        }))
+        .await;
+    }
+
+    /// Applies a reload that keeps the MQTT connection: only what `d` names restarts.
+    async fn reload(
+        &mut self,
+        new: &Config,
+        d: &crate::config::ConfigDiff,
+        source_tx: &mpsc::Sender<SourceUpdate>,
+    ) {
+        self.commands = new.commands.clone();
+        if d.endpoint_settings || d.updates {
+            match settings(new, &self.state_dir, self.inventory.clone()) {
+                Ok(s) => self.settings = Arc::new(s),
+                Err(e) => tracing::error!(error = %e, "cannot apply the new settings"),
+            }
+        }
+        if d.updates {
+            if let Some(w) = self.watcher.take() {
+                supervise::stop("image watcher", &w.token, w.join, ENDPOINT_STOP_GRACE).await;
+            }
+            self.watcher = start_watcher(new, &self.mqtt, self.inventory.clone(), &self.state_dir);
+            self.checks = self.watcher.as_ref().map(|w| w.checks.clone());
+            tracing::info!("image watcher restarted with the new [updates] settings");
+        }
+        for key in d.portainer_removed.iter().chain(&d.portainer_changed) {
+            if let Some(h) = self.sources.remove(key) {
+                supervise::stop(
+                    &format!("portainer source {key}"),
+                    &h.token,
+                    h.join,
+                    ENDPOINT_STOP_GRACE,
+                )
+                .await;
+            }
+        }
+        for key in &d.portainer_removed {
+            // Its environments go, with their topics.
+            self.apply_set(Some(key), BTreeMap::new(), false).await;
+            tracing::info!(source = %key, "Portainer source removed");
+        }
+        for key in d.portainer_added.iter().chain(&d.portainer_changed) {
+            if let Some(pcfg) = new.portainer.get(key) {
+                // A changed source's environments are diffed when it lists them.
+                self.start_source(key, pcfg, source_tx.clone());
+            }
+        }
+        self.apply(new.effective_endpoints(), d.endpoint_settings)
+            .await;
+        if d.endpoint_settings {
+            // Portainer environments depend on the same settings.
+            let ids: Vec<String> = self
+                .endpoints
+                .iter()
+                .filter(|(_, h)| h.source.is_some())
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in ids {
+                if let Some(h) = self.endpoints.get(&id) {
+                    let (spec, source) = (h.spec.clone(), h.source.clone());
+                    self.stop(&id).await;
+                    self.start(id, spec, source, true);
+                }
+            }
+        }
+        self.retry_failed_now();
+    }
+
+    /// A SIGHUP retries at once whatever is waiting to be set up again.
+    fn retry_failed_now(&self) {
+        for h in self.endpoints.values() {
+            if !h.liveness.is_alive() {
+                h.liveness.retry_now.notify_one();
+            }
+        }
+        for s in self.sources.values() {
+            if !s.liveness.is_alive() {
+                s.liveness.retry_now.notify_one();
+            }
         }
     }
 
@@ -449,28 +579,38 @@ impl Supervisor {
         cfg: &crate::config::PortainerConfig,
         tx: mpsc::Sender<SourceUpdate>,
     ) {
-        let client = match PortainerClient::new(cfg) {
-            Ok(c) => Arc::new(c),
-            Err(e) => {
-                tracing::error!(source = %key, error = %e, "cannot set up the Portainer source");
-                return;
-            }
-        };
         let (resync, resync_rx) = mpsc::channel(1);
+        let resync_rx = Arc::new(tokio::sync::Mutex::new(resync_rx));
         let token = CancellationToken::new();
-        tokio::spawn(portainer::run_source(
-            key.to_string(),
-            cfg.clone(),
-            client,
-            tx,
-            resync_rx,
+        let liveness = Liveness::default();
+        let (key2, cfg2, token2) = (key.to_string(), cfg.clone(), token.clone());
+        let join = supervise::spawn(
+            format!("portainer source {key}"),
             token.clone(),
-        ));
+            liveness.clone(),
+            || {},
+            move || {
+                let client = Arc::new(PortainerClient::new(&cfg2).map_err(|e| e.to_string())?);
+                let (key, cfg, tx, token, rx) = (
+                    key2.clone(),
+                    cfg2.clone(),
+                    tx.clone(),
+                    token2.clone(),
+                    resync_rx.clone(),
+                );
+                Ok(async move {
+                    let mut rx = rx.lock_owned().await;
+                    portainer::run_source(key, cfg, client, tx, &mut rx, token).await
+                })
+            },
+        );
         self.sources.insert(
             key.to_string(),
             SourceHandle {
                 resync,
                 token,
+                join,
+                liveness,
                 listed: false,
             },
         );

@@ -339,7 +339,7 @@ impl Watcher {
     pub async fn run(
         mut self,
         token: CancellationToken,
-        mut requests: mpsc::Receiver<CheckRequest>,
+        requests: &mut mpsc::Receiver<CheckRequest>,
         mut resync: tokio::sync::watch::Receiver<u64>,
     ) {
         resync.mark_unchanged();

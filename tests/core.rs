@@ -589,6 +589,105 @@ async fn sigterm_publishes_offline_and_exits_within_two_seconds() {
     c.wait_latest(&status, T, |m| m.text() == "offline").await;
     let snap = retained_snapshot(env.broker.port, &status).await;
     assert_eq!(snap.get(&status).map(|b| &b[..]), Some(&b"offline"[..]));
+    // The last will says `offline` too: only a clean DISCONNECT proves that
+    // dockside published it itself (Mosquitto logs which of the two it was).
+    let client = format!("Client dockside-{}-", env.base);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let log = loop {
+        let log = env.broker.log_text();
+        if log
+            .lines()
+            .any(|l| l.contains(&client) && l.contains("disconnected"))
+            || Instant::now() > deadline
+        {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&client) && l.trim_end().ends_with("disconnected.")),
+        "no clean disconnect of dockside in the broker log:\n{log}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains(&client) && l.contains("closed its connection")),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_right_after_a_die_leaves_the_stopped_state_retained() {
+    let env = Env::new();
+    let name = env.ct.name("last");
+    let id = run(&name, &[], &[]);
+    let c = env.collector().await;
+    let mut d = env.start();
+    c.wait_state(&env.state(&name), T, |s| s["running"] == true)
+        .await;
+    // The engine's own event stream says when the container died.
+    let mut events = std::process::Command::new("docker")
+        .args([
+            "events",
+            "--filter",
+            &format!("container={id}"),
+            "--filter",
+            "event=die",
+            "--format",
+            "{{.Action}}",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("docker events");
+    let out = events.stdout.take().expect("stdout");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    docker(&["kill", &name]);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).expect("die event");
+    assert_eq!(line.trim(), "die");
+    std::thread::sleep(Duration::from_millis(20));
+    let (code, _) = d.stop();
+    let _ = events.kill();
+    let _ = events.wait();
+    assert_eq!(code, Some(0), "{}", d.log_text());
+    let snap = retained_snapshot(env.broker.port, &env.state(&name)).await;
+    let state: serde_json::Value =
+        serde_json::from_slice(snap.get(&env.state(&name)).expect("state retained")).expect("json");
+    assert_eq!(state["state"], "exited", "{state}");
+    assert_eq!(state["exit_code"], 137, "{state}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_endpoint_task_is_restarted_and_mirrors_again() {
+    let env = Env::new();
+    let web = env.ct.name("web");
+    run(&web, &[], &[]);
+    let boom = env.ct.name("boom");
+    let c = env.collector().await;
+    let d = Dockside::start_with_env(
+        env.dir.path(),
+        &env.config(),
+        &[("DOCKSIDE_TEST_PANIC_ON", &boom)],
+    );
+    let status = format!("{}/local/status", env.base);
+    c.wait_latest(&status, T, |m| m.text() == "online").await;
+    c.wait_state(&env.state(&web), T, |s| s["running"] == true)
+        .await;
+    c.clear();
+    run(&boom, &[], &[]); // its `create` event makes the endpoint task panic (once)
+    c.wait_latest(&status, T, |m| m.text() == "offline").await;
+    c.wait_latest(&status, T, |m| m.text() == "online").await;
+    // Back and working: the new container and a change after the restart both show.
+    c.wait_state(&env.state(&boom), T, |s| s["running"] == true)
+        .await;
+    docker(&["kill", &web]);
+    c.wait_state(&env.state(&web), T, |s| s["state"] == "exited")
+        .await;
+    let log = d.log_text();
+    assert!(
+        log.contains("task stopped unexpectedly") && log.contains("panicked"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

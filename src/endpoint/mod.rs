@@ -37,6 +37,10 @@ use crate::topics::Topics;
 
 /// Inspects run at most this many at a time per endpoint.
 const INSPECT_CONCURRENCY: usize = 8;
+/// How long a stopping endpoint waits for inspects already asked.
+/// A failed inspect is asked again this many times.
+const INSPECT_RETRIES: u8 = 3;
+const INSPECT_DRAIN: Duration = Duration::from_millis(300);
 /// Coalesces endpoint-info recomputation during bursts.
 const INFO_DEBOUNCE: Duration = Duration::from_millis(200);
 /// Image/volume counts are re-read at most this often after such events.
@@ -84,6 +88,8 @@ pub struct EndpointSettings {
     pub inventory: Option<Arc<crate::watcher::Inventory>>,
     /// Home Assistant discovery, when on.
     pub ha: Option<Arc<Discovery>>,
+    /// Debug builds: panic on an event of this container (supervision tests).
+    pub test_panic_on: Option<String>,
 }
 
 /// What kind of source an endpoint comes from, for its info payload.
@@ -154,6 +160,8 @@ pub struct Endpoint {
     inspects: JoinSet<InspectResult>,
     /// Transitions published from events that no inspect has confirmed yet.
     overlays: transitions::Overlays,
+    /// id → failed inspects in a row.
+    inspect_failures: HashMap<String, u8>,
     facts: Facts,
     online: Option<bool>,
     last_info: Option<EndpointInfo>,
@@ -215,6 +223,7 @@ impl Endpoint {
             queued: VecDeque::new(),
             inspects: JoinSet::new(),
             overlays: transitions::Overlays::default(),
+            inspect_failures: HashMap::new(),
             facts: Facts::default(),
             online: None,
             last_info: None,
@@ -255,7 +264,7 @@ impl Endpoint {
     pub async fn run(
         mut self,
         token: CancellationToken,
-        mut cmds: mpsc::Receiver<EndpointCommand>,
+        cmds: &mut mpsc::Receiver<EndpointCommand>,
     ) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         let mut first_failure = true;
@@ -263,7 +272,7 @@ impl Endpoint {
         self.publish_endpoint_device(false);
         loop {
             backoff.mark_started();
-            let result = self.session(&token, &mut cmds).await;
+            let result = self.session(&token, cmds).await;
             self.save_cursor();
             self.fail_all_pending(if token.is_cancelled() {
                 "dockside is shutting down"
@@ -406,7 +415,10 @@ impl Endpoint {
             );
             tokio::select! {
                 biased;
-                _ = token.cancelled() => return Ok(()),
+                _ = token.cancelled() => {
+                    self.drain_inspects().await;
+                    return Ok(());
+                }
                 Some(res) = self.actions.join_next(), if !self.actions.is_empty() => {
                     match res {
                         Ok(r) => self.on_action_done(r),
@@ -449,6 +461,22 @@ impl Endpoint {
                 Ok(()) = resync.changed() => self.republish_all(),
             }
         }
+    }
+
+    /// At shutdown: the answers already on their way are applied (part of
+    /// the stop budget), so the last state before a host shutdown is right.
+    async fn drain_inspects(&mut self) {
+        self.queued.clear();
+        self.again.clear();
+        let deadline = Instant::now() + INSPECT_DRAIN;
+        while !self.inspects.is_empty() {
+            match tokio::time::timeout_at(deadline, self.inspects.join_next()).await {
+                Ok(Some(Ok((id, asked, r)))) => self.on_inspect(id, asked, r),
+                Ok(Some(Err(_))) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        self.inspects.abort_all();
     }
 
     /// Now, on this thread: at the end of a session and at shutdown.
@@ -713,6 +741,12 @@ impl Endpoint {
     }
 
     fn on_container_event(&mut self, ev: &Event) {
+        if let (Some(p), Some(n)) = (&self.settings.test_panic_on, ev.name())
+            && p == n
+            && !crate::supervise::TEST_PANICKED.swap(true, Ordering::SeqCst)
+        {
+            panic!("test-only panic on an event of `{n}` (DOCKSIDE_TEST_PANIC_ON)");
+        }
         let id = ev.actor.id.clone();
         if id.is_empty() {
             return;
@@ -802,6 +836,7 @@ impl Endpoint {
         r: Result<Option<ContainerInspect>, DockerError>,
     ) {
         self.inflight.remove(&id);
+        let r_failed = r.is_err();
         match r {
             Ok(Some(ins)) => {
                 if !self.destroyed.contains(&id) {
@@ -810,8 +845,20 @@ impl Endpoint {
             }
             Ok(None) => self.on_gone(&id),
             Err(e) => {
-                tracing::warn!(endpoint = %self.id, container = %id, error = %e, "inspect failed")
+                // A slow engine (a mass stop's clean-up) is asked again, a few times.
+                let tries = self.inspect_failures.entry(id.clone()).or_insert(0);
+                *tries += 1;
+                if *tries <= INSPECT_RETRIES {
+                    tracing::debug!(endpoint = %self.id, container = %id, error = %e, "inspect failed; asking again");
+                    self.again.insert(id.clone());
+                } else {
+                    tracing::warn!(endpoint = %self.id, container = %id, error = %e, "inspect failed");
+                    self.inspect_failures.remove(&id);
+                }
             }
+        }
+        if !r_failed {
+            self.inspect_failures.remove(&id);
         }
         if self.again.remove(&id) {
             self.schedule_inspect(id);
@@ -948,6 +995,7 @@ impl Endpoint {
         }
         self.excluded.remove(id);
         self.overlays.forget(id);
+        self.inspect_failures.remove(id);
         if let Some(name) = self.names.remove(id)
             && self.containers.get(&name).is_some_and(|s| s.id == id)
         {

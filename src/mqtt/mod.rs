@@ -78,6 +78,7 @@ impl MqttHandle {
     }
 }
 
+#[derive(Clone)]
 pub struct MqttTask {
     opts: MqttOptions,
     qos: QoS,
@@ -206,6 +207,7 @@ impl MqttTask {
         let mut failures = 0u32;
         let marker = topics.readback_marker(&format!("{:016x}", fastrand::u64(..)));
         let mut readback_deadline: Option<Instant> = None;
+        let mut overflowed = 0u64;
 
         loop {
             if connected && !client_full {
@@ -264,7 +266,15 @@ impl MqttTask {
                         } else if let Some(tx) = &inbound {
                             let msg = Inbound { topic: p.topic.clone(), payload: p.payload.clone(), retain: p.retain };
                             if tx.try_send(msg).is_err() {
-                                tracing::warn!(topic = %p.topic, "inbound queue full: message dropped");
+                                // Every command gets one result, a flood too.
+                                match crate::commands::overflow_reply(&topics, &p.topic, &p.payload) {
+                                    Some((t, r)) => outbox.send(t, r),
+                                    None => tracing::debug!(topic = %p.topic, "inbound queue full: message dropped"),
+                                }
+                                overflowed += 1;
+                                if overflowed.is_power_of_two() {
+                                    tracing::warn!(total = overflowed, "commands arrive faster than they are handled: answering busy");
+                                }
                             }
                         }
                     }

@@ -130,7 +130,7 @@ pub async fn run_source(
     cfg: PortainerConfig,
     client: Arc<PortainerClient>,
     updates: mpsc::Sender<SourceUpdate>,
-    mut resync: mpsc::Receiver<()>,
+    resync: &mut mpsc::Receiver<()>,
     token: CancellationToken,
 ) {
     let mut reported = HashSet::new();

@@ -159,6 +159,11 @@ impl Broker {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
 
+    /// What Mosquitto logged (connections, clean disconnects, …).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
     /// Kills the broker; its retained store is gone (persistence off).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -380,11 +385,17 @@ pub struct Dockside {
     pub dir: PathBuf,
     pub config: PathBuf,
     log: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl Dockside {
     /// Writes `config` to a temp dir and starts the real binary on it.
     pub fn start(dir: &Path, config: &str) -> Self {
+        Self::start_with_env(dir, config, &[])
+    }
+
+    /// Same, with extra environment variables for the process.
+    pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Self {
         let cfg = dir.join("dockside.toml");
         std::fs::write(&cfg, config).expect("write config");
         let mut d = Self {
@@ -392,6 +403,10 @@ impl Dockside {
             dir: dir.to_path_buf(),
             config: cfg,
             log: dir.join(format!("dockside-{}.log", fastrand::u32(..))),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         d.spawn();
         d
@@ -408,6 +423,7 @@ impl Dockside {
             .arg(&self.config)
             .env("RUST_LOG", "dockside=debug,info")
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
