@@ -464,3 +464,105 @@ async fn dockside_never_stops_its_own_container() {
     let r = command(&c, &env, &me, "start", "self-start").await;
     assert_eq!(r["ok"], true, "{r}");
 }
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .expect("VmRSS of dockside")
+}
+
+/// 100,000 commands with distinct request ids within a minute: each gets
+/// exactly one result (`busy` when it cannot even be queued), memory stays
+/// bounded, and dockside is healthy and correct afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_commands_gets_one_result_each_and_bounded_memory() {
+    const N: usize = 100_000;
+    let env = Env::new();
+    let name = env.ct.name("flood");
+    run(&name, &[]);
+    let states = Collector::start(env.broker.port, &format!("{}/#", env.base)).await;
+    let d = Dockside::start(
+        env.dir.path(),
+        &env.config("allow = [\"start\", \"stop\"]\nmin_interval = \"0s\""),
+    );
+    states
+        .wait_state(&env.state(&name), T, |s| s["running"] == true)
+        .await;
+    drop(states);
+    let results = Collector::start(env.broker.port, &env.result(&name)).await;
+    let pid = d.pid().expect("pid");
+    let rss_before = rss_kb(pid);
+    let started = std::time::Instant::now();
+    // 2,000 a second: 100,000 within the minute the issue names.
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    for batch in 0..(N / 100) {
+        tick.tick().await;
+        for i in batch * 100..(batch + 1) * 100 {
+            // `start` on a running container: a cheap 304 → ok when it gets its turn.
+            let p = format!(r#"{{"action":"start","request_id":"f{i}"}}"#);
+            results.publish(&env.set(&name), p.as_bytes(), false).await;
+        }
+    }
+    let sent_in = started.elapsed();
+    assert!(
+        sent_in < Duration::from_secs(60),
+        "publishing took {sent_in:?}"
+    );
+    let ids = |c: &Collector| {
+        let mut ids: Vec<String> = c
+            .on(&env.result(&name))
+            .iter()
+            .filter_map(|m| m.json()["request_id"].as_str().map(String::from))
+            .collect();
+        let total = ids.len();
+        ids.sort();
+        ids.dedup();
+        (total, ids.len())
+    };
+    results
+        .wait_until(
+            "a result for every command",
+            Duration::from_secs(120),
+            |_| ids(&results).0 >= N,
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (total, distinct) = ids(&results);
+    assert_eq!(
+        (total, distinct),
+        (N, N),
+        "results: {total} in all, {distinct} distinct request ids"
+    );
+    let all = results.on(&env.result(&name));
+    let busy = all.iter().filter(|m| m.json()["code"] == "busy").count();
+    let ok = all.iter().filter(|m| m.json()["ok"] == true).count();
+    let rss_after = rss_kb(pid);
+    eprintln!(
+        "flood: {N} commands sent in {sent_in:?}; {ok} ok, {busy} busy, {} other; RSS {rss_before} kB -> {rss_after} kB",
+        N - ok - busy
+    );
+    assert!(
+        rss_after <= rss_before + 5 * 1024,
+        "RSS grew from {rss_before} kB to {rss_after} kB"
+    );
+    // Healthy and correct afterwards: a command and a state change still work.
+    results.clear();
+    results
+        .publish(
+            &env.set(&name),
+            br#"{"action":"stop","request_id":"after"}"#,
+            false,
+        )
+        .await;
+    results
+        .wait_until("result after the flood", T, |all| {
+            all.iter()
+                .any(|m| m.json()["request_id"] == "after" && m.json()["ok"] == true)
+        })
+        .await;
+}

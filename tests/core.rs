@@ -820,3 +820,89 @@ fn unwritable_state_dir_is_a_clear_error() {
     assert_eq!(code, Some(73), "{err}");
     assert!(err.contains("state.dir"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_restart_only_what_changed_and_bad_ones_are_refused() {
+    let env = Env::new();
+    let name = env.ct.name("web");
+    run(&name, &[], &[]);
+    let garbage_ca = env.dir.path().join("garbage-ca.pem");
+    std::fs::write(&garbage_ca, "not a certificate").expect("write");
+    let with_tls = format!(
+        "{}[endpoints.local]\nurl = \"unix:///var/run/docker.sock\"\n[endpoints.tls]\nurl = \"https://127.0.0.1:1\"\nca_file = \"{}\"\n",
+        env.config(),
+        garbage_ca.display()
+    );
+    let c = env.collector().await;
+    let d = Dockside::start(env.dir.path(), &with_tls);
+    let b = env.base.clone();
+    let (bridge, local) = (format!("{b}/status"), format!("{b}/local/status"));
+    c.wait_state(&env.state(&name), T, |s| s["running"] == true)
+        .await;
+    c.wait_latest(&local, T, |m| m.text() == "online").await;
+    // An endpoint that cannot be set up is offline, retried, and the other carries on.
+    c.wait_latest(&format!("{b}/tls/status"), T, |m| m.text() == "offline")
+        .await;
+    let count = |c: &Collector| {
+        (
+            c.on(&bridge).len(),
+            c.on(&local).len(),
+            c.on(&env.state(&name)).len(),
+        )
+    };
+    let before = count(&c);
+    let reloads = |d: &Dockside| {
+        d.log_text().matches("configuration reloaded").count()
+            + d.log_text().matches("reload refused").count()
+    };
+
+    // Only [updates] changes: nothing else restarts or republishes.
+    let n = reloads(&d);
+    d.rewrite_config(&format!("{with_tls}[updates]\ninterval = \"1h\"\n"));
+    d.signal("-HUP");
+    wait_log(&d, T, |_| reloads(&d) > n).await;
+    // A state dir that cannot be used: refused, the running one is kept.
+    let n = reloads(&d);
+    let file = env.dir.path().join("a-file");
+    std::fs::write(&file, "x").expect("write");
+    let bad_dir = with_tls.replace(
+        &env.dir.path().join("state").display().to_string(),
+        &file.join("sub").display().to_string(),
+    );
+    d.rewrite_config(&bad_dir);
+    d.signal("-HUP");
+    wait_log(&d, T, |_| reloads(&d) > n).await;
+    // A missing CA file for the broker: refused at load.
+    d.rewrite_config(&with_tls.replace("[mqtt]\n", "[mqtt]\nca_file = \"/nonexistent/ca.pem\"\n"));
+    d.signal("-HUP");
+    wait_log(&d, T, |l| l.matches("reload refused").count() >= 2).await;
+    // Still mirroring, and nothing was republished or flapped meanwhile.
+    assert_eq!(
+        count(&c),
+        before,
+        "a reload republished or flapped something"
+    );
+    docker(&["kill", &name]);
+    c.wait_state(&env.state(&name), T, |s| s["state"] == "exited")
+        .await;
+    let log = d.log_text();
+    assert!(log.contains("image watcher restarted"), "{log}");
+    assert!(log.contains("cannot set it up"), "{log}");
+    assert!(!log.contains("endpoint restarted"), "{log}");
+    assert!(c.on(&bridge).iter().all(|m| m.text() == "online"));
+}
+
+async fn wait_log(d: &Dockside, timeout: Duration, mut pred: impl FnMut(&str) -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let log = d.log_text();
+        if pred(&log) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log condition not reached:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -134,7 +134,14 @@ impl Outbox {
             retain: false,
         });
         if inner.stream.len() > self.stream_cap {
-            inner.stream.pop_front();
+            // Events go before command results: each command is owed its one result.
+            let victim = inner
+                .stream
+                .iter()
+                .take(64)
+                .position(|m| !m.topic.ends_with("/result"))
+                .unwrap_or(0);
+            inner.stream.remove(victim);
             inner.dropped += 1;
             if inner.dropped.is_power_of_two() {
                 tracing::warn!(
@@ -509,6 +516,16 @@ mod tests {
             vec![Bytes::from("2"), Bytes::from("3"), Bytes::from("4")]
         );
         assert_eq!(o.dropped(), 2);
+    }
+
+    #[test]
+    fn an_overflow_drops_events_before_results() {
+        let o = Outbox::new(Topics::new("b"), 2);
+        o.send("b/e/c/result", "r1");
+        o.send("b/e/events", "e1");
+        o.send("b/e/c/result", "r2");
+        let out: Vec<_> = drain(&o).into_iter().map(|m| m.payload).collect();
+        assert_eq!(out, vec![Bytes::from("r1"), Bytes::from("r2")]);
     }
 
     #[test]
