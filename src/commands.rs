@@ -264,6 +264,79 @@ impl Dedup {
     }
 }
 
+/// `resync` and `check_updates` are heavy (a full re-list and republish, a
+/// registry round): at most one per scope and word this often.
+pub const SCOPE_MIN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Last accepted `resync` / `check_updates` per (topic, word). Keys are the
+/// bridge and existing endpoints only (unknown ones are refused first).
+#[derive(Debug, Default)]
+pub struct ScopeLimiter {
+    last: HashMap<(String, String), Instant>,
+}
+
+impl ScopeLimiter {
+    /// `Some(wait)` when this word on this scope must wait that long.
+    pub fn check(&mut self, topic: &str, word: &str, now: Instant) -> Option<Duration> {
+        let key = (topic.to_string(), word.to_string());
+        if let Some(t) = self.last.get(&key) {
+            let since = now.duration_since(*t);
+            if since < SCOPE_MIN_INTERVAL {
+                return Some(SCOPE_MIN_INTERVAL - since);
+            }
+        }
+        if self.last.len() > 1024 {
+            self.last
+                .retain(|_, t| now.duration_since(*t) < SCOPE_MIN_INTERVAL);
+        }
+        self.last.insert(key, now);
+        None
+    }
+}
+
+/// What the command policy needs to know about the container a word is for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Subject {
+    /// Label `dockside.commands=false`.
+    pub label_off: bool,
+    /// Matches `commands.protect`.
+    pub protected: bool,
+    /// The container dockside itself runs in.
+    pub own: bool,
+}
+
+/// The one command policy (SPEC §5): whether `word` may run on a container.
+/// `None` means permitted. With `who = None` (the container is not known
+/// yet, as in the router) only the container-independent rules apply; the
+/// endpoint asks again with the container, and Home Assistant's buttons are
+/// built from the same answer.
+pub fn refusal(
+    cfg: &crate::config::CommandsConfig,
+    word: &str,
+    who: Option<&Subject>,
+) -> Option<(Code, String)> {
+    let forbid = |m: String| Some((Code::Forbidden, m));
+    if !cfg.enabled {
+        return forbid("commands are disabled (commands.enabled = false)".into());
+    }
+    if !cfg.allow.iter().any(|w| w == word) {
+        return forbid(format!("`{word}` is not in commands.allow"));
+    }
+    let who = who?;
+    let disruptive = DISRUPTIVE.contains(&word);
+    if who.label_off {
+        forbid("commands are disabled for this container (label dockside.commands=false)".into())
+    } else if disruptive && who.own {
+        forbid(format!("dockside never {word}s its own container"))
+    } else if disruptive && who.protected {
+        forbid(format!(
+            "the container is protected (commands.protect): no {word}"
+        ))
+    } else {
+        None
+    }
+}
+
 /// The one result for a command that cannot even be queued (the inbound
 /// queue is full): `busy`, with the request's id when it has one.
 pub fn overflow_reply(topics: &Topics, topic: &str, payload: &[u8]) -> Option<(String, Vec<u8>)> {
@@ -351,6 +424,52 @@ mod tests {
         let later = now + DEDUP_WINDOW + Duration::from_secs(1);
         assert!(!d.is_duplicate("t", &last, later));
         assert!(d.is_duplicate("t", &last, later));
+    }
+
+    #[test]
+    fn heavy_scope_commands_are_rate_limited_per_scope_and_word() {
+        let mut l = ScopeLimiter::default();
+        let t0 = Instant::now();
+        assert_eq!(l.check("b/set", "resync", t0), None);
+        assert!(
+            l.check("b/set", "resync", t0 + Duration::from_secs(1))
+                .is_some()
+        );
+        assert_eq!(l.check("b/set", "check_updates", t0), None);
+        assert_eq!(l.check("b/local/set", "resync", t0), None);
+        assert_eq!(l.check("b/set", "resync", t0 + SCOPE_MIN_INTERVAL), None);
+    }
+
+    #[test]
+    fn one_policy_for_every_word_and_container() {
+        let mut cfg = crate::config::CommandsConfig::default();
+        cfg.allow = vec!["start".into(), "stop".into(), "check".into()];
+        let plain = Subject::default();
+        assert_eq!(refusal(&cfg, "stop", Some(&plain)), None);
+        assert_eq!(refusal(&cfg, "stop", None), None);
+        assert!(
+            refusal(&cfg, "kill", None)
+                .is_some_and(|(c, m)| c == Code::Forbidden && m.contains("commands.allow"))
+        );
+        let label = Subject {
+            label_off: true,
+            ..plain
+        };
+        // The label turns off every word, `check` included.
+        for w in ["start", "stop", "check"] {
+            assert!(refusal(&cfg, w, Some(&label)).is_some(), "{w}");
+        }
+        let own = Subject { own: true, ..plain };
+        assert!(refusal(&cfg, "stop", Some(&own)).is_some_and(|(_, m)| m.contains("its own")));
+        assert_eq!(refusal(&cfg, "start", Some(&own)), None);
+        let protected = Subject {
+            protected: true,
+            ..plain
+        };
+        assert!(refusal(&cfg, "stop", Some(&protected)).is_some());
+        assert_eq!(refusal(&cfg, "check", Some(&protected)), None);
+        cfg.enabled = false;
+        assert!(refusal(&cfg, "start", None).is_some_and(|(_, m)| m.contains("commands.enabled")));
     }
 
     #[test]

@@ -45,6 +45,24 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
+/// `{:?}` of a type holding secrets prints its redacted JSON: a secret never
+/// reaches a log line, whoever formats it.
+macro_rules! redacted_debug {
+    ($t:ty, $($field:ident),+) => {
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let mut c = self.clone();
+                $( if c.$field.is_some() { c.$field = Some(REDACTED.to_string()); } )+
+                let json = serde_json::to_string(&c).map_err(|_| std::fmt::Error)?;
+                write!(f, "{} {json}", stringify!($t))
+            }
+        }
+    };
+}
+redacted_debug!(MqttConfig, password);
+redacted_debug!(PortainerConfig, api_key, password);
+redacted_debug!(RegistryCredentials, password);
+
 /// What a reload changes (`Config::diff`).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ConfigDiff {
@@ -93,7 +111,7 @@ pub struct Config {
     pub log: LogConfig,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MqttConfig {
     /// `mqtt://host:1883` or `mqtts://host:8883`.
@@ -202,7 +220,7 @@ impl Default for EndpointConfig {
 
 /// One Portainer instance; each of its Docker environments becomes an endpoint
 /// `<key>-<slug of the environment name>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PortainerConfig {
     /// `https://portainer.lan:9443`
@@ -354,7 +372,7 @@ impl Default for UpdatesConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistryCredentials {
     pub username: Option<String>,
@@ -981,6 +999,20 @@ mod tests {
         let mut f = tempfile::NamedTempFile::new().expect("tempfile");
         f.write_all(toml_text.as_bytes()).expect("write");
         Config::load(Some(f.path()), &env(vars))
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_secret() {
+        let c = load_str(
+            "[mqtt]\nusername = \"u\"\npassword = \"hunter2-mqtt\"\n[portainer.p]\nurl = \"https://p\"\napi_key = \"ptr_hunter2\"\n[updates.registries.\"r.example\"]\nusername = \"u\"\npassword = \"hunter2-reg\"\n",
+            &[],
+        )
+        .expect("config");
+        let text = format!("{c:?} {:?}", crate::watcher::credentials(&c.updates));
+        for secret in ["hunter2-mqtt", "ptr_hunter2", "hunter2-reg"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("<redacted>"));
     }
 
     #[test]

@@ -63,8 +63,8 @@ pub struct Discovery {
     pub discovery: DiscoveryTopics,
     mode: DiscoveryMode,
     qos: u8,
-    /// Container words HA may send (`commands.enabled` and `commands.allow`).
-    words: Vec<String>,
+    /// The command policy's settings: which words HA may send.
+    commands: crate::config::CommandsConfig,
     updates: bool,
 }
 
@@ -144,25 +144,19 @@ impl Discovery {
             discovery: DiscoveryTopics::new(ha.discovery_prefix.clone()),
             mode: ha.discovery,
             qos: cfg.mqtt.qos,
-            words: if cfg.commands.enabled {
-                cfg.commands.allow.clone()
-            } else {
-                Vec::new()
-            },
+            commands: cfg.commands.clone(),
             updates: cfg.updates.enabled,
         })
     }
 
-    /// The words HA may send to one container: the allowed ones, none when
-    /// its label turns commands off, and never a disruptive one for a
-    /// protected container or dockside's own.
-    pub fn container_words(&self, label_off: bool, protected: bool) -> Vec<String> {
-        if label_off {
-            return Vec::new();
-        }
-        self.words
+    /// The words HA may send to one container: those the command policy
+    /// permits for it (`commands::refusal`), and `check`/`update` only when
+    /// the image watcher runs.
+    pub fn container_words(&self, who: &crate::commands::Subject) -> Vec<String> {
+        self.commands
+            .allow
             .iter()
-            .filter(|w| !(protected && crate::commands::DISRUPTIVE.contains(&w.as_str())))
+            .filter(|w| crate::commands::refusal(&self.commands, w, Some(who)).is_none())
             .filter(|w| self.updates || (w.as_str() != "check" && w.as_str() != "update"))
             .cloned()
             .collect()
@@ -906,18 +900,33 @@ mod tests {
             &["start", "stop", "restart", "check"],
         );
         let d = Discovery::from_config(&c).expect("enabled");
-        assert_eq!(d.container_words(false, false).len(), 4);
-        assert!(d.container_words(true, false).is_empty());
-        assert_eq!(d.container_words(false, true), vec!["start", "check"]);
+        use crate::commands::Subject;
+        let plain = Subject::default();
+        assert_eq!(d.container_words(&plain).len(), 4);
+        assert!(
+            d.container_words(&Subject {
+                label_off: true,
+                ..plain
+            })
+            .is_empty()
+        );
+        assert_eq!(
+            d.container_words(&Subject {
+                protected: true,
+                ..plain
+            }),
+            vec!["start", "check"]
+        );
+        assert_eq!(
+            d.container_words(&Subject { own: true, ..plain }),
+            vec!["start", "check"]
+        );
         c.updates.enabled = false;
         let d = Discovery::from_config(&c).expect("enabled");
-        assert_eq!(
-            d.container_words(false, false),
-            vec!["start", "stop", "restart"]
-        );
+        assert_eq!(d.container_words(&plain), vec!["start", "stop", "restart"]);
         c.commands.enabled = false;
         let d = Discovery::from_config(&c).expect("enabled");
-        assert!(d.container_words(false, false).is_empty());
+        assert!(d.container_words(&plain).is_empty());
         c.homeassistant.enabled = false;
         assert!(Discovery::from_config(&c).is_none());
     }

@@ -53,10 +53,11 @@ where
             backoff.mark_started();
             let why = match make() {
                 Ok(fut) => {
-                    liveness.alive.store(true, Ordering::Release);
+                    // Cleared however this ends, an abort of the watcher included.
+                    let _alive = AliveWhile::new(&liveness.alive);
                     let task = AbortOnDropHandle::new(tokio::spawn(fut));
                     let r = task.await;
-                    liveness.alive.store(false, Ordering::Release);
+                    drop(_alive);
                     if token.is_cancelled() {
                         return;
                     }
@@ -84,6 +85,21 @@ where
     })
 }
 
+struct AliveWhile(Arc<AtomicBool>);
+
+impl AliveWhile {
+    fn new(flag: &Arc<AtomicBool>) -> Self {
+        flag.store(true, Ordering::Release);
+        Self(flag.clone())
+    }
+}
+
+impl Drop for AliveWhile {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 fn panic_text(e: tokio::task::JoinError) -> String {
     let p = e.into_panic();
     if let Some(s) = p.downcast_ref::<&str>() {
@@ -98,10 +114,12 @@ fn panic_text(e: tokio::task::JoinError) -> String {
 /// Stops a supervised task: cancel, wait up to `grace`, then abort it.
 pub async fn stop(name: &str, token: &CancellationToken, join: JoinHandle<()>, grace: Duration) {
     token.cancel();
-    let abort = join.abort_handle();
-    if tokio::time::timeout(grace, join).await.is_err() {
+    let mut join = join;
+    if tokio::time::timeout(grace, &mut join).await.is_err() {
         tracing::warn!(task = %name, "did not stop in time: aborted");
-        abort.abort();
+        join.abort();
+        // Returns once the task is dropped (its own task aborted with it).
+        let _ = join.await;
     }
 }
 

@@ -97,7 +97,7 @@ struct SourceHandle {
 
 struct Supervisor {
     /// The image watcher's request queue, when update checks are on.
-    checks: Option<mpsc::Sender<CheckRequest>>,
+    checks: crate::watcher::CheckQueue,
     watcher: Option<WatcherHandle>,
     state_dir: StateDir,
     inventory: Option<Arc<Inventory>>,
@@ -108,6 +108,7 @@ struct Supervisor {
     endpoints: BTreeMap<String, EndpointHandle>,
     started_at: String,
     dedup: Dedup,
+    scope_limits: commands::ScopeLimiter,
     /// HA's birth topic, when discovery is on.
     birth_topic: Option<String>,
     /// A birth-triggered republish is waiting for its random delay.
@@ -118,6 +119,7 @@ fn settings(
     cfg: &Config,
     state_dir: &StateDir,
     inventory: Option<Arc<Inventory>>,
+    checks: &crate::watcher::CheckQueue,
 ) -> Result<EndpointSettings, ConfigError> {
     let own_ids = commands::detect_own_container();
     if !own_ids.is_empty() {
@@ -140,6 +142,8 @@ fn settings(
         state_dir: Some(state_dir.clone()),
         ha: Discovery::from_config(cfg).map(Arc::new),
         test_panic_on: supervise::test_panic_name(),
+        commands: cfg.commands.clone(),
+        checks: checks.clone(),
     })
 }
 
@@ -182,6 +186,25 @@ fn start_watcher(
         join,
         checks,
     })
+}
+
+/// Command topics can stop production services: say so when anyone who can
+/// reach the broker (or read its traffic) may send them.
+fn warn_if_commands_are_open(config: &Config) {
+    if !config.commands.enabled {
+        return;
+    }
+    let tls = config.broker_addr().map(|a| a.tls).unwrap_or(false);
+    if config.mqtt.username.is_none() {
+        tracing::warn!(
+            "commands are enabled on an anonymous MQTT connection: anyone who can publish to the broker can stop containers (set mqtt.username and an ACL, or commands.enabled = false)"
+        );
+    }
+    if !tls {
+        tracing::warn!(
+            "commands are enabled over plain-text MQTT: credentials and commands cross the network unencrypted (use mqtts:// for a broker on another host)"
+        );
+    }
 }
 
 /// A reload whose new pieces cannot be built is refused before anything stops.
@@ -248,6 +271,7 @@ async fn run_instance(
     reloads: &mut mpsc::Receiver<Config>,
 ) -> Result<Outcome, RunError> {
     let state_dir = StateDir::open(&config.state.dir)?;
+    warn_if_commands_are_open(config);
     let topics = Topics::new(config.mqtt.base_topic.clone());
     let (inbound_tx, mut inbound) = mpsc::channel::<Inbound>(256);
     let mut subscriptions = topics.command_filters().to_vec();
@@ -272,19 +296,22 @@ async fn run_instance(
     // Always there (endpoints feed it), so `[updates]` can be switched on by a reload.
     let inventory = Some(Arc::new(Inventory::default()));
     let watcher = start_watcher(config, &mqtt, inventory.clone(), &state_dir);
-    let checks = watcher.as_ref().map(|w| w.checks.clone());
+    let checks: crate::watcher::CheckQueue = Arc::new(std::sync::RwLock::new(
+        watcher.as_ref().map(|w| w.checks.clone()),
+    ));
     let mut sup = Supervisor {
-        checks,
+        checks: checks.clone(),
         watcher,
         state_dir: state_dir.clone(),
         inventory: inventory.clone(),
         sources: BTreeMap::new(),
-        settings: Arc::new(settings(config, &state_dir, inventory.clone())?),
+        settings: Arc::new(settings(config, &state_dir, inventory.clone(), &checks)?),
         commands: config.commands.clone(),
         mqtt: mqtt.clone(),
         endpoints: BTreeMap::new(),
         started_at: started_at.to_string(),
         dedup: Dedup::default(),
+        scope_limits: commands::ScopeLimiter::default(),
         birth_topic: config
             .homeassistant
             .enabled
@@ -441,7 +468,7 @@ impl Supervisor {
     ) {
         self.commands = new.commands.clone();
         if d.endpoint_settings || d.updates {
-            match settings(new, &self.state_dir, self.inventory.clone()) {
+            match settings(new, &self.state_dir, self.inventory.clone(), &self.checks) {
                 Ok(s) => self.settings = Arc::new(s),
                 Err(e) => tracing::error!(error = %e, "cannot apply the new settings"),
             }
@@ -451,7 +478,8 @@ impl Supervisor {
                 supervise::stop("image watcher", &w.token, w.join, ENDPOINT_STOP_GRACE).await;
             }
             self.watcher = start_watcher(new, &self.mqtt, self.inventory.clone(), &self.state_dir);
-            self.checks = self.watcher.as_ref().map(|w| w.checks.clone());
+            *self.checks.write().unwrap_or_else(|e| e.into_inner()) =
+                self.watcher.as_ref().map(|w| w.checks.clone());
             tracing::info!("image watcher restarted with the new [updates] settings");
         }
         for key in d.portainer_removed.iter().chain(&d.portainer_changed) {
@@ -756,6 +784,19 @@ impl Supervisor {
         }
         match target {
             CommandTarget::Bridge | CommandTarget::Endpoint(_) => {
+                if let Some(wait) = self.scope_limits.check(&msg.topic, &req.action, received) {
+                    return reply(CommandResult::refused(
+                        &req,
+                        Code::RateLimited,
+                        format!(
+                            "one `{}` per {} s here; retry in {} ms",
+                            req.action,
+                            commands::SCOPE_MIN_INTERVAL.as_secs(),
+                            wait.as_millis()
+                        ),
+                        received,
+                    ));
+                }
                 if req.action == "check_updates" {
                     let scope = match target {
                         CommandTarget::Endpoint(ep) => CheckScope::Endpoint(ep.to_string()),
@@ -776,27 +817,14 @@ impl Supervisor {
                 self.resync(eps, req, result_topic, received);
             }
             CommandTarget::Container(ep, ct) => {
-                let refusal = if !self.commands.enabled {
-                    Some((
-                        Code::Forbidden,
-                        "commands are disabled (commands.enabled = false)".to_string(),
-                    ))
-                } else if !self.commands.allow.contains(&req.action) {
-                    Some((
-                        Code::Forbidden,
-                        format!("`{}` is not in commands.allow", req.action),
-                    ))
-                } else if !self.endpoints.contains_key(ep) {
-                    Some((Code::NotFound, format!("no endpoint `{ep}`")))
-                } else {
-                    None
-                };
+                // The container-independent rules; the endpoint applies the rest.
+                let refusal =
+                    crate::commands::refusal(&self.commands, &req.action, None).or_else(|| {
+                        (!self.endpoints.contains_key(ep))
+                            .then(|| (Code::NotFound, format!("no endpoint `{ep}`")))
+                    });
                 if let Some((code, msg)) = refusal {
                     return reply(CommandResult::refused(&req, code, msg, received));
-                }
-                if req.action == "check" {
-                    let scope = CheckScope::Container(ep.to_string(), ct.to_string());
-                    return self.check_updates(scope, req, result_topic, received);
                 }
                 let Some(h) = self.endpoints.get(ep) else {
                     return;
@@ -825,7 +853,6 @@ impl Supervisor {
         }
     }
 
-    /// Asks the image watcher for a check now; one result when it is done.
     fn check_updates(
         &self,
         scope: CheckScope,
@@ -833,41 +860,16 @@ impl Supervisor {
         result_topic: String,
         received: std::time::Instant,
     ) {
-        let outbox = self.mqtt.outbox.clone();
-        let refuse = |code, why: &str| {
-            let r = CommandResult::refused(&req, code, why, received);
-            outbox.send(result_topic.clone(), r.to_json());
-        };
-        let Some(checks) = &self.checks else {
-            return refuse(
-                Code::Invalid,
-                "update checks are off (updates.enabled = false)",
-            );
-        };
-        let (tx, rx) = oneshot::channel();
-        if checks.try_send((scope, tx)).is_err() {
-            return refuse(Code::Busy, "update checks are already queued");
-        }
         let timeout = self.commands.timeout;
-        tokio::spawn(async move {
-            let r = match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(Ok(()))) => CommandResult::ok(&req, None, received),
-                Ok(Ok(Err(e))) => CommandResult::refused(&req, Code::NotFound, e, received),
-                Ok(Err(_)) => CommandResult::refused(
-                    &req,
-                    Code::EngineError,
-                    "the image watcher stopped",
-                    received,
-                ),
-                Err(_) => CommandResult::refused(
-                    &req,
-                    Code::Timeout,
-                    "the check did not finish in time",
-                    received,
-                ),
-            };
-            outbox.send(result_topic, r.to_json());
-        });
+        crate::watcher::request_check(
+            &self.checks,
+            scope,
+            req,
+            result_topic,
+            received,
+            timeout,
+            &self.mqtt.outbox,
+        );
     }
 
     /// Resync some endpoints; one result once all have answered (or timed out).

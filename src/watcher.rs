@@ -269,6 +269,60 @@ pub fn credentials(cfg: &UpdatesConfig) -> HashMap<String, Credentials> {
     out
 }
 
+/// The image watcher's request queue, shared by everyone who asks for checks;
+/// `None` while update checks are off. The supervisor swaps it when the
+/// watcher restarts (a `[updates]` reload).
+pub type CheckQueue = Arc<std::sync::RwLock<Option<mpsc::Sender<CheckRequest>>>>;
+
+/// Asks the image watcher for a check now; one result on `result_topic` when
+/// it is done (or refused, or timed out).
+pub fn request_check(
+    queue: &CheckQueue,
+    scope: CheckScope,
+    req: crate::commands::Request,
+    result_topic: String,
+    received: std::time::Instant,
+    timeout: Duration,
+    outbox: &Arc<Outbox>,
+) {
+    use crate::commands::{Code, CommandResult};
+    let refuse = |code, why: &str| {
+        let r = CommandResult::refused(&req, code, why, received);
+        outbox.send(result_topic.clone(), r.to_json());
+    };
+    let sender = queue.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let Some(checks) = sender else {
+        return refuse(
+            Code::Invalid,
+            "update checks are off (updates.enabled = false)",
+        );
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if checks.try_send((scope, tx)).is_err() {
+        return refuse(Code::Busy, "update checks are already queued");
+    }
+    let outbox = outbox.clone();
+    tokio::spawn(async move {
+        let r = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Ok(()))) => CommandResult::ok(&req, None, received),
+            Ok(Ok(Err(e))) => CommandResult::refused(&req, Code::NotFound, e, received),
+            Ok(Err(_)) => CommandResult::refused(
+                &req,
+                Code::EngineError,
+                "the image watcher stopped",
+                received,
+            ),
+            Err(_) => CommandResult::refused(
+                &req,
+                Code::Timeout,
+                "the check did not finish in time",
+                received,
+            ),
+        };
+        outbox.send(result_topic, r.to_json());
+    });
+}
+
 /// A container of a round: its key, what it runs, its image, class, pending recreate.
 type Classified = (Key, Watched, Option<Arc<ImageInspect>>, Class, bool);
 

@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::Endpoint;
-use crate::commands::{Code, CommandResult, DISRUPTIVE, Request};
+use crate::commands::{Code, CommandResult, Request};
 use crate::docker::DockerError;
 use crate::docker::recreate::{self, Outcome, RecreateError};
 use crate::payloads::ContainerState;
@@ -138,25 +138,27 @@ impl Endpoint {
             );
             return self.send_result(&name, r);
         };
-        let disruptive = DISRUPTIVE.contains(&req.action.as_str());
-        let refusal = if self.no_commands.contains(&name) {
-            Some(
-                "commands are disabled for this container (label dockside.commands=false)"
-                    .to_string(),
-            )
-        } else if disruptive && s.own_ids.contains(&state.id) {
-            Some(format!("dockside never {}s its own container", req.action))
-        } else if disruptive && s.protect.is_match(&name) {
-            Some(format!(
-                "the container is protected (commands.protect): no {}",
-                req.action
-            ))
-        } else {
-            None
+        let who = crate::commands::Subject {
+            label_off: self.no_commands.contains(&name),
+            protected: s.protect.is_match(&name),
+            own: s.own_ids.contains(&state.id),
         };
-        if let Some(msg) = refusal {
-            let r = refuse(Code::Forbidden, msg);
+        if let Some((code, msg)) = crate::commands::refusal(&s.commands, &req.action, Some(&who)) {
+            let r = refuse(code, msg);
             return self.send_result(&name, r);
+        }
+        if req.action == "check" {
+            let scope = crate::watcher::CheckScope::Container(self.id.clone(), name.clone());
+            let topic = s.topics.container_result(&self.id, &name);
+            return crate::watcher::request_check(
+                &s.checks,
+                scope,
+                req,
+                topic,
+                received,
+                s.command_timeout,
+                &self.outbox,
+            );
         }
         if self.pending.contains_key(&name) {
             let r = refuse(

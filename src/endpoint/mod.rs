@@ -88,6 +88,10 @@ pub struct EndpointSettings {
     pub inventory: Option<Arc<crate::watcher::Inventory>>,
     /// Home Assistant discovery, when on.
     pub ha: Option<Arc<Discovery>>,
+    /// The command policy's settings (`commands::refusal`).
+    pub commands: crate::config::CommandsConfig,
+    /// Where `check` goes: the image watcher's queue, while it runs.
+    pub checks: crate::watcher::CheckQueue,
     /// Debug builds: panic on an event of this container (supervision tests).
     pub test_panic_on: Option<String>,
 }
@@ -1043,10 +1047,14 @@ impl Endpoint {
             return;
         };
         let s = &self.settings;
-        let protected = s.own_ids.contains(&state.id) || s.protect.is_match(name);
+        let who = crate::commands::Subject {
+            label_off: self.no_commands.contains(name),
+            protected: s.protect.is_match(name),
+            own: s.own_ids.contains(&state.id),
+        };
         let facts = ContainerFacts {
             image: state.image.clone(),
-            words: ha.container_words(self.no_commands.contains(name), protected),
+            words: ha.container_words(&who),
             configuration_url: match (&self.meta.portainer_ui, self.meta.portainer_id) {
                 (Some(ui), Some(env)) => {
                     Some(format!("{ui}/#!/{env}/docker/containers/{}", state.id))
