@@ -442,8 +442,10 @@ mod tests {
 
     #[test]
     fn one_policy_for_every_word_and_container() {
-        let mut cfg = crate::config::CommandsConfig::default();
-        cfg.allow = vec!["start".into(), "stop".into(), "check".into()];
+        let mut cfg = crate::config::CommandsConfig {
+            allow: vec!["start".into(), "stop".into(), "check".into()],
+            ..Default::default()
+        };
         let plain = Subject::default();
         assert_eq!(refusal(&cfg, "stop", Some(&plain)), None);
         assert_eq!(refusal(&cfg, "stop", None), None);
