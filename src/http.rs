@@ -1,5 +1,21 @@
 //! Small helpers every HTTP client here shares (engine, Portainer, registries).
 
+/// Makes ring the process's TLS crypto provider (the only one compiled in);
+/// every TLS client (HTTP and MQTT) calls it before building a config.
+pub fn ensure_tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err only when one is installed already, which is what we want.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// `reqwest::Client::builder()` with the crypto provider in place.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    ensure_tls_provider();
+    reqwest::Client::builder()
+}
+
 /// A reqwest error with its whole source chain (`error sending request: … : connection refused`).
 pub fn error_chain(e: &reqwest::Error) -> String {
     let mut msg = e.to_string();

@@ -89,7 +89,7 @@ fn parse_api(v: &str) -> Option<(u32, u32)> {
 impl DockerClient {
     pub fn new(cfg: &EndpointConfig) -> Result<Self, DockerError> {
         let url = parse_engine_url(&cfg.url).map_err(DockerError::Config)?;
-        let mut builder = reqwest::Client::builder()
+        let mut builder = crate::http::client_builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .pool_idle_timeout(Duration::from_secs(90))
             .no_proxy();
@@ -669,7 +669,7 @@ mod tests {
     #[test]
     fn url_keeps_base_path() {
         let c = DockerClient::with_client(
-            reqwest::Client::builder(),
+            crate::http::client_builder(),
             "https://p.example/api/endpoints/3/docker",
         )
         .expect("client");

@@ -157,6 +157,7 @@ fn options(cfg: &Config) -> Result<MqttOptions, MqttError> {
         o.set_credentials(user.clone(), cfg.mqtt.password.clone().unwrap_or_default());
     }
     if addr.tls {
+        crate::http::ensure_tls_provider();
         // Never rumqttc's default TLS config: it panics when platform roots fail to load.
         let ca = match &cfg.mqtt.ca_file {
             Some(p) => read("ca_file", p)?,

@@ -266,7 +266,7 @@ pub struct PortainerClient {
 
 impl PortainerClient {
     pub fn new(cfg: &PortainerConfig) -> Result<Self, PortainerError> {
-        let mut b = reqwest::Client::builder()
+        let mut b = crate::http::client_builder()
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(90));
         if let Some(ca) = &cfg.ca_file {

@@ -119,7 +119,7 @@ impl RegistryClient {
         insecure: Vec<String>,
         extra_roots: Vec<reqwest::Certificate>,
     ) -> Result<Self, RegistryError> {
-        let http = reqwest::Client::builder()
+        let http = crate::http::client_builder()
             .connect_timeout(Duration::from_secs(10))
             .tls_certs_merge(extra_roots)
             .build()
