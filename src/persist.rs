@@ -19,6 +19,16 @@ pub struct StateDir {
     dir: PathBuf,
     /// Writers of one file never interleave (a background save and the final one).
     writing: std::sync::Arc<std::sync::Mutex<()>>,
+    /// Endpoint → sequence number of its last cursor save.
+    seqs: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+}
+
+/// One cursor slot on disk.
+#[derive(Debug, Serialize, Deserialize)]
+struct Slot {
+    seq: u64,
+    #[serde(flatten)]
+    cursor: Cursor,
 }
 
 impl StateDir {
@@ -37,6 +47,7 @@ impl StateDir {
         Ok(Self {
             dir: dir.to_path_buf(),
             writing: Default::default(),
+            seqs: Default::default(),
         })
     }
 
@@ -44,12 +55,38 @@ impl StateDir {
         &self.dir
     }
 
-    fn cursor_path(&self, ep: &str) -> PathBuf {
+    /// The cursor before it had two slots (read once, then replaced).
+    fn legacy_cursor_path(&self, ep: &str) -> PathBuf {
         self.dir.join(format!("cursor-{ep}.json"))
     }
 
+    fn slot_path(&self, ep: &str, slot: u64) -> PathBuf {
+        self.dir.join(format!(
+            "cursor-{ep}.{}.json",
+            if slot % 2 == 0 { "a" } else { "b" }
+        ))
+    }
+
+    /// The newest readable of the two slots (a torn write spoils one at most).
     pub fn load_cursor(&self, ep: &str) -> Option<Cursor> {
-        let text = std::fs::read(self.cursor_path(ep)).ok()?;
+        let mut best: Option<Slot> = None;
+        for slot in 0..2 {
+            let Ok(text) = std::fs::read(self.slot_path(ep, slot)) else {
+                continue;
+            };
+            match serde_json::from_slice::<Slot>(&text) {
+                Ok(s) if best.as_ref().is_none_or(|b| s.seq > b.seq) => best = Some(s),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(endpoint = %ep, slot, error = %e, "ignoring an unreadable event cursor slot")
+                }
+            }
+        }
+        if let Some(b) = best {
+            self.seqs().insert(ep.to_string(), b.seq);
+            return Some(b.cursor);
+        }
+        let text = std::fs::read(self.legacy_cursor_path(ep)).ok()?;
         match serde_json::from_slice::<Cursor>(&text) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -59,10 +96,55 @@ impl StateDir {
         }
     }
 
+    fn seqs(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, u64>> {
+        self.seqs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Blocking: call it off the async workers (`spawn_blocking`) or at shutdown.
+    /// Saves go to two slots in turn, each overwritten in place and
+    /// fdatasync'd: one page per save (an SD card's wear), and a power cut in
+    /// the middle of one leaves the other.
     pub fn save_cursor(&self, ep: &str, cursor: &Cursor) -> std::io::Result<()> {
-        let data = serde_json::to_vec(&cursor.persisted()).map_err(std::io::Error::other)?;
-        self.write_atomic(&format!("cursor-{ep}.json"), &data)
+        let _one_writer = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = {
+            let mut seqs = self.seqs();
+            let n = seqs.entry(ep.to_string()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let slot = Slot {
+            seq,
+            cursor: cursor.persisted(),
+        };
+        let data = serde_json::to_vec(&slot).map_err(std::io::Error::other)?;
+        self.write_in_place(&self.slot_path(ep, seq), &data)?;
+        let _ = std::fs::remove_file(self.legacy_cursor_path(ep));
+        Ok(())
+    }
+
+    /// Overwrites `path` from offset 0, padded with JSON whitespace to a
+    /// 512-byte multiple (stale bytes never follow the new ones), then
+    /// fdatasync. The directory is fsync'd only when the file is new.
+    fn write_in_place(&self, path: &Path, data: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let existed = path.exists();
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(path)?;
+        let len = data.len().div_ceil(512).max(1) * 512;
+        let mut buf = data.to_vec();
+        buf.resize(len, b' ');
+        if f.metadata()?.len() > len as u64 {
+            f.set_len(len as u64)?;
+        }
+        f.write_all_at(&buf, 0)?;
+        f.sync_data()?;
+        if !existed {
+            std::fs::File::open(&self.dir)?.sync_all()?;
+        }
+        Ok(())
     }
 
     /// Writes `name` whole or not at all, durably: temp file, fsync, rename,
@@ -82,7 +164,11 @@ impl StateDir {
     }
 
     pub fn remove_cursor(&self, ep: &str) {
-        let _ = std::fs::remove_file(self.cursor_path(ep));
+        for slot in 0..2 {
+            let _ = std::fs::remove_file(self.slot_path(ep, slot));
+        }
+        let _ = std::fs::remove_file(self.legacy_cursor_path(ep));
+        self.seqs().remove(ep);
     }
 }
 
@@ -201,6 +287,13 @@ mod tests {
         }));
         sd.remove_cursor("local");
         assert!(sd.load_cursor("local").is_none());
+        // The one-file cursor of earlier versions is still read.
+        std::fs::write(
+            sd.path().join("cursor-old.json"),
+            br#"{"time_nano":42,"recent":[]}"#,
+        )
+        .expect("legacy");
+        assert_eq!(sd.load_cursor("old").expect("legacy").time_nano, 42);
     }
 
     #[test]

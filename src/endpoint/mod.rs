@@ -45,10 +45,10 @@ const INSPECT_DRAIN: Duration = Duration::from_millis(300);
 const INFO_DEBOUNCE: Duration = Duration::from_millis(200);
 /// Image/volume counts are re-read at most this often after such events.
 const FACTS_DEBOUNCE: Duration = Duration::from_secs(2);
-/// The cursor is written at most this often (and at the end of a session;
-/// each atomic, fsync'd save dirties about two pages):
-/// with 1 s healthchecks events never stop, and an SD card wears per write.
-const CURSOR_SAVE_EVERY: Duration = Duration::from_secs(20);
+/// The cursor is written at most this often (and at the end of a session):
+/// with 1 s healthchecks events never stop, and an SD card wears per write
+/// (one page per save, `persist::StateDir::save_cursor`).
+const CURSOR_SAVE_EVERY: Duration = Duration::from_secs(10);
 /// Actions that do not change a container's state: no inspect needed.
 const STATELESS_ACTIONS: &[&str] = &[
     "attach",
@@ -528,7 +528,7 @@ impl Endpoint {
                     if failed_before {
                         tracing::debug!(endpoint = %id, error = %e, "still cannot save the event cursor");
                     } else {
-                        tracing::warn!(endpoint = %id, error = %e, "cannot save the event cursor; mirroring goes on, retrying every 20 s");
+                        tracing::warn!(endpoint = %id, error = %e, "cannot save the event cursor; mirroring goes on, retrying every 10 s");
                     }
                     failed.store(true, Ordering::Release);
                 }
