@@ -63,7 +63,7 @@ impl StateDir {
     fn slot_path(&self, ep: &str, slot: u64) -> PathBuf {
         self.dir.join(format!(
             "cursor-{ep}.{}.json",
-            if slot % 2 == 0 { "a" } else { "b" }
+            if slot.is_multiple_of(2) { "a" } else { "b" }
         ))
     }
 
