@@ -310,16 +310,18 @@ pub struct Subject {
 /// yet, as in the router) only the container-independent rules apply; the
 /// endpoint asks again with the container, and Home Assistant's buttons are
 /// built from the same answer.
+/// `enabled` and `allow` are `commands.enabled` and `commands.allow`.
 pub fn refusal(
-    cfg: &crate::config::CommandsConfig,
+    enabled: bool,
+    allow: &[String],
     word: &str,
     who: Option<&Subject>,
 ) -> Option<(Code, String)> {
     let forbid = |m: String| Some((Code::Forbidden, m));
-    if !cfg.enabled {
+    if !enabled {
         return forbid("commands are disabled (commands.enabled = false)".into());
     }
-    if !cfg.allow.iter().any(|w| w == word) {
+    if !allow.iter().any(|w| w == word) {
         return forbid(format!("`{word}` is not in commands.allow"));
     }
     let who = who?;
@@ -442,15 +444,13 @@ mod tests {
 
     #[test]
     fn one_policy_for_every_word_and_container() {
-        let mut cfg = crate::config::CommandsConfig {
-            allow: vec!["start".into(), "stop".into(), "check".into()],
-            ..Default::default()
-        };
+        let allow: Vec<String> = vec!["start".into(), "stop".into(), "check".into()];
+        let mut enabled = true;
         let plain = Subject::default();
-        assert_eq!(refusal(&cfg, "stop", Some(&plain)), None);
-        assert_eq!(refusal(&cfg, "stop", None), None);
+        assert_eq!(refusal(enabled, &allow, "stop", Some(&plain)), None);
+        assert_eq!(refusal(enabled, &allow, "stop", None), None);
         assert!(
-            refusal(&cfg, "kill", None)
+            refusal(enabled, &allow, "kill", None)
                 .is_some_and(|(c, m)| c == Code::Forbidden && m.contains("commands.allow"))
         );
         let label = Subject {
@@ -459,19 +459,25 @@ mod tests {
         };
         // The label turns off every word, `check` included.
         for w in ["start", "stop", "check"] {
-            assert!(refusal(&cfg, w, Some(&label)).is_some(), "{w}");
+            assert!(refusal(enabled, &allow, w, Some(&label)).is_some(), "{w}");
         }
         let own = Subject { own: true, ..plain };
-        assert!(refusal(&cfg, "stop", Some(&own)).is_some_and(|(_, m)| m.contains("its own")));
-        assert_eq!(refusal(&cfg, "start", Some(&own)), None);
+        assert!(
+            refusal(enabled, &allow, "stop", Some(&own))
+                .is_some_and(|(_, m)| m.contains("its own"))
+        );
+        assert_eq!(refusal(enabled, &allow, "start", Some(&own)), None);
         let protected = Subject {
             protected: true,
             ..plain
         };
-        assert!(refusal(&cfg, "stop", Some(&protected)).is_some());
-        assert_eq!(refusal(&cfg, "check", Some(&protected)), None);
-        cfg.enabled = false;
-        assert!(refusal(&cfg, "start", None).is_some_and(|(_, m)| m.contains("commands.enabled")));
+        assert!(refusal(enabled, &allow, "stop", Some(&protected)).is_some());
+        assert_eq!(refusal(enabled, &allow, "check", Some(&protected)), None);
+        enabled = false;
+        assert!(
+            refusal(enabled, &allow, "start", None)
+                .is_some_and(|(_, m)| m.contains("commands.enabled"))
+        );
     }
 
     #[test]

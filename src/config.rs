@@ -63,6 +63,12 @@ redacted_debug!(MqttConfig, password);
 redacted_debug!(PortainerConfig, api_key, password);
 redacted_debug!(RegistryCredentials, password);
 
+impl From<crate::filter::FilterError> for ConfigError {
+    fn from(e: crate::filter::FilterError) -> Self {
+        invalid(e.key, e.message)
+    }
+}
+
 /// What a reload changes (`Config::diff`).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ConfigDiff {
@@ -754,7 +760,7 @@ impl Config {
                 ));
             }
         }
-        crate::filter::ContainerFilter::new(&self.containers)?;
+        crate::filter::ContainerFilter::new(&self.containers.include, &self.containers.exclude)?;
         for (i, w) in self.commands.allow.iter().enumerate() {
             if !crate::commands::CONTAINER_WORDS.contains(&w.as_str()) {
                 return Err(invalid(

@@ -5,7 +5,18 @@ use std::collections::HashMap;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
-use crate::config::{ConfigError, ContainersConfig};
+/// A pattern that does not compile, and the key it came from. (This module
+/// depends on nothing else of dockside's: the config validates with it.)
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct FilterError {
+    pub key: String,
+    pub message: String,
+}
+
+/// The old container during an `update` is renamed `<name>` + this, and
+/// never mirrored.
+pub const OLD_SUFFIX: &str = ".dockside-old";
 
 /// Label that takes one container out of dockside entirely.
 pub const ENABLE_LABEL: &str = "dockside.enable";
@@ -26,38 +37,39 @@ pub struct ContainerFilter {
 }
 
 /// Compiles names/globs; errors name the key and index.
-pub fn glob_set(key: &str, patterns: &[String]) -> Result<GlobSet, ConfigError> {
+pub fn glob_set(key: &str, patterns: &[String]) -> Result<GlobSet, FilterError> {
     let mut b = GlobSetBuilder::new();
     for (i, p) in patterns.iter().enumerate() {
-        let glob = Glob::new(p).map_err(|e| ConfigError::Invalid {
+        let glob = Glob::new(p).map_err(|e| FilterError {
             key: format!("{key}[{i}]"),
             message: e.to_string(),
         })?;
         b.add(glob);
     }
-    b.build().map_err(|e| ConfigError::Invalid {
+    b.build().map_err(|e| FilterError {
         key: key.into(),
         message: e.to_string(),
     })
 }
 
 impl ContainerFilter {
-    pub fn new(cfg: &ContainersConfig) -> Result<Self, ConfigError> {
-        let include = if cfg.include.is_empty() {
+    /// From `containers.include` and `containers.exclude`.
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Self, FilterError> {
+        let include = if include.is_empty() {
             None
         } else {
-            Some(glob_set("containers.include", &cfg.include)?)
+            Some(glob_set("containers.include", include)?)
         };
         Ok(Self {
             include,
-            exclude: glob_set("containers.exclude", &cfg.exclude)?,
+            exclude: glob_set("containers.exclude", exclude)?,
         })
     }
 
     /// By name alone (events carry the name; the label check needs inspect data).
     pub fn allows_name(&self, name: &str) -> bool {
         // The old container during an `update`: never mirrored.
-        if name.ends_with(crate::docker::recreate::OLD_SUFFIX) || self.exclude.is_match(name) {
+        if name.ends_with(OLD_SUFFIX) || self.exclude.is_match(name) {
             return false;
         }
         self.include.as_ref().is_none_or(|inc| inc.is_match(name))
@@ -81,12 +93,8 @@ mod tests {
 
     #[test]
     fn include_exclude_and_label() {
-        let cfg = ContainersConfig {
-            include: vec!["web*".into(), "db".into()],
-            exclude: vec!["web-tmp*".into()],
-            ..Default::default()
-        };
-        let f = ContainerFilter::new(&cfg).expect("filter");
+        let f = ContainerFilter::new(&["web*".into(), "db".into()], &["web-tmp*".into()])
+            .expect("filter");
         assert!(f.allows_name("web"));
         assert!(f.allows_name("web-1"));
         assert!(f.allows_name("db"));
@@ -94,13 +102,10 @@ mod tests {
         assert!(!f.allows_name("web-tmp-3"));
         let labels = HashMap::from([(ENABLE_LABEL.to_string(), "False".to_string())]);
         assert!(!f.allows("web", &labels));
-        let all = ContainerFilter::new(&ContainersConfig::default()).expect("filter");
+        let all = ContainerFilter::new(&[], &[]).expect("filter");
         assert!(all.allows_name("anything"));
-        let bad = ContainersConfig {
-            exclude: vec!["a[".into()],
-            ..Default::default()
-        };
-        let e = ContainerFilter::new(&bad).expect_err("bad glob");
+        assert!(!all.allows_name("web.dockside-old"));
+        let e = ContainerFilter::new(&[], &["a[".into()]).expect_err("bad glob");
         assert!(e.to_string().contains("containers.exclude[0]"));
     }
 }

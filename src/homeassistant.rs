@@ -156,7 +156,10 @@ impl Discovery {
         self.commands
             .allow
             .iter()
-            .filter(|w| crate::commands::refusal(&self.commands, w, Some(who)).is_none())
+            .filter(|w| {
+                crate::commands::refusal(self.commands.enabled, &self.commands.allow, w, Some(who))
+                    .is_none()
+            })
             .filter(|w| self.updates || (w.as_str() != "check" && w.as_str() != "update"))
             .cloned()
             .collect()

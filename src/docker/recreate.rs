@@ -16,7 +16,7 @@ use super::{DockerClient, DockerError};
 
 /// Suffix of the old container's name while an update runs. Names with it
 /// are not mirrored (filter.rs), so the swap is invisible on MQTT.
-pub const OLD_SUFFIX: &str = ".dockside-old";
+pub use crate::filter::OLD_SUFFIX;
 /// How long the new container must stay up to count as started.
 pub const SETTLE: Duration = Duration::from_secs(2);
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);

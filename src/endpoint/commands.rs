@@ -143,7 +143,12 @@ impl Endpoint {
             protected: s.protect.is_match(&name),
             own: s.own_ids.contains(&state.id),
         };
-        if let Some((code, msg)) = crate::commands::refusal(&s.commands, &req.action, Some(&who)) {
+        if let Some((code, msg)) = crate::commands::refusal(
+            s.commands.enabled,
+            &s.commands.allow,
+            &req.action,
+            Some(&who),
+        ) {
             let r = refuse(code, msg);
             return self.send_result(&name, r);
         }

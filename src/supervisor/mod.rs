@@ -135,7 +135,7 @@ fn settings(
         registry_credentials: Arc::new(crate::watcher::credentials(&cfg.updates)),
         inventory,
         topics: Topics::new(cfg.mqtt.base_topic.clone()),
-        filter: ContainerFilter::new(&cfg.containers)?,
+        filter: ContainerFilter::new(&cfg.containers.include, &cfg.containers.exclude)?,
         event_types: cfg.events.types.clone(),
         removal_grace: cfg.containers.removal_grace,
         reconcile_interval: cfg.containers.reconcile_interval,
@@ -214,7 +214,8 @@ fn preflight(new: &Config, current: &Config) -> Result<(), String> {
         StateDir::open(&new.state.dir).map_err(|e| e.to_string())?;
     }
     mqtt::new(new, Vec::new(), None).map_err(|e| e.to_string())?;
-    ContainerFilter::new(&new.containers).map_err(|e| e.to_string())?;
+    ContainerFilter::new(&new.containers.include, &new.containers.exclude)
+        .map_err(|e| e.to_string())?;
     glob_set("commands.protect", &new.commands.protect).map_err(|e| e.to_string())?;
     Ok(())
 }

@@ -148,11 +148,16 @@ impl Supervisor {
             }
             CommandTarget::Container(ep, ct) => {
                 // The container-independent rules; the endpoint applies the rest.
-                let refusal =
-                    crate::commands::refusal(&self.commands, &req.action, None).or_else(|| {
-                        (!self.endpoints.contains_key(ep))
-                            .then(|| (Code::NotFound, format!("no endpoint `{ep}`")))
-                    });
+                let refusal = crate::commands::refusal(
+                    self.commands.enabled,
+                    &self.commands.allow,
+                    &req.action,
+                    None,
+                )
+                .or_else(|| {
+                    (!self.endpoints.contains_key(ep))
+                        .then(|| (Code::NotFound, format!("no endpoint `{ep}`")))
+                });
                 if let Some((code, msg)) = refusal {
                     return reply(CommandResult::refused(&req, code, msg, received));
                 }
