@@ -1,0 +1,258 @@
+//! What an endpoint publishes: container states (from events and inspects),
+//! removals after the grace, Home Assistant devices, the endpoint's status
+//! and info, and everything again after a broker reconnect.
+
+use super::*;
+
+impl Endpoint {
+    /// SPEC §10: what the event tells is published now; the inspect it
+    /// triggers confirms or corrects it.
+    pub(super) fn publish_transition(&mut self, id: &str, name: &str, t: transitions::Transition) {
+        // Recorded even when the container is not known yet: its first inspect
+        // may be older than this event (an `oom` right after `start`).
+        let mut state = self.containers.get(name).filter(|s| s.id == id).cloned();
+        if self.overlays.on_event(id, t, state.as_mut())
+            && let Some(state) = state
+        {
+            self.publish_state(name, state, false);
+        }
+    }
+
+    pub(super) fn publish_state(&mut self, name: &str, state: ContainerState, force: bool) {
+        if !force && self.containers.get(name) == Some(&state) {
+            return;
+        }
+        // Discovery before state: HA must know the entities the state feeds.
+        self.publish_container_device(name, &state, force);
+        let prev = self.containers.get(name);
+        let topics = &self.settings.topics;
+        match serde_json::to_vec(&state) {
+            Ok(p) => self
+                .outbox
+                .retain(topics.container_state(&self.id, name), p),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot encode state");
+                return;
+            }
+        }
+        if self.settings.flat_topics {
+            let before: HashMap<String, String> = match (force, prev) {
+                (false, Some(p)) => p.flat_values().into_iter().collect(),
+                _ => HashMap::new(),
+            };
+            for (k, v) in state.flat_values() {
+                if before.get(&k) != Some(&v) {
+                    self.outbox
+                        .retain(topics.container_state_key(&self.id, name, &k), v);
+                }
+            }
+        }
+        if let Some(inv) = &self.settings.inventory {
+            inv.set_container(
+                &self.id,
+                name,
+                crate::watcher::Watched {
+                    config_image: state.image.clone(),
+                    image_id: state.image_id.clone(),
+                    follow: self.follow_labels.get(name).cloned().unwrap_or_default(),
+                },
+            );
+        }
+        self.containers.insert(name.to_string(), state);
+        self.info_changed();
+        self.check_pending(name);
+    }
+
+    pub(super) fn on_gone(&mut self, id: &str) {
+        if !self.destroyed.iter().any(|d| d == id) {
+            self.destroyed.push_back(id.to_string());
+            if self.destroyed.len() > 1024 {
+                self.destroyed.pop_front();
+            }
+        }
+        self.excluded.remove(id);
+        self.overlays.forget(id);
+        self.inspect_failures.remove(id);
+        if let Some(name) = self.names.remove(id)
+            && self.containers.get(&name).is_some_and(|s| s.id == id)
+        {
+            self.containers.remove(&name);
+            self.schedule_removal(&name);
+            self.info_changed();
+        }
+    }
+
+    pub(super) fn schedule_removal(&mut self, name: &str) {
+        if self.settings.removal_grace.is_zero() {
+            self.clear_container(name);
+        } else {
+            self.removals.insert(
+                name.to_string(),
+                Instant::now() + self.settings.removal_grace,
+            );
+        }
+    }
+
+    pub(super) fn next_removal(&self) -> Option<Instant> {
+        self.removals.values().min().copied()
+    }
+
+    pub(super) fn run_removals(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .removals
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            self.removals.remove(&name);
+            if !self.containers.contains_key(&name) {
+                tracing::info!(endpoint = %self.id, container = %name, "container removed: clearing its topics");
+                self.clear_container(&name);
+            }
+        }
+    }
+
+    /// The container's HA device, when what it is built from changed (or `force`).
+    pub(super) fn publish_container_device(
+        &mut self,
+        name: &str,
+        state: &ContainerState,
+        force: bool,
+    ) {
+        let Some(ha) = self.settings.ha.clone() else {
+            return;
+        };
+        let s = &self.settings;
+        let who = crate::commands::Subject {
+            label_off: self.no_commands.contains(name),
+            protected: s.protect.is_match(name),
+            own: s.own_ids.contains(&state.id),
+        };
+        let facts = ContainerFacts {
+            image: state.image.clone(),
+            words: ha.container_words(&who),
+            configuration_url: match (&self.meta.portainer_ui, self.meta.portainer_id) {
+                (Some(ui), Some(env)) => {
+                    Some(format!("{ui}/#!/{env}/docker/containers/{}", state.id))
+                }
+                _ => None,
+            },
+        };
+        if !force && self.ha_containers.get(name) == Some(&facts) {
+            return;
+        }
+        let owner = s.topics.container_owner(&self.id, name);
+        self.outbox
+            .retain_owned(&owner, ha.messages(&ha.container(&self.id, name, &facts)));
+        self.ha_containers.insert(name.to_string(), facts);
+    }
+
+    /// The endpoint's HA device, when its name or engine version changed (or `force`).
+    pub(super) fn publish_endpoint_device(&mut self, force: bool) {
+        let Some(ha) = self.settings.ha.clone() else {
+            return;
+        };
+        let facts = EndpointFacts {
+            name: self.meta.name.clone(),
+            kind: self.meta.kind.to_string(),
+            docker_version: self.facts.docker_version.clone(),
+            configuration_url: match (&self.meta.portainer_ui, self.meta.portainer_id) {
+                (Some(ui), Some(env)) => Some(format!("{ui}/#!/{env}/docker/dashboard")),
+                _ => None,
+            },
+        };
+        if !force && self.ha_endpoint.as_ref() == Some(&facts) {
+            return;
+        }
+        let owner = self.settings.topics.endpoint_owner(&self.id);
+        self.outbox
+            .retain_owned(&owner, ha.messages(&ha.endpoint(&self.id, &facts)));
+        self.ha_endpoint = Some(facts);
+    }
+
+    pub(super) fn clear_container(&mut self, name: &str) {
+        self.ha_containers.remove(name);
+        let prefix = self.settings.topics.container_prefix(&self.id, name);
+        match &self.settings.inventory {
+            // Under the inventory lock: no update status can land after the clear.
+            Some(inv) => {
+                inv.remove_container_then(&self.id, name, || self.outbox.clear_prefix(&prefix))
+            }
+            None => self.outbox.clear_prefix(&prefix),
+        }
+    }
+
+    pub(super) fn set_online(&mut self, online: bool) {
+        if self.online == Some(online) {
+            return;
+        }
+        self.online = Some(online);
+        let payload = if online { "online" } else { "offline" };
+        self.outbox
+            .retain(self.settings.topics.endpoint_status(&self.id), payload);
+    }
+
+    pub(super) fn info_changed(&mut self) {
+        if self.info_due.is_none() {
+            self.info_due = Some(Instant::now() + INFO_DEBOUNCE);
+        }
+    }
+
+    pub(super) fn build_info(&self) -> EndpointInfo {
+        let (containers, stacks) = ContainerCounts::of(self.containers.values());
+        let f = &self.facts;
+        EndpointInfo {
+            id: self.id.clone(),
+            name: self.meta.name.clone(),
+            kind: self.meta.kind.to_string(),
+            reachable: self.online == Some(true),
+            docker_version: f.docker_version.clone(),
+            api_version: f.api_version.clone(),
+            os: f.os.clone(),
+            arch: f.arch.clone(),
+            cpus: f.cpus,
+            memory_bytes: f.memory_bytes,
+            containers,
+            images: f.images,
+            volumes: f.volumes,
+            stacks,
+            public_url: self.meta.public_url.clone(),
+            portainer_id: self.meta.portainer_id,
+        }
+    }
+
+    pub(super) fn publish_info_now(&mut self) {
+        self.info_due = None;
+        let info = self.build_info();
+        if self.last_info.as_ref() == Some(&info) {
+            return;
+        }
+        match serde_json::to_vec(&info) {
+            Ok(p) => self
+                .outbox
+                .retain(self.settings.topics.endpoint_info(&self.id), p),
+            Err(e) => tracing::warn!(error = %e, "cannot encode endpoint info"),
+        }
+        self.last_info = Some(info);
+    }
+
+    /// After a broker reconnect: everything retained again.
+    pub(super) fn republish_all(&mut self) {
+        self.publish_endpoint_device(true);
+        if let Some(online) = self.online.take() {
+            self.set_online(online);
+        }
+        self.last_info = None;
+        self.publish_info_now();
+        let all: Vec<(String, ContainerState)> = self
+            .containers
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect();
+        for (name, state) in all {
+            self.publish_state(&name, state, true);
+        }
+    }
+}

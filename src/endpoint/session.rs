@@ -1,0 +1,467 @@
+//! One session with the engine: negotiate, subscribe to events before
+//! listing, sync, then the loop over events, commands, inspects and timers;
+//! the cursor saves, Portainer's polls and the engine facts.
+
+use super::*;
+
+impl Endpoint {
+    pub(super) fn types_requested(&self) -> Vec<&str> {
+        // Container events drive state; image/volume events keep counts fresh.
+        let mut t: Vec<&str> = vec!["container", "image", "volume"];
+        for x in &self.settings.event_types {
+            if !t.contains(&x.as_str()) {
+                t.push(x);
+            }
+        }
+        t
+    }
+
+    pub(super) async fn session(
+        &mut self,
+        token: &CancellationToken,
+        cmds: &mut mpsc::Receiver<EndpointCommand>,
+    ) -> Result<(), SessionError> {
+        self.client.negotiate().await?;
+        if let Some(inv) = &self.settings.inventory {
+            inv.set_endpoint(&self.id, self.client.clone());
+        }
+        if self.cursor.time_nano == 0
+            && let Some(now) = self.engine_now().await
+        {
+            // First contact: start from the engine's own clock, to the nanosecond,
+            // so a later resume never replays what happened before we listened.
+            self.cursor.time_nano = now;
+            self.cursor_dirty = true;
+        }
+        let types: Vec<String> = self
+            .types_requested()
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let mut lines = match self.meta.poll_interval {
+            None => {
+                // Subscribe before listing, so nothing falls between the list and the stream.
+                let refs: Vec<&str> = types.iter().map(String::as_str).collect();
+                let since = self.cursor.since();
+                let (events, engine_date) =
+                    self.client.events(since.as_deref(), None, &refs).await?;
+                if self.cursor.time_nano == 0
+                    && let Some(secs) = engine_date
+                {
+                    // The engine did not tell its time: the HTTP date (whole seconds) will do.
+                    self.cursor.time_nano = secs.saturating_mul(1_000_000_000);
+                    self.cursor_dirty = true;
+                }
+                Lines::Stream(events)
+            }
+            Some(_) => {
+                // Through Portainer the live stream may be held back or cut: it runs
+                // on its own and the session relies on the bounded polls below.
+                self.shared_cursor
+                    .store(self.cursor.time_nano, Ordering::Relaxed);
+                let (tx, rx) = mpsc::channel(4096);
+                let task = tokio::spawn(background_stream(
+                    self.client.clone(),
+                    self.shared_cursor.clone(),
+                    types.clone(),
+                    tx,
+                    self.id.clone(),
+                ));
+                Lines::Background { rx, task }
+            }
+        };
+        self.refresh_facts().await?;
+        self.publish_endpoint_device(false);
+        self.full_sync().await?;
+        self.set_online(true);
+        self.publish_info_now();
+        if !self.swept {
+            self.swept = true;
+            let ep = self.id.clone();
+            let live = self.containers.keys().cloned().collect();
+            self.outbox.sweep(if self.restarted {
+                Sweep::Restarted { ep, live }
+            } else {
+                Sweep::Endpoint { ep, live }
+            });
+        }
+        tracing::info!(endpoint = %self.id, containers = self.containers.len(), api = %self.client.api_version(), "endpoint synced");
+
+        let period = self.settings.reconcile_interval;
+        let mut reconcile = tokio::time::interval_at(Instant::now() + period, period);
+        reconcile.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut save =
+            tokio::time::interval_at(Instant::now() + CURSOR_SAVE_EVERY, CURSOR_SAVE_EVERY);
+        save.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut resync = self.mqtt.resync_signal();
+        resync.mark_unchanged();
+        let mut poll = self.meta.poll_interval.map(|p| {
+            let mut i = tokio::time::interval(p);
+            i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            i
+        });
+
+        loop {
+            let (removal_due, info_due, facts_due, command_due) = (
+                self.next_removal(),
+                self.info_due,
+                self.facts_due,
+                self.next_command_deadline(),
+            );
+            tokio::select! {
+                biased;
+                _ = token.cancelled() => {
+                    self.drain_inspects().await;
+                    return Ok(());
+                }
+                Some(res) = self.actions.join_next(), if !self.actions.is_empty() => {
+                    match res {
+                        Ok(r) => self.on_action_done(r),
+                        Err(e) => tracing::error!(endpoint = %self.id, error = %e, "command task failed"),
+                    }
+                }
+                Some(cmd) = cmds.recv() => self.on_command(cmd).await?,
+                _ = sleep_until_opt(command_due) => self.expire_commands(),
+                Some(res) = self.inspects.join_next(), if !self.inspects.is_empty() => {
+                    match res {
+                        Ok((id, asked, r)) => self.on_inspect(id, asked, r),
+                        Err(e) => tracing::error!(endpoint = %self.id, error = %e, "inspect task failed"),
+                    }
+                }
+                line = lines.next() => match line {
+                    Ok(line) => self.on_line(&line),
+                    Err(SessionError::Stream(e)) if e == "oversized" => {
+                        tracing::warn!(endpoint = %self.id, "skipping an oversized event line");
+                    }
+                    Err(e) => return Err(e),
+                },
+                _ = tick_opt(&mut poll) => self.poll_events(&types).await?,
+                _ = sleep_until_opt(removal_due) => self.run_removals(),
+                _ = sleep_until_opt(info_due) => {
+                    self.info_due = None;
+                    self.publish_info_now();
+                }
+                _ = sleep_until_opt(facts_due) => {
+                    self.facts_due = None;
+                    self.refresh_facts().await?;
+                    self.info_changed();
+                }
+                _ = reconcile.tick() => {
+                    self.refresh_facts().await?;
+                    self.publish_endpoint_device(false);
+                    self.full_sync().await?;
+                    self.publish_info_now();
+                }
+                _ = save.tick() => self.save_cursor_soon(),
+                Ok(()) = resync.changed() => self.republish_all(),
+            }
+        }
+    }
+
+    /// Now, on this thread: at the end of a session and at shutdown.
+    pub(super) fn save_cursor(&mut self) {
+        if !self.cursor_dirty && !self.cursor_failed.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(dir) = &self.settings.state_dir
+            && let Err(e) = dir.save_cursor(&self.id, &self.cursor)
+        {
+            tracing::warn!(endpoint = %self.id, error = %e, "cannot save the event cursor");
+            self.cursor_failed.store(true, Ordering::Release);
+            return;
+        }
+        self.cursor_failed.store(false, Ordering::Release);
+        self.cursor_dirty = false;
+    }
+
+    /// Periodic save, off the async workers (fsync can take long on an SD
+    /// card). A failed write (disk full, read-only) is retried next time.
+    pub(super) fn save_cursor_soon(&mut self) {
+        if self.cursor_saving.load(Ordering::Acquire) {
+            return; // the previous write is still under way
+        }
+        let failed_before = self.cursor_failed.load(Ordering::Acquire);
+        if !self.cursor_dirty && !failed_before {
+            return;
+        }
+        let Some(dir) = self.settings.state_dir.clone() else {
+            return;
+        };
+        self.cursor_dirty = false;
+        let (id, cursor) = (self.id.clone(), self.cursor.persisted());
+        let (saving, failed) = (self.cursor_saving.clone(), self.cursor_failed.clone());
+        saving.store(true, Ordering::Release);
+        tokio::task::spawn_blocking(move || {
+            match dir.save_cursor(&id, &cursor) {
+                Ok(()) => {
+                    if failed.swap(false, Ordering::AcqRel) {
+                        tracing::info!(endpoint = %id, "event cursor saved again");
+                    }
+                }
+                Err(e) => {
+                    if failed_before {
+                        tracing::debug!(endpoint = %id, error = %e, "still cannot save the event cursor");
+                    } else {
+                        tracing::warn!(endpoint = %id, error = %e, "cannot save the event cursor; mirroring goes on, retrying every 10 s");
+                    }
+                    failed.store(true, Ordering::Release);
+                }
+            }
+            saving.store(false, Ordering::Release);
+        });
+    }
+
+    /// A bounded `since`/`until` read of the events (Portainer flushes bounded
+    /// answers even where it holds back a live stream). Lines go through the
+    /// same de-duplication as the stream's.
+    pub(super) async fn poll_events(&mut self, types: &[String]) -> Result<(), SessionError> {
+        let refs: Vec<&str> = types.iter().map(String::as_str).collect();
+        let since = self.cursor.since();
+        let until = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| format!("{}.{:09}", d.as_secs(), d.subsec_nanos()))
+            .unwrap_or_default();
+        let (mut s, _) = self
+            .client
+            .events(since.as_deref(), Some(&until), &refs)
+            .await?;
+        while let Some(l) = s.next().await {
+            match l {
+                Ok(l) => self.on_line(&l),
+                Err(LinesCodecError::MaxLineLengthExceeded) => {}
+                Err(LinesCodecError::Io(e)) => return Err(SessionError::Stream(e.to_string())),
+            }
+        }
+        Ok(())
+    }
+
+    /// The engine's clock (`/info` SystemTime) as Unix nanoseconds.
+    pub(super) async fn engine_now(&self) -> Option<i64> {
+        let info = self.client.info().await.ok()?;
+        let t = humantime::parse_rfc3339(info.system_time.trim()).ok()?;
+        let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+        i64::try_from(d.as_nanos()).ok()
+    }
+
+    pub(super) async fn refresh_facts(&mut self) -> Result<(), DockerError> {
+        let version = match self.client.version().await {
+            Ok(v) => Some(v),
+            Err(e) => tolerate("version", e, &self.id)?,
+        };
+        let info = match self.client.info().await {
+            Ok(i) => Some(i),
+            Err(e) => tolerate("info", e, &self.id)?,
+        };
+        let volumes = match self.client.volume_count().await {
+            Ok(n) => Some(n as i64),
+            Err(e) => tolerate("volumes", e, &self.id)?,
+        };
+        let images = info.as_ref().map(|i| i.images);
+        let version = version.unwrap_or_default();
+        let info = info.unwrap_or_default();
+        let non_empty = |s: String| (!s.is_empty()).then_some(s);
+        self.facts = Facts {
+            docker_version: non_empty(version.version).or(non_empty(info.server_version)),
+            api_version: Some(self.client.api_version()),
+            os: non_empty(version.os).or(non_empty(info.os_type)),
+            arch: non_empty(info.architecture).or(non_empty(version.arch)),
+            cpus: (info.ncpu > 0).then_some(info.ncpu),
+            memory_bytes: (info.mem_total > 0).then_some(info.mem_total),
+            images,
+            volumes,
+        };
+        Ok(())
+    }
+
+    /// List + inspect everything; heals whatever the stream missed.
+    pub(super) async fn full_sync(&mut self) -> Result<(), DockerError> {
+        let list = self.client.list_containers().await?;
+        self.recover_interrupted_updates(&list).await;
+        let mut wanted = Vec::new();
+        let mut listed = HashSet::new();
+        for c in &list {
+            let Some(name) = c.name() else { continue };
+            if !self.settings.filter.allows(name, &c.labels) {
+                continue;
+            }
+            listed.insert(name.to_string());
+            wanted.push(c.id.clone());
+        }
+        let client = self.client.clone();
+        let results: Vec<InspectResult> = stream::iter(wanted)
+            .map(|id| {
+                let client = client.clone();
+                async move {
+                    let r = client.inspect(&id).await;
+                    (id, 0, r)
+                }
+            })
+            .buffer_unordered(INSPECT_CONCURRENCY)
+            .collect()
+            .await;
+        for (id, _, r) in results {
+            match r {
+                // No event was handled meanwhile: the answer is newer than all of them.
+                Ok(Some(ins)) => {
+                    let asked = self.overlays.generation(&id);
+                    self.apply_inspect(&id, asked, ins)
+                }
+                Ok(None) => {} // removed meanwhile; its destroy event follows
+                Err(DockerError::Decode { what, message }) => {
+                    tracing::warn!(endpoint = %self.id, container = %id, %what, %message, "skipping a malformed container")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let gone: Vec<String> = self
+            .containers
+            .keys()
+            .filter(|n| !listed.contains(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(st) = self.containers.remove(&name) {
+                self.names.remove(&st.id);
+            }
+            self.schedule_removal(&name);
+        }
+        Ok(())
+    }
+
+    /// An `update` cut short (dockside or the host went down in the middle)
+    /// leaves the old container renamed `<name>.dockside-old`: when no
+    /// container took its name, it gets it back.
+    pub(super) async fn recover_interrupted_updates(
+        &self,
+        list: &[crate::docker::models::ContainerSummary],
+    ) {
+        use crate::docker::recreate::OLD_SUFFIX;
+        let names: HashSet<&str> = list.iter().filter_map(|c| c.name()).collect();
+        for c in list {
+            let Some(base) = c.name().and_then(|n| n.strip_suffix(OLD_SUFFIX)) else {
+                continue;
+            };
+            if self.pending.contains_key(base) {
+                continue; // that update is running now
+            }
+            if names.contains(base) || base.is_empty() {
+                tracing::warn!(endpoint = %self.id, container = %base, "an old container from an update is left over; remove it when the new one is fine");
+                continue;
+            }
+            match self
+                .client
+                .container_action(&c.id, "rename", &[("name", base)], Duration::from_secs(15))
+                .await
+            {
+                Ok(_) => {
+                    tracing::warn!(endpoint = %self.id, container = %base, "restored a container left renamed by an interrupted update")
+                }
+                Err(e) => {
+                    tracing::warn!(endpoint = %self.id, container = %base, error = %e, "cannot restore a container left renamed by an interrupted update")
+                }
+            }
+        }
+    }
+}
+
+/// Where a session's event lines come from.
+pub(super) enum Lines {
+    /// Direct engine: the live stream; its end ends the session.
+    Stream(EventStream),
+    /// Portainer: a background stream that reconnects on its own.
+    Background {
+        rx: mpsc::Receiver<String>,
+        task: tokio::task::JoinHandle<()>,
+    },
+}
+
+impl Lines {
+    pub(super) async fn next(&mut self) -> Result<String, SessionError> {
+        match self {
+            Lines::Stream(s) => match s.next().await {
+                Some(Ok(l)) => Ok(l),
+                Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
+                    Err(SessionError::Stream("oversized".into()))
+                }
+                Some(Err(LinesCodecError::Io(e))) => Err(SessionError::Stream(e.to_string())),
+                None => Err(SessionError::StreamEnded),
+            },
+            Lines::Background { rx, .. } => rx.recv().await.ok_or(SessionError::StreamEnded),
+        }
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        if let Lines::Background { task, .. } = self {
+            task.abort();
+        }
+    }
+}
+
+/// Portainer mode: keeps a live stream open (resuming from the shared cursor)
+/// and forwards its lines; failures only delay it, the polls carry on.
+pub(super) async fn background_stream(
+    client: Arc<DockerClient>,
+    cursor: Arc<AtomicI64>,
+    types: Vec<String>,
+    tx: mpsc::Sender<String>,
+    id: String,
+) {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let refs: Vec<&str> = types.iter().map(String::as_str).collect();
+    loop {
+        backoff.mark_started();
+        let since = since_of(cursor.load(Ordering::Relaxed));
+        match client.events(since.as_deref(), None, &refs).await {
+            Ok((mut s, _)) => {
+                while let Some(l) = s.next().await {
+                    match l {
+                        Ok(l) => {
+                            if tx.send(l).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(LinesCodecError::MaxLineLengthExceeded) => {}
+                        Err(LinesCodecError::Io(e)) => {
+                            tracing::debug!(endpoint = %id, error = %e, "live event stream dropped");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(endpoint = %id, error = %e, "live event stream unavailable; polling")
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+pub(super) fn since_of(nanos: i64) -> Option<String> {
+    (nanos > 0).then(|| format!("{}.{:09}", nanos / 1_000_000_000, nanos % 1_000_000_000))
+}
+
+pub(super) async fn tick_opt(i: &mut Option<tokio::time::Interval>) {
+    match i {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Engine info is decorative: a malformed or refused answer is logged, not
+/// fatal; only a connection failure ends the session.
+pub(super) fn tolerate<T>(what: &str, e: DockerError, id: &str) -> Result<Option<T>, DockerError> {
+    match e {
+        DockerError::Decode { .. } | DockerError::Status { .. } | DockerError::NotFound => {
+            tracing::warn!(endpoint = %id, error = %e, "cannot read engine {what}");
+            Ok(None)
+        }
+        e => Err(e),
+    }
+}
