@@ -87,6 +87,52 @@ pub struct Platform {
 
 type Manifest = (String, Arc<Vec<u8>>);
 
+/// Manifests and config blobs by `name@digest` (content-addressed, so never
+/// stale), bounded by bytes: past `cap` the oldest entries go.
+#[derive(Debug)]
+struct BlobCache {
+    map: HashMap<String, Manifest>,
+    order: std::collections::VecDeque<String>,
+    bytes: usize,
+    cap: usize,
+}
+
+/// What the manifest/config-blob cache may hold.
+const BLOB_CACHE_BYTES: usize = 4 << 20;
+
+impl BlobCache {
+    fn new(cap: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            order: std::collections::VecDeque::new(),
+            bytes: 0,
+            cap,
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&Manifest> {
+        self.map.get(key)
+    }
+
+    fn insert(&mut self, key: String, m: Manifest) {
+        let size = m.1.len() + key.len();
+        if size > self.cap || self.map.contains_key(&key) {
+            return;
+        }
+        while self.bytes + size > self.cap {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(o) = self.map.remove(&old) {
+                self.bytes -= o.1.len() + old.len();
+            }
+        }
+        self.bytes += size;
+        self.order.push_back(key.clone());
+        self.map.insert(key, m);
+    }
+}
+
 #[derive(Debug)]
 struct Host {
     permits: Arc<Semaphore>,
@@ -102,8 +148,8 @@ pub struct RegistryClient {
     credentials: HashMap<String, Credentials>,
     insecure: Vec<String>,
     hosts: Mutex<HashMap<String, Host>>,
-    /// `name@digest` → (media type, body): content-addressed, kept for good.
-    manifests: Mutex<HashMap<String, Manifest>>,
+    /// `name@digest` → (media type, body): content-addressed, bounded by bytes.
+    manifests: Mutex<BlobCache>,
     user_agent: HeaderValue,
 }
 
@@ -129,7 +175,7 @@ impl RegistryClient {
             credentials,
             insecure,
             hosts: Mutex::new(HashMap::new()),
-            manifests: Mutex::new(HashMap::new()),
+            manifests: Mutex::new(BlobCache::new(BLOB_CACHE_BYTES)),
             user_agent: HeaderValue::from_static(concat!("dockside/", env!("CARGO_PKG_VERSION"))),
         })
     }
@@ -187,7 +233,9 @@ impl RegistryClient {
         if let Some(h) = hosts.get_mut(host) {
             match v {
                 Some((v, ttl)) => {
-                    h.tokens.insert(repo.to_string(), (v, Instant::now() + ttl));
+                    let now = Instant::now();
+                    h.tokens.retain(|_, (_, until)| *until > now);
+                    h.tokens.insert(repo.to_string(), (v, now + ttl));
                 }
                 None => {
                     h.tokens.remove(repo);
@@ -658,6 +706,28 @@ fn httpdate(v: &str) -> Option<SystemTime> {
 }
 
 /// `Bearer realm="…",service="…"` → ("bearer", {realm, service}).
+#[cfg(test)]
+mod blob_cache_tests {
+    use super::*;
+
+    #[test]
+    fn the_blob_cache_stays_within_its_bytes() {
+        let mut c = BlobCache::new(1000);
+        for i in 0..100 {
+            c.insert(
+                format!("r@sha256:{i}"),
+                (String::new(), Arc::new(vec![0u8; 90])),
+            );
+            assert!(c.bytes <= 1000, "{}", c.bytes);
+        }
+        assert!(c.get("r@sha256:99").is_some());
+        assert!(c.get("r@sha256:0").is_none(), "the oldest went first");
+        c.insert("huge".into(), (String::new(), Arc::new(vec![0u8; 5000])));
+        assert!(c.get("huge").is_none(), "larger than the cache: not kept");
+        assert_eq!(c.map.len(), c.order.len());
+    }
+}
+
 pub fn parse_challenge(h: &str) -> (String, HashMap<String, String>) {
     let (scheme, rest) = h.trim().split_once(' ').unwrap_or((h.trim(), ""));
     let mut params = HashMap::new();

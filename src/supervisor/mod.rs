@@ -372,7 +372,16 @@ async fn run_instance(
                 sup.publish_bridge_device();
                 sup.publish_info();
             }
-            Some(msg) = inbound.recv() => sup.route(msg),
+            Some(msg) = inbound.recv() => {
+                // The router is synchronous and runs here: a panic on one message
+                // (a bug, never the input's fault) is logged and counted, and the
+                // next message is routed as usual.
+                let topic = msg.topic.clone();
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sup.route(msg))).is_err() {
+                    supervise::TASK_RESTARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!(task = "command router", %topic, "the router panicked on a message; it goes on with the next one");
+                }
+            }
             Some(update) = source_rx.recv() => sup.apply_source(update).await,
         }
     };
