@@ -465,17 +465,6 @@ async fn dockside_never_stops_its_own_container() {
     assert_eq!(r["ok"], true, "{r}");
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .expect("VmRSS of dockside")
-}
-
 /// 100,000 commands with distinct request ids within a minute: each gets
 /// exactly one result (`busy` when it cannot even be queued), memory stays
 /// bounded, and dockside is healthy and correct afterwards.

@@ -39,17 +39,6 @@ fn try_docker(args: &[&str]) -> bool {
         .unwrap_or(false)
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .expect("VmRSS of dockside")
-}
-
 /// What `docker inspect` says of every container of the run: name → fields.
 fn engine_truth(prefix: &str) -> BTreeMap<String, serde_json::Value> {
     let ids = docker(&["ps", "-aq", "--filter", &format!("name=^{prefix}-")]);

@@ -16,6 +16,18 @@ use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 
 pub const IMAGE: &str = "dockside-test/busybox:latest";
 
+/// Resident memory of a process, in kB (`VmRSS`).
+pub fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .expect("VmRSS of the process")
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
