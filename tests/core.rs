@@ -605,9 +605,11 @@ async fn sigterm_publishes_offline_and_exits_within_two_seconds() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    // Mosquitto 2.0.11 words some clean DISCONNECTs "disconnected due to out of
+    // memory"; a connection dropped without one is "closed its connection".
     assert!(
         log.lines()
-            .any(|l| l.contains(&client) && l.trim_end().ends_with("disconnected.")),
+            .any(|l| l.contains(&client) && l.contains(" disconnected")),
         "no clean disconnect of dockside in the broker log:\n{log}"
     );
     assert!(
