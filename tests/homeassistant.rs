@@ -63,7 +63,7 @@ impl Ha {
             name,
             port,
             dir,
-            http: reqwest::Client::builder()
+            http: dockside::http::client_builder()
                 .timeout(Duration::from_secs(30))
                 .build()
                 .expect("http client"),

@@ -84,7 +84,9 @@ struct Api {
 impl Api {
     fn new(host: &str) -> Self {
         Self {
-            http: reqwest::Client::new(),
+            http: dockside::http::client_builder()
+                .build()
+                .expect("http client"),
             base: format!("http://{host}"),
         }
     }

@@ -327,7 +327,9 @@ impl Endpoint {
         let (Some(p), Some(st)) = (self.pending.get(name), self.containers.get(name)) else {
             return;
         };
-        if !p.engine_done || st.id != p.id {
+        // An `update`'s outcome is the recreate's own verdict (on_update_done):
+        // the old container running again means it was restored, not updated.
+        if !p.engine_done || st.id != p.id || p.req.action == "update" {
             return;
         }
         let outcome = progress(&p.req.action, st, p.prev_started_at.as_deref());
