@@ -54,16 +54,26 @@ impl Setup {
         (v("installed_version"), v("latest_version"))
     }
     async fn check_all(&self, c: &Collector, rid: &str) {
-        let payload = format!(r#"{{"action":"check_updates","request_id":"{rid}"}}"#);
-        c.publish(&format!("{}/set", self.base), payload.as_bytes(), false)
-            .await;
-        let r = c
-            .wait_latest(&format!("{}/result", self.base), T, |m| {
-                m.json()["request_id"] == rid
-            })
-            .await
-            .json();
-        assert_eq!(r["ok"], true, "{r}");
+        // `check_updates` is limited to one per scope every 5 s: wait and ask again.
+        for attempt in 0..3 {
+            let id = format!("{rid}-{attempt}");
+            let payload = format!(r#"{{"action":"check_updates","request_id":"{id}"}}"#);
+            c.publish(&format!("{}/set", self.base), payload.as_bytes(), false)
+                .await;
+            let r = c
+                .wait_latest(&format!("{}/result", self.base), T, |m| {
+                    m.json()["request_id"] == id.as_str()
+                })
+                .await
+                .json();
+            if r["code"] == "rate_limited" {
+                tokio::time::sleep(Duration::from_millis(5100)).await;
+                continue;
+            }
+            assert_eq!(r["ok"], true, "{r}");
+            return;
+        }
+        panic!("check_updates stayed rate-limited");
     }
 }
 
