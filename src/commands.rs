@@ -18,13 +18,17 @@ pub const DEDUP_WINDOW: Duration = Duration::from_secs(60);
 
 /// Words a container `set` topic takes.
 pub const CONTAINER_WORDS: &[&str] = &[
-    "start", "stop", "restart", "pause", "unpause", "kill", "update", "check",
+    "start", "stop", "restart", "pause", "unpause", "kill", "update", "check", "rollback",
 ];
-/// Words an endpoint or bridge `set` topic takes.
-pub const SCOPE_WORDS: &[&str] = &["resync", "check_updates"];
+/// Words an endpoint `set` topic takes.
+pub const ENDPOINT_WORDS: &[&str] = &["resync", "check_updates", "update_all"];
+/// Words the bridge `set` topic takes.
+pub const BRIDGE_WORDS: &[&str] = &["resync", "check_updates"];
 /// Words that would stop, kill, pause or recreate a container: refused for
 /// dockside's own container and for `commands.protect`.
-pub const DISRUPTIVE: &[&str] = &["stop", "restart", "pause", "kill", "update"];
+pub const DISRUPTIVE: &[&str] = &["stop", "restart", "pause", "kill", "update", "rollback"];
+/// Longest tag a registry accepts (distribution's reference grammar).
+const MAX_TAG: usize = 128;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -50,6 +54,8 @@ pub enum Scope {
 pub struct Request {
     pub action: String,
     pub request_id: Option<String>,
+    /// `update` to this tag of the container's repository (SPEC §14).
+    pub version: Option<String>,
 }
 
 /// A refusal at parse time; carries whatever could be read so the result can echo it.
@@ -81,14 +87,15 @@ pub fn parse(payload: &[u8], scope: Scope) -> Result<Request, ParseError> {
     if text.is_empty() {
         return Err(perr("empty payload"));
     }
-    let (action, request_id) = if text.starts_with('{') {
+    let (action, request_id, version) = if text.starts_with('{') {
         parse_json(text)?
     } else {
-        (text.to_ascii_lowercase(), None)
+        (text.to_ascii_lowercase(), None, None)
     };
     let words = match scope {
         Scope::Container => CONTAINER_WORDS,
-        Scope::Endpoint | Scope::Bridge => SCOPE_WORDS,
+        Scope::Endpoint => ENDPOINT_WORDS,
+        Scope::Bridge => BRIDGE_WORDS,
     };
     if !words.contains(&action.as_str()) {
         let shown: String = action.chars().take(32).collect();
@@ -101,10 +108,53 @@ pub fn parse(payload: &[u8], scope: Scope) -> Result<Request, ParseError> {
             request_id,
         });
     }
-    Ok(Request { action, request_id })
+    if let Some(v) = &version {
+        let refuse = |message: String| ParseError {
+            message,
+            action: Some(action.clone()),
+            request_id: request_id.clone(),
+        };
+        if action != "update" {
+            return Err(refuse("`version` goes only with `update`".into()));
+        }
+        check_tag(v).map_err(refuse)?;
+    }
+    Ok(Request {
+        action,
+        request_id,
+        version,
+    })
 }
 
-fn parse_json(text: &str) -> Result<(String, Option<String>), ParseError> {
+/// A `version` must be a plain tag of the container's own repository.
+pub fn check_tag(v: &str) -> Result<(), String> {
+    if v.contains('@') || v.starts_with("sha256:") {
+        return Err("`version` must be a tag of the same repository, not a digest".into());
+    }
+    if v.contains('/') || v.contains(':') {
+        return Err(
+            "`version` is a tag of the container's repository (like 1.27.3), not an image reference"
+                .into(),
+        );
+    }
+    let mut chars = v.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    if v.len() > MAX_TAG
+        || !first_ok
+        || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        return Err(format!(
+            "`version` is not a valid tag (letters, digits, `_`, `.`, `-`; at most {MAX_TAG})"
+        ));
+    }
+    Ok(())
+}
+
+type Parsed = (String, Option<String>, Option<String>);
+
+fn parse_json(text: &str) -> Result<Parsed, ParseError> {
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| perr(format!("bad JSON: {e}")))?;
     let obj = value
@@ -138,7 +188,10 @@ fn parse_json(text: &str) -> Result<(String, Option<String>), ParseError> {
             });
         }
     };
-    if let Some(k) = obj.keys().find(|k| *k != "action" && *k != "request_id") {
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !matches!(k.as_str(), "action" | "request_id" | "version"))
+    {
         let k: String = k.chars().take(32).collect();
         return Err(ParseError {
             message: format!("unknown key `{k}`"),
@@ -146,7 +199,18 @@ fn parse_json(text: &str) -> Result<(String, Option<String>), ParseError> {
             request_id,
         });
     }
-    Ok((action, request_id))
+    let version = match obj.get("version") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(v)) => Some(v.clone()),
+        Some(_) => {
+            return Err(ParseError {
+                message: "`version` must be a string (a tag)".into(),
+                action: Some(action),
+                request_id,
+            });
+        }
+    };
+    Ok((action, request_id, version))
 }
 
 /// The result payload on `<…>/result` (SPEC §5).
@@ -163,8 +227,36 @@ pub struct CommandResult {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+    /// `update_all`: each container's outcome, in the order they ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcomes: Option<Vec<ContainerOutcome>>,
     pub duration_ms: u64,
     pub at: String,
+}
+
+/// One container's part of an `update_all` result.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ContainerOutcome {
+    pub container: String,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<Code>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+}
+
+impl From<(&str, &CommandResult)> for ContainerOutcome {
+    fn from((container, r): (&str, &CommandResult)) -> Self {
+        Self {
+            container: container.to_string(),
+            ok: r.ok,
+            code: r.code,
+            error: r.error.clone(),
+            state: r.state.clone(),
+        }
+    }
 }
 
 impl CommandResult {
@@ -176,6 +268,7 @@ impl CommandResult {
             code: None,
             error: None,
             state,
+            outcomes: None,
             duration_ms: started.elapsed().as_millis() as u64,
             at: crate::payloads::now_rfc3339(),
         }
@@ -195,6 +288,7 @@ impl CommandResult {
             code: Some(code),
             error: Some(error.into()),
             state: None,
+            outcomes: None,
             duration_ms: started.elapsed().as_millis() as u64,
             at: crate::payloads::now_rfc3339(),
         }
@@ -318,6 +412,8 @@ pub fn refusal(
     who: Option<&Subject>,
 ) -> Option<(Code, String)> {
     let forbid = |m: String| Some((Code::Forbidden, m));
+    // An endpoint's `update_all` is `update` on each of its containers.
+    let word = if word == "update_all" { "update" } else { word };
     if !enabled {
         return forbid("commands are disabled (commands.enabled = false)".into());
     }
@@ -603,15 +699,56 @@ mod tests {
             }
             for scope in [Scope::Container, Scope::Endpoint, Scope::Bridge] {
                 if let Ok(r) = parse(&input, scope) {
-                    let words = if scope == Scope::Container {
-                        CONTAINER_WORDS
-                    } else {
-                        SCOPE_WORDS
+                    let words = match scope {
+                        Scope::Container => CONTAINER_WORDS,
+                        Scope::Endpoint => ENDPOINT_WORDS,
+                        Scope::Bridge => BRIDGE_WORDS,
                     };
                     assert!(words.contains(&r.action.as_str()), "{input:?}");
                 }
             }
         }
+    }
+
+    #[test]
+    fn update_to_a_version() {
+        let r = parse(
+            br#"{"action":"update","version":"1.27.3","request_id":"v"}"#,
+            Scope::Container,
+        )
+        .expect("ok");
+        assert_eq!(r.version.as_deref(), Some("1.27.3"));
+        let junk = format!(r#"{{"action":"update","version":"{}"}}"#, "x".repeat(900));
+        let bad: &[(&[u8], &str)] = &[
+            (br#"{"action":"update","version":"sha256:abcd"}"#, "digest"),
+            (br#"{"action":"update","version":"1@sha256:ab"}"#, "digest"),
+            (
+                br#"{"action":"update","version":"other/repo:1"}"#,
+                "reference",
+            ),
+            (br#"{"action":"update","version":"1 2"}"#, "valid tag"),
+            (br#"{"action":"update","version":""}"#, "valid tag"),
+            (br#"{"action":"update","version":".x"}"#, "valid tag"),
+            (br#"{"action":"update","version":7}"#, "string"),
+            (
+                br#"{"action":"restart","version":"1"}"#,
+                "only with `update`",
+            ),
+            (junk.as_bytes(), "valid tag"),
+        ];
+        for (p, want) in bad {
+            let e = parse(p, Scope::Container).expect_err("refused");
+            assert!(
+                e.message.contains(want),
+                "{}: {}",
+                String::from_utf8_lossy(p),
+                e.message
+            );
+        }
+        assert!(parse(b"update_all", Scope::Endpoint).is_ok());
+        assert!(parse(b"update_all", Scope::Bridge).is_err());
+        assert!(parse(b"update_all", Scope::Container).is_err());
+        assert!(parse(b"rollback", Scope::Container).is_ok());
     }
 
     #[test]
@@ -651,6 +788,7 @@ mod tests {
         let req = Request {
             action: "restart".into(),
             request_id: Some("abc".into()),
+            version: None,
         };
         let ok = serde_json::to_value(CommandResult::ok(
             &req,

@@ -363,6 +363,13 @@ pub struct UpdatesConfig {
     pub ca_file: Option<PathBuf>,
     /// Credentials per registry host (`[updates.registries."ghcr.io"]`).
     pub registries: BTreeMap<String, RegistryCredentials>,
+    /// Container names (globs) never checked: status `ignored`, like the
+    /// label `dockside.updates=false`.
+    pub ignore: Vec<String>,
+    /// After `update`/`rollback`, the new container must run (and be healthy
+    /// when it has a healthcheck) this long, or the old one is restored.
+    #[serde(with = "humantime_serde")]
+    pub verify_for: Duration,
 }
 
 impl Default for UpdatesConfig {
@@ -374,6 +381,8 @@ impl Default for UpdatesConfig {
             insecure_registries: Vec::new(),
             ca_file: None,
             registries: BTreeMap::new(),
+            ignore: Vec::new(),
+            verify_for: Duration::from_secs(10),
         }
     }
 }
@@ -773,6 +782,10 @@ impl Config {
             }
         }
         crate::filter::glob_set("commands.protect", &self.commands.protect)?;
+        crate::filter::glob_set("updates.ignore", &self.updates.ignore)?;
+        if self.updates.verify_for > Duration::from_secs(600) {
+            return Err(invalid("updates.verify_for", "must be at most 10m"));
+        }
         if let Some(ca) = &self.updates.ca_file {
             let pem = std::fs::read(ca).map_err(|e| {
                 invalid(

@@ -46,12 +46,21 @@ pub const UPDATE_TEMPLATE: &str = concat!(
     "{%- set ns.o = ns.o + ['\"release_summary\":\"The image is pinned by digest: not checked for updates.\"'] -%}",
     "{%- elif v.status == 'local_build' -%}",
     "{%- set ns.o = ns.o + ['\"release_summary\":\"The image was built locally: no registry to check.\"'] -%}",
+    "{%- elif v.status == 'ignored' -%}",
+    "{%- set ns.o = ns.o + ['\"release_summary\":\"Update checks are off for this container (dockside.updates=false or updates.ignore).\"'] -%}",
     "{%- endif -%}",
     "{%- if v.progress is number -%}",
     "{%- set ns.o = ns.o + ['\"update_percentage\":' ~ v.progress] -%}",
     "{%- endif -%}",
     "{{ '{' ~ (ns.o | join(',')) ~ '}' }}",
 );
+
+/// The newest entry of `<ct>/history` (SPEC §14) as the "Last update" sensor.
+const LAST_UPDATE_TEMPLATE: &str =
+    "{{ value_json[0].status if value_json is sequence and value_json | length > 0 else 'none' }}";
+const LAST_UPDATE_ATTRIBUTES: &str =
+    "{{ (value_json[0] if value_json is sequence and value_json | length > 0 else {}) | tojson }}";
+const LAST_UPDATE_OPTIONS: &[&str] = &["ok", "rolled_back", "failed", "none"];
 
 /// SPEC §4.4: the event entity's `event_types`.
 pub use crate::payloads::CONTAINER_EVENT_TYPES as EVENT_TYPES;
@@ -133,6 +142,8 @@ const CONTAINER_OPTIONAL: &[(&str, &str)] = &[
     ("kill", "button"),
     ("update", "update"),
     ("check_update", "button"),
+    ("rollback", "button"),
+    ("last_update", "sensor"),
 ];
 
 impl Discovery {
@@ -467,6 +478,29 @@ impl Discovery {
                 u["payload_install"] = json!("update");
             }
             e.push(self.entity(&id, "update", "update", "Image update", u));
+            if Self::allows(w, "rollback") {
+                // Rarely wanted: present, disabled until the user enables it.
+                e.push(self.entity(
+                    &id,
+                    "rollback",
+                    "button",
+                    "Roll back",
+                    json!({"command_topic": set, "payload_press": "rollback",
+                           "icon": "mdi:undo-variant", "enabled_by_default": false}),
+                ));
+            }
+            let history = t.container_history(ep, ct);
+            e.push(self.entity(
+                &id,
+                "last_update",
+                "sensor",
+                "Last update",
+                json!({"state_topic": history, "json_attributes_topic": history,
+                       "value_template": LAST_UPDATE_TEMPLATE,
+                       "json_attributes_template": LAST_UPDATE_ATTRIBUTES,
+                       "device_class": "enum", "options": LAST_UPDATE_OPTIONS,
+                       "entity_category": "diagnostic", "icon": "mdi:history"}),
+            ));
             if Self::allows(w, "check") {
                 e.push(self.entity(
                     &id,
@@ -664,7 +698,9 @@ pub fn owner_of(
         let owner = match segs.as_slice() {
             ["status" | "info" | "set"] => topics.bridge_owner(),
             [ep, "status" | "info" | "set"] => topics.endpoint_owner(ep),
-            [ep, ct, "state" | "update" | "event" | "set"] => topics.container_owner(ep, ct),
+            [ep, ct, "state" | "update" | "event" | "set" | "history"] => {
+                topics.container_owner(ep, ct)
+            }
             _ => continue,
         };
         return Some(owner);

@@ -10,6 +10,7 @@ pub mod config;
 pub mod docker;
 pub mod endpoint;
 pub mod filter;
+pub mod history;
 pub mod homeassistant;
 pub mod http;
 pub mod logging;

@@ -89,6 +89,9 @@ impl Topics {
     pub fn container_update(&self, ep: &str, ct: &str) -> String {
         format!("{}/{}/{}/update", self.base, ep, ct)
     }
+    pub fn container_history(&self, ep: &str, ct: &str) -> String {
+        format!("{}/{}/{}/history", self.base, ep, ct)
+    }
     pub fn container_event(&self, ep: &str, ct: &str) -> String {
         format!("{}/{}/{}/event", self.base, ep, ct)
     }

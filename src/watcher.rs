@@ -38,9 +38,13 @@ const INVENTORY_DEBOUNCE: Duration = Duration::from_secs(2);
 pub struct Watched {
     pub config_image: String,
     pub image_id: String,
-    /// The container's `dockside.follow*` labels (tag following).
+    /// The container's `dockside.follow*` labels (tag following) and
+    /// `dockside.updates`.
     pub follow: BTreeMap<String, String>,
 }
+
+/// The label that turns update checks off for one container.
+pub const UPDATES_LABEL: &str = "dockside.updates";
 
 type Key = (String, String);
 
@@ -51,6 +55,10 @@ struct InventoryInner {
     changed: BTreeSet<Key>,
     /// Containers an `update` is running on.
     in_progress: BTreeSet<Key>,
+    /// Pull progress of those, 0–99.
+    progress: BTreeMap<Key, u8>,
+    /// Containers whose last status was `update_available` (`update_all`).
+    available: BTreeSet<Key>,
     /// A change that must not wait for the debounce (an update starting).
     urgent: bool,
     /// Containers whose reference is checked again at the next round,
@@ -84,6 +92,7 @@ impl Inventory {
         let mut g = self.lock();
         g.endpoints.remove(ep);
         g.containers.retain(|(e, _), _| e != ep);
+        g.available.retain(|(e, _)| e != ep);
         then();
     }
     pub fn set_container(&self, ep: &str, ct: &str, w: Watched) {
@@ -104,6 +113,7 @@ impl Inventory {
             g.in_progress.insert(key.clone())
         } else {
             g.recheck.insert(key.clone());
+            g.progress.remove(&key);
             g.in_progress.remove(&key)
         };
         if changed {
@@ -113,8 +123,39 @@ impl Inventory {
             self.notify.notify_one();
         }
     }
-    fn in_progress(&self, key: &Key) -> bool {
-        self.lock().in_progress.contains(key)
+    /// The pull of a running `update` moved on: shown at once.
+    pub fn set_progress(&self, ep: &str, ct: &str, percent: u8) {
+        let key = (ep.to_string(), ct.to_string());
+        let mut g = self.lock();
+        if !g.in_progress.contains(&key) || g.progress.get(&key) == Some(&percent) {
+            return;
+        }
+        g.progress.insert(key.clone(), percent);
+        g.changed.insert(key);
+        g.urgent = true;
+        drop(g);
+        self.notify.notify_one();
+    }
+    fn in_progress(&self, key: &Key) -> (bool, Option<u8>) {
+        let g = self.lock();
+        (g.in_progress.contains(key), g.progress.get(key).copied())
+    }
+    fn set_available(&self, key: &Key, on: bool) {
+        let mut g = self.lock();
+        if on {
+            g.available.insert(key.clone());
+        } else {
+            g.available.remove(key);
+        }
+    }
+    /// Containers of `ep` whose image has an update, by name.
+    pub fn updates_available(&self, ep: &str) -> Vec<String> {
+        self.lock()
+            .available
+            .iter()
+            .filter(|(e, _)| e == ep)
+            .map(|(_, c)| c.clone())
+            .collect()
     }
     fn take_recheck(&self) -> BTreeSet<Key> {
         std::mem::take(&mut self.lock().recheck)
@@ -125,7 +166,9 @@ impl Inventory {
     /// Forgets a container; `then` (clearing its topics) runs under the lock.
     pub fn remove_container_then(&self, ep: &str, ct: &str, then: impl FnOnce()) {
         let mut g = self.lock();
-        g.containers.remove(&(ep.to_string(), ct.to_string()));
+        let key = (ep.to_string(), ct.to_string());
+        g.containers.remove(&key);
+        g.available.remove(&key);
         then();
     }
     /// Runs `f` (a publish) only if the container is still there, under the lock.
@@ -190,6 +233,9 @@ pub struct UpdateStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checked_at: Option<String>,
     pub in_progress: bool,
+    /// Pull progress (0–100) while an `update` runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<u8>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub pending_recreate: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -206,6 +252,18 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// The registry client of `[updates]` (the watcher's, and `update`'s tag check).
+pub fn registry_client(cfg: &UpdatesConfig) -> Result<RegistryClient, RegistryError> {
+    // Validated at load time: an unreadable file here just adds nothing.
+    let roots = cfg
+        .ca_file
+        .as_ref()
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|pem| reqwest::Certificate::from_pem_bundle(&pem).ok())
+        .unwrap_or_default();
+    RegistryClient::new(credentials(cfg), cfg.insecure_registries.clone(), roots)
 }
 
 /// Credentials from `[updates.registries]`, then a Docker `config.json` (`auths`).
@@ -336,6 +394,8 @@ pub struct Watcher {
     images: HashMap<(String, String), Result<Arc<ImageInspect>, String>>,
     results: BTreeMap<String, KeyResult>,
     published: HashMap<Key, UpdateStatus>,
+    /// `updates.ignore`: names never checked.
+    ignore: globset::GlobSet,
 }
 
 impl Watcher {
@@ -345,19 +405,7 @@ impl Watcher {
         inventory: Arc<Inventory>,
         state_dir: Option<StateDir>,
     ) -> Result<Self, RegistryError> {
-        // Validated at load time: an unreadable file here just adds nothing.
-        let roots = cfg
-            .updates
-            .ca_file
-            .as_ref()
-            .and_then(|p| std::fs::read(p).ok())
-            .and_then(|pem| reqwest::Certificate::from_pem_bundle(&pem).ok())
-            .unwrap_or_default();
-        let registry = RegistryClient::new(
-            credentials(&cfg.updates),
-            cfg.updates.insecure_registries.clone(),
-            roots,
-        )?;
+        let registry = registry_client(&cfg.updates)?;
         let results = state_dir
             .as_ref()
             .and_then(|d| std::fs::read(d.path().join("updates.json")).ok())
@@ -374,6 +422,9 @@ impl Watcher {
             images: HashMap::new(),
             results,
             published: HashMap::new(),
+            // Validated at load time.
+            ignore: crate::filter::glob_set("updates.ignore", &cfg.updates.ignore)
+                .unwrap_or_else(|_| globset::GlobSet::empty()),
         })
     }
 
@@ -513,7 +564,10 @@ impl Watcher {
                 continue;
             };
             let image = self.image(&ep, &client, &w.image_id).await;
+            let ignored = w.follow.get(UPDATES_LABEL).is_some_and(|v| v == "false")
+                || self.ignore.is_match(&ct);
             let class = match &image {
+                _ if ignored => Class::Ignored,
                 Ok(i) => classify(&w.config_image, &i.repo_digests),
                 Err(e) => Class::Unknown(e.clone()),
             };
@@ -594,7 +648,8 @@ impl Watcher {
         // Statuses.
         for (key, w, image, class, pending) in classified {
             let mut status = self.status(&w, image.as_deref(), class, pending).await;
-            status.in_progress = self.inventory.in_progress(&key);
+            (status.in_progress, status.progress) = self.inventory.in_progress(&key);
+            self.inventory.set_available(&key, status.update_available);
             if self.published.get(&key) != Some(&status) {
                 let topic = self.topics.container_update(&key.0, &key.1);
                 let payload = serde_json::to_vec(&status).unwrap_or_default();
@@ -635,6 +690,7 @@ impl Watcher {
             remote_digest: None,
             checked_at: None,
             in_progress: false,
+            progress: None,
             pending_recreate: pending,
             error: None,
         };
@@ -652,6 +708,12 @@ impl Watcher {
                 s.latest_version = s.installed_version.clone();
             }
             Class::Unknown(e) => s.error = Some(e),
+            Class::Ignored => {
+                s.status = "ignored";
+                let tag = Reference::parse(&w.config_image).and_then(|r| r.tag);
+                s.installed_version = label.clone().or(tag).or(Some(short(&w.image_id)));
+                s.latest_version = s.installed_version.clone();
+            }
             Class::Tracked {
                 reference,
                 local_digests,
@@ -884,6 +946,7 @@ mod tests {
             remote_digest: None,
             checked_at: None,
             in_progress: false,
+            progress: None,
             pending_recreate: false,
             error: None,
         };

@@ -79,7 +79,7 @@ async fn update_recreates_with_the_same_configuration_or_restores() {
     let before = inspect(&app);
 
     let config = format!(
-        "{}\n[commands]\nallow = [\"start\",\"stop\",\"update\"]\nmin_interval = \"1s\"\n",
+        "{}\n[commands]\nallow = [\"start\",\"stop\",\"update\"]\nmin_interval = \"1s\"\n[updates]\nverify_for = \"3s\"\n",
         base_config(&broker, &base, &dir.path().join("state"), &ct.prefix)
     );
     let _ds = Dockside::start(dir.path(), &config);

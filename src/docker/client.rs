@@ -408,41 +408,82 @@ impl DockerClient {
 
     /// `POST /images/create`: pulls `image:tag`, reading the progress stream to
     /// its end; an `error` line in it is the pull's failure.
+    /// `POST /images/create`: the stream is read as it comes; `on_progress`
+    /// gets each new percent (monotonic, below 100 until the pull is done).
     pub async fn pull(
         &self,
         image: &str,
         tag: &str,
         registry_auth: Option<&str>,
         timeout: Duration,
+        on_progress: &(dyn Fn(u8) + Send + Sync),
     ) -> Result<(), DockerError> {
+        use super::pull::{Line, MAX_LINE, PullProgress};
         let mut url = self.url(&["images", "create"]);
         url.query_pairs_mut()
             .append_pair("fromImage", image)
             .append_pair("tag", tag);
         let header = registry_auth.map(|a| ("X-Registry-Auth", a));
-        let resp = self
+        let mut resp = self
             .execute_with(Method::POST, url, Some(timeout), None, header)
             .await?;
-        if resp.status() == StatusCode::NOT_FOUND {
-            return Err(status_error(resp).await);
-        }
         if !resp.status().is_success() {
             return Err(status_error(resp).await);
         }
-        let body = read_capped(resp, MAX_LIST_BODY, "pull progress").await?;
-        for line in body.split(|b| *b == b'\n') {
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(line)
-                && let Some(e) = v
-                    .get("error")
-                    .or_else(|| v.get("errorDetail").and_then(|d| d.get("message")))
-            {
-                return Err(DockerError::Status {
-                    status: 500,
-                    message: e.as_str().unwrap_or("pull failed").to_string(),
-                });
+        let mut progress = PullProgress::default();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut skipping = false;
+        let mut handle = |line: &[u8]| match progress.feed(line) {
+            Line::Error(message) => Err(DockerError::Status {
+                status: 500,
+                message,
+            }),
+            Line::Percent(p) => {
+                on_progress(p);
+                Ok(())
+            }
+            Line::Nothing => Ok(()),
+        };
+        while let Some(chunk) = resp.chunk().await.map_err(DockerError::from_reqwest)? {
+            for part in chunk.split_inclusive(|b| *b == b'\n') {
+                let ends = part.last() == Some(&b'\n');
+                if !skipping {
+                    buf.extend_from_slice(part);
+                }
+                if buf.len() > MAX_LINE {
+                    buf.clear();
+                    skipping = true;
+                }
+                if ends {
+                    if !skipping {
+                        handle(&buf)?;
+                    }
+                    buf.clear();
+                    skipping = false;
+                }
             }
         }
+        if !buf.is_empty() && !skipping {
+            handle(&buf)?;
+        }
+        on_progress(100);
         Ok(())
+    }
+
+    /// `POST /images/{id}/tag`: points `repo:tag` at image `id` (rollback).
+    pub async fn tag_image(&self, id: &str, repo: &str, tag: &str) -> Result<(), DockerError> {
+        let mut url = self.url(&["images", id, "tag"]);
+        url.query_pairs_mut()
+            .append_pair("repo", repo)
+            .append_pair("tag", tag);
+        let resp = self
+            .execute(Method::POST, url, Some(REQUEST_TIMEOUT))
+            .await?;
+        match resp.status() {
+            s if s.is_success() => Ok(()),
+            StatusCode::NOT_FOUND => Err(DockerError::NotFound),
+            _ => Err(status_error(resp).await),
+        }
     }
 
     /// `POST /containers/create?name=`; returns the new id.

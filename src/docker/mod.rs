@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod models;
+pub mod pull;
 pub mod recreate;
 
 pub use client::{DockerClient, DockerError, EventStream};

@@ -17,8 +17,6 @@ use super::{DockerClient, DockerError};
 /// Suffix of the old container's name while an update runs. Names with it
 /// are not mirrored (filter.rs), so the swap is invisible on MQTT.
 pub use crate::filter::OLD_SUFFIX;
-/// How long the new container must stay up to count as started.
-pub const SETTLE: Duration = Duration::from_secs(2);
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +38,10 @@ pub enum RecreateError {
     },
     #[error("the new container did not start ({0}); the previous one was restored")]
     RolledBack(String),
+    #[error("the previous image {0} is no longer on the engine: nothing to roll back to")]
+    ImageGone(String),
+    #[error("cannot check the tag in the registry: {0}")]
+    Registry(String),
     #[error(
         "the new container did not start ({0}) and restoring the previous one failed ({1}); it is kept as `<name>{OLD_SUFFIX}`"
     )]
@@ -204,40 +206,208 @@ pub fn create_body(
     (body, extra)
 }
 
-/// Pulls and recreates container `id` (named `name`).
+/// What to recreate the container from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Its own reference, pulled again (the newest of that tag).
+    Current,
+    /// Another tag of the same repository, pulled (`update` with `version`).
+    Tag(String),
+    /// An image already on the engine, by ID, under this reference (`rollback`).
+    Image { id: String, reference: String },
+}
+
+/// How one `update`/`rollback` runs.
+pub struct Plan<'a> {
+    pub target: Target,
+    pub registry_auth: Option<&'a str>,
+    pub pull_timeout: Duration,
+    /// The new container must run (and be healthy) this long.
+    pub verify_for: Duration,
+    /// Pull progress, 0–99 (SPEC §14).
+    pub progress: &'a (dyn Fn(u8) + Send + Sync),
+}
+
+/// What an operation went from and to, for the history (SPEC §14).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Swap {
+    pub from_image: Option<String>,
+    pub from_reference: Option<String>,
+    pub from_version: Option<String>,
+    pub to_image: Option<String>,
+    pub to_reference: Option<String>,
+    pub to_version: Option<String>,
+}
+
+/// Extra time a healthcheck gets, past `verify_for`, to first say `healthy`.
+const HEALTH_GRACE: Duration = Duration::from_secs(60);
+/// Compose v2 compares this label with the image's ID on `up`: kept in step
+/// so `docker compose up -d` does not recreate an updated container again.
+const COMPOSE_IMAGE_LABEL: &str = "com.docker.compose.image";
+const VERSION_LABEL: &str = "org.opencontainers.image.version";
+
+/// The version an image shows: its OCI version label, else the reference's
+/// tag, else the short ID.
+pub fn version_of(image: &Value, reference: &str) -> Option<String> {
+    if let Some(v) = image["Config"]["Labels"][VERSION_LABEL]
+        .as_str()
+        .filter(|v| !v.is_empty())
+    {
+        return Some(v.to_string());
+    }
+    if let Ok((_, tag)) = split_reference(reference) {
+        return Some(tag);
+    }
+    image["Id"].as_str().map(|id| {
+        let hex = id.trim_start_matches("sha256:");
+        format!("sha256:{}", &hex[..hex.len().min(12)])
+    })
+}
+
+/// The new container must stay up for `verify_for` — running, not
+/// restarting, never restarted — and, when it has a healthcheck, say
+/// `healthy` (within `verify_for` + [`HEALTH_GRACE`]) and never `unhealthy`.
+pub async fn verify(client: &DockerClient, id: &str, verify_for: Duration) -> Result<(), String> {
+    let started = tokio::time::Instant::now();
+    let poll = (verify_for / 8).clamp(Duration::from_millis(100), Duration::from_millis(500));
+    loop {
+        let st = client
+            .inspect_raw(id)
+            .await
+            .map_err(|e| format!("inspect: {e}"))?;
+        let s = &st["State"];
+        let restarts = st["RestartCount"].as_u64().unwrap_or(0);
+        if s["Running"] != json!(true) || s["Restarting"] == json!(true) || restarts > 0 {
+            let status = if s["Restarting"] == json!(true) || restarts > 0 {
+                "restarting"
+            } else {
+                s["Status"].as_str().unwrap_or("not running")
+            };
+            return Err(format!(
+                "it is {status} with exit code {}",
+                s["ExitCode"].as_i64().unwrap_or(-1)
+            ));
+        }
+        let health = s["Health"]["Status"].as_str();
+        if health == Some("unhealthy") {
+            let last = s["Health"]["Log"]
+                .as_array()
+                .and_then(|l| l.last())
+                .and_then(|l| l["Output"].as_str())
+                .map(|o| o.trim().chars().take(200).collect::<String>())
+                .unwrap_or_default();
+            return Err(format!("it turned unhealthy ({last})"));
+        }
+        let healthy = matches!(health, None | Some("healthy") | Some("none") | Some(""));
+        let elapsed = started.elapsed();
+        if elapsed >= verify_for && healthy {
+            return Ok(());
+        }
+        if elapsed >= verify_for + HEALTH_GRACE {
+            return Err(format!(
+                "its healthcheck did not report healthy within {}",
+                humantime::format_duration(verify_for + HEALTH_GRACE)
+            ));
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+/// Pulls (unless rolling back) and recreates container `id` (named `name`).
+/// The `Swap` tells what it went from and to, whatever the outcome.
 pub async fn recreate(
     client: &DockerClient,
     id: &str,
     name: &str,
-    registry_auth: Option<&str>,
-    pull_timeout: Duration,
+    plan: Plan<'_>,
+) -> (Swap, Result<Outcome, RecreateError>) {
+    let mut swap = Swap::default();
+    let r = recreate_inner(client, id, name, plan, &mut swap).await;
+    (swap, r)
+}
+
+async fn recreate_inner(
+    client: &DockerClient,
+    id: &str,
+    name: &str,
+    plan: Plan<'_>,
+    swap: &mut Swap,
 ) -> Result<Outcome, RecreateError> {
     let inspect = client
         .inspect_raw(id)
         .await
         .map_err(engine("inspecting the container"))?;
-    let reference = inspect["Config"]["Image"]
+    let current = inspect["Config"]["Image"]
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let (image, tag) = split_reference(&reference)?;
-    client
-        .pull(&image, &tag, registry_auth, pull_timeout)
-        .await
-        .map_err(engine("pulling the image"))?;
-    let new_image = client
-        .image_inspect_raw(&reference)
-        .await
-        .map_err(engine("inspecting the pulled image"))?;
-    let old_image_id = inspect["Image"].as_str().unwrap_or_default();
-    if new_image["Id"].as_str() == Some(old_image_id) {
-        return Ok(Outcome::UpToDate);
-    }
+    let old_image_id = inspect["Image"].as_str().unwrap_or_default().to_string();
     let old_image = client
-        .image_inspect_raw(old_image_id)
+        .image_inspect_raw(&old_image_id)
         .await
         .unwrap_or(Value::Null);
-    let (body, networks) = create_body(&inspect, &old_image, &reference);
+    swap.from_image = Some(old_image_id.clone()).filter(|s| !s.is_empty());
+    swap.from_reference = Some(current.clone());
+    swap.from_version = version_of(&old_image, &current);
+    let reference = match &plan.target {
+        Target::Current => {
+            split_reference(&current)?;
+            current.clone()
+        }
+        Target::Tag(tag) => {
+            let (repo, _) = split_reference(&current)?;
+            format!("{repo}:{tag}")
+        }
+        Target::Image { reference, .. } => reference.clone(),
+    };
+    swap.to_reference = Some(reference.clone());
+    let (repo, tag) = split_reference(&reference)?;
+    let new_image = match &plan.target {
+        Target::Image { id: image_id, .. } => {
+            let img = match client.image_inspect_raw(image_id).await {
+                Ok(i) => i,
+                Err(DockerError::NotFound) => {
+                    return Err(RecreateError::ImageGone(image_id.clone()));
+                }
+                Err(e) => return Err(engine("inspecting the previous image")(e)),
+            };
+            // The reference names the old image again, so the container
+            // keeps a name (not a bare ID) the watcher can check.
+            client
+                .tag_image(image_id, &repo, &tag)
+                .await
+                .map_err(engine("tagging the previous image"))?;
+            img
+        }
+        _ => {
+            client
+                .pull(
+                    &repo,
+                    &tag,
+                    plan.registry_auth,
+                    plan.pull_timeout,
+                    plan.progress,
+                )
+                .await
+                .map_err(engine("pulling the image"))?;
+            client
+                .image_inspect_raw(&reference)
+                .await
+                .map_err(engine("inspecting the pulled image"))?
+        }
+    };
+    let new_image_id = new_image["Id"].as_str().unwrap_or_default().to_string();
+    swap.to_image = Some(new_image_id.clone()).filter(|s| !s.is_empty());
+    swap.to_version = version_of(&new_image, &reference);
+    if new_image_id == old_image_id && reference == current {
+        return Ok(Outcome::UpToDate);
+    }
+    let (mut body, networks) = create_body(&inspect, &old_image, &reference);
+    if let Some(Value::Object(labels)) = body.get_mut("Labels")
+        && labels.contains_key(COMPOSE_IMAGE_LABEL)
+    {
+        labels.insert(COMPOSE_IMAGE_LABEL.into(), json!(new_image_id));
+    }
     let was_running = inspect["State"]["Running"] == json!(true);
     let action = |what: &'static str, target: String, query: Vec<(&'static str, String)>| async move {
         let q: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -279,22 +449,9 @@ pub async fn recreate(
             action("start", new_id.clone(), vec![])
                 .await
                 .map_err(|e| (Some(new_id.clone()), format!("start: {e}")))?;
-            tokio::time::sleep(SETTLE).await;
-            let st = client
-                .inspect_raw(&new_id)
+            verify(client, &new_id, plan.verify_for)
                 .await
-                .map_err(|e| (Some(new_id.clone()), format!("inspect: {e}")))?;
-            let s = &st["State"];
-            if s["Running"] != json!(true) || s["Restarting"] == json!(true) {
-                return Err((
-                    Some(new_id),
-                    format!(
-                        "it is {} with exit code {}",
-                        s["Status"].as_str().unwrap_or("not running"),
-                        s["ExitCode"]
-                    ),
-                ));
-            }
+                .map_err(|e| (Some(new_id.clone()), e))?;
         }
         Ok::<String, (Option<String>, String)>(new_id)
     }
@@ -321,6 +478,12 @@ pub async fn recreate(
                 Ok::<(), DockerError>(())
             }
             .await;
+            // A rollback moved the tag: point it back where it was.
+            if let (Target::Image { .. }, Ok((r, t))) = (&plan.target, split_reference(&current))
+                && !old_image_id.is_empty()
+            {
+                let _ = client.tag_image(&old_image_id, &r, &t).await;
+            }
             match restore {
                 Ok(()) => Err(RecreateError::RolledBack(why)),
                 Err(e) => Err(RecreateError::RestoreFailed(why, e.to_string())),

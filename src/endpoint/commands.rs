@@ -9,9 +9,9 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::Endpoint;
-use crate::commands::{Code, CommandResult, Request};
+use crate::commands::{Code, CommandResult, ContainerOutcome, Request};
 use crate::docker::DockerError;
-use crate::docker::recreate::{self, Outcome, RecreateError};
+use crate::docker::recreate::{self, Outcome, Plan, RecreateError, Swap, Target};
 use crate::payloads::ContainerState;
 
 #[derive(Debug)]
@@ -26,7 +26,35 @@ pub enum EndpointCommand {
     Resync {
         done: oneshot::Sender<Result<(), String>>,
     },
+    /// `update` on every container with an update, one after the other.
+    UpdateAll {
+        req: Request,
+        received: std::time::Instant,
+    },
 }
+
+/// An `update`/`rollback` that ended (SPEC §14).
+#[derive(Debug)]
+pub struct OpDone {
+    name: String,
+    seq: u64,
+    op_id: String,
+    from_all: bool,
+    swap: Swap,
+    result: Result<Outcome, RecreateError>,
+}
+
+/// An `update_all` under way: one container at a time.
+#[derive(Debug)]
+pub struct UpdateAll {
+    req: Request,
+    received: std::time::Instant,
+    queue: std::collections::VecDeque<String>,
+    outcomes: Vec<ContainerOutcome>,
+}
+
+/// Pull progress reaches the `update` topic at most this often.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug)]
 pub struct Pending {
@@ -37,6 +65,8 @@ pub struct Pending {
     prev_started_at: Option<String>,
     engine_done: bool,
     deadline: Instant,
+    /// Part of an `update_all`: its outcome goes into that one result.
+    from_all: bool,
 }
 
 /// What a command task reports back.
@@ -44,8 +74,6 @@ pub struct Pending {
 pub enum Answer {
     /// A plain engine call: false = "already so".
     Engine(Result<bool, DockerError>),
-    /// An `update` (pull + recreate), complete.
-    Update(Result<Outcome, RecreateError>),
 }
 
 /// (container name, command sequence number, answer).
@@ -97,6 +125,10 @@ impl Endpoint {
                 let r = self.resync().await;
                 let _ = done.send(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
                 r
+            }
+            EndpointCommand::UpdateAll { req, received } => {
+                self.start_update_all(req, received);
+                Ok(())
             }
         }
     }
@@ -188,15 +220,19 @@ impl Endpoint {
                 return self.send_result(&name, r);
             }
         }
+        if matches!(req.action.as_str(), "update" | "rollback") {
+            if let Err(r) = self.launch_op(&name, req, received, false) {
+                self.send_result(&name, *r);
+            } else {
+                self.last_command.insert(name, now);
+            }
+            return;
+        }
         self.last_command.insert(name.clone(), now);
         self.next_seq += 1;
         let seq = self.next_seq;
         let id = state.id.clone();
-        let timeout = if req.action == "update" {
-            s.update_timeout
-        } else {
-            s.command_timeout
-        };
+        let timeout = s.command_timeout;
         self.pending.insert(
             name.clone(),
             Pending {
@@ -207,40 +243,12 @@ impl Endpoint {
                 prev_started_at: state.started_at.clone(),
                 engine_done: false,
                 deadline: now + timeout,
+                from_all: false,
             },
         );
         tracing::info!(endpoint = %self.id, container = %name, action = %req.action, "running command");
         let client = self.client.clone();
         let action = req.action;
-        if action == "update" {
-            let auth = registry_auth(&s.registry_credentials, &state.image);
-            // Detached: a recreate cut in the middle (the session ends, a
-            // reload) would leave the container renamed; it always runs to its end.
-            if let Some(inv) = &s.inventory {
-                inv.set_in_progress(&self.id, &name, true);
-            }
-            let (tx, rx) = oneshot::channel();
-            let n = name.clone();
-            let portainer = self.portainer.clone();
-            let (inv, ep) = (s.inventory.clone(), self.id.clone());
-            tokio::spawn(async move {
-                let r = match portainer {
-                    Some((p, env)) => via_portainer(&p, env, &client, &id, timeout).await,
-                    None => recreate::recreate(&client, &id, &n, auth.as_deref(), timeout).await,
-                };
-                if let Some(inv) = inv {
-                    inv.set_in_progress(&ep, &n, false);
-                }
-                let _ = tx.send(r);
-            });
-            self.actions.spawn(async move {
-                let r = rx.await.unwrap_or_else(|_| {
-                    Err(RecreateError::Refused("the update task ended early".into()))
-                });
-                (name, seq, Answer::Update(r))
-            });
-            return;
-        }
         self.actions.spawn(async move {
             let r = client
                 .container_action(&id, &action, &[], timeout.max(Duration::from_secs(1)))
@@ -249,14 +257,144 @@ impl Endpoint {
         });
     }
 
+    /// Starts an `update` or `rollback` (the checks of `start_command` done):
+    /// recorded in the history, run detached to its end (a recreate cut in
+    /// the middle would leave the container renamed), its pull progress
+    /// shown on the `update` topic.
+    fn launch_op(
+        &mut self,
+        name: &str,
+        req: Request,
+        received: std::time::Instant,
+        from_all: bool,
+    ) -> Result<(), Box<CommandResult>> {
+        let refuse =
+            |code: Code, msg: String| Box::new(CommandResult::refused(&req, code, msg, received));
+        let Some(state) = self.containers.get(name) else {
+            return Err(refuse(
+                Code::NotFound,
+                format!("no container `{name}` on endpoint `{}`", self.id),
+            ));
+        };
+        let target = match (req.action.as_str(), &req.version) {
+            ("rollback", _) => {
+                let Some(last) = self.history.last_update(name) else {
+                    return Err(refuse(
+                        Code::Invalid,
+                        "nothing to roll back: the history has no successful update of this container"
+                            .into(),
+                    ));
+                };
+                let (Some(image), Some(reference)) = (&last.from_image, &last.from_reference)
+                else {
+                    return Err(refuse(
+                        Code::Invalid,
+                        "the last update did not record the previous image".into(),
+                    ));
+                };
+                if *image == state.image_id {
+                    return Err(refuse(
+                        Code::Invalid,
+                        "the container already runs the image it ran before its last update".into(),
+                    ));
+                }
+                Target::Image {
+                    id: image.clone(),
+                    reference: reference.clone(),
+                }
+            }
+            (_, Some(v)) => Target::Tag(v.clone()),
+            _ => Target::Current,
+        };
+        let s = self.settings.clone();
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        let id = state.id.clone();
+        let timeout = s.update_timeout;
+        self.pending.insert(
+            name.to_string(),
+            Pending {
+                seq,
+                req: req.clone(),
+                received,
+                id: id.clone(),
+                prev_started_at: state.started_at.clone(),
+                engine_done: false,
+                deadline: Instant::now() + timeout + s.verify_for,
+                from_all,
+            },
+        );
+        let op_id = self.history.begin(name, &req.action);
+        tracing::info!(endpoint = %self.id, container = %name, action = %req.action, version = ?req.version, "running command");
+        let auth = registry_auth(&s.registry_credentials, &state.image);
+        let current_image = state.image.clone();
+        if let Some(inv) = &s.inventory {
+            inv.set_in_progress(&self.id, name, true);
+        }
+        let (tx, rx) = oneshot::channel();
+        let (client, portainer) = (self.client.clone(), self.portainer.clone());
+        let (ep, n) = (self.id.clone(), name.to_string());
+        tokio::spawn(async move {
+            let last = std::sync::Mutex::new(None::<Instant>);
+            let inv = s.inventory.clone();
+            let on_progress = |p: u8| {
+                let mut l = last.lock().unwrap_or_else(|e| e.into_inner());
+                if p < 100 && l.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
+                    return;
+                }
+                *l = Some(Instant::now());
+                if let Some(inv) = &inv {
+                    inv.set_progress(&ep, &n, p);
+                }
+            };
+            let (swap, r) = match check_tag(&s, &target, &current_image).await {
+                Err(e) => (Swap::default(), Err(e)),
+                Ok(()) => match (portainer, &target) {
+                    (Some((p, env)), Target::Current) => {
+                        via_portainer(&p, env, &client, &id, timeout, s.verify_for).await
+                    }
+                    _ => {
+                        let plan = Plan {
+                            target,
+                            registry_auth: auth.as_deref(),
+                            pull_timeout: timeout,
+                            verify_for: s.verify_for,
+                            progress: &on_progress,
+                        };
+                        recreate::recreate(&client, &id, &n, plan).await
+                    }
+                },
+            };
+            if let Some(inv) = &s.inventory {
+                inv.set_in_progress(&ep, &n, false);
+            }
+            let _ = tx.send((swap, r));
+        });
+        let name = name.to_string();
+        self.ops.spawn(async move {
+            let (swap, result) = rx.await.unwrap_or_else(|_| {
+                (
+                    Swap::default(),
+                    Err(RecreateError::Refused("the update task ended early".into())),
+                )
+            });
+            OpDone {
+                name,
+                seq,
+                op_id,
+                from_all,
+                swap,
+                result,
+            }
+        });
+        Ok(())
+    }
+
     pub(super) fn on_action_done(&mut self, (name, seq, r): super::commands::ActionResult) {
         let Some(p) = self.pending.get_mut(&name).filter(|p| p.seq == seq) else {
             return; // timed out or failed meanwhile
         };
-        let r = match r {
-            Answer::Engine(r) => r,
-            Answer::Update(r) => return self.on_update_done(&name, r),
-        };
+        let Answer::Engine(r) = r;
         match r {
             Ok(_) => {
                 p.engine_done = true;
@@ -286,20 +424,44 @@ impl Endpoint {
         }
     }
 
-    /// An `update` ended: the new container runs (checked by the recreate
-    /// itself), the image was current, or the old container is back.
-    fn on_update_done(&mut self, name: &str, r: Result<Outcome, RecreateError>) {
-        let Some(p) = self.pending.remove(name) else {
-            return;
+    /// An `update`/`rollback` ended: the new container runs (verified by the
+    /// recreate itself), the image was current, or the old container is back.
+    /// Recorded in the history whether or not its result already timed out.
+    pub(super) fn on_op_done(&mut self, done: OpDone) {
+        let OpDone {
+            name,
+            seq,
+            op_id,
+            from_all,
+            swap,
+            result: r,
+        } = done;
+        let (status, error) = match &r {
+            Ok(Outcome::UpToDate) => (None, None),
+            Ok(Outcome::Updated { .. }) => (Some("ok"), None),
+            Err(RecreateError::RolledBack(_)) => (Some("rolled_back"), Some(r_err(&r))),
+            Err(_) => (Some("failed"), Some(r_err(&r))),
         };
-        let state = self.containers.get(name).map(|s| s.state.clone());
-        let result = match r {
+        match status {
+            Some(st) => self.history.finish(&name, &op_id, &swap, st, error),
+            // Nothing changed: not worth a line of history.
+            None => self.history.discard(&name, &op_id),
+        }
+        self.publish_history(&name);
+        let pending = self
+            .pending
+            .get(&name)
+            .is_some_and(|p| p.seq == seq)
+            .then(|| self.pending.remove(&name))
+            .flatten();
+        let state = self.containers.get(&name).map(|s| s.state.clone());
+        let result = pending.map(|p| match r {
             Ok(Outcome::UpToDate) => {
                 tracing::info!(endpoint = %self.id, container = %name, "update: the image is current");
                 CommandResult::ok(&p.req, state, p.received)
             }
             Ok(Outcome::Updated { id, running }) => {
-                tracing::info!(endpoint = %self.id, container = %name, new_id = %id, "update: recreated from the new image");
+                tracing::info!(endpoint = %self.id, container = %name, new_id = %id, action = %p.req.action, "recreated from the new image");
                 self.schedule_inspect(id);
                 let st = if running { "running" } else { "created" };
                 CommandResult::ok(&p.req, Some(st.to_string()), p.received)
@@ -318,8 +480,160 @@ impl Endpoint {
             ),
             Err(e) => CommandResult::refused(&p.req, Code::EngineError, e.to_string(), p.received)
                 .with_state(state),
+        });
+        if from_all {
+            let outcome = match &result {
+                Some(r) => ContainerOutcome::from((name.as_str(), r)),
+                None => ContainerOutcome {
+                    container: name.clone(),
+                    ok: false,
+                    code: Some(Code::Timeout),
+                    error: Some("the update did not end in time".into()),
+                    state: None,
+                },
+            };
+            if let Some(ua) = &mut self.update_all {
+                ua.outcomes.push(outcome);
+            }
+            self.next_of_update_all();
+        } else if let Some(r) = result {
+            self.send_result(&name, r);
+        }
+    }
+
+    /// `<ct>/history` (retained), after each operation and on republish.
+    pub(super) fn publish_history(&self, name: &str) {
+        if self.history.get(name).is_some() && self.containers.contains_key(name) {
+            self.outbox.retain(
+                self.settings.topics.container_history(&self.id, name),
+                self.history.payload(name),
+            );
+        }
+    }
+
+    /// `update_all` (SPEC §14): the endpoint's containers whose status is
+    /// `update_available`, those the policy permits, one after the other.
+    fn start_update_all(&mut self, req: Request, received: std::time::Instant) {
+        let topic = self.settings.topics.endpoint_result(&self.id);
+        if self.update_all.is_some() {
+            let r = CommandResult::refused(
+                &req,
+                Code::Busy,
+                "an update_all is already running on this endpoint",
+                received,
+            );
+            return self.outbox.send(topic, r.to_json());
+        }
+        let names = self
+            .settings
+            .inventory
+            .as_ref()
+            .map(|i| i.updates_available(&self.id))
+            .unwrap_or_default();
+        let mut ua = UpdateAll {
+            req,
+            received,
+            queue: Default::default(),
+            outcomes: Vec::new(),
         };
-        self.send_result(name, result);
+        let s = &self.settings;
+        for name in names {
+            let Some(state) = self.containers.get(&name) else {
+                continue;
+            };
+            let who = crate::commands::Subject {
+                label_off: self.no_commands.contains(&name),
+                protected: s.protect.is_match(&name),
+                own: s.own_ids.contains(&state.id),
+            };
+            let refusal = crate::commands::refusal(
+                s.commands.enabled,
+                &s.commands.allow,
+                "update",
+                Some(&who),
+            )
+            .or_else(|| {
+                self.pending.contains_key(&name).then(|| {
+                    (
+                        Code::Busy,
+                        "another command is running on this container".into(),
+                    )
+                })
+            });
+            match refusal {
+                Some((code, msg)) => ua.outcomes.push(ContainerOutcome {
+                    container: name,
+                    ok: false,
+                    code: Some(code),
+                    error: Some(msg),
+                    state: None,
+                }),
+                None => ua.queue.push_back(name),
+            }
+        }
+        tracing::info!(endpoint = %self.id, containers = ua.queue.len(), "update_all");
+        self.update_all = Some(ua);
+        self.next_of_update_all();
+    }
+
+    /// Starts the next container of the `update_all`, or sends its one result.
+    fn next_of_update_all(&mut self) {
+        loop {
+            let Some(ua) = &mut self.update_all else {
+                return;
+            };
+            let Some(name) = ua.queue.pop_front() else {
+                break;
+            };
+            let req = Request {
+                action: "update".into(),
+                request_id: ua.req.request_id.clone(),
+                version: None,
+            };
+            let received = std::time::Instant::now();
+            if self.pending.contains_key(&name) {
+                if let Some(ua) = &mut self.update_all {
+                    ua.outcomes.push(ContainerOutcome {
+                        container: name,
+                        ok: false,
+                        code: Some(Code::Busy),
+                        error: Some("another command is running on this container".into()),
+                        state: None,
+                    });
+                }
+                continue;
+            }
+            match self.launch_op(&name, req, received, true) {
+                Ok(()) => return,
+                Err(r) => {
+                    if let Some(ua) = &mut self.update_all {
+                        ua.outcomes
+                            .push(ContainerOutcome::from((name.as_str(), &*r)));
+                    }
+                }
+            }
+        }
+        let Some(ua) = self.update_all.take() else {
+            return;
+        };
+        let failed = ua.outcomes.iter().filter(|o| !o.ok).count();
+        let mut r = if failed == 0 {
+            CommandResult::ok(&ua.req, None, ua.received)
+        } else {
+            CommandResult::refused(
+                &ua.req,
+                Code::EngineError,
+                format!(
+                    "{failed} of {} containers were not updated",
+                    ua.outcomes.len()
+                ),
+                ua.received,
+            )
+        };
+        r.outcomes = Some(ua.outcomes);
+        tracing::info!(endpoint = %self.id, ok = r.ok, "update_all done");
+        self.outbox
+            .send(self.settings.topics.endpoint_result(&self.id), r.to_json());
     }
 
     /// Called whenever a container's state is published.
@@ -329,7 +643,8 @@ impl Endpoint {
         };
         // An `update`'s outcome is the recreate's own verdict (on_update_done):
         // the old container running again means it was restored, not updated.
-        if !p.engine_done || st.id != p.id || p.req.action == "update" {
+        if !p.engine_done || st.id != p.id || matches!(p.req.action.as_str(), "update" | "rollback")
+        {
             return;
         }
         let outcome = progress(&p.req.action, st, p.prev_started_at.as_deref());
@@ -346,7 +661,11 @@ impl Endpoint {
     }
 
     pub(super) fn next_command_deadline(&self) -> Option<Instant> {
-        self.pending.values().map(|p| p.deadline).min()
+        self.pending
+            .values()
+            .filter(|p| !p.from_all)
+            .map(|p| p.deadline)
+            .min()
     }
 
     pub(super) fn expire_commands(&mut self) {
@@ -354,7 +673,7 @@ impl Endpoint {
         let due: Vec<String> = self
             .pending
             .iter()
-            .filter(|(_, p)| p.deadline <= now)
+            .filter(|(_, p)| p.deadline <= now && !p.from_all)
             .map(|(n, _)| n.clone())
             .collect();
         for name in due {
@@ -380,7 +699,13 @@ impl Endpoint {
     }
 
     pub(super) fn fail_all_pending(&mut self, why: &str) {
-        let names: Vec<String> = self.pending.keys().cloned().collect();
+        // An update or rollback runs on to its end; its outcome still comes.
+        let names: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| !matches!(p.req.action.as_str(), "update" | "rollback"))
+            .map(|(n, _)| n.clone())
+            .collect();
         for n in names {
             self.fail_pending(&n, why);
         }
@@ -402,7 +727,46 @@ impl Endpoint {
             EndpointCommand::Resync { done } => {
                 let _ = done.send(Err(why));
             }
+            EndpointCommand::UpdateAll { req, received } => {
+                let r = CommandResult::refused(&req, Code::EngineError, why, received);
+                self.outbox
+                    .send(self.settings.topics.endpoint_result(&self.id), r.to_json());
+            }
         }
+    }
+}
+
+fn r_err(r: &Result<Outcome, RecreateError>) -> String {
+    r.as_ref().err().map(|e| e.to_string()).unwrap_or_default()
+}
+
+/// `update` to a version: the tag must exist in the container's repository
+/// (SPEC §14), asked of the registry before anything is pulled or stopped.
+async fn check_tag(
+    s: &super::EndpointSettings,
+    target: &Target,
+    current: &str,
+) -> Result<(), RecreateError> {
+    let Target::Tag(tag) = target else {
+        return Ok(());
+    };
+    let (repo, _) = recreate::split_reference(current)?;
+    let Some(reference) = crate::registry::Reference::parse(&format!("{repo}:{tag}")) else {
+        return Err(RecreateError::Refused(format!(
+            "`{repo}:{tag}` is not an image reference"
+        )));
+    };
+    let Some(registry) = &s.registry else {
+        return Err(RecreateError::Registry(
+            "no registry client (see the log at start)".into(),
+        ));
+    };
+    match registry.head(&reference).await {
+        Ok(_) => Ok(()),
+        Err(crate::registry::RegistryError::NotFound) => Err(RecreateError::Refused(format!(
+            "tag `{tag}` does not exist in {repo}"
+        ))),
+        Err(e) => Err(RecreateError::Registry(e.to_string())),
     }
 }
 
@@ -415,53 +779,68 @@ async fn via_portainer(
     client: &crate::docker::DockerClient,
     id: &str,
     timeout: Duration,
-) -> Result<Outcome, RecreateError> {
-    let before = client
-        .inspect_raw(id)
-        .await
-        .map_err(|err| RecreateError::Engine {
-            step: "inspecting the container",
-            err,
-        })?;
-    recreate::split_reference(before["Config"]["Image"].as_str().unwrap_or_default())?;
-    let was_running = before["State"]["Running"] == serde_json::json!(true);
-    let new_id = portainer
-        .recreate(env, id, timeout)
-        .await
-        .map_err(|e| RecreateError::Engine {
-            step: "Portainer's recreate",
-            err: DockerError::Status {
-                status: 502,
-                message: e.to_string(),
-            },
-        })?;
-    if was_running {
-        tokio::time::sleep(recreate::SETTLE).await;
-        let st = client
-            .inspect_raw(&new_id)
+    verify_for: Duration,
+) -> (Swap, Result<Outcome, RecreateError>) {
+    let mut swap = Swap::default();
+    let r = async {
+        let before = client
+            .inspect_raw(id)
             .await
             .map_err(|err| RecreateError::Engine {
-                step: "inspecting the new container",
+                step: "inspecting the container",
                 err,
             })?;
-        if st["State"]["Running"] != serde_json::json!(true) {
-            return Err(RecreateError::Engine {
-                step: "starting the new container",
-                err: DockerError::Status {
-                    status: 500,
-                    message: format!(
-                        "it is {} with exit code {}",
-                        st["State"]["Status"].as_str().unwrap_or("not running"),
-                        st["State"]["ExitCode"]
-                    ),
-                },
-            });
+        let reference = before["Config"]["Image"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        recreate::split_reference(&reference)?;
+        let old_image = before["Image"].as_str().unwrap_or_default().to_string();
+        let old = client
+            .image_inspect_raw(&old_image)
+            .await
+            .unwrap_or_default();
+        swap.from_image = Some(old_image.clone());
+        swap.from_reference = Some(reference.clone());
+        swap.from_version = recreate::version_of(&old, &reference);
+        swap.to_reference = Some(reference.clone());
+        let was_running = before["State"]["Running"] == serde_json::json!(true);
+        let new_id =
+            portainer
+                .recreate(env, id, timeout)
+                .await
+                .map_err(|e| RecreateError::Engine {
+                    step: "Portainer's recreate",
+                    err: DockerError::Status {
+                        status: 502,
+                        message: e.to_string(),
+                    },
+                })?;
+        let after = client.inspect_raw(&new_id).await.unwrap_or_default();
+        if let Some(img) = after["Image"].as_str() {
+            let new = client.image_inspect_raw(img).await.unwrap_or_default();
+            swap.to_image = Some(img.to_string());
+            swap.to_version = recreate::version_of(&new, &reference);
         }
+        if was_running {
+            // Portainer removed the old container: nothing to restore.
+            recreate::verify(client, &new_id, verify_for)
+                .await
+                .map_err(|message| RecreateError::Engine {
+                    step: "checking the new container",
+                    err: DockerError::Status {
+                        status: 500,
+                        message,
+                    },
+                })?;
+        }
+        Ok(Outcome::Updated {
+            id: new_id,
+            running: was_running,
+        })
     }
-    Ok(Outcome::Updated {
-        id: new_id,
-        running: was_running,
-    })
+    .await;
+    (swap, r)
 }
 
 /// `X-Registry-Auth` for pulling `image`: base64url of the registry's

@@ -107,7 +107,9 @@ impl Endpoint {
             .config
             .labels
             .iter()
-            .filter(|(k, _)| k.starts_with("dockside.follow"))
+            .filter(|(k, _)| {
+                k.starts_with("dockside.follow") || *k == crate::watcher::UPDATES_LABEL
+            })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         if follow.is_empty() {

@@ -93,6 +93,10 @@ pub struct EndpointSettings {
     pub update_timeout: Duration,
     /// Registry credentials per host, for the pulls of `update`.
     pub registry_credentials: Arc<HashMap<String, crate::registry::client::Credentials>>,
+    /// For `update` to a version: the tag is checked in the registry first.
+    pub registry: Option<Arc<crate::registry::RegistryClient>>,
+    /// `updates.verify_for`: how long a recreated container must prove itself.
+    pub verify_for: Duration,
     /// Where the image watcher learns which containers run which image.
     pub inventory: Option<Arc<crate::watcher::Inventory>>,
     /// Home Assistant discovery, when on.
@@ -193,6 +197,13 @@ pub struct Endpoint {
     pending: HashMap<String, Pending>,
     last_command: HashMap<String, Instant>,
     actions: JoinSet<commands::ActionResult>,
+    /// `update`/`rollback` outcomes: not aborted with a session (the
+    /// recreate runs to its end), recorded in the history when they land.
+    ops: JoinSet<commands::OpDone>,
+    /// Update history per container (SPEC §14).
+    history: crate::history::History,
+    /// An `update_all` under way.
+    update_all: Option<commands::UpdateAll>,
     next_seq: u64,
     /// What each container's discovery config was last built from.
     ha_containers: HashMap<String, ContainerFacts>,
@@ -215,6 +226,7 @@ impl Endpoint {
             .and_then(|d| d.load_cursor(&id))
             .unwrap_or_default();
         cursor.rebuild_index();
+        let history = crate::history::History::load(settings.state_dir.clone(), &id);
         Self {
             id,
             meta,
@@ -250,6 +262,9 @@ impl Endpoint {
             pending: HashMap::new(),
             last_command: HashMap::new(),
             actions: JoinSet::new(),
+            ops: JoinSet::new(),
+            history,
+            update_all: None,
             next_seq: 0,
             ha_containers: HashMap::new(),
             ha_endpoint: None,

@@ -25,6 +25,7 @@ impl Endpoint {
         // Discovery before state: HA must know the entities the state feeds.
         self.publish_container_device(name, &state, force);
         let prev = self.containers.get(name);
+        let first = prev.is_none();
         let topics = &self.settings.topics;
         match serde_json::to_vec(&state) {
             Ok(p) => self
@@ -59,6 +60,9 @@ impl Endpoint {
             );
         }
         self.containers.insert(name.to_string(), state);
+        if force || first {
+            self.publish_history(name);
+        }
         self.info_changed();
         self.check_pending(name);
     }
@@ -174,6 +178,7 @@ impl Endpoint {
 
     pub(super) fn clear_container(&mut self, name: &str) {
         self.ha_containers.remove(name);
+        self.history.forget(name);
         let prefix = self.settings.topics.container_prefix(&self.id, name);
         match &self.settings.inventory {
             // Under the inventory lock: no update status can land after the clear.

@@ -120,6 +120,12 @@ impl Endpoint {
                         Err(e) => tracing::error!(endpoint = %self.id, error = %e, "command task failed"),
                     }
                 }
+                Some(res) = self.ops.join_next(), if !self.ops.is_empty() => {
+                    match res {
+                        Ok(r) => self.on_op_done(r),
+                        Err(e) => tracing::error!(endpoint = %self.id, error = %e, "update task failed"),
+                    }
+                }
                 Some(cmd) = cmds.recv() => self.on_command(cmd).await?,
                 _ = sleep_until_opt(command_due) => self.expire_commands(),
                 Some(res) = self.inspects.join_next(), if !self.inspects.is_empty() => {

@@ -112,6 +112,9 @@ pub enum Class {
     LocalBuild,
     /// Not checkable; the reason is shown as `error`.
     Unknown(String),
+    /// Never checked on purpose (label `dockside.updates=false`,
+    /// `updates.ignore`): set by the watcher, never by [`classify`].
+    Ignored,
 }
 
 /// Classifies from what the container was created with (`Config.Image`) and

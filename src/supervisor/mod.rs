@@ -133,6 +133,14 @@ fn settings(
         command_timeout: cfg.commands.timeout,
         update_timeout: cfg.commands.update_timeout,
         registry_credentials: Arc::new(crate::watcher::credentials(&cfg.updates)),
+        registry: match crate::watcher::registry_client(&cfg.updates) {
+            Ok(r) => Some(Arc::new(r)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no registry client: `update` to a version cannot check its tag");
+                None
+            }
+        },
+        verify_for: cfg.updates.verify_for,
         inventory,
         topics: Topics::new(cfg.mqtt.base_topic.clone()),
         filter: ContainerFilter::new(&cfg.containers.include, &cfg.containers.exclude)?,

@@ -127,6 +127,9 @@ impl Supervisor {
                         received,
                     ));
                 }
+                if let (CommandTarget::Endpoint(ep), "update_all") = (target, req.action.as_str()) {
+                    return self.update_all(ep, req, result_topic, received);
+                }
                 if req.action == "check_updates" {
                     let scope = match target {
                         CommandTarget::Endpoint(ep) => CheckScope::Endpoint(ep.to_string()),
@@ -185,6 +188,42 @@ impl Supervisor {
                     )),
                 }
             }
+        }
+    }
+
+    /// `update_all` goes to the endpoint, which answers on its result topic.
+    fn update_all(
+        &self,
+        ep: &str,
+        req: Request,
+        result_topic: String,
+        received: std::time::Instant,
+    ) {
+        let refuse = |code: Code, msg: String| {
+            let r = CommandResult::refused(&req, code, msg, received);
+            tracing::warn!(endpoint = %ep, code = ?r.code, error = ?r.error, "command refused");
+            self.mqtt.outbox.send(result_topic.clone(), r.to_json());
+        };
+        if let Some((code, msg)) = commands::refusal(
+            self.commands.enabled,
+            &self.commands.allow,
+            "update_all",
+            None,
+        ) {
+            return refuse(code, msg);
+        }
+        let Some(h) = self.endpoints.get(ep) else {
+            return refuse(Code::NotFound, format!("no endpoint `{ep}`"));
+        };
+        let cmd = EndpointCommand::UpdateAll {
+            req: req.clone(),
+            received,
+        };
+        if h.commands.try_send(cmd).is_err() {
+            refuse(
+                Code::Busy,
+                format!("endpoint `{ep}` has too many commands waiting"),
+            );
         }
     }
 

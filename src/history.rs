@@ -1,0 +1,254 @@
+//! Update history per container (SPEC §14): the last operations of `update`
+//! and `rollback`, newest first, retained on `<base>/<ep>/<ct>/history` and
+//! persisted in `state.dir/history-<ep>.json`.
+//!
+//! An operation is written to disk as `failed` ("dockside stopped before it
+//! finished") when it starts and replaced when it ends, so a dockside killed
+//! in the middle leaves the truth behind; nothing of that is published
+//! until the operation ends.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::docker::recreate::Swap;
+use crate::persist::StateDir;
+
+/// Operations kept per container.
+pub const KEEP: usize = 10;
+/// Containers with a history per endpoint (oldest-touched forgotten beyond).
+const MAX_CONTAINERS: usize = 4096;
+const INTERRUPTED: &str = "dockside stopped before the operation finished";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub id: String,
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_image: Option<String>,
+    /// The image references, so `rollback` can bring the name back too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_reference: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_reference: Option<String>,
+    /// `ok`, `rolled_back` (the new one failed its check, the old one is
+    /// back) or `failed`.
+    pub status: String,
+    pub started_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct File {
+    containers: BTreeMap<String, VecDeque<Entry>>,
+}
+
+/// One endpoint's histories; owned by its endpoint task.
+#[derive(Debug)]
+pub struct History {
+    file: String,
+    dir: Option<StateDir>,
+    data: File,
+    /// Saves run in the background; an older snapshot never overwrites a newer one.
+    written: Arc<Mutex<u64>>,
+    seq: u64,
+}
+
+impl History {
+    pub fn load(dir: Option<StateDir>, ep: &str) -> Self {
+        let file = format!("history-{ep}.json");
+        let data = dir
+            .as_ref()
+            .and_then(|d| std::fs::read(d.path().join(&file)).ok())
+            .and_then(|b| serde_json::from_slice::<File>(&b).ok())
+            .map(|mut f| {
+                for list in f.containers.values_mut() {
+                    list.truncate(KEEP);
+                }
+                f
+            })
+            .unwrap_or_default();
+        Self {
+            file,
+            dir,
+            data,
+            written: Arc::default(),
+            seq: 0,
+        }
+    }
+
+    pub fn get(&self, ct: &str) -> Option<&VecDeque<Entry>> {
+        self.data.containers.get(ct)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.data.containers.keys()
+    }
+
+    /// The history as published (a JSON array, newest first).
+    pub fn payload(&self, ct: &str) -> Vec<u8> {
+        let list: Vec<&Entry> = self.get(ct).map(|l| l.iter().collect()).unwrap_or_default();
+        serde_json::to_vec(&list).unwrap_or_else(|_| b"[]".to_vec())
+    }
+
+    /// An operation starts: on disk at once as interrupted, replaced by [`Self::finish`].
+    pub fn begin(&mut self, ct: &str, action: &str) -> String {
+        let id = format!("{:016x}", fastrand::u64(..));
+        if !self.data.containers.contains_key(ct)
+            && self.data.containers.len() >= MAX_CONTAINERS
+            && let Some(oldest) = self
+                .data
+                .containers
+                .iter()
+                .min_by(|a, b| {
+                    a.1.front()
+                        .map(|e| &e.started_at)
+                        .cmp(&b.1.front().map(|e| &e.started_at))
+                })
+                .map(|(k, _)| k.clone())
+        {
+            self.data.containers.remove(&oldest);
+        }
+        let list = self.data.containers.entry(ct.to_string()).or_default();
+        list.push_front(Entry {
+            id: id.clone(),
+            action: action.to_string(),
+            from_version: None,
+            to_version: None,
+            from_image: None,
+            to_image: None,
+            from_reference: None,
+            to_reference: None,
+            status: "failed".into(),
+            started_at: crate::payloads::now_rfc3339(),
+            finished_at: None,
+            error: Some(INTERRUPTED.into()),
+        });
+        list.truncate(KEEP);
+        self.save();
+        id
+    }
+
+    /// The operation `id` ended. `status` is `ok`, `rolled_back` or `failed`.
+    pub fn finish(&mut self, ct: &str, id: &str, swap: &Swap, status: &str, error: Option<String>) {
+        let Some(e) = self
+            .data
+            .containers
+            .get_mut(ct)
+            .and_then(|l| l.iter_mut().find(|e| e.id == id))
+        else {
+            return;
+        };
+        e.from_version = swap.from_version.clone();
+        e.from_image = swap.from_image.clone();
+        e.from_reference = swap.from_reference.clone();
+        // Where it did not get to, the "to" side still says what was tried.
+        e.to_version = swap.to_version.clone();
+        e.to_image = swap.to_image.clone();
+        e.to_reference = swap.to_reference.clone();
+        e.status = status.to_string();
+        e.finished_at = Some(crate::payloads::now_rfc3339());
+        e.error = error;
+        self.save();
+    }
+
+    /// The operation `id` changed nothing (the image was current): dropped.
+    pub fn discard(&mut self, ct: &str, id: &str) {
+        if let Some(list) = self.data.containers.get_mut(ct) {
+            list.retain(|e| e.id != id);
+            if list.is_empty() {
+                self.data.containers.remove(ct);
+            }
+            self.save();
+        }
+    }
+
+    /// The operation `rollback` undoes: the newest successful `update`.
+    pub fn last_update(&self, ct: &str) -> Option<&Entry> {
+        self.get(ct)?
+            .iter()
+            .find(|e| e.action == "update" && e.status == "ok" && e.from_image.is_some())
+    }
+
+    /// The container is gone for good: its history goes with its topics.
+    pub fn forget(&mut self, ct: &str) {
+        if self.data.containers.remove(ct).is_some() {
+            self.save();
+        }
+    }
+
+    fn save(&mut self) {
+        let Some(dir) = self.dir.clone() else { return };
+        let bytes = match serde_json::to_vec(&self.data) {
+            Ok(b) => b,
+            Err(e) => return tracing::warn!(error = %e, "cannot encode the update history"),
+        };
+        self.seq += 1;
+        let (seq, written, file) = (self.seq, self.written.clone(), self.file.clone());
+        // Off the endpoint task: an fsync on an SD card can take a while.
+        tokio::task::spawn_blocking(move || {
+            let mut last = written.lock().unwrap_or_else(|e| e.into_inner());
+            if *last > seq {
+                return;
+            }
+            if let Err(e) = dir.write_atomic(&file, &bytes) {
+                tracing::warn!(error = %e, file = %file, "cannot save the update history");
+            }
+            *last = seq;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn begin_is_interrupted_until_finished_and_survives_a_reload() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = StateDir::open(tmp.path()).expect("dir");
+        let mut h = History::load(Some(dir.clone()), "local");
+        let id = h.begin("app", "update");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        // Killed here: the next start sees a failed operation, with why.
+        let h2 = History::load(Some(dir.clone()), "local");
+        let e = &h2.get("app").expect("entry")[0];
+        assert_eq!(e.status, "failed");
+        assert_eq!(e.error.as_deref(), Some(INTERRUPTED));
+        let swap = Swap {
+            from_image: Some("sha256:a".into()),
+            to_image: Some("sha256:b".into()),
+            from_version: Some("1".into()),
+            to_version: Some("2".into()),
+            ..Swap::default()
+        };
+        h.finish("app", &id, &swap, "ok", None);
+        assert_eq!(
+            h.last_update("app").expect("last").to_version.as_deref(),
+            Some("2")
+        );
+        for _ in 0..15 {
+            let id = h.begin("app", "rollback");
+            h.finish("app", &id, &swap, "failed", Some("x".into()));
+        }
+        assert_eq!(h.get("app").map(|l| l.len()), Some(KEEP));
+        assert!(h.last_update("app").is_none(), "older than the last 10");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let h3 = History::load(Some(dir), "local");
+        assert_eq!(h3.get("app").map(|l| l.len()), Some(KEEP));
+        assert_eq!(h3.get("app").expect("l")[0].action, "rollback");
+        let v: serde_json::Value = serde_json::from_slice(&h3.payload("app")).expect("json");
+        assert!(v.is_array() && v[0]["finished_at"].is_string());
+        assert!(v[0].get("to_reference").is_none(), "absent keys left out");
+    }
+}
