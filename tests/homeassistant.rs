@@ -271,6 +271,7 @@ allow = [{allow}]
 min_interval = "1s"
 [updates]
 enabled = true
+verify_for = "3s"
 "#,
         base_config(broker, "dockside", &dir.join("state"), prefix)
     )
@@ -471,8 +472,27 @@ async fn home_assistant_sees_and_drives_containers() {
     // Install from HA: pull + recreate; the entity turns `off`.
     let new_image = docker(&["image", "inspect", "-f", "{{.Id}}", &tag]);
     ha.call("update", "install", &update).await;
+    // The pull's progress shows while the update runs (it stays up through
+    // the new container's verification).
+    let during = ha
+        .wait("update_percentage shown", &update, |s| {
+            s.is_some_and(|s| {
+                s["attributes"]["in_progress"] == true
+                    && s["attributes"]["update_percentage"].is_number()
+            })
+        })
+        .await;
+    let pct = during["attributes"]["update_percentage"].as_u64();
+    assert!(pct.is_some_and(|p| p <= 100), "{during}");
     ok_result(&c, &format!("dockside/local/{upd}/result"), "update").await;
     assert_eq!(inspect(&upd, "{{.Image}}"), new_image);
+    // The history's last entry, as the "Last update" sensor.
+    let last = ha
+        .wait_state(&ent("sensor", &upd, "last_update"), "ok")
+        .await;
+    assert_eq!(last["attributes"]["action"], "update", "{last}");
+    assert_eq!(last["attributes"]["to_image"], new_image.as_str(), "{last}");
+    assert!(last["attributes"]["finished_at"].is_string(), "{last}");
     assert_eq!(inspect(&upd, "{{.State.Running}}"), "true");
     ha.wait_state(&update, "off").await;
     ha.wait_state(&ent("binary_sensor", &upd, "running"), "on")
