@@ -230,6 +230,24 @@ async fn versions_rollback_and_history_across_a_restart() {
     );
     assert_eq!(image_id(&app), ids[1]);
     assert_eq!(inspect(&app)["State"]["Running"], true);
+
+    // Registry down: engine_error, nothing recreated.
+    let mut reg = reg;
+    reg.stop();
+    let id = inspect(&app)["Id"].clone();
+    for (rid, payload) in [
+        ("d1", r#"{"action":"update","request_id":"d1"}"#),
+        (
+            "d2",
+            r#"{"action":"update","version":"3","request_id":"d2"}"#,
+        ),
+    ] {
+        let r = command(&c, &set, payload, rid).await;
+        assert_eq!(r["ok"], false, "{r}");
+        assert_eq!(r["code"], "engine_error", "{r}");
+        assert_eq!(inspect(&app)["Id"], id, "nothing recreated");
+        assert_eq!(inspect(&app)["State"]["Running"], true);
+    }
     docker_quiet(&["rm", "-f", &app]);
 }
 
@@ -484,4 +502,65 @@ async fn progress_compose_labels_and_an_unhealthy_new_image_rolled_back() {
     );
     ct.cleanup();
     docker_quiet(&["network", "rm", &net]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_in_the_middle_of_an_update_the_history_says_failed() {
+    require_docker();
+    let broker = Broker::start();
+    let reg = Registry::start();
+    let ct = Containers::new(&unique("dsuk"));
+    let dir = tempfile::tempdir().expect("tmp");
+    let base = unique("t");
+    let tag = format!("{}/{}/app:1", reg.host(), ct.prefix);
+    push(&tag, "");
+    let app = ct.name("app");
+    run_sleeper(&app, &tag, &[]);
+    let first = inspect(&app)["Id"].clone();
+    push(&tag, "");
+    docker(&["rmi", &tag]);
+
+    let cfg = config(&broker, &base, dir.path(), &ct.prefix, "")
+        .replace("verify_for = \"2s\"", "verify_for = \"60s\"");
+    let mut ds = Dockside::start(dir.path(), &cfg);
+    let c = Collector::start(broker.port, &format!("{base}/#")).await;
+    c.wait_state(&format!("{base}/local/{app}/state"), T, |s| {
+        s["running"] == true
+    })
+    .await;
+    c.publish(&format!("{base}/local/{app}/set"), b"update", false)
+        .await;
+    // Killed while the new container is being verified.
+    let old_name = format!("{app}.dockside-old");
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let names = docker(&["ps", "-a", "--format", "{{.Names}}"]);
+        if names.lines().any(|n| n == old_name) && inspect(&app)["Id"] != first {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "update never got to the swap"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ds.kill();
+    c.clear();
+    ds.spawn();
+    let h = history(&c, &format!("{base}/local/{app}/history"), 1).await;
+    assert_eq!(h[0]["status"], "failed", "{h}");
+    assert!(
+        h[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("stopped before")),
+        "{h}"
+    );
+    // The container is under its name, running.
+    assert_eq!(inspect(&app)["State"]["Running"], true);
+    c.wait_state(&format!("{base}/local/{app}/state"), T, |s| {
+        s["running"] == true
+    })
+    .await;
+    docker_quiet(&["rm", "-f", &old_name]);
+    ct.cleanup();
 }

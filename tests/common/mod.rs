@@ -476,6 +476,14 @@ impl Dockside {
         }
     }
 
+    /// SIGKILL: no shutdown at all (a crash, a power cut).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
