@@ -338,6 +338,16 @@ async fn update_goes_through_portainers_recreate() {
     })
     .await;
     assert!(c.on(&state).iter().all(|m| !m.payload.is_empty()));
+    // Portainer's recreate is in the history too.
+    let h = c
+        .wait_latest(&format!("{}/home-local/{name}/history", s.base), T, |m| {
+            m.json()[0]["status"] == "ok"
+        })
+        .await
+        .json();
+    assert_eq!(h[0]["action"], "update", "{h}");
+    assert_eq!(h[0]["to_image"], new_image.as_str(), "{h}");
+    assert!(h[0]["from_image"].is_string(), "{h}");
     // Home Assistant's device links to the container's page in Portainer.
     let snap = retained_snapshot(s.broker.port, "homeassistant/#").await;
     let cfg = snap
