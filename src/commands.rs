@@ -247,6 +247,18 @@ pub struct ContainerOutcome {
     pub state: Option<String>,
 }
 
+impl ContainerOutcome {
+    pub fn refused(container: &str, code: Code, error: impl Into<String>) -> Self {
+        Self {
+            container: container.to_string(),
+            ok: false,
+            code: Some(code),
+            error: Some(error.into()),
+            state: None,
+        }
+    }
+}
+
 impl From<(&str, &CommandResult)> for ContainerOutcome {
     fn from((container, r): (&str, &CommandResult)) -> Self {
         Self {

@@ -229,23 +229,8 @@ impl Endpoint {
             return;
         }
         self.last_command.insert(name.clone(), now);
-        self.next_seq += 1;
-        let seq = self.next_seq;
-        let id = state.id.clone();
         let timeout = s.command_timeout;
-        self.pending.insert(
-            name.clone(),
-            Pending {
-                seq,
-                req: req.clone(),
-                received,
-                id: id.clone(),
-                prev_started_at: state.started_at.clone(),
-                engine_done: false,
-                deadline: now + timeout,
-                from_all: false,
-            },
-        );
+        let (seq, id) = self.add_pending(&name, &req, received, now + timeout, false);
         tracing::info!(endpoint = %self.id, container = %name, action = %req.action, "running command");
         let client = self.client.clone();
         let action = req.action;
@@ -255,6 +240,39 @@ impl Endpoint {
                 .await;
             (name, seq, Answer::Engine(r))
         });
+    }
+
+    /// Marks `name` busy with `req` until its result; returns the command's
+    /// sequence number and the container id it runs on.
+    fn add_pending(
+        &mut self,
+        name: &str,
+        req: &Request,
+        received: std::time::Instant,
+        deadline: Instant,
+        from_all: bool,
+    ) -> (u64, String) {
+        let (id, prev_started_at) = self
+            .containers
+            .get(name)
+            .map(|s| (s.id.clone(), s.started_at.clone()))
+            .unwrap_or_default();
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        self.pending.insert(
+            name.to_string(),
+            Pending {
+                seq,
+                req: req.clone(),
+                received,
+                id: id.clone(),
+                prev_started_at,
+                engine_done: false,
+                deadline,
+                from_all,
+            },
+        );
+        (seq, id)
     }
 
     /// Starts an `update` or `rollback` (the checks of `start_command` done):
@@ -307,27 +325,13 @@ impl Endpoint {
             _ => Target::Current,
         };
         let s = self.settings.clone();
-        self.next_seq += 1;
-        let seq = self.next_seq;
-        let id = state.id.clone();
         let timeout = s.update_timeout;
-        self.pending.insert(
-            name.to_string(),
-            Pending {
-                seq,
-                req: req.clone(),
-                received,
-                id: id.clone(),
-                prev_started_at: state.started_at.clone(),
-                engine_done: false,
-                deadline: Instant::now() + timeout + s.verify_for,
-                from_all,
-            },
-        );
-        let op_id = self.history.begin(name, &req.action);
-        tracing::info!(endpoint = %self.id, container = %name, action = %req.action, version = ?req.version, "running command");
         let auth = registry_auth(&s.registry_credentials, &state.image);
         let current_image = state.image.clone();
+        let deadline = Instant::now() + timeout + s.verify_for;
+        let (seq, id) = self.add_pending(name, &req, received, deadline, from_all);
+        let op_id = self.history.begin(name, &req.action);
+        tracing::info!(endpoint = %self.id, container = %name, action = %req.action, version = ?req.version, "running command");
         if let Some(inv) = &s.inventory {
             inv.set_in_progress(&self.id, name, true);
         }
@@ -484,13 +488,11 @@ impl Endpoint {
         if from_all {
             let outcome = match &result {
                 Some(r) => ContainerOutcome::from((name.as_str(), r)),
-                None => ContainerOutcome {
-                    container: name.clone(),
-                    ok: false,
-                    code: Some(Code::Timeout),
-                    error: Some("the update did not end in time".into()),
-                    state: None,
-                },
+                None => ContainerOutcome::refused(
+                    &name,
+                    Code::Timeout,
+                    "the update did not end in time",
+                ),
             };
             if let Some(ua) = &mut self.update_all {
                 ua.outcomes.push(outcome);
@@ -561,13 +563,9 @@ impl Endpoint {
                 })
             });
             match refusal {
-                Some((code, msg)) => ua.outcomes.push(ContainerOutcome {
-                    container: name,
-                    ok: false,
-                    code: Some(code),
-                    error: Some(msg),
-                    state: None,
-                }),
+                Some((code, msg)) => ua
+                    .outcomes
+                    .push(ContainerOutcome::refused(&name, code, msg)),
                 None => ua.queue.push_back(name),
             }
         }
@@ -593,13 +591,11 @@ impl Endpoint {
             let received = std::time::Instant::now();
             if self.pending.contains_key(&name) {
                 if let Some(ua) = &mut self.update_all {
-                    ua.outcomes.push(ContainerOutcome {
-                        container: name,
-                        ok: false,
-                        code: Some(Code::Busy),
-                        error: Some("another command is running on this container".into()),
-                        state: None,
-                    });
+                    ua.outcomes.push(ContainerOutcome::refused(
+                        &name,
+                        Code::Busy,
+                        "another command is running on this container",
+                    ));
                 }
                 continue;
             }
