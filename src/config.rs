@@ -59,7 +59,7 @@ macro_rules! redacted_debug {
         }
     };
 }
-redacted_debug!(MqttConfig, password);
+redacted_debug!(MqttConfig, password, embedded_password);
 redacted_debug!(PortainerConfig, api_key, password);
 redacted_debug!(RegistryCredentials, password);
 
@@ -136,6 +136,26 @@ pub struct MqttConfig {
     pub client_key: Option<PathBuf>,
     /// One plain value per state key under `<ct>/state/<key>` (Jeedom).
     pub flat_topics: bool,
+    /// Run an MQTT broker inside dockside (SPEC §12) and publish to it; then
+    /// `url`, `username`, `password` and TLS are derived from the keys below.
+    pub embedded: bool,
+    /// Where the embedded broker listens; loopback unless set otherwise.
+    pub embedded_listen: String,
+    pub embedded_username: Option<String>,
+    pub embedded_password: Option<String>,
+    pub embedded_password_file: Option<PathBuf>,
+}
+
+/// Default `mqtt.embedded_listen`.
+pub const EMBEDDED_LISTEN: &str = "127.0.0.1:1883";
+
+impl MqttConfig {
+    pub fn embedded_socket_addr(&self) -> Result<std::net::SocketAddr, ConfigError> {
+        self.embedded_listen
+            .trim()
+            .parse()
+            .map_err(|e| invalid("mqtt.embedded_listen", format!("`{}`: {e} (want ip:port)", self.embedded_listen)))
+    }
 }
 
 impl Default for MqttConfig {
@@ -153,6 +173,11 @@ impl Default for MqttConfig {
             client_cert: None,
             client_key: None,
             flat_topics: false,
+            embedded: false,
+            embedded_listen: EMBEDDED_LISTEN.into(),
+            embedded_username: None,
+            embedded_password: None,
+            embedded_password_file: None,
         }
     }
 }
@@ -548,7 +573,50 @@ impl Config {
             }
             self.mqtt.password = Some(read_secret("mqtt.password_file", file)?);
         }
+        if self.mqtt.embedded {
+            self.use_embedded_broker()?;
+        }
         self.validate()
+    }
+
+    /// `mqtt.embedded`: dockside's own client connects to the embedded
+    /// broker over loopback, with the embedded credentials.
+    fn use_embedded_broker(&mut self) -> Result<(), ConfigError> {
+        let m = &mut self.mqtt;
+        if let Some(file) = &m.embedded_password_file {
+            if m.embedded_password.is_some() {
+                return Err(invalid(
+                    "mqtt.embedded_password_file",
+                    "set either embedded_password or embedded_password_file, not both",
+                ));
+            }
+            m.embedded_password = Some(read_secret("mqtt.embedded_password_file", file)?);
+        }
+        let addr = m.embedded_socket_addr()?;
+        match (&m.embedded_username, &m.embedded_password) {
+            (Some(u), Some(p)) if !u.is_empty() && !p.is_empty() => {}
+            (None, None) => {}
+            _ => {
+                return Err(invalid(
+                    "mqtt.embedded_username",
+                    "set both embedded_username and embedded_password (or neither)",
+                ));
+            }
+        }
+        let host = match addr.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_string(),
+            std::net::IpAddr::V6(ip) if ip.is_unspecified() => "[::1]".to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        m.url = format!("mqtt://{host}:{}", addr.port());
+        m.username = m.embedded_username.clone();
+        m.password = m.embedded_password.clone();
+        m.password_file = None;
+        m.ca_file = None;
+        m.client_cert = None;
+        m.client_key = None;
+        Ok(())
     }
 
     /// Every file-valued key names a readable file: a reload that points at a
@@ -858,6 +926,9 @@ impl Config {
         let mut copy = self.clone();
         if copy.mqtt.password.is_some() {
             copy.mqtt.password = Some(REDACTED.into());
+        }
+        if copy.mqtt.embedded_password.is_some() {
+            copy.mqtt.embedded_password = Some(REDACTED.into());
         }
         for r in copy.updates.registries.values_mut() {
             if r.password.is_some() {

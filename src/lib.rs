@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod commands;
 pub mod config;
 pub mod docker;
+pub mod embedded;
 pub mod endpoint;
 pub mod filter;
 pub mod history;

@@ -7,11 +7,23 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{LogConfig, LogFormat};
 
+/// The embedded broker (rumqttd) logs every connection at `info` and every
+/// ordinary disconnect at `error`: silent unless the filter names it
+/// (`log.level = "info,rumqttd=info"`). dockside logs the broker's own
+/// failures (port in use, not listening) itself.
+fn with_quiet_broker(filter: &str) -> String {
+    if filter.contains("rumqttd") {
+        filter.to_string()
+    } else {
+        format!("{filter},rumqttd=off")
+    }
+}
+
 pub fn init(cfg: &LogConfig) {
     let filter = std::env::var("RUST_LOG")
         .ok()
-        .and_then(|v| EnvFilter::try_new(v).ok())
-        .or_else(|| EnvFilter::try_new(&cfg.level).ok())
+        .and_then(|v| EnvFilter::try_new(with_quiet_broker(&v)).ok())
+        .or_else(|| EnvFilter::try_new(with_quiet_broker(&cfg.level)).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     let result = match cfg.format {

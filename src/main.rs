@@ -14,7 +14,9 @@ const USAGE: &str = "\
 dockside — mirrors Docker engines onto MQTT
 
 USAGE:
-    dockside [--config PATH] [run]          run the daemon
+    dockside [--config PATH] [--embedded-broker] [run]
+                                            run the daemon (--embedded-broker: with its own
+                                            MQTT broker on 127.0.0.1:1883, mqtt.embedded)
     dockside [--config PATH] check-config   print the effective config (secrets redacted)
     dockside --version | --help
 
@@ -26,9 +28,16 @@ enum Command {
     CheckConfig,
 }
 
-fn parse_args() -> Result<(Command, Option<PathBuf>), String> {
+struct Args {
+    command: Command,
+    config: Option<PathBuf>,
+    embedded_broker: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let mut path = None;
+    let mut embedded_broker = false;
     let mut command = None;
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -46,29 +55,42 @@ fn parse_args() -> Result<(Command, Option<PathBuf>), String> {
                 println!("dockside {}", env!("CARGO_PKG_VERSION"));
                 std::process::exit(0);
             }
+            "--embedded-broker" => embedded_broker = true,
             "run" if command.is_none() => command = Some(Command::Run),
             "check-config" if command.is_none() => command = Some(Command::CheckConfig),
             other => return Err(format!("unexpected argument `{other}`")),
         }
     }
-    Ok((command.unwrap_or(Command::Run), path))
+    Ok(Args {
+        command: command.unwrap_or(Command::Run),
+        config: path,
+        embedded_broker,
+    })
 }
 
-fn load(cli_path: Option<&std::path::Path>) -> Result<Config, config::ConfigError> {
-    let env: HashMap<String, String> = std::env::vars().collect();
+fn load(cli_path: Option<&std::path::Path>, embedded: bool) -> Result<Config, config::ConfigError> {
+    let mut env: HashMap<String, String> = std::env::vars().collect();
+    if embedded {
+        // The flag is `mqtt.embedded = true`, on every (re)load.
+        env.insert("DOCKSIDE__MQTT__EMBEDDED".into(), "true".into());
+    }
     let path = config::resolve_path(cli_path, &env);
     Config::load(path.as_deref(), &env)
 }
 
 fn main() -> ExitCode {
-    let (command, cli_path) = match parse_args() {
+    let Args {
+        command,
+        config: cli_path,
+        embedded_broker,
+    } = match parse_args() {
         Ok(x) => x,
         Err(e) => {
             eprintln!("dockside: {e}\n\n{USAGE}");
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    let cfg = match load(cli_path.as_deref()) {
+    let cfg = match load(cli_path.as_deref(), embedded_broker) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("dockside: configuration error: {e}");
@@ -104,7 +126,7 @@ fn main() -> ExitCode {
         let (reload_tx, reload_rx) = mpsc::channel::<Config>(1);
         tokio::spawn(async move {
             while hups.recv().await.is_some() {
-                match load(cli_path.as_deref()) {
+                match load(cli_path.as_deref(), embedded_broker) {
                     Ok(c) => {
                         let _ = reload_tx.send(c).await;
                     }
@@ -125,7 +147,7 @@ fn main() -> ExitCode {
                 eprintln!("dockside: {e}");
                 ExitCode::from(EXIT_STATE_DIR as u8)
             }
-            Err(e @ RunError::Config(_)) => {
+            Err(e @ (RunError::Config(_) | RunError::Embedded(_))) => {
                 eprintln!("dockside: configuration error: {e}");
                 ExitCode::from(EXIT_CONFIG as u8)
             }

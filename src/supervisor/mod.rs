@@ -39,6 +39,9 @@ pub enum RunError {
     StateDir(#[from] StateDirError),
     #[error(transparent)]
     Mqtt(#[from] MqttError),
+    /// The embedded broker cannot listen: a setting to change (exit 64).
+    #[error(transparent)]
+    Embedded(#[from] crate::embedded::EmbeddedError),
 }
 
 /// What an endpoint is: a direct engine or a Portainer environment.
@@ -76,6 +79,12 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let started_at = now_rfc3339();
     let mut config = config;
+    // Before anything connects to it; it lives as long as the process.
+    let _broker = if config.mqtt.embedded {
+        Some(crate::embedded::start(&config.mqtt)?)
+    } else {
+        None
+    };
     loop {
         match run_instance(&config, &started_at, &shutdown, &mut reloads).await? {
             Outcome::Shutdown => return Ok(()),
@@ -218,6 +227,20 @@ fn warn_if_commands_are_open(config: &Config) {
 
 /// A reload whose new pieces cannot be built is refused before anything stops.
 fn preflight(new: &Config, current: &Config) -> Result<(), String> {
+    let broker = |m: &crate::config::MqttConfig| {
+        (
+            m.embedded,
+            m.embedded_listen.clone(),
+            m.embedded_username.clone(),
+            m.embedded_password.clone(),
+        )
+    };
+    if broker(&new.mqtt) != broker(&current.mqtt) {
+        return Err(
+            "the embedded broker's settings (mqtt.embedded*) take effect at the next start, not on reload"
+                .into(),
+        );
+    }
     if new.state.dir != current.state.dir {
         StateDir::open(&new.state.dir).map_err(|e| e.to_string())?;
     }
