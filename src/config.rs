@@ -151,10 +151,12 @@ pub const EMBEDDED_LISTEN: &str = "127.0.0.1:1883";
 
 impl MqttConfig {
     pub fn embedded_socket_addr(&self) -> Result<std::net::SocketAddr, ConfigError> {
-        self.embedded_listen
-            .trim()
-            .parse()
-            .map_err(|e| invalid("mqtt.embedded_listen", format!("`{}`: {e} (want ip:port)", self.embedded_listen)))
+        self.embedded_listen.trim().parse().map_err(|e| {
+            invalid(
+                "mqtt.embedded_listen",
+                format!("`{}`: {e} (want ip:port)", self.embedded_listen),
+            )
+        })
     }
 }
 

@@ -24,8 +24,13 @@ const START_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
-    #[error("mqtt.embedded_listen {addr}: {err} (another broker on that port? set mqtt.embedded_listen)")]
-    Bind { addr: SocketAddr, err: std::io::Error },
+    #[error(
+        "mqtt.embedded_listen {addr}: {err} (another broker on that port? set mqtt.embedded_listen)"
+    )]
+    Bind {
+        addr: SocketAddr,
+        err: std::io::Error,
+    },
     #[error("mqtt.embedded_listen {0}: the embedded broker did not start listening")]
     NotListening(SocketAddr),
     #[error("cannot start the embedded broker: {0}")]
@@ -58,7 +63,9 @@ pub fn start(cfg: &MqttConfig) -> Result<EmbeddedBroker, EmbeddedError> {
         })
         .map_err(|e| EmbeddedError::Start(e.to_string()))?;
     let connect_to = match addr.ip() {
-        ip if ip.is_unspecified() && ip.is_ipv4() => SocketAddr::from(([127, 0, 0, 1], addr.port())),
+        ip if ip.is_unspecified() && ip.is_ipv4() => {
+            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        }
         ip if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())),
         _ => addr,
     };

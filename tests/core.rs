@@ -523,7 +523,8 @@ async fn sighup_adds_and_removes_an_endpoint_without_touching_the_other() {
     let local_status = format!("{b}/local/status");
     // The baseline once `local` has said all it says at start (its status
     // may follow its first state).
-    c.wait_latest(&local_status, T, |m| m.text() == "online").await;
+    c.wait_latest(&local_status, T, |m| m.text() == "online")
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let local_msgs = c.on(&local_status).len() + c.on(&env.state(&name)).len();
 

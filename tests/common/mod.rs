@@ -233,7 +233,15 @@ pub fn wall_ns() -> i128 {
 
 impl Collector {
     pub async fn start(port: u16, filter: &str) -> Self {
+        Self::start_as(port, filter, None).await
+    }
+
+    /// [`Self::start`] with broker credentials.
+    pub async fn start_as(port: u16, filter: &str, auth: Option<(&str, &str)>) -> Self {
         let mut opts = MqttOptions::new(unique("collector-"), "127.0.0.1", port);
+        if let Some((u, p)) = auth {
+            opts.set_credentials(u, p);
+        }
         opts.set_max_packet_size(16 << 20, 16 << 20);
         opts.set_keep_alive(Duration::from_secs(10));
         let (client, mut el) = AsyncClient::new(opts, 100);

@@ -1,0 +1,261 @@
+//! The embedded broker (SPEC §12): dockside with nothing but Docker. Plain
+//! MQTT clients connected to it see every state, event and discovery config
+//! (retained ones too when they subscribe late), commands come in through
+//! it, credentials are enforced, it listens on loopback only by default, a
+//! port in use is a clear exit 64, and garbage from a client changes nothing.
+
+mod common;
+
+use std::io::Write;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const T: Duration = Duration::from_secs(30);
+
+fn config(port: u16, base: &str, dir: &std::path::Path, prefix: &str, extra: &str) -> String {
+    format!(
+        r#"
+[mqtt]
+embedded = true
+embedded_listen = "127.0.0.1:{port}"
+base_topic = "{base}"
+{extra}
+[state]
+dir = "{}"
+[containers]
+include = ["{prefix}-*"]
+removal_grace = "1s"
+[commands]
+allow = ["start", "stop", "restart"]
+min_interval = "0s"
+[log]
+level = "debug"
+"#,
+        dir.join("state").display()
+    )
+}
+
+/// `mosquitto_sub` once with these credentials: (exit ok, stderr).
+fn sub_once(port: u16, topic: &str, auth: Option<(&str, &str)>) -> (bool, String) {
+    let mut cmd = Command::new("mosquitto_sub");
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-t",
+        topic,
+        "-C",
+        "1",
+        "-W",
+        "5",
+    ]);
+    if let Some((u, p)) = auth {
+        cmd.args(["-u", u, "-P", p]);
+    }
+    let out = cmd
+        .output()
+        .expect("mosquitto_sub (install mosquitto-clients)");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_clients_see_everything_and_commands_come_in() {
+    let ct = Containers::new(&unique("dse"));
+    let dir = tempfile::tempdir().expect("tmp");
+    let base = unique("t");
+    let port = free_port();
+    let web = ct.name("web");
+    run_sleeper(&web, IMAGE, &[]);
+    let _ds = Dockside::start(dir.path(), &config(port, &base, dir.path(), &ct.prefix, ""));
+    let c = Collector::start(port, "#").await;
+    let state = format!("{base}/local/{web}/state");
+    c.wait_state(&state, T, |s| s["running"] == true).await;
+    c.wait_latest(&format!("{base}/status"), T, |m| m.text() == "online")
+        .await;
+
+    // A late subscriber gets the retained state, availability and discovery.
+    let snap = retained_snapshot(port, "#").await;
+    assert!(
+        snap.contains_key(&state),
+        "{:?}",
+        snap.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        snap.get(&format!("{base}/status")).map(|b| &b[..]),
+        Some(&b"online"[..])
+    );
+    let device = format!(
+        "homeassistant/device/{base}_local_{}/config",
+        web.replace('-', "_")
+    );
+    let dev = snap
+        .keys()
+        .find(|k| k.starts_with("homeassistant/device/") && k.contains("_local_"));
+    assert!(
+        dev.is_some(),
+        "discovery retained: {:?} (want like {device})",
+        snap.keys().collect::<Vec<_>>()
+    );
+    let (ok, out) = sub_once(port, &state, None);
+    assert!(
+        ok && out.contains("\"running\":true"),
+        "mosquitto_sub: {out}"
+    );
+
+    // A command through the embedded broker: one result, and the events.
+    c.publish(
+        &format!("{base}/local/{web}/set"),
+        br#"{"action":"stop","request_id":"s"}"#,
+        false,
+    )
+    .await;
+    let r = c
+        .wait_latest(&format!("{base}/local/{web}/result"), T, |m| {
+            m.json()["request_id"] == "s"
+        })
+        .await
+        .json();
+    assert_eq!(r["ok"], true, "{r}");
+    c.wait_state(&state, T, |s| s["running"] == false).await;
+    let event = format!("{base}/local/{web}/event");
+    c.wait_until("a die event", T, |all| {
+        all.iter()
+            .any(|m| m.topic == event && m.json()["event_type"] == "die")
+    })
+    .await;
+    assert!(
+        c.on(&format!("{base}/local/events"))
+            .iter()
+            .any(|m| m.json()["action"] == "die"),
+        "endpoint events"
+    );
+
+    // Garbage, a bogus CONNECT and an oversize packet from a client: the
+    // broker drops them; dockside goes on.
+    for junk in [
+        vec![0xffu8; 64],
+        b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x0a\x00\x00".to_vec(),
+        {
+            let mut v = vec![0x30u8, 0xff, 0xff, 0xff, 0x7f];
+            v.extend(vec![b'x'; 1 << 20]);
+            v
+        },
+    ] {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.write_all(&junk);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.publish(
+        &format!("{base}/local/{web}/set"),
+        br#"{"action":"start","request_id":"g"}"#,
+        false,
+    )
+    .await;
+    let r = c
+        .wait_latest(&format!("{base}/local/{web}/result"), T, |m| {
+            m.json()["request_id"] == "g"
+        })
+        .await
+        .json();
+    assert_eq!(r["ok"], true, "{r}");
+    c.wait_state(&state, T, |s| s["running"] == true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_loopback_only_and_port_in_use() {
+    let ct = Containers::new(&unique("dsf"));
+    let dir = tempfile::tempdir().expect("tmp");
+    let base = unique("t");
+    let port = free_port();
+    let secret = format!("pw-{}", fastrand::u64(..));
+    let pw_file = dir.path().join("pw");
+    std::fs::write(&pw_file, format!("{secret}\n")).expect("pw");
+    let extra = format!(
+        "embedded_username = \"ha\"\nembedded_password_file = \"{}\"",
+        pw_file.display()
+    );
+    let ds = Dockside::start(
+        dir.path(),
+        &config(port, &base, dir.path(), &ct.prefix, &extra),
+    );
+    let c = Collector::start_as(port, &format!("{base}/#"), Some(("ha", &secret))).await;
+    c.wait_latest(&format!("{base}/status"), T, |m| m.text() == "online")
+        .await;
+    let status = format!("{base}/status");
+    let (ok, out) = sub_once(port, &status, Some(("ha", &secret)));
+    assert!(ok && out.contains("online"), "right password: {out}");
+    for (who, auth) in [
+        ("wrong password", Some(("ha", "nope"))),
+        ("wrong user", Some(("root", secret.as_str()))),
+        ("anonymous", None),
+    ] {
+        let (ok, out) = sub_once(port, &status, auth);
+        assert!(
+            !ok && !out.contains("online"),
+            "{who} must be refused: {out}"
+        );
+    }
+    // The secret never reaches the log (nor check-config).
+    assert!(!ds.log_text().contains(&secret), "secret in the log");
+    let check = Command::new(env!("CARGO_BIN_EXE_dockside"))
+        .args([
+            "--config",
+            &dir.path().join("dockside.toml").display().to_string(),
+            "check-config",
+        ])
+        .output()
+        .expect("check-config");
+    let shown = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success() && !shown.contains(&secret),
+        "{shown}"
+    );
+
+    // Loopback only by default: the machine's other addresses do not answer.
+    let ips = Command::new("hostname")
+        .arg("-I")
+        .output()
+        .expect("hostname -I");
+    let others: Vec<String> = String::from_utf8_lossy(&ips.stdout)
+        .split_whitespace()
+        .filter(|ip| !ip.starts_with("127.") && *ip != "::1")
+        .map(String::from)
+        .collect();
+    assert!(!others.is_empty(), "this test needs a non-loopback address");
+    for ip in &others {
+        let addr: std::net::SocketAddr = format!("{ip}:{port}")
+            .parse()
+            .or_else(|_| format!("[{ip}]:{port}").parse())
+            .expect("addr");
+        assert!(
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(),
+            "the embedded broker answers on {addr}"
+        );
+    }
+
+    // A port already in use: exit 64 at once, naming the key.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy = taken.local_addr().expect("addr").port();
+    let dir2 = tempfile::tempdir().expect("tmp");
+    let cfg = config(busy, &base, dir2.path(), &ct.prefix, "");
+    let path = dir2.path().join("dockside.toml");
+    std::fs::write(&path, cfg).expect("cfg");
+    let out = Command::new(env!("CARGO_BIN_EXE_dockside"))
+        .args(["--config", &path.display().to_string()])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("mqtt.embedded_listen"), "{err}");
+}
