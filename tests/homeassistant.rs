@@ -121,6 +121,11 @@ impl Ha {
 
     /// Onboarding (user, token) and the MQTT integration pointed at `mqtt_port`.
     async fn onboard(&mut self, mqtt_port: u16) {
+        self.onboard_as(mqtt_port, None).await
+    }
+
+    /// Onboarding, then the MQTT integration on `mqtt_port` with these credentials.
+    async fn onboard_as(&mut self, mqtt_port: u16, auth: Option<(&str, &str)>) {
         let client_id = self.url("/");
         let r: Value = self
             .http
@@ -160,11 +165,13 @@ impl Ha {
             )
             .await;
         let id = flow["flow_id"].as_str().expect("flow_id").to_string();
+        let mut form = json!({"broker": "127.0.0.1", "port": mqtt_port});
+        if let Some((u, p)) = auth {
+            form["username"] = json!(u);
+            form["password"] = json!(p);
+        }
         let done = self
-            .post(
-                &format!("/api/config/config_entries/flow/{id}"),
-                json!({"broker": "127.0.0.1", "port": mqtt_port}),
-            )
+            .post(&format!("/api/config/config_entries/flow/{id}"), form)
             .await;
         assert_eq!(done["type"], "create_entry", "MQTT config flow: {done}");
     }
@@ -578,4 +585,66 @@ async fn home_assistant_sees_and_drives_containers() {
     );
     assert!(ds.is_running());
     drop(ha);
+}
+
+/// SPEC §12: Home Assistant on dockside's embedded broker, with credentials,
+/// and no Mosquitto anywhere: it discovers the containers and restarts one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn home_assistant_on_the_embedded_broker() {
+    require_docker();
+    let ct = Containers::new(&unique("dshe"));
+    let dir = tempfile::tempdir().expect("tmp");
+    let web = ct.name("web");
+    run_sleeper(&web, IMAGE, &[]);
+    let port = free_port();
+    let secret = format!("pw{}", fastrand::u64(..));
+    let cfg = format!(
+        r#"
+[mqtt]
+embedded = true
+embedded_listen = "127.0.0.1:{port}"
+embedded_username = "ha"
+embedded_password = "{secret}"
+[homeassistant]
+discovery = "device"
+[commands]
+allow = ["start", "stop", "restart"]
+min_interval = "0s"
+[state]
+dir = "{}"
+[containers]
+include = ["{}-*"]
+"#,
+        dir.path().join("state").display(),
+        ct.prefix
+    );
+    let _ds = Dockside::start(dir.path(), &cfg);
+    let c = Collector::start_as(port, "dockside/#", Some(("ha", &secret))).await;
+    c.wait_state(&format!("dockside/local/{web}/state"), T, |s| {
+        s["running"] == true
+    })
+    .await;
+
+    let mut ha = Ha::start();
+    ha.wait_up().await;
+    ha.onboard_as(port, Some(("ha", &secret))).await;
+    ha.wait_state("binary_sensor.dockside_connected", "on")
+        .await;
+    ha.wait_state(&ent("binary_sensor", &web, "running"), "on")
+        .await;
+    ha.wait_state(&ent("sensor", &web, "state"), "running")
+        .await;
+    let before = inspect(&web, "{{.State.StartedAt}}");
+    ha.wait_available(&ent("button", &web, "restart")).await;
+    ha.call("button", "press", &ent("button", &web, "restart"))
+        .await;
+    ok_result(&c, &format!("dockside/local/{web}/result"), "restart").await;
+    assert_ne!(inspect(&web, "{{.State.StartedAt}}"), before, "restarted");
+    ha.wait_state(&ent("binary_sensor", &web, "running"), "on")
+        .await;
+    let problems = ha.mqtt_problems();
+    assert!(
+        problems.is_empty(),
+        "HA's MQTT integration complained: {problems:#?}"
+    );
 }
