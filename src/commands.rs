@@ -321,7 +321,15 @@ impl CommandResult {
         self
     }
 
+    /// The payload, encoded once per result sent: counted here, so every
+    /// result of every kind is in `dockside_commands_total`.
     pub fn to_json(&self) -> Vec<u8> {
+        let code = self.code.and_then(|c| {
+            serde_json::to_value(c)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+        });
+        crate::metrics::get().count_command(self.action.as_deref(), code.as_deref());
         serde_json::to_vec(self).unwrap_or_else(|_| b"{\"ok\":false}".to_vec())
     }
 }

@@ -115,6 +115,28 @@ pub struct Config {
     pub updates: UpdatesConfig,
     pub state: StateConfig,
     pub log: LogConfig,
+    pub http: HttpConfig,
+}
+
+/// `/healthz` and `/metrics` (SPEC §12); off unless `listen` is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `127.0.0.1:9847`; anything but loopback exposes the metrics to the network.
+    pub listen: Option<String>,
+}
+
+impl HttpConfig {
+    pub fn socket_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        self.listen
+            .as_deref()
+            .map(|l| {
+                l.trim()
+                    .parse()
+                    .map_err(|e| invalid("http.listen", format!("`{l}`: {e} (want ip:port)")))
+            })
+            .transpose()
+    }
 }
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -853,6 +875,7 @@ impl Config {
         }
         crate::filter::glob_set("commands.protect", &self.commands.protect)?;
         crate::filter::glob_set("updates.ignore", &self.updates.ignore)?;
+        self.http.socket_addr()?;
         if self.updates.verify_for > Duration::from_secs(600) {
             return Err(invalid("updates.verify_for", "must be at most 10m"));
         }

@@ -147,7 +147,7 @@ fn main() -> ExitCode {
                 eprintln!("dockside: {e}");
                 ExitCode::from(EXIT_STATE_DIR as u8)
             }
-            Err(e @ (RunError::Config(_) | RunError::Embedded(_))) => {
+            Err(e @ (RunError::Config(_) | RunError::Embedded(_) | RunError::Http(_))) => {
                 eprintln!("dockside: configuration error: {e}");
                 ExitCode::from(EXIT_CONFIG as u8)
             }

@@ -73,6 +73,7 @@ where
                 }
             };
             TASK_RESTARTS.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::get().task_restarts.inc();
             on_down();
             let delay = backoff.next_delay();
             tracing::error!(task = %name, reason = %why, retry_in = ?delay, "task stopped unexpectedly; restarting it");

@@ -660,6 +660,7 @@ impl Watcher {
             }
         }
         if checked > 0 {
+            crate::metrics::get().update_rounds.inc();
             tracing::info!(
                 references = checked,
                 elapsed_ms = round_started.elapsed().as_millis() as u64,

@@ -360,6 +360,10 @@ impl Endpoint {
         self.cursor_dirty = true;
         self.shared_cursor
             .store(self.cursor.time_nano, Ordering::Relaxed);
+        let m = crate::metrics::get();
+        m.events_received
+            .get_or_create(&crate::metrics::Metrics::endpoint(&self.id))
+            .inc();
         let is_container = ev.kind == "container";
         let visible = if is_container {
             self.container_visible(&ev)
@@ -372,9 +376,13 @@ impl Endpoint {
         };
         if visible && self.settings.event_types.contains(&ev.kind) {
             match serde_json::to_vec(&EventMessage::from_event(&ev)) {
-                Ok(p) => self
-                    .outbox
-                    .send(self.settings.topics.endpoint_events(&self.id), p),
+                Ok(p) => {
+                    m.events_published
+                        .get_or_create(&crate::metrics::Metrics::endpoint(&self.id))
+                        .inc();
+                    self.outbox
+                        .send(self.settings.topics.endpoint_events(&self.id), p)
+                }
                 Err(e) => tracing::warn!(error = %e, "cannot encode event"),
             }
         }
@@ -460,6 +468,8 @@ impl Endpoint {
                         transitions::transition_of(&ev.action, &ev.actor.attributes, ev.nanos())
                 {
                     self.publish_transition(&id, n, t);
+                    // What users see: from the engine's clock to the state leaving us.
+                    crate::metrics::get().observe_since(ev.nanos());
                 }
                 self.schedule_inspect(id);
             }

@@ -194,6 +194,10 @@ impl Endpoint {
             return;
         }
         self.online = Some(online);
+        crate::metrics::get()
+            .endpoint_up
+            .get_or_create(&crate::metrics::Metrics::endpoint(&self.id))
+            .set(i64::from(online));
         let payload = if online { "online" } else { "offline" };
         self.outbox
             .retain(self.settings.topics.endpoint_status(&self.id), payload);

@@ -224,6 +224,11 @@ impl MqttTask {
                         failures = 0;
                         backoff.mark_started();
                         tracing::info!("connected to the MQTT broker");
+                        let m = crate::metrics::get();
+                        m.mqtt_connected.set(1);
+                        if !first_connect {
+                            m.mqtt_reconnects.inc();
+                        }
                         let _ = client.try_publish(topics.bridge_status(), qos, true, "online");
                         for s in &subscriptions {
                             let _ = client.try_subscribe(s.clone(), qos);
@@ -283,6 +288,7 @@ impl MqttTask {
                     Ok(_) => { client_full = false; }
                     Err(e) => {
                         connected = false;
+                        crate::metrics::get().mqtt_connected.set(0);
                         client_full = false;
                         failures += 1;
                         let delay = backoff.next_delay();

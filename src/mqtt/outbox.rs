@@ -121,7 +121,9 @@ impl Outbox {
     pub fn retain(&self, topic: impl Into<String>, payload: impl Into<Bytes>) {
         let mut inner = self.lock();
         inner.set_retained(topic.into(), payload.into());
+        let depth = inner.stream.len() + inner.retained.len();
         drop(inner);
+        crate::metrics::get().outbox_depth.set(depth as i64);
         self.notify.notify_one();
     }
 
@@ -143,6 +145,7 @@ impl Outbox {
                 .unwrap_or(0);
             inner.stream.remove(victim);
             inner.dropped += 1;
+            crate::metrics::get().outbox_dropped.inc();
             if inner.dropped.is_power_of_two() {
                 tracing::warn!(
                     dropped = inner.dropped,
@@ -150,7 +153,9 @@ impl Outbox {
                 );
             }
         }
+        let depth = inner.stream.len() + inner.retained.len();
         drop(inner);
+        crate::metrics::get().outbox_depth.set(depth as i64);
         self.notify.notify_one();
     }
 
@@ -200,6 +205,10 @@ impl Outbox {
     /// must be on the broker when we stop), then events and results in order.
     pub fn pop(&self) -> Option<Message> {
         let mut inner = self.lock();
+        let depth = inner.stream.len() + inner.retained.len();
+        crate::metrics::get()
+            .outbox_depth
+            .set(depth.saturating_sub(1) as i64);
         // Until the read-back is complete, owned topics (discovery) wait: a
         // leftover of the other form found late must be cleared before them.
         let index = if inner.readback_done {

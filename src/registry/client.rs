@@ -274,6 +274,9 @@ impl RegistryClient {
             if let Some(a) = &auth {
                 req = req.header(AUTHORIZATION, a.clone());
             }
+            let m = crate::metrics::get();
+            let label = m.registry(&host);
+            m.registry_requests.get_or_create(&label).inc();
             let resp = req.send().await.map_err(|e| {
                 if e.is_timeout() {
                     RegistryError::Timeout
@@ -301,6 +304,7 @@ impl RegistryClient {
                     }));
                 }
                 StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                    m.registry_rate_limited.get_or_create(&label).inc();
                     let secs = retry_after(resp.headers()).unwrap_or(60);
                     self.cool_down(&host, secs);
                     return Err(RegistryError::RateLimited(secs));
@@ -311,6 +315,14 @@ impl RegistryClient {
                         .get("ratelimit-remaining")
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.split(';').next()?.trim().parse::<u64>().ok())
+                        .inspect(|rem| {
+                            m.registry_remaining
+                                .get_or_create(&label)
+                                .set(i64::try_from(*rem).unwrap_or(i64::MAX));
+                            if *rem == 0 {
+                                m.registry_rate_limited.get_or_create(&label).inc();
+                            }
+                        })
                         && rem == 0
                     {
                         // Out of quota for this window: stop asking this host for a while.

@@ -42,6 +42,9 @@ pub enum RunError {
     /// The embedded broker cannot listen: a setting to change (exit 64).
     #[error(transparent)]
     Embedded(#[from] crate::embedded::EmbeddedError),
+    /// `http.listen` cannot be bound (exit 64).
+    #[error(transparent)]
+    Http(#[from] crate::status_server::BindError),
 }
 
 /// What an endpoint is: a direct engine or a Portainer environment.
@@ -85,6 +88,9 @@ pub async fn run(
     } else {
         None
     };
+    if let Some(addr) = config.http.socket_addr()? {
+        crate::status_server::start(addr, shutdown.clone()).await?;
+    }
     loop {
         match run_instance(&config, &started_at, &shutdown, &mut reloads).await? {
             Outcome::Shutdown => return Ok(()),
@@ -241,6 +247,9 @@ fn preflight(new: &Config, current: &Config) -> Result<(), String> {
                 .into(),
         );
     }
+    if new.http != current.http {
+        return Err("http.listen takes effect at the next start, not on reload".into());
+    }
     if new.state.dir != current.state.dir {
         StateDir::open(&new.state.dir).map_err(|e| e.to_string())?;
     }
@@ -373,9 +382,11 @@ async fn run_instance(
 
     let mut current = config.clone();
     let mut resync = mqtt.resync_signal();
+    let mut health_tick = tokio::time::interval(HEALTH_EVERY);
     let outcome = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Outcome::Shutdown,
+            _ = health_tick.tick() => crate::metrics::get().set_health(sup.health(&mqtt_live)),
             Some(new) = reloads.recv() => {
                 let _ = sd_notify::notify(&[
                     sd_notify::NotifyState::Reloading,
@@ -410,6 +421,7 @@ async fn run_instance(
                 let topic = msg.topic.clone();
                 if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sup.route(msg))).is_err() {
                     supervise::TASK_RESTARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    crate::metrics::get().task_restarts.inc();
                     tracing::error!(task = "command router", %topic, "the router panicked on a message; it goes on with the next one");
                 }
             }
@@ -428,7 +440,32 @@ async fn run_instance(
     Ok(outcome)
 }
 
+/// How often the health verdict (`/healthz`, `dockside health`) is renewed.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+
 impl Supervisor {
+    /// Healthy: connected to the broker, and the MQTT loop and every endpoint
+    /// task alive (an unreachable engine is reported, not a fault of ours).
+    fn health(&self, mqtt_live: &Liveness) -> crate::metrics::Health {
+        use crate::metrics::Health;
+        if !mqtt_live.is_alive() {
+            return Health::Unhealthy("the MQTT task is restarting".into());
+        }
+        if crate::metrics::get().mqtt_connected.get() != 1 {
+            return Health::Unhealthy("not connected to the MQTT broker".into());
+        }
+        let down: Vec<&str> = self
+            .endpoints
+            .iter()
+            .filter(|(_, h)| !h.liveness.is_alive())
+            .map(|(id, _)| id.as_str())
+            .collect();
+        if !down.is_empty() {
+            return Health::Unhealthy(format!("endpoint task restarting: {}", down.join(", ")));
+        }
+        Health::Ok
+    }
+
     fn start(&mut self, id: String, spec: EndpointSpec, source: Option<String>, restarted: bool) {
         let token = CancellationToken::new();
         let (commands, cmd_rx) = mpsc::channel(ENDPOINT_COMMAND_QUEUE);
