@@ -284,6 +284,46 @@ impl Discovery {
                        "state_class": "measurement", "entity_category": "diagnostic", "icon": "mdi:server-network"}),
             ),
         ];
+        // SPEC §12: is dockside keeping up?
+        for (key, name, field, icon) in [
+            (
+                "endpoints_connected",
+                "Endpoints connected",
+                "endpoints_connected",
+                "mdi:lan-connect",
+            ),
+            (
+                "events_per_minute",
+                "Events per minute",
+                "events_per_minute",
+                "mdi:pulse",
+            ),
+            (
+                "outbox_depth",
+                "Outbox depth",
+                "outbox_depth",
+                "mdi:tray-full",
+            ),
+            (
+                "broker_reconnects",
+                "Broker reconnects",
+                "broker_reconnects",
+                "mdi:connection",
+            ),
+        ] {
+            let mut cfg = json!({"state_topic": t.bridge_info(),
+                   "value_template": format!("{{{{ value_json.{field} if value_json.{field} is number else 'None' }}}}"),
+                   "entity_category": "diagnostic", "icon": icon});
+            cfg["state_class"] = json!(if key == "broker_reconnects" {
+                "total_increasing"
+            } else {
+                "measurement"
+            });
+            if key == "events_per_minute" {
+                cfg["unit_of_measurement"] = json!("events/min");
+            }
+            entities.push(self.entity(&id, key, "sensor", name, cfg));
+        }
         entities.extend(self.scope_buttons(&id, &t.bridge_set()));
         let mut shared = self.availability(None);
         shared.insert("qos".into(), json!(self.qos));
@@ -1232,11 +1272,25 @@ mod tests {
             }
         }
         let bridge = d.bridge();
-        let info = json!({"version":"0.1.0","started_at":"x","endpoints":["a","b"]});
+        let info = json!({"version":"0.1.0","started_at":"x","endpoints":["a","b"],
+            "endpoints_connected":1,"events_per_minute":42,"outbox_depth":0,"broker_reconnects":3});
+        let old = json!({"version":"0.1.0","started_at":"x","endpoints":["a","b"]});
         for e in &bridge.entities {
             if let Some(tpl) = e.config.get("value_template").and_then(Value::as_str) {
                 let out = render(tpl, &info);
-                assert!(out == "0.1.0" || out == "2", "{}: {out}", e.id);
+                let want = match e.id {
+                    "version" => "0.1.0",
+                    "endpoints" => "2",
+                    "endpoints_connected" => "1",
+                    "events_per_minute" => "42",
+                    "outbox_depth" => "0",
+                    "broker_reconnects" => "3",
+                    other => panic!("unexpected {other}"),
+                };
+                assert_eq!(out, want, "{}", e.id);
+                // An info from before the diagnostics: `None`, never an error.
+                let out = render(tpl, &old);
+                assert!(!out.is_empty(), "{}", e.id);
             }
         }
     }

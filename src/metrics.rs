@@ -51,6 +51,10 @@ pub struct Metrics {
     pub stats_calls: Counter,
     pub task_restarts: Counter,
     health: Mutex<Health>,
+    /// Events received, all endpoints (for the bridge's events per minute).
+    pub events_total: std::sync::atomic::AtomicU64,
+    /// Reconnects since the process started (the counter above is the same).
+    pub reconnects_total: std::sync::atomic::AtomicU64,
     registries_seen: Mutex<std::collections::HashSet<String>>,
 }
 
@@ -90,6 +94,8 @@ impl Metrics {
             stats_calls: Counter::default(),
             task_restarts: Counter::default(),
             health: Mutex::new(Health::default()),
+            events_total: Default::default(),
+            reconnects_total: Default::default(),
             registries_seen: Mutex::default(),
         };
         let mut m = m;

@@ -223,6 +223,13 @@ pub struct BridgeInfo {
     pub version: &'static str,
     pub started_at: String,
     pub endpoints: Vec<String>,
+    /// SPEC §12 diagnostics: endpoints whose engine is reachable now,
+    pub endpoints_connected: usize,
+    /// Docker events received over the last minute (all endpoints),
+    pub events_per_minute: u64,
+    /// messages waiting for the broker, and reconnects since start.
+    pub outbox_depth: i64,
+    pub broker_reconnects: u64,
 }
 
 /// RFC 3339 UTC with nanoseconds from Unix nanoseconds.

@@ -634,6 +634,19 @@ include = ["{}-*"]
         .await;
     ha.wait_state(&ent("sensor", &web, "state"), "running")
         .await;
+    // The bridge's diagnostics (SPEC §12).
+    ha.wait_state("sensor.dockside_endpoints_connected", "1")
+        .await;
+    ha.wait_state("sensor.dockside_outbox_depth", "0").await;
+    ha.wait_state("sensor.dockside_broker_reconnects", "0")
+        .await;
+    let epm = ha.wait_available("sensor.dockside_events_per_minute").await;
+    assert!(
+        epm["state"]
+            .as_str()
+            .is_some_and(|s| s.parse::<u64>().is_ok()),
+        "{epm}"
+    );
     let before = inspect(&web, "{{.State.StartedAt}}");
     ha.wait_available(&ent("button", &web, "restart")).await;
     ha.call("button", "press", &ent("button", &web, "restart"))

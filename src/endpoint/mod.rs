@@ -364,6 +364,7 @@ impl Endpoint {
         m.events_received
             .get_or_create(&crate::metrics::Metrics::endpoint(&self.id))
             .inc();
+        m.events_total.fetch_add(1, Ordering::Relaxed);
         let is_container = ev.kind == "container";
         let visible = if is_container {
             self.container_visible(&ev)

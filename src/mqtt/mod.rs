@@ -228,6 +228,7 @@ impl MqttTask {
                         m.mqtt_connected.set(1);
                         if !first_connect {
                             m.mqtt_reconnects.inc();
+                            m.reconnects_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                         let _ = client.try_publish(topics.bridge_status(), qos, true, "online");
                         for s in &subscriptions {

@@ -129,6 +129,11 @@ struct Supervisor {
     birth_topic: Option<String>,
     /// A birth-triggered republish is waiting for its random delay.
     birth_pending: Arc<std::sync::atomic::AtomicBool>,
+    /// (when, events received so far): the last minute, for events per minute.
+    events_window: std::collections::VecDeque<(tokio::time::Instant, u64)>,
+    ticks: u64,
+    /// The bridge info last published (diagnostics go out when they change).
+    last_info: Option<Vec<u8>>,
 }
 
 fn settings(
@@ -359,6 +364,9 @@ async fn run_instance(
             .enabled
             .then(|| config.homeassistant.birth_topic()),
         birth_pending: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        events_window: std::collections::VecDeque::new(),
+        ticks: 0,
+        last_info: None,
     };
     // Parents before children: the bridge device goes out before any endpoint's.
     sup.publish_bridge_device();
@@ -386,7 +394,12 @@ async fn run_instance(
     let outcome = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Outcome::Shutdown,
-            _ = health_tick.tick() => crate::metrics::get().set_health(sup.health(&mqtt_live)),
+            _ = health_tick.tick() => {
+                crate::metrics::get().set_health(sup.health(&mqtt_live));
+                if sup.diagnostics_due() {
+                    sup.publish_info();
+                }
+            }
             Some(new) = reloads.recv() => {
                 let _ = sd_notify::notify(&[
                     sd_notify::NotifyState::Reloading,
@@ -412,6 +425,7 @@ async fn run_instance(
             }
             Ok(()) = resync.changed() => {
                 sup.publish_bridge_device();
+                sup.last_info = None; // the broker may have lost it
                 sup.publish_info();
             }
             Some(msg) = inbound.recv() => {
@@ -442,6 +456,8 @@ async fn run_instance(
 
 /// How often the health verdict (`/healthz`, `dockside health`) is renewed.
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
+/// The bridge's diagnostics on `<base>/info`: every this many health ticks.
+const DIAGNOSTICS_EVERY: u64 = 5;
 
 impl Supervisor {
     /// Healthy: connected to the broker, and the MQTT loop and every endpoint
@@ -743,17 +759,58 @@ impl Supervisor {
         }
     }
 
-    fn publish_info(&self) {
+    fn publish_info(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
         let topics = &self.settings.topics;
+        let m = crate::metrics::get();
+        let events_per_minute = self
+            .events_window
+            .front()
+            .map(|(_, first)| m.events_total.load(Relaxed).saturating_sub(*first))
+            .unwrap_or(0);
         let info = BridgeInfo {
             version: env!("CARGO_PKG_VERSION"),
             started_at: self.started_at.clone(),
             endpoints: self.endpoints.keys().cloned().collect(),
+            endpoints_connected: self
+                .endpoints
+                .keys()
+                .filter(|ep| {
+                    m.endpoint_up
+                        .get(&crate::metrics::Metrics::endpoint(ep))
+                        .is_some_and(|g| g.get() == 1)
+                })
+                .count(),
+            events_per_minute,
+            outbox_depth: m.outbox_depth.get(),
+            broker_reconnects: m.reconnects_total.load(Relaxed),
         };
         match serde_json::to_vec(&info) {
-            Ok(p) => self.mqtt.outbox.retain(topics.bridge_info(), p),
+            Ok(p) if self.last_info.as_deref() != Some(&p[..]) => {
+                self.mqtt.outbox.retain(topics.bridge_info(), p.clone());
+                self.last_info = Some(p);
+            }
+            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot encode bridge info"),
         }
+    }
+
+    /// Samples the event count every second (a minute kept) and says when the
+    /// bridge's diagnostics are due (every 5 s; sent only when they changed).
+    fn diagnostics_due(&mut self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = tokio::time::Instant::now();
+        self.events_window
+            .push_back((now, crate::metrics::get().events_total.load(Relaxed)));
+        while self
+            .events_window
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(60))
+        {
+            self.events_window.pop_front();
+        }
+        self.ticks += 1;
+        self.ticks.is_multiple_of(DIAGNOSTICS_EVERY)
     }
 
     fn publish_bridge_device(&self) {
