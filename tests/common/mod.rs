@@ -127,15 +127,23 @@ pub struct Broker {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// More mosquitto.conf lines (a bridge).
+    extra: String,
 }
 
 impl Broker {
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// A broker whose mosquitto.conf has these lines too.
+    pub fn start_with(extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut b = Self {
             port: free_port(),
             dir,
             child: None,
+            extra: extra.to_string(),
         };
         b.spawn();
         b
@@ -146,8 +154,8 @@ impl Broker {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n",
-                self.port
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n{}\n",
+                self.port, self.extra
             ),
         )
         .expect("write mosquitto.conf");
