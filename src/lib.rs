@@ -11,6 +11,7 @@ pub mod docker;
 pub mod embedded;
 pub mod endpoint;
 pub mod filter;
+pub mod health_socket;
 pub mod history;
 pub mod homeassistant;
 pub mod http;

@@ -18,6 +18,8 @@ USAGE:
                                             run the daemon (--embedded-broker: with its own
                                             MQTT broker on 127.0.0.1:1883, mqtt.embedded)
     dockside [--config PATH] check-config   print the effective config (secrets redacted)
+    dockside [--config PATH] health         is the running instance (same state.dir) healthy?
+                                            exit 0 / 1, one line saying why
     dockside --version | --help
 
 The config file is --config PATH, else $DOCKSIDE_CONFIG, else /etc/dockside/dockside.toml
@@ -26,6 +28,7 @@ when it exists; every key can be overridden with DOCKSIDE__<SECTION>__<KEY>.";
 enum Command {
     Run,
     CheckConfig,
+    Health,
 }
 
 struct Args {
@@ -58,6 +61,7 @@ fn parse_args() -> Result<Args, String> {
             "--embedded-broker" => embedded_broker = true,
             "run" if command.is_none() => command = Some(Command::Run),
             "check-config" if command.is_none() => command = Some(Command::CheckConfig),
+            "health" if command.is_none() => command = Some(Command::Health),
             other => return Err(format!("unexpected argument `{other}`")),
         }
     }
@@ -97,9 +101,21 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    if let Command::CheckConfig = command {
-        print!("{}", cfg.redacted_toml());
-        return ExitCode::SUCCESS;
+    match command {
+        Command::CheckConfig => {
+            print!("{}", cfg.redacted_toml());
+            return ExitCode::SUCCESS;
+        }
+        Command::Health => {
+            let (ok, line) = dockside::health_socket::check(&cfg.state.dir);
+            println!("{line}");
+            return if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+        Command::Run => {}
     }
     logging::init(&cfg.log);
 

@@ -91,6 +91,11 @@ pub async fn run(
     if let Some(addr) = config.http.socket_addr()? {
         crate::status_server::start(addr, shutdown.clone()).await?;
     }
+    // `dockside health` asks here; the state dir is checked (exit 73) first.
+    StateDir::open(&config.state.dir)?;
+    if let Err(e) = crate::health_socket::serve(&config.state.dir, shutdown.clone()) {
+        tracing::warn!(error = %e, "no health socket: `dockside health` cannot ask this instance");
+    }
     loop {
         match run_instance(&config, &started_at, &shutdown, &mut reloads).await? {
             Outcome::Shutdown => return Ok(()),
@@ -386,7 +391,11 @@ async fn run_instance(
         keep: sup.endpoints.keys().cloned().collect(),
         keep_prefixes: config.portainer.keys().map(|k| format!("{k}-")).collect(),
     });
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    // READY=1 once the states are on the broker (SPEC §11): see `settled`.
+    let mut ready = false;
+    let ready_by = tokio::time::Instant::now() + READY_AT_MOST;
+    let mut ready_tick = tokio::time::interval(Duration::from_millis(50));
+    let watchdog = sd_notify::watchdog_enabled().is_some();
 
     let mut current = config.clone();
     let mut resync = mqtt.resync_signal();
@@ -394,8 +403,30 @@ async fn run_instance(
     let outcome = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Outcome::Shutdown,
+            _ = ready_tick.tick(), if !ready => {
+                let settled = sup.settled();
+                if settled || tokio::time::Instant::now() >= ready_by {
+                    ready = true;
+                    let status = if settled {
+                        format!("mirroring {} endpoint(s)", sup.endpoints.len())
+                    } else {
+                        tracing::warn!("ready without a broker or an engine answering: still retrying");
+                        "started; waiting for the broker or an engine (see the log)".to_string()
+                    };
+                    let _ = sd_notify::notify(&[
+                        sd_notify::NotifyState::Ready,
+                        sd_notify::NotifyState::Status(&status),
+                    ]);
+                }
+            }
             _ = health_tick.tick() => {
-                crate::metrics::get().set_health(sup.health(&mqtt_live));
+                let health = sup.health(&mqtt_live);
+                // The watchdog is fed only while our own tasks run (a broker
+                // outage is not a reason for systemd to kill us).
+                if watchdog && sup.tasks_alive(&mqtt_live) {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+                crate::metrics::get().set_health(health);
                 if sup.diagnostics_due() {
                     sup.publish_info();
                 }
@@ -454,6 +485,9 @@ async fn run_instance(
     Ok(outcome)
 }
 
+/// systemd gets READY=1 by then even if the broker or an engine does not
+/// answer (it would kill a unit that never gets ready; dockside retries).
+const READY_AT_MOST: Duration = Duration::from_secs(30);
 /// How often the health verdict (`/healthz`, `dockside health`) is renewed.
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
 /// The bridge's diagnostics on `<base>/info`: every this many health ticks.
@@ -480,6 +514,24 @@ impl Supervisor {
             return Health::Unhealthy(format!("endpoint task restarting: {}", down.join(", ")));
         }
         Health::Ok
+    }
+
+    /// The broker is connected, every endpoint has synced or failed once,
+    /// and what they had to say has left the outbox.
+    fn settled(&self) -> bool {
+        let m = crate::metrics::get();
+        m.mqtt_connected.get() == 1
+            && m.outbox_depth.get() == 0
+            && self.endpoints.keys().all(|ep| {
+                m.endpoint_up
+                    .get(&crate::metrics::Metrics::endpoint(ep))
+                    .is_some()
+            })
+    }
+
+    /// The MQTT loop and every endpoint task run (not waiting for a restart).
+    fn tasks_alive(&self, mqtt_live: &Liveness) -> bool {
+        mqtt_live.is_alive() && self.endpoints.values().all(|h| h.liveness.is_alive())
     }
 
     fn start(&mut self, id: String, spec: EndpointSpec, source: Option<String>, restarted: bool) {
