@@ -213,15 +213,26 @@ impl History {
 mod tests {
     use super::*;
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn begin_is_interrupted_until_finished_and_survives_a_reload() {
         let tmp = tempfile::tempdir().expect("tmp");
         let dir = StateDir::open(tmp.path()).expect("dir");
         let mut h = History::load(Some(dir.clone()), "local");
         let id = h.begin("app", "update");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        // Saves run in the background: wait for this one (slow disks, busy CI).
+        let on_disk = |want: &dyn Fn(&History) -> bool| {
+            let dir = dir.clone();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let h = History::load(Some(dir.clone()), "local");
+                if want(&h) || std::time::Instant::now() > deadline {
+                    return h;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        };
         // Killed here: the next start sees a failed operation, with why.
-        let h2 = History::load(Some(dir.clone()), "local");
+        let h2 = on_disk(&|h| h.get("app").is_some());
         let e = &h2.get("app").expect("entry")[0];
         assert_eq!(e.status, "failed");
         assert_eq!(e.error.as_deref(), Some(INTERRUPTED));
@@ -243,8 +254,13 @@ mod tests {
         }
         assert_eq!(h.get("app").map(|l| l.len()), Some(KEEP));
         assert!(h.last_update("app").is_none(), "older than the last 10");
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        let h3 = History::load(Some(dir), "local");
+        let h3 = on_disk(&|h| {
+            h.get("app").is_some_and(|l| {
+                l.len() == KEEP
+                    && l.iter()
+                        .all(|e| e.action == "rollback" && e.finished_at.is_some())
+            })
+        });
         assert_eq!(h3.get("app").map(|l| l.len()), Some(KEEP));
         assert_eq!(h3.get("app").expect("l")[0].action, "rollback");
         let v: serde_json::Value = serde_json::from_slice(&h3.payload("app")).expect("json");
