@@ -41,5 +41,6 @@ DOCKERFILE
   echo "test-env: built dockside-test/busybox:latest"
 fi
 # Home Assistant for the discovery end-to-end test (tests/homeassistant.rs).
+"$here/systemd-image.sh"
 "$here/ha/install.sh"
 echo "test-env: ready (docker $(docker version -f '{{.Server.Version}}' 2>/dev/null), $(mosquitto -h 2>/dev/null | head -1))"

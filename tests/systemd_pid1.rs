@@ -1,0 +1,358 @@
+//! dockside under a real systemd as PID 1 (SPEC §11), installed from the
+//! repository's own unit: `systemctl start` returns once the states are on
+//! the broker; `systemctl reload` applies a changed filter; a hung dockside
+//! is killed and restarted by the watchdog; `systemctl stop` leaves
+//! `offline` and exits 0; a bad config exits 64 and is not restarted; the
+//! state directory survives restarts (an event missed while stopped is
+//! delivered once). The systemd root comes from scripts/systemd-image.sh.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const T: Duration = Duration::from_secs(60);
+const SYSTEMD_IMAGE: &str = "dockside-test/systemd:bookworm";
+
+/// A container running systemd as PID 1, removed when dropped.
+struct Machine {
+    name: String,
+}
+
+impl Machine {
+    fn start() -> Self {
+        let ok = Command::new("docker")
+            .args(["image", "inspect", SYSTEMD_IMAGE])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            ok,
+            "{SYSTEMD_IMAGE} is missing: run scripts/test-env.sh (scripts/systemd-image.sh)"
+        );
+        let name = unique("dssd");
+        // --privileged fails on this engine: every capability the engine
+        // itself holds, instead.
+        let dockerd = Command::new("pidof")
+            .arg("dockerd")
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .unwrap_or_default();
+        let bnd = std::fs::read_to_string(format!("/proc/{}/status", dockerd.trim()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("CapBnd:"))
+                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            })
+            .unwrap_or(u64::MAX);
+        const CAPS: [&str; 41] = [
+            "CHOWN",
+            "DAC_OVERRIDE",
+            "DAC_READ_SEARCH",
+            "FOWNER",
+            "FSETID",
+            "KILL",
+            "SETGID",
+            "SETUID",
+            "SETPCAP",
+            "LINUX_IMMUTABLE",
+            "NET_BIND_SERVICE",
+            "NET_BROADCAST",
+            "NET_ADMIN",
+            "NET_RAW",
+            "IPC_LOCK",
+            "IPC_OWNER",
+            "SYS_MODULE",
+            "SYS_RAWIO",
+            "SYS_CHROOT",
+            "SYS_PTRACE",
+            "SYS_PACCT",
+            "SYS_ADMIN",
+            "SYS_BOOT",
+            "SYS_NICE",
+            "SYS_RESOURCE",
+            "SYS_TIME",
+            "SYS_TTY_CONFIG",
+            "MKNOD",
+            "LEASE",
+            "AUDIT_WRITE",
+            "AUDIT_CONTROL",
+            "SETFCAP",
+            "MAC_OVERRIDE",
+            "MAC_ADMIN",
+            "SYSLOG",
+            "WAKE_ALARM",
+            "BLOCK_SUSPEND",
+            "AUDIT_READ",
+            "PERFMON",
+            "BPF",
+            "CHECKPOINT_RESTORE",
+        ];
+        let mut args: Vec<String> = [
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--cap-add",
+            "ALL",
+            "--security-opt",
+            "seccomp=unconfined",
+            "--tmpfs",
+            "/run",
+            "--tmpfs",
+            "/run/lock",
+            "--tmpfs",
+            "/tmp",
+            "-e",
+            "container=docker",
+            "--stop-signal",
+            "SIGRTMIN+3",
+            "--network",
+            "host",
+            "-v",
+            "/var/run/docker.sock:/var/run/docker.sock",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for (bit, cap) in CAPS.iter().enumerate() {
+            if bnd & (1 << bit) == 0 {
+                args.extend(["--cap-drop".into(), cap.to_string()]);
+            }
+        }
+        if !std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            args.extend([
+                "--cgroupns".into(),
+                "host".into(),
+                "-v".into(),
+                "/sys/fs/cgroup:/sys/fs/cgroup:rw".into(),
+            ]);
+        }
+        args.extend([SYSTEMD_IMAGE.into(), "/sbin/init".into()]);
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        docker(&argv);
+        let m = Self { name };
+        let deadline = Instant::now() + T;
+        loop {
+            let s = m.exec_out(&["systemctl", "is-system-running"]);
+            if s.starts_with("running") || s.starts_with("degraded") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "systemd did not come up: {s}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        m
+    }
+
+    fn exec_out(&self, cmd: &[&str]) -> String {
+        let out = Command::new("docker")
+            .args(["exec", &self.name])
+            .args(cmd)
+            .output()
+            .expect("docker exec");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn exec(&self, cmd: &[&str]) -> (bool, String) {
+        let out = Command::new("docker")
+            .args(["exec", &self.name])
+            .args(cmd)
+            .output()
+            .expect("docker exec");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    fn write(&self, path: &str, content: &str) {
+        let local = tempfile::NamedTempFile::new().expect("tmp");
+        std::fs::write(local.path(), content).expect("write");
+        let dir = std::path::Path::new(path)
+            .parent()
+            .expect("dir")
+            .display()
+            .to_string();
+        self.exec(&["mkdir", "-p", &dir]);
+        docker(&[
+            "cp",
+            &local.path().display().to_string(),
+            &format!("{}:{path}", self.name),
+        ]);
+        self.exec(&["chmod", "0644", path]);
+    }
+
+    fn show(&self, prop: &str) -> String {
+        self.exec_out(&["systemctl", "show", "-p", prop, "--value", "dockside"])
+    }
+
+    fn journal(&self) -> String {
+        self.exec_out(&["journalctl", "-u", "dockside", "--no-pager", "-n", "80"])
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- journal ----\n{}", self.journal());
+        }
+        docker_quiet(&["rm", "-f", &self.name]);
+    }
+}
+
+fn config(broker: &Broker, base: &str, include: &str) -> String {
+    format!(
+        "[mqtt]\nurl = \"{}\"\nbase_topic = \"{base}\"\n[containers]\ninclude = [{include}]\nremoval_grace = \"2s\"\n[homeassistant]\nenabled = false\n",
+        broker.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_real_systemd() {
+    let broker = Broker::start();
+    let ct = Containers::new(&unique("dssu"));
+    let (a, b) = (ct.name("a"), ct.name("b"));
+    run_sleeper(&a, IMAGE, &[]);
+    run_sleeper(&b, IMAGE, &[]);
+    let base = unique("t");
+    let m = Machine::start();
+
+    // Installed as the README says, from the repository's files.
+    docker(&[
+        "cp",
+        env!("CARGO_BIN_EXE_dockside"),
+        &format!("{}:/usr/local/bin/dockside", m.name),
+    ]);
+    let unit =
+        std::fs::read_to_string(project_dir().join("systemd/dockside.service")).expect("unit");
+    m.write("/etc/systemd/system/dockside.service", &unit);
+    // The test only: a short watchdog, so the hang below is caught quickly.
+    m.write(
+        "/etc/systemd/system/dockside.service.d/test.conf",
+        "[Service]\nWatchdogSec=3\n",
+    );
+    // Keeps the unit loaded after a clean stop (to read how it exited).
+    m.write(
+        "/etc/systemd/system/hold.target",
+        "[Unit]\nWants=dockside.service\n",
+    );
+    let gid = std::fs::metadata("/var/run/docker.sock").map(|md| {
+        use std::os::unix::fs::MetadataExt;
+        md.gid()
+    });
+    let gid = gid.expect("socket").to_string();
+    m.exec(&["groupadd", "-g", &gid, "docker"]);
+    m.write(
+        "/etc/dockside/dockside.toml",
+        &config(&broker, &base, &format!("\"{a}\"")),
+    );
+    m.exec(&["systemctl", "daemon-reload"]);
+    m.exec(&["systemctl", "start", "hold.target"]);
+
+    let c = Collector::start(broker.port, &format!("{base}/#")).await;
+    let (ok, out) = m.exec(&["systemctl", "restart", "dockside"]);
+    assert!(ok, "systemctl start: {out}\n{}", m.journal());
+    // Returned only after READY: the state is on the broker already.
+    let snap = retained_snapshot(broker.port, &format!("{base}/#")).await;
+    assert!(
+        snap.contains_key(&format!("{base}/local/{a}/state")),
+        "state not there at READY: {:?}",
+        snap.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(m.show("ActiveState"), "active");
+    // `dockside health` finds the running instance through state.dir.
+    let (ok, health) = m.exec(&[
+        "/usr/local/bin/dockside",
+        "--config",
+        "/etc/dockside/dockside.toml",
+        "health",
+    ]);
+    assert!(ok && health.trim() == "ok", "dockside health: {health}");
+
+    // Reload applies a changed filter.
+    m.write(
+        "/etc/dockside/dockside.toml",
+        &config(&broker, &base, &format!("\"{a}\", \"{b}\"")),
+    );
+    let (ok, out) = m.exec(&["systemctl", "reload", "dockside"]);
+    assert!(ok, "reload: {out}");
+    c.wait_state(&format!("{base}/local/{b}/state"), T, |s| {
+        s["running"] == true
+    })
+    .await;
+    assert_eq!(m.show("ActiveState"), "active");
+
+    // A hung dockside: the watchdog kills it and systemd starts it again.
+    let pid = m.show("MainPID");
+    m.exec(&["kill", "-STOP", &pid]);
+    let deadline = Instant::now() + T;
+    loop {
+        let now = m.show("MainPID");
+        if now != pid && now != "0" && m.show("ActiveState") == "active" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not restarted after a hang (MainPID {now})\n{}",
+            m.journal()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(m.journal().contains("Watchdog timeout"), "{}", m.journal());
+
+    // Stop: offline retained, exit 0. A container stops meanwhile...
+    let (ok, out) = m.exec(&["systemctl", "stop", "dockside"]);
+    assert!(ok, "stop: {out}");
+    assert_eq!(m.show("ExecMainStatus"), "0", "{}", m.journal());
+    let snap = retained_snapshot(broker.port, &format!("{base}/status")).await;
+    assert_eq!(
+        snap.get(&format!("{base}/status")).map(|p| &p[..]),
+        Some(&b"offline"[..])
+    );
+    c.clear();
+    docker(&["stop", "-t", "0", &a]);
+    // ...and its events come once at the next start (the state dir survived).
+    m.exec(&["systemctl", "start", "dockside"]);
+    let events = format!("{base}/local/events");
+    let id = docker(&["inspect", "-f", "{{.Id}}", &a]);
+    c.wait_until("the missed die", T, |all| {
+        all.iter().any(|m| {
+            m.topic == events && m.json()["action"] == "die" && m.json()["id"] == id.as_str()
+        })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let dies = c
+        .on(&events)
+        .iter()
+        .filter(|m| m.json()["action"] == "die" && m.json()["id"] == id.as_str())
+        .count();
+    assert_eq!(dies, 1, "missed event delivered once");
+
+    // A bad config: exit 64, and no restart loop.
+    let restarts = m.show("NRestarts");
+    m.write("/etc/dockside/dockside.toml", "[mqtt]\nqos = 9\n");
+    let (ok, _) = m.exec(&["systemctl", "restart", "dockside"]);
+    assert!(!ok, "a bad config must fail the start");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(m.show("ExecMainStatus"), "64", "{}", m.journal());
+    assert_eq!(
+        m.show("NRestarts"),
+        restarts,
+        "restarted in a loop\n{}",
+        m.journal()
+    );
+    assert_ne!(m.show("ActiveState"), "active");
+}
