@@ -16,6 +16,8 @@ command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v socat >/dev/null || need+=(socat)
 command -v openssl >/dev/null || need+=(openssl)
 command -v promtool >/dev/null || need+=(prometheus)
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v musl-gcc >/dev/null || need+=(musl-tools)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test-env: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

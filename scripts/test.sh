@@ -7,5 +7,7 @@ cd "$(dirname "$0")/.."
 scripts/test-env.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
+# The sidecar image the tests run (tests/sidecar.rs): the Dockerfile, built without pulls.
+scripts/build-image.sh
 cargo test --all-targets -- --test-threads=2
 DOCKSIDE_SOAK_SECS=180 cargo test --test soak -- --ignored --nocapture
