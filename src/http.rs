@@ -11,6 +11,23 @@ pub fn ensure_tls_provider() {
 }
 
 /// `reqwest::Client::builder()` with the crypto provider in place.
+/// The roots TLS trusts unless a `ca_file` says otherwise: the platform's
+/// store (`SSL_CERT_FILE`, `SSL_CERT_DIR`, the distribution's bundle), and
+/// the bundled Mozilla roots when the platform has none.
+pub fn platform_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        tracing::debug!(error = %e, "platform trust store");
+    }
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        tracing::info!("no platform trust store: using the bundled Mozilla roots");
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    roots
+}
+
 pub fn client_builder() -> reqwest::ClientBuilder {
     ensure_tls_provider();
     reqwest::Client::builder()

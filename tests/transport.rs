@@ -217,4 +217,38 @@ async fn broker_over_mqtts_with_a_custom_ca() {
     .await;
     c.wait_latest(&format!("{base}/status"), T, |m| m.text() == "online")
         .await;
+
+    // No ca_file: the platform's trust store decides. A CA that is only in
+    // the store (SSL_CERT_FILE, as OpenSSL and rustls-native-certs read it)
+    // is trusted; without it the same broker is refused.
+    for (trusted, env) in [
+        (
+            true,
+            vec![("SSL_CERT_FILE", format!("{}/ca.pem", d.display()))],
+        ),
+        (false, vec![]),
+    ] {
+        let sub = tempfile::tempdir().expect("tmp");
+        let base = unique("t");
+        let cfg = format!(
+            "[mqtt]\nurl = \"mqtts://localhost:{tls}\"\nbase_topic = \"{base}\"\n[state]\ndir = \"{0}/s\"\n[containers]\ninclude = [\"{1}-*\"]\n",
+            sub.path().display(),
+            ct.prefix
+        );
+        let c = Collector::start(plain, &format!("{base}/#")).await;
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let ds = Dockside::start_with_env(sub.path(), &cfg, &env);
+        if trusted {
+            c.wait_latest(&format!("{base}/status"), T, |m| m.text() == "online")
+                .await;
+        } else {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            assert!(
+                c.on(&format!("{base}/status")).is_empty(),
+                "connected without trusting the CA"
+            );
+            let log = ds.log_text();
+            assert!(log.to_lowercase().contains("certificate"), "{log}");
+        }
+    }
 }

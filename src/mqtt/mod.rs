@@ -46,6 +46,8 @@ pub enum MqttError {
         path: String,
         err: std::io::Error,
     },
+    #[error("mqtt: TLS set-up: {0}")]
+    Tls(String),
 }
 
 /// A message that arrived on one of our subscriptions (commands, HA birth).
@@ -157,26 +159,58 @@ fn options(cfg: &Config) -> Result<MqttOptions, MqttError> {
         o.set_credentials(user.clone(), cfg.mqtt.password.clone().unwrap_or_default());
     }
     if addr.tls {
-        crate::http::ensure_tls_provider();
-        // Never rumqttc's default TLS config: it panics when platform roots fail to load.
-        let ca = match &cfg.mqtt.ca_file {
-            Some(p) => read("ca_file", p)?,
-            None => read(
-                "system CA bundle",
-                std::path::Path::new("/etc/ssl/certs/ca-certificates.crt"),
-            )?,
-        };
-        let client_auth = match (&cfg.mqtt.client_cert, &cfg.mqtt.client_key) {
-            (Some(c), Some(k)) => Some((read("client_cert", c)?, read("client_key", k)?)),
-            _ => None,
-        };
-        o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
-            ca,
-            alpn: None,
-            client_auth,
-        }));
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            std::sync::Arc::new(tls_config(cfg)?),
+        )));
     }
     Ok(o)
+}
+
+/// TLS to the broker: `mqtt.ca_file` alone when set, else the platform's
+/// roots (`http::platform_roots`); a client certificate when configured.
+fn tls_config(cfg: &Config) -> Result<rustls::ClientConfig, MqttError> {
+    crate::http::ensure_tls_provider();
+    let bad = |what: &'static str, path: &std::path::Path, m: String| MqttError::File {
+        what,
+        path: path.display().to_string(),
+        err: std::io::Error::new(std::io::ErrorKind::InvalidData, m),
+    };
+    let roots = match &cfg.mqtt.ca_file {
+        Some(p) => {
+            let pem = read("ca_file", p)?;
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pemfile::certs(&mut &pem[..]) {
+                let c = c.map_err(|e| bad("ca_file", p, e.to_string()))?;
+                roots.add(c).map_err(|e| bad("ca_file", p, e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(bad("ca_file", p, "no certificate in it".into()));
+            }
+            roots
+        }
+        None => crate::http::platform_roots(),
+    };
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| MqttError::Tls(e.to_string()))?
+        .with_root_certificates(roots);
+    match (&cfg.mqtt.client_cert, &cfg.mqtt.client_key) {
+        (Some(c), Some(k)) => {
+            let pem = read("client_cert", c)?;
+            let certs: Vec<_> = rustls_pemfile::certs(&mut &pem[..])
+                .collect::<Result<_, _>>()
+                .map_err(|e| bad("client_cert", c, e.to_string()))?;
+            let pem = read("client_key", k)?;
+            let key = rustls_pemfile::private_key(&mut &pem[..])
+                .map_err(|e| bad("client_key", k, e.to_string()))?
+                .ok_or_else(|| bad("client_key", k, "no private key in it".into()))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| MqttError::Tls(e.to_string()))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
 }
 
 fn valid_publish_topic(t: &str) -> bool {
