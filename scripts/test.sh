@@ -9,5 +9,6 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 # The sidecar image the tests run (tests/sidecar.rs): the Dockerfile, built without pulls.
 scripts/build-image.sh
+scripts/check-aarch64.sh
 cargo test --all-targets -- --test-threads=2
 DOCKSIDE_SOAK_SECS=180 cargo test --test soak -- --ignored --nocapture
