@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{self, Health};
+use crate::metrics;
 
 pub const SOCKET: &str = "health.sock";
 
@@ -29,10 +29,7 @@ pub fn serve(state_dir: &Path, shutdown: CancellationToken) -> std::io::Result<(
                 _ = shutdown.cancelled() => break,
                 r = listener.accept() => match r {
                     Ok((mut s, _)) => {
-                        let line = match metrics::get().health() {
-                            Health::Ok => "ok\n".to_string(),
-                            Health::Unhealthy(why) => format!("unhealthy: {why}\n"),
-                        };
+                        let line = format!("{}\n", metrics::get().health().line());
                         tokio::spawn(async move {
                             let _ = tokio::time::timeout(Duration::from_secs(1), s.write_all(line.as_bytes())).await;
                         });
@@ -65,7 +62,9 @@ pub fn check(state_dir: &Path) -> (bool, String) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
     let mut line = String::new();
     match s.read_to_string(&mut line) {
-        Ok(_) if line.trim() == "ok" => (true, "ok".into()),
+        Ok(_) if line.trim() == "ok" || line.starts_with("ok; ") => {
+            (true, line.trim().chars().take(300).collect())
+        }
         Ok(_) if !line.trim().is_empty() => (false, line.trim().chars().take(300).collect()),
         Ok(_) => (false, "unhealthy: no answer from dockside".into()),
         Err(e) => (false, format!("unhealthy: dockside did not answer ({e})")),

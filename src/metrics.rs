@@ -62,7 +62,25 @@ pub struct Metrics {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
     Ok,
+    /// Healthy, with something the user should know (an engine unreachable:
+    /// dockside reports it, so it is not dockside's own fault).
+    OkBut(String),
     Unhealthy(String),
+}
+
+impl Health {
+    pub fn is_ok(&self) -> bool {
+        !matches!(self, Health::Unhealthy(_))
+    }
+
+    /// The one line `/healthz` and `dockside health` print.
+    pub fn line(&self) -> String {
+        match self {
+            Health::Ok => "ok".into(),
+            Health::OkBut(note) => format!("ok; {note}"),
+            Health::Unhealthy(why) => format!("unhealthy: {why}"),
+        }
+    }
 }
 
 impl Default for Health {

@@ -11,7 +11,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{self, Health};
+use crate::metrics;
 
 #[derive(Debug, thiserror::Error)]
 #[error("http.listen {addr}: {err}")]
@@ -42,10 +42,13 @@ pub async fn start(addr: SocketAddr, shutdown: CancellationToken) -> Result<(), 
 }
 
 async fn healthz() -> impl IntoResponse {
-    match metrics::get().health() {
-        Health::Ok => (StatusCode::OK, "ok\n".to_string()),
-        Health::Unhealthy(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
-    }
+    let h = metrics::get().health();
+    let status = if h.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, format!("{}\n", h.line()))
 }
 
 /// OpenMetrics to scrapers that ask for it (Prometheus does), the classic

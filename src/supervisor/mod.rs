@@ -513,7 +513,25 @@ impl Supervisor {
         if !down.is_empty() {
             return Health::Unhealthy(format!("endpoint task restarting: {}", down.join(", ")));
         }
-        Health::Ok
+        let m = crate::metrics::get();
+        let unreachable: Vec<&str> = self
+            .endpoints
+            .keys()
+            .filter(|ep| {
+                m.endpoint_up
+                    .get(&crate::metrics::Metrics::endpoint(ep))
+                    .is_some_and(|g| g.get() == 0)
+            })
+            .map(String::as_str)
+            .collect();
+        if unreachable.is_empty() {
+            Health::Ok
+        } else {
+            Health::OkBut(format!(
+                "engine unreachable (see the log): {}",
+                unreachable.join(", ")
+            ))
+        }
     }
 
     /// The broker is connected, every endpoint has synced or failed once,
