@@ -78,18 +78,15 @@ async fn a_site_through_a_mosquitto_bridge_into_a_central_broker() {
 
     // A command published centrally: done at the site, its result back centrally.
     let c = Collector::start(central.port, &format!("{base}/#")).await;
-    c.publish(
-        &format!("{base}/local/{web}/set"),
-        br#"{"action":"restart","request_id":"central-1"}"#,
-        false,
-    )
-    .await;
+    let set = format!("{base}/local/{web}/set");
     let r = c
-        .wait_latest(&format!("{base}/local/{web}/result"), T, |m| {
-            m.json()["request_id"] == "central-1"
-        })
-        .await
-        .json();
+        .command(
+            &set,
+            r#"{"action":"restart","request_id":"central-1"}"#,
+            "central-1",
+            T,
+        )
+        .await;
     assert_eq!(r["ok"], true, "{r}");
 
     // The central broker restarts (its retained store gone): the bridge
@@ -102,18 +99,15 @@ async fn a_site_through_a_mosquitto_bridge_into_a_central_broker() {
     .await;
     // And commands flow again.
     let c = Collector::start(central.port, &format!("{base}/#")).await;
-    c.publish(
-        &format!("{base}/local/{web}/set"),
-        br#"{"action":"stop","request_id":"central-2"}"#,
-        false,
-    )
-    .await;
+    let set = format!("{base}/local/{web}/set");
     let r = c
-        .wait_latest(&format!("{base}/local/{web}/result"), T, |m| {
-            m.json()["request_id"] == "central-2"
-        })
-        .await
-        .json();
+        .command(
+            &set,
+            r#"{"action":"stop","request_id":"central-2"}"#,
+            "central-2",
+            T,
+        )
+        .await;
     assert_eq!(r["ok"], true, "{r}");
     retained_has(central.port, "#", &state, |p| !is_running(p)).await;
 }

@@ -176,19 +176,7 @@ async fn the_image_as_a_sidecar() {
     docker(&["start", &me]);
     let id = docker(&["inspect", "-f", "{{.Id}}", &app]);
     let events = format!("{base}/local/events");
-    c.wait_until("the missed die", T, |all| {
-        all.iter().any(|m| {
-            m.topic == events && m.json()["action"] == "die" && m.json()["id"] == id.as_str()
-        })
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let dies = c
-        .on(&events)
-        .iter()
-        .filter(|m| m.json()["action"] == "die" && m.json()["id"] == id.as_str())
-        .count();
-    assert_eq!(dies, 1, "delivered once");
+    c.event_once(&events, "die", &id, T).await;
     c.wait_state(&format!("{base}/local/{app}/state"), T, |s| {
         s["running"] == false
     })

@@ -327,19 +327,7 @@ async fn under_a_real_systemd() {
     m.exec(&["systemctl", "start", "dockside"]);
     let events = format!("{base}/local/events");
     let id = docker(&["inspect", "-f", "{{.Id}}", &a]);
-    c.wait_until("the missed die", T, |all| {
-        all.iter().any(|m| {
-            m.topic == events && m.json()["action"] == "die" && m.json()["id"] == id.as_str()
-        })
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let dies = c
-        .on(&events)
-        .iter()
-        .filter(|m| m.json()["action"] == "die" && m.json()["id"] == id.as_str())
-        .count();
-    assert_eq!(dies, 1, "missed event delivered once");
+    c.event_once(&events, "die", &id, T).await;
 
     // A bad config: exit 64, and no restart loop.
     let restarts = m.show("NRestarts");

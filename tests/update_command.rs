@@ -30,13 +30,8 @@ fn inspect(name: &str) -> Value {
 
 async fn update(c: &Collector, base: &str, ct: &str, rid: &str) -> Value {
     let payload = format!(r#"{{"action":"update","request_id":"{rid}"}}"#);
-    c.publish(&format!("{base}/local/{ct}/set"), payload.as_bytes(), false)
-        .await;
-    c.wait_latest(&format!("{base}/local/{ct}/result"), T, |m| {
-        m.json()["request_id"] == rid
-    })
-    .await
-    .json()
+    c.command(&format!("{base}/local/{ct}/set"), &payload, rid, T)
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,11 +43,7 @@ fn config(broker: &Broker, base: &str, dir: &std::path::Path, prefix: &str, extr
 
 /// Sends `payload` to `set` and waits for the result carrying `rid`.
 async fn command(c: &Collector, set: &str, payload: &str, rid: &str) -> Value {
-    let result = format!("{}/result", set.trim_end_matches("/set"));
-    c.publish(set, payload.as_bytes(), false).await;
-    c.wait_latest(&result, T, |m| m.json()["request_id"] == rid)
-        .await
-        .json()
+    c.command(set, payload, rid, T).await
 }
 
 async fn history(c: &Collector, topic: &str, len: usize) -> Value {

@@ -325,6 +325,36 @@ impl Collector {
             .expect("publish");
     }
 
+    /// Publishes `payload` on a `set` topic and waits for the result on its
+    /// `result` topic that carries `rid`.
+    pub async fn command(
+        &self,
+        set: &str,
+        payload: &str,
+        rid: &str,
+        timeout: Duration,
+    ) -> serde_json::Value {
+        let result = format!("{}/result", set.trim_end_matches("/set"));
+        self.publish(set, payload.as_bytes(), false).await;
+        self.wait_latest(&result, timeout, |m| m.json()["request_id"] == rid)
+            .await
+            .json()
+    }
+
+    /// The event `action` of container `id` arrives on `events`, and only
+    /// once (a replay would bring it twice).
+    pub async fn event_once(&self, events: &str, action: &str, id: &str, timeout: Duration) {
+        let is_it =
+            |m: &Msg| m.topic == events && m.json()["action"] == action && m.json()["id"] == id;
+        self.wait_until(&format!("the {action} of {id}"), timeout, |all| {
+            all.iter().any(is_it)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let n = self.all().iter().filter(|m| is_it(m)).count();
+        assert_eq!(n, 1, "{action} of {id} delivered {n} times");
+    }
+
     pub async fn wait_until(
         &self,
         what: &str,
