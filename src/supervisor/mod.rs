@@ -407,6 +407,9 @@ async fn run_instance(
                 let settled = sup.settled();
                 if settled || tokio::time::Instant::now() >= ready_by {
                     ready = true;
+                    // What `dockside health` says right after READY is current,
+                    // not the verdict of a tick taken before the tasks ran.
+                    crate::metrics::get().set_health(sup.health(&mqtt_live));
                     let status = if settled {
                         format!("mirroring {} endpoint(s)", sup.endpoints.len())
                     } else {
