@@ -27,21 +27,7 @@ fi
 
 "$here/dockerd.sh" start
 
-if ! docker image inspect dockside-test/busybox:latest >/dev/null 2>&1; then
-  ctx=$(mktemp -d)
-  cp /bin/busybox "$ctx/busybox"
-  cat > "$ctx/Dockerfile" <<'DOCKERFILE'
-FROM scratch
-COPY busybox /bin/busybox
-RUN ["/bin/busybox", "--install", "-s", "/bin"]
-ENV PATH=/bin
-ENTRYPOINT []
-CMD ["/bin/sleep", "3600"]
-DOCKERFILE
-  DOCKER_BUILDKIT=0 docker build -q -t dockside-test/busybox:latest "$ctx" >/dev/null
-  rm -rf "$ctx"
-  echo "test-env: built dockside-test/busybox:latest"
-fi
+"$here/test-image.sh"
 # Home Assistant for the discovery end-to-end test (tests/homeassistant.rs).
 "$here/systemd-image.sh"
 "$here/ha/install.sh"

@@ -116,6 +116,11 @@ pub struct Config {
     pub state: StateConfig,
     pub log: LogConfig,
     pub http: HttpConfig,
+    /// `DOCKER_HOST` from the environment: the `local` endpoint's address when
+    /// no endpoint is configured, as the docker CLI does (rootless engines,
+    /// a second engine).
+    #[serde(skip)]
+    pub docker_host: Option<String>,
 }
 
 /// `/healthz` and `/metrics` (SPEC §12); off unless `listen` is set.
@@ -491,6 +496,11 @@ pub struct BrokerAddr {
     pub port: u16,
 }
 
+/// `DOCKSIDE__EVENTS__TYPES` → `events.types`, as config-rs's environment source names it.
+fn env_key(var: &str) -> String {
+    var.trim_start_matches("DOCKSIDE__").to_lowercase().replace("__", ".")
+}
+
 /// Where the config comes from, in SPEC §8 order.
 pub fn resolve_path(cli: Option<&Path>, env: &HashMap<String, String>) -> Option<PathBuf> {
     if let Some(p) = cli {
@@ -519,34 +529,44 @@ impl Config {
             })?;
             builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
         }
-        // Environment overrides, done by hand: config-rs's `try_parsing` would turn
-        // number-looking secrets into numbers, and it cannot split lists otherwise.
-        let mut vars: Vec<_> = env
+        // Environment overrides (`DOCKSIDE__SECTION__KEY`) through config-rs's own
+        // source. Two of them: scalars stay strings (`try_parsing` would turn a
+        // secret like `0123` into the number 123), and only the list keys are
+        // split at commas (their items trimmed first).
+        let (lists, scalars): (HashMap<String, String>, HashMap<String, String>) = env
             .iter()
-            .filter_map(|(k, v)| k.strip_prefix("DOCKSIDE__").map(|k| (k, v)))
+            .filter(|(k, _)| k.starts_with("DOCKSIDE__"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .partition(|(k, _)| LIST_KEYS.contains(&env_key(k).as_str()));
+        let lists: HashMap<String, String> = lists
+            .into_iter()
+            .map(|(k, v)| {
+                let items: Vec<&str> = v.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+                (k, items.join(","))
+            })
             .collect();
-        vars.sort();
-        for (k, v) in vars {
-            let key = k.to_lowercase().replace("__", ".");
-            let res = if LIST_KEYS.contains(&key.as_str()) {
-                let items: Vec<String> = v
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect();
-                builder.set_override(key.clone(), items)
-            } else {
-                builder.set_override(key.clone(), v.clone())
-            };
-            builder = res.map_err(|e| invalid(format!("DOCKSIDE__{k}"), e.to_string()))?;
+        let mut list_source = config::Environment::with_prefix("DOCKSIDE")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .source(Some(lists));
+        for key in LIST_KEYS {
+            list_source = list_source.with_list_parse_key(key);
         }
+        builder = builder
+            .add_source(
+                config::Environment::with_prefix("DOCKSIDE")
+                    .separator("__")
+                    .source(Some(scalars)),
+            )
+            .add_source(list_source);
         let built = builder
             .build()
             .map_err(|e| ConfigError::Parse(e.to_string()))?;
         let mut cfg: Config = built
             .try_deserialize()
             .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        cfg.docker_host = env.get("DOCKER_HOST").filter(|h| !h.is_empty()).cloned();
         cfg.finish()?;
         Ok(cfg)
     }
@@ -861,6 +881,11 @@ impl Config {
                 ));
             }
         }
+        if let Some(host) = &self.docker_host {
+            if self.endpoints.is_empty() && self.portainer.is_empty() {
+                parse_engine_url(host).map_err(|m| invalid("DOCKER_HOST", m))?;
+            }
+        }
         crate::filter::ContainerFilter::new(&self.containers.include, &self.containers.exclude)?;
         for (i, w) in self.commands.allow.iter().enumerate() {
             if !crate::commands::CONTAINER_WORDS.contains(&w.as_str()) {
@@ -926,7 +951,11 @@ impl Config {
     /// `local` when neither endpoints nor Portainer sources are configured.
     pub fn effective_endpoints(&self) -> BTreeMap<String, EndpointConfig> {
         if self.endpoints.is_empty() && self.portainer.is_empty() {
-            BTreeMap::from([("local".to_string(), EndpointConfig::default())])
+            let mut local = EndpointConfig::default();
+            if let Some(host) = &self.docker_host {
+                local.url = host.clone();
+            }
+            BTreeMap::from([("local".to_string(), local)])
         } else {
             self.endpoints.clone()
         }
@@ -1199,6 +1228,23 @@ api_key = "k"
     }
 
     #[test]
+    fn docker_host_is_the_local_endpoint_only_when_none_is_configured() {
+        let env = |h: &str| HashMap::from([("DOCKER_HOST".to_string(), h.to_string())]);
+        let cfg = Config::load(None, &env("unix:///run/user/1000/docker.sock")).expect("load");
+        assert_eq!(
+            cfg.effective_endpoints()["local"].url,
+            "unix:///run/user/1000/docker.sock"
+        );
+        let e = Config::load(None, &env("ssh://me@host")).expect_err("ssh is not supported");
+        assert!(e.to_string().contains("DOCKER_HOST"), "{e}");
+        // Configured endpoints win, and then DOCKER_HOST is not even parsed.
+        let cfg = load_str("[endpoints.nas]\nurl = \"tcp://10.0.0.2:2375\"\n", &[("DOCKER_HOST", "ssh://x")])
+            .expect("load");
+        assert_eq!(cfg.effective_endpoints().len(), 1);
+        assert!(cfg.effective_endpoints().contains_key("nas"));
+    }
+
+    #[test]
     fn file_and_env_override() {
         let cfg = load_str(
             r#"
@@ -1217,11 +1263,14 @@ api_key = "k"
                 ("DOCKSIDE__ENDPOINTS__EXTRA__URL", "unix:///run/x.sock"),
                 ("DOCKSIDE__EVENTS__TYPES", "container, image"),
                 ("DOCKSIDE__CONTAINERS__EXCLUDE", "tmp-*"),
+                // A number-looking secret stays the string it is.
+                ("DOCKSIDE__MQTT__USERNAME", "007"),
             ],
         )
         .expect("load");
         assert_eq!(cfg.mqtt.qos, 0);
         assert_eq!(cfg.mqtt.password.as_deref(), Some("0123"));
+        assert_eq!(cfg.mqtt.username.as_deref(), Some("007"));
         assert!(cfg.endpoints["nas"].tls_insecure);
         assert_eq!(cfg.endpoints["extra"].url, "unix:///run/x.sock");
         assert_eq!(cfg.events.types, vec!["container", "image"]);

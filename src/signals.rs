@@ -1,6 +1,8 @@
 //! OS signals in one place: SIGTERM/SIGINT → shutdown, SIGHUP → reload.
 
-use tokio::signal::unix::{SignalKind, signal};
+use futures_util::StreamExt;
+use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook_tokio::Signals;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -9,20 +11,24 @@ use tokio_util::sync::CancellationToken;
 pub fn install(
     shutdown: CancellationToken,
 ) -> std::io::Result<(mpsc::Receiver<()>, tokio::task::JoinHandle<()>)> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     let (tx, rx) = mpsc::channel(1);
     let task = tokio::spawn(async move {
         loop {
             tokio::select! {
-                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); shutdown.cancel(); }
-                _ = int.recv() => { tracing::info!("SIGINT: shutting down"); shutdown.cancel(); }
-                _ = hup.recv() => {
-                    tracing::info!("SIGHUP: reloading the configuration");
-                    // A reload already waiting covers this one too.
-                    let _ = tx.try_send(());
-                }
+                sig = signals.next() => match sig {
+                    Some(SIGHUP) => {
+                        tracing::info!("SIGHUP: reloading the configuration");
+                        // A reload already waiting covers this one too.
+                        let _ = tx.try_send(());
+                    }
+                    Some(SIGTERM) => { tracing::info!("SIGTERM: shutting down"); shutdown.cancel(); }
+                    Some(SIGINT) => { tracing::info!("SIGINT: shutting down"); shutdown.cancel(); }
+                    Some(_) => {}
+                    None => return,
+                },
+                // The handlers stay registered after this: a second SIGTERM
+                // while stopping does not kill the process half-way.
                 _ = shutdown.cancelled() => return,
             }
         }

@@ -22,7 +22,7 @@ const HA_START: Duration = Duration::from_secs(300);
 
 fn ha_root() -> PathBuf {
     PathBuf::from(
-        std::env::var("DOCKSIDE_HA_ROOT").unwrap_or_else(|_| "/var/lib/dockside-ha/root".into()),
+        std::env::var("DOCKSIDE_HA_ROOT").unwrap_or_else(|_| "/var/lib/dockside-ha/root-forky".into()),
     )
 }
 

@@ -6,7 +6,7 @@
 #        ha.sh stop NAME              (waits, then SIGKILL after 60 s)
 #        ha.sh remove NAME            (stop + delete the config dir)
 set -euo pipefail
-ROOT=${DOCKSIDE_HA_ROOT:-/var/lib/dockside-ha/root}
+ROOT=${DOCKSIDE_HA_ROOT:-/var/lib/dockside-ha/root-forky}
 HERE=$(cd "$(dirname "$0")" && pwd)
 cmd=${1:-}; name=${2:-}
 [ -n "$name" ] && [[ "$name" =~ ^[A-Za-z0-9_-]+$ ]] || { echo "usage: ha.sh start|stop|remove NAME [HTTP_PORT]" >&2; exit 2; }

@@ -1,12 +1,16 @@
 #!/bin/bash
 # Builds a headless Home Assistant for the discovery end-to-end test: a Debian
-# trixie chroot (HA 2026 needs Python 3.13; the host stays bookworm) with HA in
-# a venv. Idempotent: a second run only checks. Root needed.
+# forky chroot (every HA release after 2026.2.3 needs Python >= 3.14.2, which
+# only forky/sid have; the host stays bookworm and its apt sources untouched)
+# with HA in a venv. Idempotent: a second run only checks. Root needed.
 # usage: scripts/ha/install.sh          env: DOCKSIDE_HA_ROOT, DOCKSIDE_HA_VERSION
 set -euo pipefail
-ROOT=${DOCKSIDE_HA_ROOT:-/var/lib/dockside-ha/root}
-VERSION=${DOCKSIDE_HA_VERSION:-2026.2.3}
-MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+ROOT=${DOCKSIDE_HA_ROOT:-/var/lib/dockside-ha/root-forky}
+VERSION=${DOCKSIDE_HA_VERSION:-2026.11.0}
+# The Debian mirror the host already uses (its apt sources), else deb.debian.org.
+MIRROR=${DEBIAN_MIRROR:-$(sed -n 's/^URIs: *\([^ ]*\).*/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n 1)}
+[ -n "$MIRROR" ] || MIRROR=$(awk '$1=="deb"{for(i=2;i<=NF;i++) if($i ~ /^https?:/){print $i; exit}}' /etc/apt/sources.list 2>/dev/null)
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
 CHENV=(/usr/bin/env -i HOME=/root LANG=C.UTF-8 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
        SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt)
 t0=$(date +%s)
@@ -21,7 +25,7 @@ if [ ! -x "$ROOT/usr/bin/python3" ]; then
   mkdir -p "$ROOT"
   debootstrap --variant=minbase \
     --include=ca-certificates,python3,python3-venv,python3-dev,build-essential,libffi-dev,libssl-dev,zlib1g-dev,libjpeg-dev,libturbojpeg0,procps \
-    trixie "$ROOT" "$MIRROR"
+    forky "$ROOT" "$MIRROR" /usr/share/debootstrap/scripts/sid
 fi
 cp -f /etc/resolv.conf "$ROOT/etc/resolv.conf"
 cp -f /etc/hosts "$ROOT/etc/hosts"
