@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# start | stop | restart the local Docker engine (no systemd here).
+# start | stop | restart the local Docker engine (no systemd here), or, when
+# DOCKSIDE_TEST_ENGINE names one (scripts/engine.sh env), that newer engine.
 set -euo pipefail
+if [ -n "${DOCKSIDE_TEST_ENGINE:-}" ]; then
+  exec "$(dirname "$0")/engine.sh" "${1:-}" "$DOCKSIDE_TEST_ENGINE"
+fi
 log=/var/log/dockside-test-dockerd.log
 
 ready() { docker version -f '{{.Server.Version}}' >/dev/null 2>&1; }

@@ -498,7 +498,9 @@ pub struct BrokerAddr {
 
 /// `DOCKSIDE__EVENTS__TYPES` → `events.types`, as config-rs's environment source names it.
 fn env_key(var: &str) -> String {
-    var.trim_start_matches("DOCKSIDE__").to_lowercase().replace("__", ".")
+    var.trim_start_matches("DOCKSIDE__")
+        .to_lowercase()
+        .replace("__", ".")
 }
 
 /// Where the config comes from, in SPEC §8 order.
@@ -541,7 +543,11 @@ impl Config {
         let lists: HashMap<String, String> = lists
             .into_iter()
             .map(|(k, v)| {
-                let items: Vec<&str> = v.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+                let items: Vec<&str> = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .collect();
                 (k, items.join(","))
             })
             .collect();
@@ -1238,8 +1244,11 @@ api_key = "k"
         let e = Config::load(None, &env("ssh://me@host")).expect_err("ssh is not supported");
         assert!(e.to_string().contains("DOCKER_HOST"), "{e}");
         // Configured endpoints win, and then DOCKER_HOST is not even parsed.
-        let cfg = load_str("[endpoints.nas]\nurl = \"tcp://10.0.0.2:2375\"\n", &[("DOCKER_HOST", "ssh://x")])
-            .expect("load");
+        let cfg = load_str(
+            "[endpoints.nas]\nurl = \"tcp://10.0.0.2:2375\"\n",
+            &[("DOCKER_HOST", "ssh://x")],
+        )
+        .expect("load");
         assert_eq!(cfg.effective_endpoints().len(), 1);
         assert!(cfg.effective_endpoints().contains_key("nas"));
     }

@@ -430,7 +430,7 @@ async fn dockside_never_stops_its_own_container() {
         "--network",
         "host",
         "-v",
-        "/var/run/docker.sock:/var/run/docker.sock",
+        &format!("{}:/var/run/docker.sock", engine_socket()),
         "-v",
         "/lib:/lib:ro",
         "-v",

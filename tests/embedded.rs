@@ -39,8 +39,15 @@ level = "debug"
 
 /// `mosquitto_sub` once with these credentials: (exit ok, stderr).
 fn sub_once(port: u16, topic: &str, auth: Option<(&str, &str)>) -> (bool, String) {
+    sub_once_v(port, topic, auth, "mqttv311")
+}
+
+/// The same in MQTT `version` (`mqttv311`, `mqttv5`).
+fn sub_once_v(port: u16, topic: &str, auth: Option<(&str, &str)>, version: &str) -> (bool, String) {
     let mut cmd = Command::new("mosquitto_sub");
     cmd.args([
+        "-V",
+        version,
         "-h",
         "127.0.0.1",
         "-p",
@@ -111,6 +118,36 @@ async fn plain_clients_see_everything_and_commands_come_in() {
         ok && out.contains("\"running\":true"),
         "mosquitto_sub: {out}"
     );
+    // MQTT 5 clients (Home Assistant 2026.11's default) on the same port.
+    let (ok, out) = sub_once_v(port, &state, None, "mqttv5");
+    assert!(
+        ok && out.contains("\"running\":true"),
+        "mosquitto_sub -V mqttv5: {out}"
+    );
+    let v5_pub = Command::new("mosquitto_pub")
+        .args([
+            "-V",
+            "mqttv5",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+        ])
+        .args(["-t", &format!("{base}/local/{web}/set")])
+        .args(["-m", r#"{"action":"restart","request_id":"v5"}"#])
+        .status()
+        .expect("mosquitto_pub");
+    assert!(v5_pub.success());
+    let r = c
+        .wait_latest(&format!("{base}/local/{web}/result"), T, |m| {
+            m.json()["request_id"] == "v5"
+        })
+        .await
+        .json();
+    assert_eq!(r["ok"], true, "a command from an MQTT 5 client: {r}");
+    c.wait_state(&state, T, |s| s["running"] == true).await;
 
     // A command through the embedded broker: one result, and the events.
     c.publish(

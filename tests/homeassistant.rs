@@ -22,7 +22,8 @@ const HA_START: Duration = Duration::from_secs(300);
 
 fn ha_root() -> PathBuf {
     PathBuf::from(
-        std::env::var("DOCKSIDE_HA_ROOT").unwrap_or_else(|_| "/var/lib/dockside-ha/root-forky".into()),
+        std::env::var("DOCKSIDE_HA_ROOT")
+            .unwrap_or_else(|_| "/var/lib/dockside-ha/root-forky".into()),
     )
 }
 
@@ -166,6 +167,16 @@ impl Ha {
             .await;
         let id = flow["flow_id"].as_str().expect("flow_id").to_string();
         let mut form = json!({"broker": "127.0.0.1", "port": mqtt_port});
+        // HA 2026.11's broker form has a required, collapsed `other_settings` section.
+        let expandable = flow["data_schema"].as_array().is_some_and(|fields| {
+            fields
+                .iter()
+                .any(|f| f["name"] == "other_settings" && f["type"] == "expandable")
+        });
+        if expandable {
+            form["other_settings"] =
+                json!({"set_client_cert": false, "set_ca_cert": "off", "transport": "tcp"});
+        }
         if let Some((u, p)) = auth {
             form["username"] = json!(u);
             form["password"] = json!(p);

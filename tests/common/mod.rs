@@ -45,6 +45,28 @@ pub fn project_dir() -> PathBuf {
 
 // ---------------------------------------------------------------- docker
 
+/// The engine under test: `DOCKER_HOST` (set by `scripts/engine.sh env`, which
+/// the `docker` CLI and dockside's default endpoint follow too), else the host's.
+pub fn engine_url() -> String {
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".into())
+}
+
+/// The engine's unix socket path (the tests' engines are all local sockets).
+pub fn engine_socket() -> String {
+    let url = engine_url();
+    url.strip_prefix("unix://")
+        .unwrap_or_else(|| panic!("the engine under test is not a unix socket: {url}"))
+        .to_string()
+}
+
+/// `[endpoints.<name>]` pointing at the engine under test.
+pub fn engine_endpoint(name: &str) -> String {
+    format!("[endpoints.{name}]\nurl = \"{}\"\n", engine_url())
+}
+
 /// Runs `docker ARGS`, panics with its stderr on failure.
 pub fn docker(args: &[&str]) -> String {
     let out = Command::new("docker")
