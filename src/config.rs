@@ -887,10 +887,11 @@ impl Config {
                 ));
             }
         }
-        if let Some(host) = &self.docker_host {
-            if self.endpoints.is_empty() && self.portainer.is_empty() {
-                parse_engine_url(host).map_err(|m| invalid("DOCKER_HOST", m))?;
-            }
+        if let Some(host) = &self.docker_host
+            && self.endpoints.is_empty()
+            && self.portainer.is_empty()
+        {
+            parse_engine_url(host).map_err(|m| invalid("DOCKER_HOST", m))?;
         }
         crate::filter::ContainerFilter::new(&self.containers.include, &self.containers.exclude)?;
         for (i, w) in self.commands.allow.iter().enumerate() {

@@ -134,7 +134,10 @@ fn answers_connect(to: SocketAddr, level: u8, cfg: &MqttConfig) -> bool {
         v
     };
     let mut flags = 0x02u8; // clean session
-    let mut payload = field(b"dockside-probe");
+    // A client id of its own per probe: rumqttd ties will bookkeeping to ids.
+    static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut payload = field(format!("dockside-probe-{}-{n}", std::process::id()).as_bytes());
     if let (Some(u), Some(p)) = (&cfg.embedded_username, &cfg.embedded_password) {
         flags |= 0xC0;
         payload.extend(field(u.as_bytes()));

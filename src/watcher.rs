@@ -25,11 +25,16 @@ use crate::persist::StateDir;
 use crate::registry::tags::{self as tagging, Follow};
 use crate::registry::{
     Class, Credentials, Platform, Reference, RegistryClient, RegistryError, Remote, classify,
+    unproven_verdict,
 };
 
 const VERSION_LABEL: &str = "org.opencontainers.image.version";
 /// Registry checks in flight at once, all registries together (plus 3 per host in the client).
 const GLOBAL_CONCURRENCY: usize = 8;
+/// How long "the registry has no such tag" keeps an unproven image a local
+/// build without asking again (a later push shows within a day, or at once
+/// with `check_updates`).
+const UNPROVEN_RECHECK: Duration = Duration::from_secs(24 * 3600);
 /// New or changed containers are looked at together after this quiet time.
 const INVENTORY_DEBOUNCE: Duration = Duration::from_secs(2);
 
@@ -209,7 +214,17 @@ struct KeyResult {
     /// The repository's tags, when a container follows tags.
     #[serde(default)]
     tags: Option<Vec<String>>,
+    /// Digests the registry has answered for this reference, newest last
+    /// (at most `KNOWN_DIGESTS`): an image whose ID is one of them came from
+    /// the registry even when its tag is gone later (containerd store).
+    #[serde(default)]
+    known_digests: Vec<String>,
+    /// The registry could not be reached at all (connection, timeout).
+    #[serde(default)]
+    unreachable: bool,
 }
+
+const KNOWN_DIGESTS: usize = 8;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Persisted {
@@ -568,7 +583,12 @@ impl Watcher {
                 || self.ignore.is_match(&ct);
             let class = match &image {
                 _ if ignored => Class::Ignored,
-                Ok(i) => classify(&w.config_image, &i.repo_digests),
+                Ok(i) => classify(
+                    &w.config_image,
+                    &i.repo_digests,
+                    &i.id,
+                    client.containerd_store(),
+                ),
                 Err(e) => Class::Unknown(e.clone()),
             };
             // Pending recreate: the tag now names another local image than the running one.
@@ -585,13 +605,22 @@ impl Watcher {
         let stale_before = unix_now().saturating_sub(self.cfg.interval.as_secs() * 9 / 10);
         let mut due: BTreeMap<String, (Reference, bool)> = BTreeMap::new();
         let recheck = self.inventory.take_recheck();
+        let unproven_stale_before = unix_now().saturating_sub(UNPROVEN_RECHECK.as_secs());
         for (key, w, _, class, _) in &classified {
-            if let Class::Tracked { reference, .. } = class {
+            if let Class::Tracked {
+                reference,
+                unproven,
+                ..
+            } = class
+            {
                 let k = key_of(reference);
                 let follows = w.follow.contains_key(tagging::FOLLOW_LABEL);
                 let fresh = self.results.get(&k).is_some_and(|r| {
-                    r.checked_unix >= stale_before
-                        && (!follows || r.tags.is_some() || r.error.is_some())
+                    // A tag the registry does not have, on an image that never
+                    // proved it came from one: a local build, asked again daily.
+                    (*unproven && r.not_found && r.checked_unix >= unproven_stale_before)
+                        || (r.checked_unix >= stale_before
+                            && (!follows || r.tags.is_some() || r.error.is_some()))
                 });
                 if force || !fresh || recheck.contains(key) {
                     let e = due.entry(k).or_insert((reference.clone(), false));
@@ -618,8 +647,22 @@ impl Watcher {
                 .await;
             let (at, unix) = (now_rfc3339(), unix_now());
             for (k, a) in answers {
+                let mut known = self
+                    .results
+                    .get(&k)
+                    .map(|r| r.known_digests.clone())
+                    .unwrap_or_default();
+                if let Ok((remote, _)) = &a {
+                    known.retain(|d| *d != remote.digest);
+                    known.push(remote.digest.clone());
+                    if known.len() > KNOWN_DIGESTS {
+                        known.remove(0);
+                    }
+                }
                 let r = match a {
                     Ok((remote, tags)) => KeyResult {
+                        known_digests: known,
+                        unreachable: false,
                         remote: Some(remote.digest),
                         media_type: Some(remote.media_type),
                         error: None,
@@ -631,6 +674,11 @@ impl Watcher {
                     Err(e) => {
                         tracing::warn!(reference = %k, error = %e, "update check failed");
                         KeyResult {
+                            known_digests: known,
+                            unreachable: matches!(
+                                e,
+                                RegistryError::Connect(_) | RegistryError::Timeout
+                            ),
                             remote: None,
                             media_type: None,
                             not_found: e == RegistryError::NotFound,
@@ -718,11 +766,29 @@ impl Watcher {
             Class::Tracked {
                 reference,
                 local_digests,
+                unproven,
             } => {
                 let Some(r) = self.results.get(&key_of(&reference)) else {
                     s.error = Some("not checked yet".into());
                     return s;
                 };
+                let proven = r.known_digests.iter().any(|d| local_digests.contains(d));
+                if unproven && !proven && r.error.is_some() {
+                    // Only an unreachable registry leaves the question open; a
+                    // refusal (credentials, rate limit) is reported as it is.
+                    let built_here = r.unreachable && image.is_some_and(|i| !i.parent.is_empty());
+                    let other_names = image.is_some_and(|i| {
+                        i.repo_tags.iter().chain(&i.repo_digests).any(|n| {
+                            let name = n.split('@').next().unwrap_or(n);
+                            Reference::parse(name).is_some_and(|o| o.name() != reference.name())
+                        })
+                    });
+                    if let Some(class) =
+                        unproven_verdict(&reference, r.not_found, built_here, other_names)
+                    {
+                        return Box::pin(self.status(w, image, class, pending)).await;
+                    }
+                }
                 s.checked_at = Some(r.checked_at.clone());
                 s.local_digest = local_digests.iter().next().cloned();
                 let (Some(remote), None) = (&r.remote, &r.error) else {

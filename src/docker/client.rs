@@ -79,6 +79,9 @@ pub struct DockerClient {
     /// `v1.41`-style prefix, set by `negotiate`.
     api: RwLock<String>,
     auth: Option<std::sync::Arc<dyn RequestAuth>>,
+    /// The engine keeps images in containerd (learnt from `/info`): image IDs
+    /// are then manifest digests and RepoDigests prove nothing (SPEC §4.3).
+    containerd_store: std::sync::atomic::AtomicBool,
 }
 
 fn parse_api(v: &str) -> Option<(u32, u32)> {
@@ -132,6 +135,7 @@ impl DockerClient {
             http,
             base,
             api: RwLock::new(format!("v{}.{}", MIN_API.0, MIN_API.1)),
+            containerd_store: std::sync::atomic::AtomicBool::new(false),
             auth,
         })
     }
@@ -292,7 +296,20 @@ impl DockerClient {
     }
 
     pub async fn info(&self) -> Result<SystemInfo, DockerError> {
-        self.get_json("info", &["info"], &[], MAX_OBJECT_BODY).await
+        let info: SystemInfo = self
+            .get_json("info", &["info"], &[], MAX_OBJECT_BODY)
+            .await?;
+        self.containerd_store.store(
+            info.containerd_store(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(info)
+    }
+
+    /// Whether the last `/info` said images live in containerd.
+    pub fn containerd_store(&self) -> bool {
+        self.containerd_store
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub async fn volume_count(&self) -> Result<usize, DockerError> {

@@ -111,6 +111,9 @@ pub struct PortBinding {
 #[serde(rename_all = "PascalCase", default)]
 pub struct ImageInspect {
     pub id: String,
+    /// Set by the classic builder (both stores): the image was built here.
+    #[serde(deserialize_with = "nullable")]
+    pub parent: String,
     #[serde(deserialize_with = "nullable")]
     pub repo_digests: Vec<String>,
     #[serde(deserialize_with = "nullable")]
@@ -161,6 +164,23 @@ pub struct SystemInfo {
     /// The engine's clock, RFC 3339 with nanoseconds.
     #[serde(rename = "SystemTime")]
     pub system_time: String,
+    #[serde(rename = "Driver")]
+    pub driver: String,
+    /// `[["driver-type", "io.containerd.snapshotter.v1"]]` on the containerd store.
+    #[serde(rename = "DriverStatus", deserialize_with = "nullable")]
+    pub driver_status: Vec<Vec<String>>,
+}
+
+impl SystemInfo {
+    /// Images live in containerd (Docker 29's default, opt-in before).
+    pub fn containerd_store(&self) -> bool {
+        self.driver_status.iter().any(|kv| {
+            kv.first().is_some_and(|k| k == "driver-type")
+                && kv
+                    .get(1)
+                    .is_some_and(|v| v.starts_with("io.containerd.snapshotter"))
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

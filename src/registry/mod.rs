@@ -6,4 +6,4 @@ pub mod reference;
 pub mod tags;
 
 pub use client::{Credentials, Platform, RegistryClient, RegistryError, Remote};
-pub use reference::{Class, Reference, classify};
+pub use reference::{Class, Reference, classify, unproven_verdict};

@@ -105,6 +105,11 @@ pub enum Class {
     Tracked {
         reference: Reference,
         local_digests: BTreeSet<String>,
+        /// The only digest is the image's own ID: the containerd image store
+        /// lists `name@<Id>` for every tag, pushed or never (SPEC §4.3), so it
+        /// does not prove the image came from a registry. The registry decides:
+        /// "no such tag" makes it a local build (see `unproven_verdict`).
+        unproven: bool,
     },
     /// Runs an image referenced by digest.
     Pinned,
@@ -118,8 +123,16 @@ pub enum Class {
 }
 
 /// Classifies from what the container was created with (`Config.Image`) and
-/// the running image's `RepoDigests`.
-pub fn classify(config_image: &str, repo_digests: &[String]) -> Class {
+/// the running image's `RepoDigests` and `Id`. On the containerd store
+/// (`containerd`) the ID is the manifest (or index) digest the image was
+/// pulled or built as, and stays its digest after the tag moves on (when the
+/// engine drops the old name and its RepoDigest with it).
+pub fn classify(
+    config_image: &str,
+    repo_digests: &[String],
+    image_id: &str,
+    containerd: bool,
+) -> Class {
     let config_image = config_image.trim();
     if config_image.starts_with("sha256:") {
         return Class::Unknown("the container was created from a bare image ID".into());
@@ -129,6 +142,13 @@ pub fn classify(config_image: &str, repo_digests: &[String]) -> Class {
     };
     if reference.digest.is_some() {
         return Class::Pinned;
+    }
+    if containerd {
+        return Class::Tracked {
+            reference,
+            local_digests: BTreeSet::from([image_id.to_string()]),
+            unproven: true,
+        };
     }
     if repo_digests.is_empty() {
         return Class::LocalBuild;
@@ -147,9 +167,35 @@ pub fn classify(config_image: &str, repo_digests: &[String]) -> Class {
             reference.name()
         ));
     }
+    let unproven = local_digests.iter().all(|d| d == image_id);
     Class::Tracked {
         reference,
         local_digests,
+        unproven,
+    }
+}
+
+/// What an unproven image (containerd store, see [`Class::Tracked`]) is when
+/// the registry could not confirm its tag. `not_found`: the registry said the
+/// tag or repository does not exist; `built_here`: the registry could not be
+/// reached and the engine records a classic-builder parent; `other_names`: the image has tags in other
+/// repositories. `None`: report the registry's error as for any image.
+pub fn unproven_verdict(
+    reference: &Reference,
+    not_found: bool,
+    built_here: bool,
+    other_names: bool,
+) -> Option<Class> {
+    match (not_found, other_names) {
+        (true, true) => Some(Class::Unknown(format!(
+            "no registry has {} and the image is known under other names (an alias); not checked",
+            reference.name()
+        ))),
+        (true, false) => Some(Class::LocalBuild),
+        // Registry unreachable: an image the classic builder made here is a
+        // local build whatever the network says.
+        (false, false) if built_here => Some(Class::LocalBuild),
+        _ => None,
     }
 }
 
@@ -194,29 +240,102 @@ mod tests {
     #[test]
     fn classes() {
         assert_eq!(
-            classify("nginx@sha256:abc", &["nginx@sha256:abc".into()]),
+            classify(
+                "nginx@sha256:abc",
+                &["nginx@sha256:abc".into()],
+                "sha256:abc",
+                false
+            ),
             Class::Pinned
         );
-        assert_eq!(classify("app:dev", &[]), Class::LocalBuild);
-        assert!(matches!(classify("sha256:0123", &[]), Class::Unknown(_)));
+        assert_eq!(
+            classify("app:dev", &[], "sha256:1", false),
+            Class::LocalBuild
+        );
+        assert!(matches!(
+            classify("sha256:0123", &[], "sha256:0123", true),
+            Class::Unknown(_)
+        ));
         // Short daemon form in RepoDigests matches the normalised reference.
         match classify(
             "nginx:1.27",
             &["nginx@sha256:aaa".into(), "nginx@sha256:bbb".into()],
+            "sha256:c0nf",
+            false,
         ) {
             Class::Tracked {
                 reference,
                 local_digests,
+                unproven,
             } => {
                 assert_eq!(reference.name(), "docker.io/library/nginx");
                 assert_eq!(local_digests.len(), 2);
+                assert!(!unproven, "legacy store: the ID is the config digest");
             }
             other => panic!("{other:?}"),
         }
+        // Legacy store, digest equal to the ID (never happens there, but
+        // then it proves nothing either).
+        match classify("acc/bb:1", &["acc/bb@sha256:1d".into()], "sha256:1d", false) {
+            Class::Tracked { unproven, .. } => assert!(unproven),
+            other => panic!("{other:?}"),
+        }
+        // Containerd store: the ID is the digest, with or without RepoDigests
+        // (a moved tag leaves the old image without any), never proof.
+        for digests in [
+            vec![],
+            vec!["acc/bb@sha256:1d".to_string()],
+            vec!["other/x@sha256:1d".into()],
+        ] {
+            match classify("acc/bb:1", &digests, "sha256:1d", true) {
+                Class::Tracked {
+                    local_digests,
+                    unproven,
+                    ..
+                } => {
+                    assert!(unproven);
+                    assert_eq!(local_digests, BTreeSet::from(["sha256:1d".to_string()]));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            classify("acc/bb@sha256:1d", &[], "sha256:1d", true),
+            Class::Pinned
+        );
         // Alias: runs `local/bb:1` whose only digest is for another repository.
-        match classify("local/bb:1", &["127.0.0.1:5000/bb@sha256:77fc".into()]) {
+        match classify(
+            "local/bb:1",
+            &["127.0.0.1:5000/bb@sha256:77fc".into()],
+            "sha256:9",
+            false,
+        ) {
             Class::Unknown(e) => assert!(e.contains("docker.io/local/bb"), "{e}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn unproven_images_are_decided_by_the_registry() {
+        let r = r("acc/bb:1");
+        assert_eq!(
+            unproven_verdict(&r, true, false, false),
+            Some(Class::LocalBuild)
+        );
+        assert_eq!(
+            unproven_verdict(&r, true, true, false),
+            Some(Class::LocalBuild)
+        );
+        assert!(matches!(
+            unproven_verdict(&r, true, false, true),
+            Some(Class::Unknown(e)) if e.contains("other names")
+        ));
+        // Unreachable: only the classic builder's parent tells.
+        assert_eq!(
+            unproven_verdict(&r, false, true, false),
+            Some(Class::LocalBuild)
+        );
+        assert_eq!(unproven_verdict(&r, false, false, false), None);
+        assert_eq!(unproven_verdict(&r, false, true, true), None);
     }
 }

@@ -62,6 +62,13 @@ pub fn engine_socket() -> String {
         .to_string()
 }
 
+/// Whether the engine under test keeps images in containerd (the default of
+/// fresh Docker 29 installs): image IDs are manifest digests there and every
+/// tag has a RepoDigest, pushed or not.
+pub fn containerd_store() -> bool {
+    docker(&["info", "-f", "{{json .DriverStatus}}"]).contains("io.containerd.snapshotter")
+}
+
 /// `[endpoints.<name>]` pointing at the engine under test.
 pub fn engine_endpoint(name: &str) -> String {
     format!("[endpoints.{name}]\nurl = \"{}\"\n", engine_url())
@@ -723,6 +730,15 @@ impl Registry {
 impl Drop for Registry {
     fn drop(&mut self) {
         self.stop();
+        if std::thread::panicking() {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("---- registry log (last 40 lines) ----");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
     }
 }
 
