@@ -181,6 +181,10 @@ pub struct EndpointInfo {
     pub stacks: i64,
     pub public_url: Option<String>,
     pub portainer_id: Option<i64>,
+    /// While unreachable: why (engine down, refused credentials, an API
+    /// version outside what dockside speaks). Absent when reachable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

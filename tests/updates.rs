@@ -646,24 +646,10 @@ async fn versions_come_from_the_oci_version_label() {
     let h = reg.host();
     let img = format!("{h}/labelled:stable");
     let build = |version: &str| {
-        let dir = tempfile::tempdir().expect("tmp");
-        std::fs::write(
-            dir.path().join("Dockerfile"),
-            format!(
-                "FROM {IMAGE}\nLABEL org.opencontainers.image.version={version} nonce={}\n",
-                fastrand::u64(..)
-            ),
-        )
-        .expect("Dockerfile");
-        let ok = std::process::Command::new("docker")
-            .args(["build", "-q", "-t", &img])
-            .arg(dir.path())
-            .env("DOCKER_BUILDKIT", "0")
-            .output()
-            .expect("build")
-            .status
-            .success();
-        assert!(ok);
+        build_image_with(
+            &img,
+            &format!("LABEL org.opencontainers.image.version={version}"),
+        );
         docker(&["push", &img]);
     };
     build("1.27.2");

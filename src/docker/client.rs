@@ -49,6 +49,8 @@ pub enum DockerError {
     Decode { what: &'static str, message: String },
     #[error("engine API {0} is too old (dockside needs 1.40 or newer)")]
     TooOld(String),
+    #[error("the engine needs API {0} or newer, more than dockside speaks (1.53)")]
+    TooNew(String),
     #[error("authentication failed: {0}")]
     Auth(String),
 }
@@ -192,6 +194,22 @@ impl DockerClient {
                 auth.rejected(v);
                 continue;
             }
+            if resp.status() == StatusCode::BAD_REQUEST && self.versioned(&url) {
+                // "client version 1.41 is too old/new": the engine (or a proxy in
+                // front) changed under us. Renegotiate once and resend; anything
+                // else is the caller's error as usual.
+                let err = status_error(resp).await;
+                if attempt == 0 && is_version_refusal(&err) {
+                    let before = self.api_version();
+                    let now = Box::pin(self.negotiate_via(true)).await?;
+                    tracing::warn!(refused = %before, chosen = %now, error = %err, "engine refused the API version: renegotiated");
+                    if let Some(retry) = self.with_current_version(&url) {
+                        return Box::pin(self.execute_with(method, retry, timeout, body, header))
+                            .await;
+                    }
+                }
+                return Err(err);
+            }
             return Ok(resp);
         }
         Err(DockerError::Auth("credentials rejected twice".into()))
@@ -219,6 +237,16 @@ impl DockerClient {
 
     /// `GET /_ping` (unversioned) and pick `min(engine, MAX_API)`.
     pub async fn negotiate(&self) -> Result<String, DockerError> {
+        self.negotiate_via(false).await
+    }
+
+    /// `full`: ask the unversioned `/version` for both ends of the engine's
+    /// range (after a refusal, when `_ping`'s maximum alone was not enough).
+    async fn negotiate_via(&self, full: bool) -> Result<String, DockerError> {
+        if full {
+            let (engine, floor) = self.version_range().await?;
+            return self.choose(engine, floor);
+        }
         let mut url = self.base.clone();
         if let Ok(mut segs) = url.path_segments_mut() {
             segs.pop_if_empty().push("_ping");
@@ -235,22 +263,83 @@ impl DockerClient {
         if !status.is_success() {
             return Err(status_error(resp).await);
         }
-        let engine = header
-            .as_deref()
-            .and_then(parse_api)
-            .ok_or_else(|| DockerError::Decode {
-                what: "_ping",
-                message: "no Api-Version header".into(),
-            })?;
+        let (engine, floor) = match header.as_deref().and_then(parse_api) {
+            Some(v) => (v, None),
+            // A proxy that drops the header: the unversioned `/version` says
+            // both ends of the engine's range.
+            None => self.version_range().await?,
+        };
+        self.choose(engine, floor)
+    }
+
+    /// `min(engine, MAX_API)`, refused when outside what both ends speak.
+    fn choose(&self, engine: (u32, u32), floor: Option<(u32, u32)>) -> Result<String, DockerError> {
         if engine < MIN_API {
             return Err(DockerError::TooOld(format!("{}.{}", engine.0, engine.1)));
         }
         let chosen = engine.min(MAX_API);
+        if let Some(floor) = floor
+            && chosen < floor
+        {
+            return Err(DockerError::TooNew(format!("{}.{}", floor.0, floor.1)));
+        }
         let v = format!("v{}.{}", chosen.0, chosen.1);
         if let Ok(mut api) = self.api.write() {
             *api = v.clone();
         }
         Ok(v)
+    }
+
+    /// `GET /version` without a version prefix: (ApiVersion, MinAPIVersion).
+    async fn version_range(&self) -> Result<((u32, u32), Option<(u32, u32)>), DockerError> {
+        let mut url = self.base.clone();
+        if let Ok(mut segs) = url.path_segments_mut() {
+            segs.pop_if_empty().push("version");
+        }
+        let resp = self
+            .execute(Method::GET, url, Some(REQUEST_TIMEOUT))
+            .await?;
+        if !resp.status().is_success() {
+            return Err(status_error(resp).await);
+        }
+        let body = read_capped(resp, MAX_OBJECT_BODY, "version").await?;
+        let v: Version = serde_json::from_slice(&body).map_err(|e| DockerError::Decode {
+            what: "version",
+            message: e.to_string(),
+        })?;
+        let max = parse_api(&v.api_version).ok_or_else(|| DockerError::Decode {
+            what: "version",
+            message: "no Api-Version header on _ping and no ApiVersion in /version".into(),
+        })?;
+        Ok((max, parse_api(&v.min_api_version)))
+    }
+
+    /// Whether `url` carries the negotiated version prefix.
+    fn versioned(&self, url: &Url) -> bool {
+        self.version_segment(url).is_some()
+    }
+
+    /// Index of the `v1.NN` path segment right after the base path.
+    fn version_segment(&self, url: &Url) -> Option<usize> {
+        let base = self.base.path_segments()?.filter(|s| !s.is_empty()).count();
+        let seg = url.path_segments()?.nth(base)?;
+        (seg.starts_with('v') && parse_api(seg).is_some()).then_some(base)
+    }
+
+    /// `url` with its version segment replaced by the negotiated one.
+    fn with_current_version(&self, url: &Url) -> Option<Url> {
+        let i = self.version_segment(url)?;
+        let api = self.api.read().ok()?.clone();
+        let segs: Vec<String> = url.path_segments()?.map(String::from).collect();
+        let mut out = url.clone();
+        {
+            let mut m = out.path_segments_mut().ok()?;
+            m.clear();
+            for (n, s) in segs.iter().enumerate() {
+                m.push(if n == i { &api } else { s });
+            }
+        }
+        Some(out)
     }
 
     async fn get_json<T: DeserializeOwned>(
@@ -657,6 +746,12 @@ async fn read_capped(
         })
 }
 
+/// The engine's answer to a request in an API version it does not serve.
+fn is_version_refusal(err: &DockerError) -> bool {
+    matches!(err, DockerError::Status { status: 400, message }
+        if message.contains("client version") && (message.contains("too old") || message.contains("too new")))
+}
+
 async fn status_error(resp: reqwest::Response) -> DockerError {
     let status = resp.status().as_u16();
     let body = read_capped(resp, 64 << 10, "error body")
@@ -722,6 +817,42 @@ mod tests {
         assert_eq!(parse_api("v1.53"), Some((1, 53)));
         assert_eq!(parse_api("x"), None);
         assert!((1, 41) < MAX_API && (1, 9) < MIN_API && (1, 100) > MAX_API);
+    }
+
+    #[test]
+    fn a_refused_version_is_replaced_in_place() {
+        let c = DockerClient::with_client(
+            crate::http::client_builder(),
+            "https://p.example/api/endpoints/3/docker",
+        )
+        .expect("client");
+        let old = c.url(&["containers", "json"]);
+        assert!(c.versioned(&old));
+        let unversioned =
+            Url::parse("https://p.example/api/endpoints/3/docker/_ping").expect("url");
+        assert!(!c.versioned(&unversioned));
+        c.choose((1, 51), Some((1, 44))).expect("in range");
+        let new = c.with_current_version(&old).expect("rewritten");
+        assert_eq!(new.path(), "/api/endpoints/3/docker/v1.51/containers/json");
+        assert!(matches!(
+            c.choose((1, 30), None),
+            Err(DockerError::TooOld(_))
+        ));
+        assert!(matches!(
+            c.choose((1, 70), Some((1, 60))),
+            Err(DockerError::TooNew(_))
+        ));
+        let refusal = |m: &str| DockerError::Status {
+            status: 400,
+            message: m.into(),
+        };
+        assert!(is_version_refusal(&refusal(
+            "client version 1.41 is too old. Minimum supported API version is 1.44"
+        )));
+        assert!(is_version_refusal(&refusal(
+            "client version 1.60 is too new. Maximum supported API version is 1.51"
+        )));
+        assert!(!is_version_refusal(&refusal("invalid filter")));
     }
 
     #[test]

@@ -181,6 +181,8 @@ pub struct Endpoint {
     inspect_failures: HashMap<String, u8>,
     facts: Facts,
     online: Option<bool>,
+    /// Why the engine is unreachable, shown in `<ep>/info` until it is back.
+    offline_reason: Option<String>,
     last_info: Option<EndpointInfo>,
     info_due: Option<Instant>,
     facts_due: Option<Instant>,
@@ -251,6 +253,7 @@ impl Endpoint {
             inspect_failures: HashMap::new(),
             facts: Facts::default(),
             online: None,
+            offline_reason: None,
             last_info: None,
             info_due: None,
             facts_due: None,
@@ -315,6 +318,7 @@ impl Endpoint {
                 return;
             }
             let was_online = self.online == Some(true);
+            self.offline_reason = Some(err.to_string());
             self.set_online(false);
             self.publish_info_now();
             let delay = backoff.next_delay();

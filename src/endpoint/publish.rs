@@ -194,6 +194,9 @@ impl Endpoint {
             return;
         }
         self.online = Some(online);
+        if online {
+            self.offline_reason = None;
+        }
         crate::metrics::get()
             .endpoint_up
             .get_or_create(&crate::metrics::Metrics::endpoint(&self.id))
@@ -229,6 +232,10 @@ impl Endpoint {
             stacks,
             public_url: self.meta.public_url.clone(),
             portainer_id: self.meta.portainer_id,
+            error: self
+                .offline_reason
+                .clone()
+                .filter(|_| self.online != Some(true)),
         }
     }
 

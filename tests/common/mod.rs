@@ -74,8 +74,23 @@ pub fn engine_endpoint(name: &str) -> String {
     format!("[endpoints.{name}]\nurl = \"{}\"\n", engine_url())
 }
 
+/// The classic builder on the containerd image store loses its intermediate
+/// image when an image is removed meanwhile ("unable to find image"): builds
+/// and removals of all test processes take turns through one lock file.
+pub fn image_lock() -> std::fs::File {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("dockside-test-image.lock"))
+        .expect("image lock file");
+    lock.lock().expect("image lock");
+    lock
+}
+
 /// Runs `docker ARGS`, panics with its stderr on failure.
 pub fn docker(args: &[&str]) -> String {
+    let _lock = (args.first() == Some(&"rmi")).then(image_lock);
     let out = Command::new("docker")
         .args(args)
         .output()
@@ -100,6 +115,7 @@ pub fn run_sleeper(name: &str, image: &str, opts: &[&str]) -> String {
 
 /// Runs `docker ARGS`, ignoring failure.
 pub fn docker_quiet(args: &[&str]) {
+    let _lock = (args.first() == Some(&"rmi")).then(image_lock);
     let _ = Command::new("docker")
         .args(args)
         .stdout(Stdio::null())
@@ -758,12 +774,14 @@ pub fn build_image_with(tag: &str, extra: &str) -> String {
         ),
     )
     .expect("Dockerfile");
+    let lock = image_lock();
     let out = Command::new("docker")
         .args(["build", "-q", "-t", tag])
         .arg(dir.path())
         .env("DOCKER_BUILDKIT", "0")
         .output()
         .expect("docker build");
+    drop(lock);
     assert!(
         out.status.success(),
         "{}",
