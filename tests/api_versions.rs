@@ -73,30 +73,30 @@ impl Engine {
                 .nth(1)
                 .filter(|p| p.starts_with('v'))
                 .and_then(api);
-            if let Some(v) = version {
-                if v < min || v > max {
-                    self.refused.fetch_add(1, Ordering::Relaxed);
-                    let msg = if v < min {
-                        format!(
-                            "client version {} is too old. Minimum supported API version is {}, please upgrade your client to a newer version",
-                            fmt(v),
-                            fmt(min)
-                        )
-                    } else {
-                        format!(
-                            "client version {} is too new. Maximum supported API version is {}",
-                            fmt(v),
-                            fmt(max)
-                        )
-                    };
-                    self.respond(
-                        &mut s,
-                        "400 Bad Request",
-                        &format!(r#"{{"message":"{msg}"}}"#),
+            if let Some(v) = version
+                && (v < min || v > max)
+            {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                let msg = if v < min {
+                    format!(
+                        "client version {} is too old. Minimum supported API version is {}, please upgrade your client to a newer version",
+                        fmt(v),
+                        fmt(min)
                     )
-                    .await?;
-                    continue;
-                }
+                } else {
+                    format!(
+                        "client version {} is too new. Maximum supported API version is {}",
+                        fmt(v),
+                        fmt(max)
+                    )
+                };
+                self.respond(
+                    &mut s,
+                    "400 Bad Request",
+                    &format!(r#"{{"message":"{msg}"}}"#),
+                )
+                .await?;
+                continue;
             }
             let rest = match version {
                 Some(_) => path
