@@ -192,6 +192,21 @@ fn as_docker_v2(manifest: &[u8]) -> Vec<u8> {
         .into_bytes()
 }
 
+/// An image manifest with OCI media types (from a Docker v2 one or itself).
+fn as_oci(manifest: &[u8]) -> Vec<u8> {
+    String::from_utf8_lossy(manifest)
+        .replace(DOCKER_V2, OCI_MANIFEST)
+        .replace(
+            "application/vnd.docker.container.image.v1+json",
+            "application/vnd.oci.image.config.v1+json",
+        )
+        .replace(
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        )
+        .into_bytes()
+}
+
 fn index(media: &str, child_media: &str, children: &[(&str, usize, &str)]) -> String {
     let entries: Vec<String> = children
         .iter()
@@ -387,16 +402,7 @@ async fn multi_arch_and_oci_images() {
     api.manifest("multi", "multi", DOCKER_LIST, idx1.as_bytes())
         .await;
     // The same image as an OCI manifest, alone and in an OCI index.
-    let oci = String::from_utf8_lossy(&amd)
-        .replace(DOCKER_V2, OCI_MANIFEST)
-        .replace(
-            "application/vnd.docker.container.image.v1+json",
-            "application/vnd.oci.image.config.v1+json",
-        )
-        .replace(
-            "application/vnd.docker.image.rootfs.diff.tar.gzip",
-            "application/vnd.oci.image.layer.v1.tar+gzip",
-        );
+    let oci = String::from_utf8_lossy(&as_oci(&amd)).to_string();
     let oci_d = api
         .manifest("multi", "oci", OCI_MANIFEST, oci.as_bytes())
         .await;
@@ -666,5 +672,106 @@ async fn versions_come_from_the_oci_version_label() {
     assert_eq!(
         s.versions(&c, &n, "update_available").await,
         ("1.27.2".to_string(), "1.27.3".to_string())
+    );
+}
+
+/// A BuildKit-style provenance attestation for `image` (digest) in `repo`:
+/// an OCI manifest with an `unknown/unknown` config and an in-toto layer.
+/// Returns (digest, size).
+async fn attestation(api: &Api, repo: &str, image: &str) -> (String, usize) {
+    let statement = format!(
+        r#"{{"_type":"https://in-toto.io/Statement/v0.1","predicateType":"https://slsa.dev/provenance/v0.2","subject":[{{"digest":{{"sha256":"{}"}}}}],"predicate":{{"nonce":{}}}}}"#,
+        &image[7..],
+        fastrand::u64(..)
+    );
+    let layer = api.blob(repo, statement.as_bytes()).await;
+    let config = format!(
+        r#"{{"architecture":"unknown","os":"unknown","config":{{}},"rootfs":{{"type":"layers","diff_ids":["{layer}"]}}}}"#
+    );
+    let config_d = api.blob(repo, config.as_bytes()).await;
+    let m = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_d}","size":{}}},"layers":[{{"mediaType":"application/vnd.in-toto+json","digest":"{layer}","size":{},"annotations":{{"in-toto.io/predicate-type":"https://slsa.dev/provenance/v0.2"}}}}]}}"#,
+        config.len(),
+        statement.len()
+    );
+    let d = api
+        .manifest(
+            repo,
+            &format!("att-{}", fastrand::u32(..)),
+            OCI_MANIFEST,
+            m.as_bytes(),
+        )
+        .await;
+    (d, m.len())
+}
+
+/// The OCI index BuildKit pushes: the image and its attestation manifest.
+fn attested_index(image: (&str, usize), att: (&str, usize)) -> String {
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":{},"platform":{{"architecture":"amd64","os":"linux"}}}},{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":{},"annotations":{{"vnd.docker.reference.digest":"{}","vnd.docker.reference.type":"attestation-manifest"}},"platform":{{"architecture":"unknown","os":"unknown"}}}}]}}"#,
+        image.0, image.1, att.0, att.1, image.0
+    )
+}
+
+/// BuildKit's index with an attestation (`unknown/unknown`) entry: the image
+/// is tracked by its platform's manifest; a new attestation alone is no
+/// update, a new image is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buildkit_attestation_entries_are_not_a_platform() {
+    let s = Setup::new();
+    let reg = Registry::start();
+    let h = reg.host();
+    let api = Api::new(&h);
+    let accept = format!("{DOCKER_V2}, {OCI_MANIFEST}");
+    let push_image = |tag: &'static str| {
+        let src = format!("{h}/att:{tag}");
+        build_image(&src);
+        docker(&["push", &src]);
+    };
+    push_image("src1");
+    let img1 = as_oci(&api.get("att", "src1", &accept).await);
+    let img1_d = api.manifest("att", "img1", OCI_MANIFEST, &img1).await;
+    let (att1, att1_len) = attestation(&api, "att", &img1_d).await;
+    let idx = attested_index((&img1_d, img1.len()), (&att1, att1_len));
+    api.manifest("att", "1", OCI_INDEX, idx.as_bytes()).await;
+    let n = s.ct.name("att");
+    let img = format!("{h}/att:1");
+    docker(&["pull", &img]);
+    docker(&["run", "-d", "--name", &n, &img]);
+    let c = Collector::start(s.broker.port, &format!("{}/#", s.base)).await;
+    let _d = Dockside::start(s.dir.path(), &s.config(""));
+    c.wait_latest(&s.update(&n), T, |m| m.json()["status"] == "up_to_date")
+        .await;
+
+    // A new attestation for the same image: the index digest changes.
+    let (att2, att2_len) = attestation(&api, "att", &img1_d).await;
+    let idx = attested_index((&img1_d, img1.len()), (&att2, att2_len));
+    api.manifest("att", "1", OCI_INDEX, idx.as_bytes()).await;
+    s.check_all(&c, "a1").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let u = c.latest(&s.update(&n)).expect("status").json();
+    assert_eq!(
+        u["status"], "up_to_date",
+        "a new attestation is no update: {u}"
+    );
+
+    // A new image with its attestation.
+    push_image("src2");
+    let img2 = as_oci(&api.get("att", "src2", &accept).await);
+    let img2_d = api.manifest("att", "img2", OCI_MANIFEST, &img2).await;
+    let (att3, att3_len) = attestation(&api, "att", &img2_d).await;
+    let idx = attested_index((&img2_d, img2.len()), (&att3, att3_len));
+    api.manifest("att", "1", OCI_INDEX, idx.as_bytes()).await;
+    s.check_all(&c, "a2").await;
+    let u = c
+        .wait_latest(&s.update(&n), T, |m| {
+            m.json()["status"] == "update_available"
+        })
+        .await
+        .json();
+    assert_eq!(
+        u["latest_version"],
+        format!("sha256:{}", &img2_d[7..19]),
+        "the image's manifest, not the attestation's: {u}"
     );
 }
