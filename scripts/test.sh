@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: environment set-up, lint gates,
-# unit and integration tests against the real engine and broker, then the
-# 3-minute soak run.
+# unit and integration tests against the real engine and broker, the engine
+# matrix (Docker 28.5 and 26.1 beside the host's 20.10), then the 3-minute
+# soak run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/test-env.sh
@@ -11,4 +12,28 @@ cargo clippy --all-targets --quiet -- -D warnings
 scripts/build-image.sh
 scripts/check-aarch64.sh
 cargo test --all-targets -- --test-threads=2
+
+# The engine matrix: each engine runs the engine-facing suites that matter for
+# it (README "Engines tested"). The engines run beside the host's, stopped by
+# the PIDs engine.sh recorded.
+engines=()
+stop_engines() { for e in "${engines[@]}"; do scripts/engine.sh stop "$e" || true; done; }
+trap stop_engines EXIT
+matrix() { # engine, test binaries...
+  local e=$1; shift
+  engines+=("$e")
+  scripts/engine.sh start "$e"
+  local args=()
+  for t in "$@"; do args+=(--test "$t"); done
+  echo "== engine $e: $*"
+  ( eval "$(scripts/engine.sh env "$e")"; cargo test "${args[@]}" -- --test-threads=2 )
+  scripts/engine.sh stop "$e"
+}
+# Docker 28.5, containerd image store, API floor 1.44: what fresh Docker 29 installs are.
+matrix sid-cd core commands fault_dockerd updates update_command update_management
+# Docker 28.5 with the legacy store: the image-store-dependent parts.
+matrix sid-legacy updates update_command
+# Docker 26.1 (Debian trixie), containerd store: states, events and update checks.
+matrix trixie-cd core updates
+
 DOCKSIDE_SOAK_SECS=180 cargo test --test soak -- --ignored --nocapture
