@@ -336,6 +336,11 @@ pub struct ContainersConfig {
     /// Full re-list that heals anything the event stream missed.
     #[serde(with = "humantime_serde")]
     pub reconcile_interval: Duration,
+    /// SPEC §13: this many restarts within `crashloop_window` is a crash loop
+    /// (the container's `problem`); 0 turns the rule off.
+    pub crashloop_restarts: u32,
+    #[serde(with = "humantime_serde")]
+    pub crashloop_window: Duration,
 }
 
 impl Default for ContainersConfig {
@@ -345,6 +350,8 @@ impl Default for ContainersConfig {
             exclude: Vec::new(),
             removal_grace: Duration::from_secs(30),
             reconcile_interval: Duration::from_secs(300),
+            crashloop_restarts: 3,
+            crashloop_window: Duration::from_secs(600),
         }
     }
 }
@@ -939,6 +946,20 @@ impl Config {
         }
         if self.commands.update_timeout < Duration::from_secs(10) {
             return Err(invalid("commands.update_timeout", "must be at least 10s"));
+        }
+        if self.containers.crashloop_restarts > 1000 {
+            return Err(invalid(
+                "containers.crashloop_restarts",
+                "must be at most 1000",
+            ));
+        }
+        if self.containers.crashloop_window < Duration::from_secs(10)
+            || self.containers.crashloop_window > Duration::from_secs(7 * 24 * 3600)
+        {
+            return Err(invalid(
+                "containers.crashloop_window",
+                "must be between 10s and 7d",
+            ));
         }
         if self.containers.reconcile_interval < Duration::from_secs(1) {
             return Err(invalid(

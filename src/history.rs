@@ -8,12 +8,11 @@
 //! until the operation ends.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
 use crate::docker::recreate::Swap;
-use crate::persist::StateDir;
+use crate::persist::{BackgroundFile, StateDir};
 
 /// Operations kept per container.
 pub const KEEP: usize = 10;
@@ -56,20 +55,19 @@ struct File {
 /// One endpoint's histories; owned by its endpoint task.
 #[derive(Debug)]
 pub struct History {
-    file: String,
-    dir: Option<StateDir>,
+    /// `history-<ep>.json`, saved in the background (none without a state dir).
+    file: Option<BackgroundFile>,
     data: File,
-    /// Saves run in the background; an older snapshot never overwrites a newer one.
-    written: Arc<Mutex<u64>>,
-    seq: u64,
 }
 
 impl History {
     pub fn load(dir: Option<StateDir>, ep: &str) -> Self {
-        let file = format!("history-{ep}.json");
-        let data = dir
+        let file = dir
             .as_ref()
-            .and_then(|d| std::fs::read(d.path().join(&file)).ok())
+            .map(|d| d.background_file(&format!("history-{ep}.json")));
+        let data = file
+            .as_ref()
+            .and_then(BackgroundFile::read)
             .and_then(|b| serde_json::from_slice::<File>(&b).ok())
             .map(|mut f| {
                 for list in f.containers.values_mut() {
@@ -78,13 +76,7 @@ impl History {
                 f
             })
             .unwrap_or_default();
-        Self {
-            file,
-            dir,
-            data,
-            written: Arc::default(),
-            seq: 0,
-        }
+        Self { file, data }
     }
 
     pub fn get(&self, ct: &str) -> Option<&VecDeque<Entry>> {
@@ -188,24 +180,11 @@ impl History {
     }
 
     fn save(&mut self) {
-        let Some(dir) = self.dir.clone() else { return };
-        let bytes = match serde_json::to_vec(&self.data) {
-            Ok(b) => b,
-            Err(e) => return tracing::warn!(error = %e, "cannot encode the update history"),
-        };
-        self.seq += 1;
-        let (seq, written, file) = (self.seq, self.written.clone(), self.file.clone());
-        // Off the endpoint task: an fsync on an SD card can take a while.
-        tokio::task::spawn_blocking(move || {
-            let mut last = written.lock().unwrap_or_else(|e| e.into_inner());
-            if *last > seq {
-                return;
-            }
-            if let Err(e) = dir.write_atomic(&file, &bytes) {
-                tracing::warn!(error = %e, file = %file, "cannot save the update history");
-            }
-            *last = seq;
-        });
+        let Some(file) = &mut self.file else { return };
+        match serde_json::to_vec(&self.data) {
+            Ok(b) => file.save(b, "update history"),
+            Err(e) => tracing::warn!(error = %e, "cannot encode the update history"),
+        }
     }
 }
 

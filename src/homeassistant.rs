@@ -24,6 +24,7 @@ pub const SUPPORT_URL: &str = env!("CARGO_PKG_HOMEPAGE");
 pub use crate::payloads::{HEALTHS as HEALTH_OPTIONS, STATES as STATE_OPTIONS};
 
 const ON_OFF_RUNNING: &str = "{{ 'ON' if value_json.running else 'OFF' }}";
+const ON_OFF_PROBLEM: &str = "{{ 'ON' if value_json.problem else 'OFF' }}";
 
 /// Maps the §4.3 update status onto HA's update-entity JSON: only keys HA's
 /// schema accepts, never `null`, absent versions left out (HA drops the whole
@@ -471,6 +472,16 @@ impl Discovery {
                 "Health",
                 json!({"device_class": "enum", "options": HEALTH_OPTIONS, "state_topic": state,
                        "value_template": "{{ value_json.health }}", "icon": "mdi:heart-pulse"}),
+            ),
+            // SPEC §13: one flag to alert on; the reason as an attribute.
+            self.entity(
+                &id,
+                "problem",
+                "binary_sensor",
+                "Problem",
+                json!({"device_class": "problem", "state_topic": state,
+                       "value_template": ON_OFF_PROBLEM, "json_attributes_topic": state,
+                       "json_attributes_template": "{{ {'reason': value_json.problem_reason} | tojson }}"}),
             ),
         ];
         if Self::allows(w, "start") && Self::allows(w, "stop") {

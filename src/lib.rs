@@ -21,6 +21,7 @@ pub mod mqtt;
 pub mod payloads;
 pub mod persist;
 pub mod portainer;
+pub mod problem;
 pub mod registry;
 pub mod signals;
 pub mod status_server;

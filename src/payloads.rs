@@ -37,6 +37,10 @@ pub struct ContainerState {
     pub ports: Vec<String>,
     pub stack: Option<String>,
     pub service: Option<String>,
+    /// SPEC §13: something an automation should alert on, and why
+    /// (`crate::problem::assess`; set by the endpoint when it publishes).
+    pub problem: bool,
+    pub problem_reason: Option<String>,
 }
 
 /// SPEC §4.1 `state` values (also the HA enum sensor's options).
@@ -131,6 +135,8 @@ impl ContainerState {
             ports,
             stack: labels.get(COMPOSE_PROJECT).and_then(|s| non_empty(s)),
             service: labels.get(COMPOSE_SERVICE).and_then(|s| non_empty(s)),
+            problem: false,
+            problem_reason: None,
         }
     }
 
@@ -349,7 +355,7 @@ mod tests {
             serde_json::json!(["127.0.0.1:5353:53/udp", "8080:80/tcp"])
         );
         let keys: Vec<_> = v.as_object().expect("obj").keys().cloned().collect();
-        assert_eq!(keys.len(), 23);
+        assert_eq!(keys.len(), 25);
         let flat = s.flat_values();
         assert!(flat.contains(&("running".into(), "true".into())));
         assert!(flat.contains(&("finished_at".into(), String::new())));

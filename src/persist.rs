@@ -4,6 +4,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -163,6 +164,16 @@ impl StateDir {
         std::fs::File::open(&self.dir)?.sync_all()
     }
 
+    /// A JSON file of `state.dir` written in the background (see [`BackgroundFile`]).
+    pub fn background_file(&self, name: &str) -> BackgroundFile {
+        BackgroundFile {
+            dir: self.clone(),
+            name: name.to_string(),
+            written: Arc::default(),
+            seq: 0,
+        }
+    }
+
     pub fn remove_cursor(&self, ep: &str) {
         for slot in 0..2 {
             let _ = std::fs::remove_file(self.slot_path(ep, slot));
@@ -303,5 +314,43 @@ mod tests {
         std::fs::write(&file, b"x").expect("write");
         let e = StateDir::open(&file.join("sub")).expect_err("not a dir");
         assert!(e.to_string().contains("cannot create"), "{e}");
+    }
+}
+
+/// One small file of `state.dir`, rewritten whole (atomically) off the async
+/// workers: an fsync on an SD card can take a while. Saves run in order of
+/// their snapshots; an older one never overwrites a newer one.
+#[derive(Debug)]
+pub struct BackgroundFile {
+    dir: StateDir,
+    name: String,
+    written: Arc<std::sync::Mutex<u64>>,
+    seq: u64,
+}
+
+impl BackgroundFile {
+    pub fn read(&self) -> Option<Vec<u8>> {
+        std::fs::read(self.dir.path().join(&self.name)).ok()
+    }
+
+    /// `what` names the data in the warning a failed write leaves.
+    pub fn save(&mut self, bytes: Vec<u8>, what: &'static str) {
+        self.seq += 1;
+        let (seq, written, dir, name) = (
+            self.seq,
+            self.written.clone(),
+            self.dir.clone(),
+            self.name.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let mut last = written.lock().unwrap_or_else(|e| e.into_inner());
+            if *last > seq {
+                return;
+            }
+            if let Err(e) = dir.write_atomic(&name, &bytes) {
+                tracing::warn!(error = %e, file = %name, "cannot save the {what}");
+            }
+            *last = seq;
+        });
     }
 }

@@ -441,6 +441,17 @@ async fn home_assistant_sees_and_drives_containers() {
         .await;
     ha.wait_state(&ent("binary_sensor", &sick, "running"), "on")
         .await;
+    // SPEC §13: the problem flag, with its reason as an attribute.
+    let problem = ha
+        .wait_state(&ent("binary_sensor", &sick, "problem"), "on")
+        .await;
+    assert_eq!(problem["attributes"]["reason"], "unhealthy", "{problem}");
+    assert_eq!(
+        problem["attributes"]["device_class"], "problem",
+        "{problem}"
+    );
+    ha.wait_state(&ent("binary_sensor", &run, "problem"), "off")
+        .await;
 
     // Pressing restart in HA restarts the container; the result arrives.
     let before = inspect(&run, "{{.State.StartedAt}}");

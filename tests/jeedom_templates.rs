@@ -64,10 +64,12 @@ fn check(file: &str, payloads: &[(&str, Value)], words: &[&str]) {
 
 #[test]
 fn container_template_matches_the_topics() {
-    let state = json!({"name":"nginx","id":"x","endpoint":"local","image":"nginx:1.27","image_id":"sha256:x",
-        "state":"running","health":"healthy","running":true,"paused":false,"restarting":false,"dead":false,
-        "oom_killed":false,"exit_code":0,"restart_count":0,"created":"x","started_at":"x","finished_at":null,
-        "ip_address":"172.17.0.2","mac_address":null,"gateway":null,"ports":[],"stack":null,"service":null});
+    // Every key the real payload has (a sample written by hand would drift).
+    let state = serde_json::to_value(dockside::payloads::ContainerState::from_inspect(
+        "local",
+        &Default::default(),
+    ))
+    .expect("state json");
     let update = json!({"status":"update_available","update_available":true,"image":"nginx:1.27",
         "installed_version":"1.27.2","latest_version":"1.27.3","in_progress":false});
     let event = json!({"event_type":"start","time":"x","attributes":{}});

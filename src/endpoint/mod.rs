@@ -82,6 +82,9 @@ pub struct EndpointSettings {
     pub event_types: Vec<String>,
     pub removal_grace: Duration,
     pub reconcile_interval: Duration,
+    /// `containers.crashloop_*` (SPEC §13 problem flag).
+    pub crashloop_restarts: u32,
+    pub crashloop_window: Duration,
     pub flat_topics: bool,
     pub state_dir: Option<StateDir>,
     /// Names never stopped, paused, killed or recreated (`commands.protect`).
@@ -204,6 +207,8 @@ pub struct Endpoint {
     ops: JoinSet<commands::OpDone>,
     /// Update history per container (SPEC §14).
     history: crate::history::History,
+    /// Restart times, for the crash-loop rule of the problem flag.
+    crashloops: crate::problem::Crashloops,
     /// An `update_all` under way.
     update_all: Option<commands::UpdateAll>,
     next_seq: u64,
@@ -229,6 +234,12 @@ impl Endpoint {
             .unwrap_or_default();
         cursor.rebuild_index();
         let history = crate::history::History::load(settings.state_dir.clone(), &id);
+        let crashloops = crate::problem::Crashloops::load(
+            settings.state_dir.as_ref(),
+            &id,
+            settings.crashloop_window,
+            settings.crashloop_restarts as usize,
+        );
         Self {
             id,
             meta,
@@ -267,6 +278,7 @@ impl Endpoint {
             actions: JoinSet::new(),
             ops: JoinSet::new(),
             history,
+            crashloops,
             update_all: None,
             next_seq: 0,
             ha_containers: HashMap::new(),

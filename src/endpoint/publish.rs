@@ -19,6 +19,7 @@ impl Endpoint {
     }
 
     pub(super) fn publish_state(&mut self, name: &str, state: ContainerState, force: bool) {
+        let state = self.with_problem(name, state);
         if !force && self.containers.get(name) == Some(&state) {
             return;
         }
@@ -65,6 +66,27 @@ impl Endpoint {
         }
         self.info_changed();
         self.check_pending(name);
+    }
+
+    /// The problem flag (SPEC §13) of `state`, with this restart count recorded.
+    fn with_problem(&mut self, name: &str, mut state: ContainerState) -> ContainerState {
+        let recent = self
+            .crashloops
+            .observe(name, state.restart_count, crate::problem::unix_now());
+        state.problem_reason = crate::problem::assess(&state, recent, self.crashloops.threshold());
+        state.problem = state.problem_reason.is_some();
+        state
+    }
+
+    /// Crash loops end by time passing, not by an event: the flag of every
+    /// container with restarts on record is looked at again (save tick).
+    pub(super) fn recheck_problems(&mut self) {
+        let names: Vec<String> = self.crashloops.tracked().cloned().collect();
+        for name in names {
+            if let Some(state) = self.containers.get(&name).cloned() {
+                self.publish_state(&name, state, false);
+            }
+        }
     }
 
     pub(super) fn on_gone(&mut self, id: &str) {
@@ -179,6 +201,7 @@ impl Endpoint {
     pub(super) fn clear_container(&mut self, name: &str) {
         self.ha_containers.remove(name);
         self.history.forget(name);
+        self.crashloops.forget(name);
         let prefix = self.settings.topics.container_prefix(&self.id, name);
         match &self.settings.inventory {
             // Under the inventory lock: no update status can land after the clear.

@@ -158,7 +158,10 @@ impl Endpoint {
                     self.full_sync().await?;
                     self.publish_info_now();
                 }
-                _ = save.tick() => self.save_cursor_soon(),
+                _ = save.tick() => {
+                    self.save_cursor_soon();
+                    self.recheck_problems();
+                }
                 Ok(()) = resync.changed() => self.republish_all(),
             }
         }
