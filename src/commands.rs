@@ -18,7 +18,7 @@ pub const DEDUP_WINDOW: Duration = Duration::from_secs(60);
 
 /// Words a container `set` topic takes.
 pub const CONTAINER_WORDS: &[&str] = &[
-    "start", "stop", "restart", "pause", "unpause", "kill", "update", "check", "rollback",
+    "start", "stop", "restart", "pause", "unpause", "kill", "update", "check", "rollback", "logs",
 ];
 /// Words an endpoint `set` topic takes.
 pub const ENDPOINT_WORDS: &[&str] = &["resync", "check_updates", "update_all"];
@@ -56,7 +56,16 @@ pub struct Request {
     pub request_id: Option<String>,
     /// `update` to this tag of the container's repository (SPEC §14).
     pub version: Option<String>,
+    /// `logs` (SPEC §13): how many of the last lines (1–1,000; default 100).
+    pub lines: Option<u32>,
+    /// `logs`: only lines since this Unix time (from `"10m"`, RFC 3339 or seconds).
+    pub since: Option<i64>,
 }
+
+/// `logs` without `lines`.
+pub const DEFAULT_LOG_LINES: u32 = 100;
+/// `logs` never returns more lines than this.
+pub const MAX_LOG_LINES: u32 = 1000;
 
 /// A refusal at parse time; carries whatever could be read so the result can echo it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,11 +96,16 @@ pub fn parse(payload: &[u8], scope: Scope) -> Result<Request, ParseError> {
     if text.is_empty() {
         return Err(perr("empty payload"));
     }
-    let (action, request_id, version) = if text.starts_with('{') {
+    let (action, request_id, extras) = if text.starts_with('{') {
         parse_json(text)?
     } else {
-        (text.to_ascii_lowercase(), None, None)
+        (text.to_ascii_lowercase(), None, Extras::default())
     };
+    let Extras {
+        version,
+        lines,
+        since,
+    } = extras;
     let words = match scope {
         Scope::Container => CONTAINER_WORDS,
         Scope::Endpoint => ENDPOINT_WORDS,
@@ -119,11 +133,53 @@ pub fn parse(payload: &[u8], scope: Scope) -> Result<Request, ParseError> {
         }
         check_tag(v).map_err(refuse)?;
     }
+    if (lines.is_some() || since.is_some()) && action != "logs" {
+        return Err(ParseError {
+            message: "`lines` and `since` go only with `logs`".into(),
+            action: Some(action),
+            request_id,
+        });
+    }
+    let since = match since {
+        None => None,
+        Some(v) => Some(
+            parse_since(&v, crate::problem::unix_now()).map_err(|message| ParseError {
+                message,
+                action: Some(action.clone()),
+                request_id: request_id.clone(),
+            })?,
+        ),
+    };
     Ok(Request {
         action,
         request_id,
         version,
+        lines,
+        since,
     })
+}
+
+/// `since` of `logs`: a duration back from `now` (`"10m"`), an RFC 3339
+/// time, or Unix seconds; as Unix seconds.
+pub fn parse_since(v: &serde_json::Value, now: u64) -> Result<i64, String> {
+    let bad = || "`since` is a duration (\"10m\"), an RFC 3339 time or Unix seconds".to_string();
+    match v {
+        serde_json::Value::Number(n) => n.as_i64().filter(|s| *s >= 0).ok_or_else(bad),
+        serde_json::Value::String(s) => {
+            let s = s.trim();
+            if let Ok(d) = humantime::parse_duration(s) {
+                return Ok((now.saturating_sub(d.as_secs())) as i64);
+            }
+            if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+                return t
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .map_err(|_| bad());
+            }
+            s.parse::<i64>().ok().filter(|s| *s >= 0).ok_or_else(bad)
+        }
+        _ => Err(bad()),
+    }
 }
 
 /// A `version` must be a plain tag of the container's own repository.
@@ -152,7 +208,15 @@ pub fn check_tag(v: &str) -> Result<(), String> {
     Ok(())
 }
 
-type Parsed = (String, Option<String>, Option<String>);
+/// The keys beyond `action` and `request_id`.
+#[derive(Default)]
+struct Extras {
+    version: Option<String>,
+    lines: Option<u32>,
+    since: Option<serde_json::Value>,
+}
+
+type Parsed = (String, Option<String>, Extras);
 
 fn parse_json(text: &str) -> Result<Parsed, ParseError> {
     let value: serde_json::Value =
@@ -188,10 +252,12 @@ fn parse_json(text: &str) -> Result<Parsed, ParseError> {
             });
         }
     };
-    if let Some(k) = obj
-        .keys()
-        .find(|k| !matches!(k.as_str(), "action" | "request_id" | "version"))
-    {
+    if let Some(k) = obj.keys().find(|k| {
+        !matches!(
+            k.as_str(),
+            "action" | "request_id" | "version" | "lines" | "since"
+        )
+    }) {
         let k: String = k.chars().take(32).collect();
         return Err(ParseError {
             message: format!("unknown key `{k}`"),
@@ -210,7 +276,31 @@ fn parse_json(text: &str) -> Result<Parsed, ParseError> {
             });
         }
     };
-    Ok((action, request_id, version))
+    let lines = match obj.get("lines") {
+        None | Some(serde_json::Value::Null) => None,
+        // More than the most is the most (SPEC §13: at most 1,000).
+        Some(serde_json::Value::Number(n)) if n.as_u64().is_some_and(|l| l >= 1) => Some(
+            n.as_u64()
+                .map_or(MAX_LOG_LINES, |l| l.min(u64::from(MAX_LOG_LINES)) as u32),
+        ),
+        Some(_) => {
+            return Err(ParseError {
+                message: format!("`lines` must be a whole number from 1 to {MAX_LOG_LINES}"),
+                action: Some(action),
+                request_id,
+            });
+        }
+    };
+    let since = obj.get("since").filter(|v| !v.is_null()).cloned();
+    Ok((
+        action,
+        request_id,
+        Extras {
+            version,
+            lines,
+            since,
+        },
+    ))
 }
 
 /// The result payload on `<…>/result` (SPEC §5).
@@ -230,6 +320,12 @@ pub struct CommandResult {
     /// `update_all`: each container's outcome, in the order they ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outcomes: Option<Vec<ContainerOutcome>>,
+    /// `logs` (SPEC §13): the lines, oldest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logs: Option<Vec<crate::docker::logs::LogLine>>,
+    /// `logs`: more lines than fit in 64 KiB, a line cut, or a stream cut short.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<bool>,
     pub duration_ms: u64,
     pub at: String,
 }
@@ -281,6 +377,8 @@ impl CommandResult {
             error: None,
             state,
             outcomes: None,
+            logs: None,
+            truncated: None,
             duration_ms: started.elapsed().as_millis() as u64,
             at: crate::payloads::now_rfc3339(),
         }
@@ -301,6 +399,8 @@ impl CommandResult {
             error: Some(error.into()),
             state: None,
             outcomes: None,
+            logs: None,
+            truncated: None,
             duration_ms: started.elapsed().as_millis() as u64,
             at: crate::payloads::now_rfc3339(),
         }
@@ -731,6 +831,53 @@ mod tests {
     }
 
     #[test]
+    fn logs_arguments() {
+        let r = parse(
+            br#"{"action":"logs","lines":20,"since":"10m"}"#,
+            Scope::Container,
+        )
+        .expect("ok");
+        assert_eq!(r.lines, Some(20));
+        let now = crate::problem::unix_now() as i64;
+        assert!(r.since.is_some_and(|s| (now - 600 - s).abs() <= 2), "{r:?}");
+        let r = parse(br#"{"action":"logs","lines":99999}"#, Scope::Container).expect("clamped");
+        assert_eq!(r.lines, Some(MAX_LOG_LINES));
+        assert_eq!(parse(b"logs", Scope::Container).expect("word").lines, None);
+        assert_eq!(
+            parse_since(&serde_json::json!(1_700_000_000), 0),
+            Ok(1_700_000_000)
+        );
+        assert_eq!(
+            parse_since(&serde_json::json!("2026-12-01T00:00:00Z"), 0),
+            Ok(1_796_083_200)
+        );
+        for bad in [
+            &br#"{"action":"logs","lines":0}"#[..],
+            br#"{"action":"logs","lines":-1}"#,
+            br#"{"action":"logs","lines":1.5}"#,
+            br#"{"action":"logs","since":"soon"}"#,
+            br#"{"action":"logs","since":-5}"#,
+            br#"{"action":"restart","lines":5}"#,
+        ] {
+            assert!(
+                parse(bad, Scope::Container).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // Opt-in like `pause`: refused unless commands.allow names it.
+        let allow = vec![
+            "start".to_string(),
+            "stop".to_string(),
+            "restart".to_string(),
+        ];
+        assert!(matches!(
+            refusal(true, &allow, "logs", None),
+            Some((Code::Forbidden, _))
+        ));
+    }
+
+    #[test]
     fn update_to_a_version() {
         let r = parse(
             br#"{"action":"update","version":"1.27.3","request_id":"v"}"#,
@@ -809,6 +956,8 @@ mod tests {
             action: "restart".into(),
             request_id: Some("abc".into()),
             version: None,
+            lines: None,
+            since: None,
         };
         let ok = serde_json::to_value(CommandResult::ok(
             &req,

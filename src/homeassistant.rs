@@ -508,6 +508,8 @@ impl Discovery {
             ("pause", "Pause", "mdi:pause"),
             ("unpause", "Unpause", "mdi:play-pause"),
             ("kill", "Kill", "mdi:skull-crossbones"),
+            // The lines arrive on the container's result topic (an MQTT trigger).
+            ("logs", "Fetch logs", "mdi:text-box-search"),
         ] {
             if Self::allows(w, word) {
                 // Rarely wanted: present, disabled until the user enables it.
@@ -682,6 +684,7 @@ fn word_id(w: &str) -> &'static str {
     match w {
         "pause" => "pause",
         "unpause" => "unpause",
+        "logs" => "logs",
         _ => "kill",
     }
 }

@@ -82,9 +82,7 @@ fn container_template_matches_the_topics() {
             ("event", event),
             ("result", result),
         ],
-        &[
-            "start", "stop", "restart", "pause", "unpause", "kill", "update", "check",
-        ],
+        dockside::commands::CONTAINER_WORDS,
     );
 }
 

@@ -30,6 +30,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Caps on what is read from an engine: a list of thousands of containers fits.
 const MAX_LIST_BODY: usize = 64 << 20;
 const MAX_OBJECT_BODY: usize = 8 << 20;
+/// Raw log bytes read for one `logs` command (1,000 lines, each cut at 8 KiB
+/// once decoded, fit many times over).
+const MAX_LOG_BODY: usize = 8 << 20;
 /// One event line; Docker's are well under 4 KiB.
 const MAX_EVENT_LINE: usize = 1 << 20;
 
@@ -435,6 +438,64 @@ impl DockerClient {
     }
 
     /// `None` when the container no longer exists.
+    /// The last `tail` log lines of container `id` (since `since`, Unix
+    /// seconds), decoded ([`super::logs::decode`]). The raw answer is read up
+    /// to `MAX_LOG_BODY`; a longer one keeps what was read and is `truncated`.
+    pub async fn logs(
+        &self,
+        id: &str,
+        tail: u32,
+        since: Option<i64>,
+    ) -> Result<super::logs::Logs, DockerError> {
+        let Some(c) = self.inspect(id).await? else {
+            return Err(DockerError::NotFound);
+        };
+        let mut url = self.url(&["containers", id, "logs"]);
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("stdout", "1")
+                .append_pair("stderr", "1")
+                .append_pair("timestamps", "1")
+                .append_pair("tail", &tail.to_string());
+            if let Some(s) = since {
+                q.append_pair("since", &s.to_string());
+            }
+        }
+        let mut resp = self
+            .execute(Method::GET, url, Some(REQUEST_TIMEOUT))
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Err(DockerError::NotFound);
+        }
+        if !resp.status().is_success() {
+            return Err(status_error(resp).await);
+        }
+        let mut body = Vec::new();
+        let mut cut = false;
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    let room = MAX_LOG_BODY.saturating_sub(body.len());
+                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    if chunk.len() > room {
+                        cut = true;
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                // Cut half-way: the lines read so far, marked truncated.
+                Err(e) => {
+                    tracing::debug!(error = %e, "log stream ended early");
+                    cut = true;
+                    break;
+                }
+            }
+        }
+        let mut logs = super::logs::decode(&body, c.config.tty);
+        logs.truncated |= cut;
+        Ok(logs)
+    }
+
     pub async fn inspect(&self, id: &str) -> Result<Option<ContainerInspect>, DockerError> {
         match self
             .get_json(

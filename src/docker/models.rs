@@ -78,6 +78,8 @@ pub struct InspectConfig {
     pub image: String,
     #[serde(deserialize_with = "nullable")]
     pub labels: HashMap<String, String>,
+    /// A TTY container's logs are one raw stream, not multiplexed frames.
+    pub tty: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -55,6 +55,8 @@ pub struct UpdateAll {
 
 /// Pull progress reaches the `update` topic at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// `logs` fetches running at once per endpoint (each reads up to 8 MiB).
+const MAX_READS: usize = 4;
 
 #[derive(Debug)]
 pub struct Pending {
@@ -141,7 +143,7 @@ impl Endpoint {
         Ok(())
     }
 
-    fn send_result(&self, name: &str, r: CommandResult) {
+    pub(super) fn send_result(&self, name: &str, r: CommandResult) {
         if r.ok {
             tracing::info!(endpoint = %self.id, container = %name, action = ?r.action, ms = r.duration_ms, "command done");
         } else {
@@ -197,6 +199,10 @@ impl Endpoint {
                 &self.outbox,
             );
         }
+        if req.action == "logs" {
+            // Read-only: beside a running command, bounded by MAX_READS.
+            return self.start_logs(name, req, received);
+        }
         if self.pending.contains_key(&name) {
             let r = refuse(
                 Code::Busy,
@@ -239,6 +245,52 @@ impl Endpoint {
                 .container_action(&id, &action, &[], timeout.max(Duration::from_secs(1)))
                 .await;
             (name, seq, Answer::Engine(r))
+        });
+    }
+
+    /// `logs` (SPEC §13): read-only, so beside any running command; fetched
+    /// and decoded off the endpoint task, answered when done.
+    fn start_logs(&mut self, name: String, req: Request, received: std::time::Instant) {
+        if self.reads.len() >= MAX_READS {
+            let r = CommandResult::refused(
+                &req,
+                Code::Busy,
+                format!("{MAX_READS} log requests are running on this endpoint; retry"),
+                received,
+            );
+            return self.send_result(&name, r);
+        }
+        let Some(id) = self.containers.get(&name).map(|s| s.id.clone()) else {
+            return;
+        };
+        let client = self.client.clone();
+        let tail = req.lines.unwrap_or(crate::commands::DEFAULT_LOG_LINES);
+        let timeout = self.settings.command_timeout.max(Duration::from_secs(1));
+        self.reads.spawn(async move {
+            let r = match tokio::time::timeout(timeout, client.logs(&id, tail, req.since)).await {
+                Ok(Ok(logs)) => {
+                    let mut r = CommandResult::ok(&req, None, received);
+                    r.logs = Some(logs.lines);
+                    r.truncated = Some(logs.truncated);
+                    r
+                }
+                Ok(Err(DockerError::NotFound)) => {
+                    CommandResult::refused(&req, Code::NotFound, "the container is gone", received)
+                }
+                Ok(Err(e)) => {
+                    CommandResult::refused(&req, Code::EngineError, e.to_string(), received)
+                }
+                Err(_) => CommandResult::refused(
+                    &req,
+                    Code::Timeout,
+                    format!(
+                        "no logs from the engine within {}",
+                        humantime::format_duration(timeout)
+                    ),
+                    received,
+                ),
+            };
+            (name, r)
         });
     }
 
@@ -587,6 +639,8 @@ impl Endpoint {
                 action: "update".into(),
                 request_id: ua.req.request_id.clone(),
                 version: None,
+                lines: None,
+                since: None,
             };
             let received = std::time::Instant::now();
             if self.pending.contains_key(&name) {

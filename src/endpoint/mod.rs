@@ -205,6 +205,8 @@ pub struct Endpoint {
     /// `update`/`rollback` outcomes: not aborted with a session (the
     /// recreate runs to its end), recorded in the history when they land.
     ops: JoinSet<commands::OpDone>,
+    /// Read-only words running (`logs`): at most `commands::MAX_READS`.
+    reads: JoinSet<(String, crate::commands::CommandResult)>,
     /// Update history per container (SPEC §14).
     history: crate::history::History,
     /// Restart times, for the crash-loop rule of the problem flag.
@@ -277,6 +279,7 @@ impl Endpoint {
             last_command: HashMap::new(),
             actions: JoinSet::new(),
             ops: JoinSet::new(),
+            reads: JoinSet::new(),
             history,
             crashloops,
             update_all: None,

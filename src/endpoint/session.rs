@@ -126,6 +126,12 @@ impl Endpoint {
                         Err(e) => tracing::error!(endpoint = %self.id, error = %e, "update task failed"),
                     }
                 }
+                Some(res) = self.reads.join_next(), if !self.reads.is_empty() => {
+                    match res {
+                        Ok((name, r)) => self.send_result(&name, r),
+                        Err(e) => tracing::error!(endpoint = %self.id, error = %e, "logs task failed"),
+                    }
+                }
                 Some(cmd) = cmds.recv() => self.on_command(cmd).await?,
                 _ = sleep_until_opt(command_due) => self.expire_commands(),
                 Some(res) = self.inspects.join_next(), if !self.inspects.is_empty() => {
