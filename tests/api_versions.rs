@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 
 const ID: &str = "3333333333333333333333333333333333333333333333333333333333333333";
@@ -52,17 +52,9 @@ impl Engine {
     async fn serve(self, mut s: UnixStream) -> std::io::Result<()> {
         let mut buf = Vec::new();
         loop {
-            let mut chunk = [0u8; 4096];
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = s.read(&mut chunk).await?;
-                if n == 0 {
-                    return Ok(());
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
-            let head = String::from_utf8_lossy(&buf[..end]).to_string();
-            buf.drain(..end);
+            let Some(head) = read_request_head(&mut s, &mut buf).await? else {
+                return Ok(());
+            };
             let path = head.split_whitespace().nth(1).unwrap_or("/");
             let path = path.split('?').next().unwrap_or("").to_string();
             let (min, max) = (self.min, self.max);

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 
 const GOOD_ID: &str = "1111111111111111111111111111111111111111111111111111111111111111";
@@ -33,18 +33,10 @@ async fn respond(s: &mut UnixStream, status: &str, body: &str) -> std::io::Resul
 async fn serve(mut s: UnixStream, name: String, info: &'static str) -> std::io::Result<()> {
     let mut buf = Vec::new();
     loop {
-        // Read one request head (no request here has a body).
-        let mut chunk = [0u8; 4096];
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
-        let head = String::from_utf8_lossy(&buf[..end]).to_string();
-        buf.drain(..end);
+        // One request head (no request here has a body).
+        let Some(head) = read_request_head(&mut s, &mut buf).await? else {
+            return Ok(());
+        };
         let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
         let path = path.split('?').next().unwrap_or("").to_string();
         match path.as_str() {

@@ -46,14 +46,6 @@ impl Env {
     }
 }
 
-fn run(name: &str, extra: &[&str], cmd: &[&str]) -> String {
-    let mut args = vec!["run", "-d", "--name", name];
-    args.extend_from_slice(extra);
-    args.push(IMAGE);
-    args.extend_from_slice(cmd);
-    docker(&args)
-}
-
 fn events_for<'a>(msgs: &'a [Msg], topic: &str, id: &str, action: &str) -> Vec<&'a Msg> {
     msgs.iter()
         .filter(|m| {
@@ -72,7 +64,7 @@ async fn every_container_state_is_mirrored() {
     let created = env.ct.name("created");
     let running = env.ct.name("running");
     docker(&["create", "--name", &created, IMAGE]);
-    run(
+    run_container(
         &running,
         &[
             "-l",
@@ -113,7 +105,7 @@ async fn every_container_state_is_mirrored() {
 
     // Changes made while dockside runs arrive through events.
     let stopped = env.ct.name("stopped");
-    run(&stopped, &[], &["sh", "-c", "exit 3"]);
+    run_container(&stopped, &[], &["sh", "-c", "exit 3"]);
     let s = c
         .wait_state(&env.state(&stopped), T, |s| s["state"] == "exited")
         .await;
@@ -121,7 +113,7 @@ async fn every_container_state_is_mirrored() {
     assert!(s["finished_at"].is_string());
 
     let paused = env.ct.name("paused");
-    run(&paused, &[], &[]);
+    run_container(&paused, &[], &[]);
     c.wait_state(&env.state(&paused), T, |s| s["state"] == "running")
         .await;
     docker(&["pause", &paused]);
@@ -136,7 +128,7 @@ async fn every_container_state_is_mirrored() {
     .await;
 
     let killed = env.ct.name("killed");
-    run(&killed, &[], &[]);
+    run_container(&killed, &[], &[]);
     c.wait_state(&env.state(&killed), T, |s| s["running"] == true)
         .await;
     docker(&["kill", &killed]);
@@ -147,7 +139,7 @@ async fn every_container_state_is_mirrored() {
     assert_eq!(s["oom_killed"], false);
 
     let oom = env.ct.name("oom");
-    run(
+    run_container(
         &oom,
         &["--memory", "16m", "--memory-swap", "16m"],
         &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
@@ -168,7 +160,7 @@ async fn every_container_state_is_mirrored() {
     .await;
 
     let sick = env.ct.name("sick");
-    run(
+    run_container(
         &sick,
         &[
             "--health-cmd",
@@ -193,7 +185,7 @@ async fn every_container_state_is_mirrored() {
     })
     .await;
     let well = env.ct.name("well");
-    run(
+    run_container(
         &well,
         &["--health-cmd", "true", "--health-interval", "1s"],
         &[],
@@ -202,7 +194,7 @@ async fn every_container_state_is_mirrored() {
         .await;
 
     let flaky = env.ct.name("flaky");
-    run(
+    run_container(
         &flaky,
         &["--restart", "on-failure:2"],
         &["sh", "-c", "sleep 0.2; exit 1"],
@@ -217,7 +209,7 @@ async fn every_container_state_is_mirrored() {
     // Rename: the old name's topics are cleared, the new name appears.
     let old = env.ct.name("oldname");
     let new = env.ct.name("newname");
-    run(&old, &[], &[]);
+    run_container(&old, &[], &[]);
     c.wait_state(&env.state(&old), T, |s| s["running"] == true)
         .await;
     docker(&["rename", &old, &new]);
@@ -264,7 +256,7 @@ async fn events_are_published_once_with_container_events() {
     .await;
 
     let name = env.ct.name("ev");
-    let id = run(&name, &[], &[]);
+    let id = run_container(&name, &[], &[]);
     docker(&["stop", "-t", "0", &name]);
     let events = format!("{}/local/events", env.base);
     c.wait_until("stop event", T, |all| {
@@ -329,8 +321,8 @@ async fn removal_after_grace_and_recreate_keeps_topics() {
     let c = env.collector().await;
     let gone = env.ct.name("gone");
     let again = env.ct.name("again");
-    run(&gone, &[], &[]);
-    let first_id = run(&again, &[], &[]);
+    run_container(&gone, &[], &[]);
+    let first_id = run_container(&again, &[], &[]);
     let _d = env.start();
     c.wait_state(&env.state(&gone), T, |s| s["running"] == true)
         .await;
@@ -340,7 +332,7 @@ async fn removal_after_grace_and_recreate_keeps_topics() {
     let removed_at = Instant::now();
     docker(&["rm", "-f", &gone]);
     docker(&["rm", "-f", &again]);
-    let second_id = run(&again, &[], &[]);
+    let second_id = run_container(&again, &[], &[]);
     assert_ne!(first_id, second_id);
     c.wait_state(&env.state(&again), T, |s| s["id"] == second_id.as_str())
         .await;
@@ -369,7 +361,7 @@ async fn removal_after_grace_and_recreate_keeps_topics() {
 async fn startup_sweep_clears_leftovers_of_this_base_only() {
     let env = Env::new();
     let live = env.ct.name("live");
-    run(&live, &[], &[]);
+    run_container(&live, &[], &[]);
     let c = env.collector().await;
     let ghost = env.ct.name("ghost");
     let b = &env.base;
@@ -421,8 +413,8 @@ async fn broker_restart_with_wiped_store_republishes_everything() {
     let mut env = Env::new();
     let name = env.ct.name("web");
     let stop_me = env.ct.name("stopme");
-    run(&name, &[], &[]);
-    run(&stop_me, &[], &[]);
+    run_container(&name, &[], &[]);
+    run_container(&stop_me, &[], &[]);
     let mut cfg = env.config();
     cfg = cfg.replace("[mqtt]\n", "[mqtt]\nflat_topics = true\n");
     let c = env.collector().await;
@@ -470,8 +462,8 @@ async fn dockside_restart_delivers_missed_events_once() {
     let env = Env::new();
     let a = env.ct.name("a");
     let gone = env.ct.name("gone");
-    let a_id = run(&a, &[], &[]);
-    let gone_id = run(&gone, &[], &[]);
+    let a_id = run_container(&a, &[], &[]);
+    let gone_id = run_container(&gone, &[], &[]);
     let c = env.collector().await;
     let mut d = env.start();
     c.wait_state(&env.state(&a), T, |s| s["running"] == true)
@@ -485,7 +477,7 @@ async fn dockside_restart_delivers_missed_events_once() {
     docker(&["stop", "-t", "0", &a]);
     docker(&["rm", "-f", &gone]);
     let b = env.ct.name("b");
-    let b_id = run(&b, &[], &[]);
+    let b_id = run_container(&b, &[], &[]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = c.all().len();
     d.spawn();
@@ -534,7 +526,7 @@ async fn dockside_restart_delivers_missed_events_once() {
 async fn sighup_adds_and_removes_an_endpoint_without_touching_the_other() {
     let env = Env::new();
     let name = env.ct.name("web");
-    run(&name, &[], &[]);
+    run_container(&name, &[], &[]);
     let c = env.collector().await;
     let d = env.start();
     let b = env.base.clone();
@@ -602,7 +594,7 @@ async fn sighup_adds_and_removes_an_endpoint_without_touching_the_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_publishes_offline_and_exits_within_two_seconds() {
     let env = Env::new();
-    run(&env.ct.name("x"), &[], &[]);
+    run_container(&env.ct.name("x"), &[], &[]);
     let c = env.collector().await;
     let mut d = env.start();
     let status = format!("{}/status", env.base);
@@ -650,7 +642,7 @@ async fn sigterm_publishes_offline_and_exits_within_two_seconds() {
 async fn sigterm_right_after_a_die_leaves_the_stopped_state_retained() {
     let env = Env::new();
     let name = env.ct.name("last");
-    let id = run(&name, &[], &[]);
+    let id = run_container(&name, &[], &[]);
     let c = env.collector().await;
     let mut d = env.start();
     c.wait_state(&env.state(&name), T, |s| s["running"] == true)
@@ -691,7 +683,7 @@ async fn sigterm_right_after_a_die_leaves_the_stopped_state_retained() {
 async fn a_panicking_endpoint_task_is_restarted_and_mirrors_again() {
     let env = Env::new();
     let web = env.ct.name("web");
-    run(&web, &[], &[]);
+    run_container(&web, &[], &[]);
     let boom = env.ct.name("boom");
     let c = env.collector().await;
     let d = Dockside::start_with_env(
@@ -704,7 +696,7 @@ async fn a_panicking_endpoint_task_is_restarted_and_mirrors_again() {
     c.wait_state(&env.state(&web), T, |s| s["running"] == true)
         .await;
     c.clear();
-    run(&boom, &[], &[]); // its `create` event makes the endpoint task panic (once)
+    run_container(&boom, &[], &[]); // its `create` event makes the endpoint task panic (once)
     c.wait_latest(&status, T, |m| m.text() == "offline").await;
     c.wait_latest(&status, T, |m| m.text() == "online").await;
     // Back and working: the new container and a change after the restart both show.
@@ -724,7 +716,7 @@ async fn a_panicking_endpoint_task_is_restarted_and_mirrors_again() {
 async fn broker_down_at_start_then_up() {
     let env = Env::new();
     let name = env.ct.name("x");
-    run(&name, &[], &[]);
+    run_container(&name, &[], &[]);
     let port = free_port();
     let cfg = env
         .config()
@@ -753,7 +745,7 @@ fn start_broker_on(port: u16, mut b: Broker) -> Broker {
 async fn unreachable_endpoint_is_offline_and_the_other_carries_on() {
     let env = Env::new();
     let name = env.ct.name("x");
-    run(&name, &[], &[]);
+    run_container(&name, &[], &[]);
     let cfg = format!(
         "{}\n{}[endpoints.dead]\nurl = \"unix://{}/nope.sock\"\n",
         env.config(),
@@ -856,7 +848,7 @@ fn unwritable_state_dir_is_a_clear_error() {
 async fn reloads_restart_only_what_changed_and_bad_ones_are_refused() {
     let env = Env::new();
     let name = env.ct.name("web");
-    run(&name, &[], &[]);
+    run_container(&name, &[], &[]);
     let garbage_ca = env.dir.path().join("garbage-ca.pem");
     std::fs::write(&garbage_ca, "not a certificate").expect("write");
     let with_tls = format!(

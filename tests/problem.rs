@@ -11,14 +11,6 @@ use common::*;
 
 const T: Duration = Duration::from_secs(40);
 
-fn run(name: &str, extra: &[&str], cmd: &[&str]) -> String {
-    let mut args = vec!["run", "-d", "--name", name];
-    args.extend_from_slice(extra);
-    args.push(IMAGE);
-    args.extend_from_slice(cmd);
-    docker(&args)
-}
-
 fn reason(s: &serde_json::Value) -> String {
     s["problem_reason"].as_str().unwrap_or("").to_string()
 }
@@ -53,7 +45,7 @@ async fn problems_are_flagged_with_their_reason() {
     .await;
 
     let sick = ct.name("sick");
-    run(
+    run_container(
         &sick,
         &[
             "--health-cmd",
@@ -75,7 +67,7 @@ async fn problems_are_flagged_with_their_reason() {
     .await;
 
     let failed = ct.name("failed");
-    run(&failed, &[], &["sh", "-c", "exit 3"]);
+    run_container(&failed, &[], &["sh", "-c", "exit 3"]);
     let s = c
         .wait_state(&state(&failed), T, |s| s["state"] == "exited")
         .await;
@@ -90,7 +82,7 @@ async fn problems_are_flagged_with_their_reason() {
     assert_eq!(s["problem"], false, "{s}");
 
     let oom = ct.name("oom");
-    run(
+    run_container(
         &oom,
         &["--memory", "16m", "--memory-swap", "16m"],
         &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
@@ -103,7 +95,7 @@ async fn problems_are_flagged_with_their_reason() {
 
     // A crash loop: restarted by the engine at once, again and again.
     let looping = ct.name("loop");
-    run(&looping, &["--restart", "always"], &["sh", "-c", "exit 1"]);
+    run_container(&looping, &["--restart", "always"], &["sh", "-c", "exit 1"]);
     let s = c
         .wait_state(&state(&looping), T, |s| reason(s).contains("crash loop"))
         .await;

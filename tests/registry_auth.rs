@@ -4,13 +4,16 @@
 //! `Retry-After` (that registry only slows down), a registry that leaves the
 //! digest header out, and a token realm that hangs.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::read_request_head;
 use dockside::registry::{Credentials, Reference, RegistryClient, RegistryError};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 const BODY: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{"digest":"sha256:c"},"layers":[]}"#;
@@ -26,15 +29,9 @@ struct State {
 
 async fn serve(mut s: TcpStream, port: u16, st: Arc<Mutex<State>>) -> std::io::Result<()> {
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let head = String::from_utf8_lossy(&buf).to_string();
+    let Some(head) = read_request_head(&mut s, &mut buf).await? else {
+        return Ok(());
+    };
     let mut first = head.lines().next().unwrap_or("").split_whitespace();
     let method = first.next().unwrap_or("").to_string();
     let target = first.next().unwrap_or("").to_string();

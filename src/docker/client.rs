@@ -302,22 +302,40 @@ impl DockerClient {
         if let Ok(mut segs) = url.path_segments_mut() {
             segs.pop_if_empty().push("version");
         }
-        let resp = self
-            .execute(Method::GET, url, Some(REQUEST_TIMEOUT))
+        let v: Version = self
+            .send_json(
+                "version",
+                Method::GET,
+                url,
+                REQUEST_TIMEOUT,
+                MAX_OBJECT_BODY,
+            )
             .await?;
-        if !resp.status().is_success() {
-            return Err(status_error(resp).await);
-        }
-        let body = read_capped(resp, MAX_OBJECT_BODY, "version").await?;
-        let v: Version = serde_json::from_slice(&body).map_err(|e| DockerError::Decode {
-            what: "version",
-            message: e.to_string(),
-        })?;
         let max = parse_api(&v.api_version).ok_or_else(|| DockerError::Decode {
             what: "version",
             message: "no Api-Version header on _ping and no ApiVersion in /version".into(),
         })?;
         Ok((max, parse_api(&v.min_api_version)))
+    }
+
+    /// One request to a full `url` whose JSON answer must be a success.
+    async fn send_json<T: DeserializeOwned>(
+        &self,
+        what: &'static str,
+        method: Method,
+        url: Url,
+        timeout: Duration,
+        cap: usize,
+    ) -> Result<T, DockerError> {
+        let resp = self.execute(method, url, Some(timeout)).await?;
+        if !resp.status().is_success() {
+            return Err(status_error(resp).await);
+        }
+        let body = read_capped(resp, cap, what).await?;
+        serde_json::from_slice(&body).map_err(|e| DockerError::Decode {
+            what,
+            message: e.to_string(),
+        })
     }
 
     /// Whether `url` carries the negotiated version prefix.
@@ -454,15 +472,9 @@ impl DockerClient {
             let f = serde_json::Value::Object(filters).to_string();
             url.query_pairs_mut().append_pair("filters", &f);
         }
-        let resp = self.execute(Method::POST, url, Some(PRUNE_TIMEOUT)).await?;
-        if !resp.status().is_success() {
-            return Err(status_error(resp).await);
-        }
-        let body = read_capped(resp, MAX_LIST_BODY, "prune").await?;
-        let r: PruneReport = serde_json::from_slice(&body).map_err(|e| DockerError::Decode {
-            what: "prune",
-            message: e.to_string(),
-        })?;
+        let r: PruneReport = self
+            .send_json("prune", Method::POST, url, PRUNE_TIMEOUT, MAX_LIST_BODY)
+            .await?;
         Ok(r.space_reclaimed.max(0))
     }
 

@@ -43,6 +43,29 @@ pub fn project_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+// ---------------------------------------------------------------- stand-ins
+
+/// Reads one HTTP request head (through the blank line) from a stand-in's
+/// connection; what follows stays in `buf`. `None` when the peer closed.
+pub async fn read_request_head<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<String>> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    buf.drain(..end);
+    Ok(Some(head))
+}
+
 // ---------------------------------------------------------------- docker
 
 /// The engine under test: `DOCKER_HOST` (set by `scripts/engine.sh env`, which
@@ -101,6 +124,15 @@ pub fn docker(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `docker run -d --name NAME EXTRA… IMAGE CMD…` of the test image.
+pub fn run_container(name: &str, extra: &[&str], cmd: &[&str]) -> String {
+    let mut args = vec!["run", "-d", "--name", name];
+    args.extend_from_slice(extra);
+    args.push(IMAGE);
+    args.extend_from_slice(cmd);
+    docker(&args)
 }
 
 /// `docker run -d` of `image` running `sleep 3600` as `name`, with `opts`
