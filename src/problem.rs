@@ -139,7 +139,9 @@ impl Crashloops {
             t.restarts.pop_front();
         }
         let recent = t.restarts.len();
-        if *t != before || first_sight {
+        // Written only when the restarts on record change: a crash loop is
+        // rare, a dockside start with 100 containers is not (SD cards).
+        if t.restarts != before.restarts {
             self.save();
         }
         recent
