@@ -138,12 +138,8 @@ async fn every_container_state_is_mirrored() {
     assert_eq!(s["exit_code"], 137);
     assert_eq!(s["oom_killed"], false);
 
-    let oom = env.ct.name("oom");
-    run_container(
-        &oom,
-        &["--memory", "16m", "--memory-swap", "16m"],
-        &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
-    );
+    // Only once the engine itself says OOMKilled can dockside be asked to.
+    let oom = run_oom_killed(&env.ct);
     // The `die` shows at once; the OOM flag comes with the engine's `oom`
     // event or the inspect, which Docker 28 may send after the `die`.
     let s = c

@@ -81,12 +81,7 @@ async fn problems_are_flagged_with_their_reason() {
         .await;
     assert_eq!(s["problem"], false, "{s}");
 
-    let oom = ct.name("oom");
-    run_container(
-        &oom,
-        &["--memory", "16m", "--memory-swap", "16m"],
-        &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
-    );
+    let oom = run_oom_killed(&ct);
     let s = c
         .wait_state(&state(&oom), T, |s| s["oom_killed"] == true)
         .await;

@@ -135,6 +135,30 @@ pub fn run_container(name: &str, extra: &[&str], cmd: &[&str]) -> String {
     docker(&args)
 }
 
+/// Runs a container that the kernel's OOM killer ends, named `<prefix>-oom<n>`,
+/// until the engine itself says `OOMKilled` (up to 3 tries: Docker 20.10
+/// sometimes misses the kill and reports a plain exit 137). Returns its name.
+pub fn run_oom_killed(ct: &Containers) -> String {
+    for n in 1..=3 {
+        let name = ct.name(&format!("oom{n}"));
+        run_container(
+            &name,
+            &["--memory", "16m", "--memory-swap", "16m"],
+            &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while docker(&["inspect", "-f", "{{.State.Status}}", &name]) != "exited" {
+            assert!(Instant::now() < deadline, "{name} did not exit");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if docker(&["inspect", "-f", "{{.State.OOMKilled}}", &name]) == "true" {
+            return name;
+        }
+        eprintln!("{name}: the engine did not report the OOM kill; again");
+    }
+    panic!("the engine never reported an OOM kill in 3 tries");
+}
+
 /// `docker run -d` of `image` running `sleep 3600` as `name`, with `opts`
 /// before the image. busybox `sleep` ignores SIGTERM: a 1 s stop timeout
 /// keeps stops, restarts and recreates quick.
