@@ -147,7 +147,6 @@ struct Facts {
     memory_bytes: Option<i64>,
     images: Option<i64>,
     volumes: Option<i64>,
-    services: Option<i64>,
 }
 
 /// Container id, the event generation it was asked at (see `transitions`), the answer.
@@ -206,13 +205,8 @@ pub struct Endpoint {
     /// `update`/`rollback` outcomes: not aborted with a session (the
     /// recreate runs to its end), recorded in the history when they land.
     ops: JoinSet<commands::OpDone>,
-    /// Read-only words running (`logs`) and `prune`: (result topic, result).
+    /// Read-only words running (`logs`): at most `commands::MAX_READS`.
     reads: JoinSet<(String, crate::commands::CommandResult)>,
-    /// The last disk summary and when it was asked for (at most hourly).
-    disk: Option<crate::payloads::DiskUsage>,
-    disk_asked: Option<Instant>,
-    /// A `GET /system/df` running off the endpoint task.
-    disk_task: JoinSet<Result<crate::docker::models::SystemDf, DockerError>>,
     /// Update history per container (SPEC §14).
     history: crate::history::History,
     /// Restart times, for the crash-loop rule of the problem flag.
@@ -286,9 +280,6 @@ impl Endpoint {
             actions: JoinSet::new(),
             ops: JoinSet::new(),
             reads: JoinSet::new(),
-            disk: None,
-            disk_asked: None,
-            disk_task: JoinSet::new(),
             history,
             crashloops,
             update_all: None,

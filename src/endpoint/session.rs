@@ -4,11 +4,6 @@
 
 use super::*;
 
-/// The disk summary (`GET /system/df`) is read at most this often (SPEC §13).
-const DISK_EVERY: Duration = Duration::from_secs(3600);
-/// A `system df` slower than this is given up (it walks every layer).
-const DISK_TIMEOUT: Duration = Duration::from_secs(120);
-
 impl Endpoint {
     pub(super) fn types_requested(&self) -> Vec<&str> {
         // Container events drive state; image/volume events keep counts fresh.
@@ -133,19 +128,8 @@ impl Endpoint {
                 }
                 Some(res) = self.reads.join_next(), if !self.reads.is_empty() => {
                     match res {
-                        Ok((topic, r)) => {
-                            if r.action.as_deref() == Some("prune") {
-                                self.ask_disk(true);
-                            }
-                            self.send_result_to(topic, r);
-                        }
-                        Err(e) => tracing::error!(endpoint = %self.id, error = %e, "logs or prune task failed"),
-                    }
-                }
-                Some(res) = self.disk_task.join_next(), if !self.disk_task.is_empty() => {
-                    match res {
-                        Ok(r) => self.on_disk(r),
-                        Err(e) => tracing::error!(endpoint = %self.id, error = %e, "disk usage task failed"),
+                        Ok((name, r)) => self.send_result(&name, r),
+                        Err(e) => tracing::error!(endpoint = %self.id, error = %e, "logs task failed"),
                     }
                 }
                 Some(cmd) = cmds.recv() => self.on_command(cmd).await?,
@@ -287,11 +271,6 @@ impl Endpoint {
             Ok(n) => Some(n as i64),
             Err(e) => tolerate("volumes", e, &self.id)?,
         };
-        let services = match self.client.service_count().await {
-            Ok(n) => Some(n as i64),
-            Err(e) => tolerate("services", e, &self.id)?,
-        };
-        self.ask_disk(false);
         let images = info.as_ref().map(|i| i.images);
         let version = version.unwrap_or_default();
         let info = info.unwrap_or_default();
@@ -305,40 +284,8 @@ impl Endpoint {
             memory_bytes: (info.mem_total > 0).then_some(info.mem_total),
             images,
             volumes,
-            services,
         };
         Ok(())
-    }
-
-    /// `GET /system/df` in the background, at most hourly unless `now`
-    /// (after a prune); never two at once. Its answer lands in `on_disk`.
-    pub(super) fn ask_disk(&mut self, now: bool) {
-        let due = self.disk_asked.is_none_or(|t| t.elapsed() >= DISK_EVERY);
-        if !self.disk_task.is_empty() || !(now || due) {
-            return;
-        }
-        self.disk_asked = Some(Instant::now());
-        let client = self.client.clone();
-        self.disk_task.spawn(async move {
-            match tokio::time::timeout(DISK_TIMEOUT, client.system_df()).await {
-                Ok(r) => r,
-                Err(_) => Err(DockerError::Timeout),
-            }
-        });
-    }
-
-    pub(super) fn on_disk(&mut self, r: Result<crate::docker::models::SystemDf, DockerError>) {
-        match r {
-            Ok(df) => {
-                self.disk = Some(crate::payloads::DiskUsage::of(
-                    &df,
-                    crate::payloads::now_rfc3339(),
-                ));
-                self.info_changed();
-            }
-            // A slow or failing engine keeps the last figures; asked again next hour.
-            Err(e) => tracing::warn!(endpoint = %self.id, error = %e, "cannot read disk usage"),
-        }
     }
 
     /// List + inspect everything; heals whatever the stream missed.
