@@ -21,7 +21,16 @@ pub const CONTAINER_WORDS: &[&str] = &[
     "start", "stop", "restart", "pause", "unpause", "kill", "update", "check", "rollback", "logs",
 ];
 /// Words an endpoint `set` topic takes.
-pub const ENDPOINT_WORDS: &[&str] = &["resync", "check_updates", "update_all"];
+pub const ENDPOINT_WORDS: &[&str] = &["resync", "check_updates", "update_all", "prune"];
+/// What `commands.allow` may name: every container word, and `prune`
+/// (an endpoint word that removes things, so opt-in too).
+pub const ALLOWABLE_WORDS: &[&str] = &[
+    "start", "stop", "restart", "pause", "unpause", "kill", "update", "check", "rollback", "logs",
+    "prune",
+];
+/// What a plain `prune` removes; `volumes` only when named (SPEC §13).
+pub const DEFAULT_PRUNE: &[&str] = &["images", "containers", "build_cache"];
+const PRUNABLE: &[&str] = &["images", "containers", "build_cache", "volumes"];
 /// Words the bridge `set` topic takes.
 pub const BRIDGE_WORDS: &[&str] = &["resync", "check_updates"];
 /// Words that would stop, kill, pause or recreate a container: refused for
@@ -60,6 +69,10 @@ pub struct Request {
     pub lines: Option<u32>,
     /// `logs`: only lines since this Unix time (from `"10m"`, RFC 3339 or seconds).
     pub since: Option<i64>,
+    /// `prune`: what to remove (default [`DEFAULT_PRUNE`]).
+    pub what: Option<Vec<String>>,
+    /// `prune`: only what carries this label (`key` or `key=value`).
+    pub label: Option<String>,
 }
 
 /// `logs` without `lines`.
@@ -105,6 +118,8 @@ pub fn parse(payload: &[u8], scope: Scope) -> Result<Request, ParseError> {
         version,
         lines,
         since,
+        what,
+        label,
     } = extras;
     let words = match scope {
         Scope::Container => CONTAINER_WORDS,
@@ -133,6 +148,13 @@ pub fn parse(payload: &[u8], scope: Scope) -> Result<Request, ParseError> {
         }
         check_tag(v).map_err(refuse)?;
     }
+    if (what.is_some() || label.is_some()) && action != "prune" {
+        return Err(ParseError {
+            message: "`what` and `label` go only with `prune`".into(),
+            action: Some(action),
+            request_id,
+        });
+    }
     if (lines.is_some() || since.is_some()) && action != "logs" {
         return Err(ParseError {
             message: "`lines` and `since` go only with `logs`".into(),
@@ -156,6 +178,8 @@ pub fn parse(payload: &[u8], scope: Scope) -> Result<Request, ParseError> {
         version,
         lines,
         since,
+        what,
+        label,
     })
 }
 
@@ -214,6 +238,8 @@ struct Extras {
     version: Option<String>,
     lines: Option<u32>,
     since: Option<serde_json::Value>,
+    what: Option<Vec<String>>,
+    label: Option<String>,
 }
 
 type Parsed = (String, Option<String>, Extras);
@@ -255,7 +281,7 @@ fn parse_json(text: &str) -> Result<Parsed, ParseError> {
     if let Some(k) = obj.keys().find(|k| {
         !matches!(
             k.as_str(),
-            "action" | "request_id" | "version" | "lines" | "since"
+            "action" | "request_id" | "version" | "lines" | "since" | "what" | "label"
         )
     }) {
         let k: String = k.chars().take(32).collect();
@@ -292,6 +318,56 @@ fn parse_json(text: &str) -> Result<Parsed, ParseError> {
         }
     };
     let since = obj.get("since").filter(|v| !v.is_null()).cloned();
+    let what = match obj.get("what") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Array(items))
+            if !items.is_empty() && items.len() <= PRUNABLE.len() =>
+        {
+            let mut out: Vec<String> = Vec::new();
+            for i in items {
+                match i.as_str() {
+                    Some(w) if PRUNABLE.contains(&w) => {
+                        if !out.iter().any(|o| o == w) {
+                            out.push(w.to_string());
+                        }
+                    }
+                    _ => {
+                        return Err(ParseError {
+                            message: format!("`what` names {} only", PRUNABLE.join(", ")),
+                            action: Some(action),
+                            request_id,
+                        });
+                    }
+                }
+            }
+            Some(out)
+        }
+        Some(_) => {
+            return Err(ParseError {
+                message: format!("`what` is a list of {}", PRUNABLE.join(", ")),
+                action: Some(action),
+                request_id,
+            });
+        }
+    };
+    let label = match obj.get("label") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(l))
+            if !l.is_empty()
+                && l.len() <= 256
+                && !l.starts_with('=')
+                && l.chars().all(|c| !c.is_control()) =>
+        {
+            Some(l.clone())
+        }
+        Some(_) => {
+            return Err(ParseError {
+                message: "`label` is `key` or `key=value` (at most 256 characters)".into(),
+                action: Some(action),
+                request_id,
+            });
+        }
+    };
     Ok((
         action,
         request_id,
@@ -299,6 +375,8 @@ fn parse_json(text: &str) -> Result<Parsed, ParseError> {
             version,
             lines,
             since,
+            what,
+            label,
         },
     ))
 }
@@ -326,6 +404,9 @@ pub struct CommandResult {
     /// `logs`: more lines than fit in 64 KiB, a line cut, or a stream cut short.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub truncated: Option<bool>,
+    /// `prune`: bytes the engine freed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reclaimed_bytes: Option<i64>,
     pub duration_ms: u64,
     pub at: String,
 }
@@ -379,6 +460,7 @@ impl CommandResult {
             outcomes: None,
             logs: None,
             truncated: None,
+            reclaimed_bytes: None,
             duration_ms: started.elapsed().as_millis() as u64,
             at: crate::payloads::now_rfc3339(),
         }
@@ -401,6 +483,7 @@ impl CommandResult {
             outcomes: None,
             logs: None,
             truncated: None,
+            reclaimed_bytes: None,
             duration_ms: started.elapsed().as_millis() as u64,
             at: crate::payloads::now_rfc3339(),
         }
@@ -831,6 +914,40 @@ mod tests {
     }
 
     #[test]
+    fn prune_arguments() {
+        let r = parse(
+            br#"{"action":"prune","what":["images","volumes","images"],"label":"a=b"}"#,
+            Scope::Endpoint,
+        )
+        .expect("ok");
+        assert_eq!(
+            r.what,
+            Some(vec!["images".to_string(), "volumes".to_string()])
+        );
+        assert_eq!(r.label.as_deref(), Some("a=b"));
+        assert_eq!(parse(b"prune", Scope::Endpoint).expect("word").what, None);
+        assert!(
+            parse(b"prune", Scope::Container).is_err(),
+            "an endpoint word"
+        );
+        for bad in [
+            &br#"{"action":"prune","what":"images"}"#[..],
+            br#"{"action":"prune","what":["networks"]}"#,
+            br#"{"action":"prune","label":"=x"}"#,
+            br#"{"action":"resync","what":["images"]}"#,
+        ] {
+            assert!(
+                parse(bad, Scope::Endpoint).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let allow = vec!["start".to_string()];
+        assert!(refusal(true, &allow, "prune", None).is_some(), "opt-in");
+        assert!(refusal(true, &["prune".to_string()], "prune", None).is_none());
+    }
+
+    #[test]
     fn logs_arguments() {
         let r = parse(
             br#"{"action":"logs","lines":20,"since":"10m"}"#,
@@ -958,6 +1075,8 @@ mod tests {
             version: None,
             lines: None,
             since: None,
+            what: None,
+            label: None,
         };
         let ok = serde_json::to_value(CommandResult::ok(
             &req,

@@ -902,12 +902,12 @@ impl Config {
         }
         crate::filter::ContainerFilter::new(&self.containers.include, &self.containers.exclude)?;
         for (i, w) in self.commands.allow.iter().enumerate() {
-            if !crate::commands::CONTAINER_WORDS.contains(&w.as_str()) {
+            if !crate::commands::ALLOWABLE_WORDS.contains(&w.as_str()) {
                 return Err(invalid(
                     format!("commands.allow[{i}]"),
                     format!(
                         "unknown command `{w}` (one of {})",
-                        crate::commands::CONTAINER_WORDS.join(", ")
+                        crate::commands::ALLOWABLE_WORDS.join(", ")
                     ),
                 ));
             }

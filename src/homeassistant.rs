@@ -134,7 +134,7 @@ impl Device {
     }
 }
 
-const SCOPE_OPTIONAL: &[(&str, &str)] = &[("check_updates", "button")];
+const SCOPE_OPTIONAL: &[(&str, &str)] = &[("check_updates", "button"), ("prune", "button")];
 const CONTAINER_OPTIONAL: &[(&str, &str)] = &[
     ("power", "switch"),
     ("restart", "button"),
@@ -414,7 +414,41 @@ impl Discovery {
                        "entity_category": "diagnostic", "icon": "mdi:docker"}),
             ),
         ];
+        // SPEC §13 upkeep: services and the disk summary (hourly).
+        entities.push(count(
+            "services",
+            "Swarm services",
+            "{{ value_json.services if value_json.services is number else 'None' }}",
+            "mdi:lan",
+        ));
+        for (key, name, field) in [
+            ("disk_images", "Disk used by images", "images_bytes"),
+            ("disk_reclaimable", "Disk reclaimable", "reclaimable_bytes"),
+        ] {
+            entities.push(self.entity(
+                &id,
+                key,
+                "sensor",
+                name,
+                json!({"state_topic": info,
+                       "value_template": format!("{{{{ value_json.disk.{field} if value_json.disk else 'None' }}}}"),
+                       "device_class": "data_size", "unit_of_measurement": "B",
+                       "suggested_unit_of_measurement": "GB", "state_class": "measurement",
+                       "entity_category": "diagnostic"}),
+            ));
+        }
         entities.extend(self.scope_buttons(&id, &t.endpoint_set(ep)));
+        if self.commands.enabled && self.commands.allow.iter().any(|w| w == "prune") {
+            // Removes things: present, disabled until the user enables it.
+            entities.push(self.entity(
+                &id,
+                "prune",
+                "button",
+                "Prune",
+                json!({"command_topic": t.endpoint_set(ep), "payload_press": "prune",
+                       "icon": "mdi:broom", "entity_category": "config", "enabled_by_default": false}),
+            ));
+        }
         let mut device = json!({
             "identifiers": [id],
             "name": if f.name.is_empty() { ep } else { &f.name },

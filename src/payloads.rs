@@ -187,10 +187,82 @@ pub struct EndpointInfo {
     pub stacks: i64,
     pub public_url: Option<String>,
     pub portainer_id: Option<i64>,
+    /// Swarm services (0 when the engine is no swarm manager).
+    pub services: Option<i64>,
+    /// Disk usage, refreshed at most hourly (SPEC §13).
+    pub disk: Option<DiskUsage>,
     /// While unreachable: why (engine down, refused credentials, an API
     /// version outside what dockside speaks). Absent when reachable.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// SPEC §13 `disk` of `<ep>/info`, from `GET /system/df`, as `docker system
+/// df` counts it: reclaimable = images no container uses (less what they
+/// share), stopped containers' layers, unused volumes, build cache not in use.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DiskUsage {
+    pub images_bytes: i64,
+    pub containers_bytes: i64,
+    pub volumes_bytes: i64,
+    pub build_cache_bytes: i64,
+    pub reclaimable_bytes: i64,
+    pub at: String,
+}
+
+impl DiskUsage {
+    pub fn of(df: &crate::docker::models::SystemDf, at: String) -> Self {
+        let pos = |v: i64| v.max(0);
+        let containers_bytes = df.containers.iter().map(|c| pos(c.size_rw)).sum();
+        let volumes_bytes = df
+            .volumes
+            .iter()
+            .filter_map(|v| v.usage_data.as_ref())
+            .map(|u| pos(u.size))
+            .sum();
+        let build_cache_bytes = df
+            .build_cache
+            .iter()
+            .filter(|b| !b.shared)
+            .map(|b| pos(b.size))
+            .sum();
+        let unused_images: i64 = df
+            .images
+            .iter()
+            .filter(|i| i.containers == 0)
+            .map(|i| pos(i.size - pos(i.shared_size)))
+            .sum();
+        let stopped: i64 = df
+            .containers
+            .iter()
+            .filter(|c| c.state != "running" && c.state != "paused")
+            .map(|c| pos(c.size_rw))
+            .sum();
+        let unused_volumes: i64 = df
+            .volumes
+            .iter()
+            .filter_map(|v| v.usage_data.as_ref())
+            .filter(|u| u.ref_count == 0)
+            .map(|u| pos(u.size))
+            .sum();
+        let idle_cache: i64 = df
+            .build_cache
+            .iter()
+            .filter(|b| !b.in_use && !b.shared)
+            .map(|b| pos(b.size))
+            .sum();
+        Self {
+            images_bytes: pos(df.layers_size),
+            containers_bytes,
+            volumes_bytes,
+            build_cache_bytes,
+            reclaimable_bytes: unused_images.min(pos(df.layers_size))
+                + stopped
+                + unused_volumes
+                + idle_cache,
+            at,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -419,5 +491,32 @@ mod tests {
         let (c, stacks) = ContainerCounts::of(all.iter());
         assert_eq!((c.total, c.running, c.paused, c.stopped), (4, 2, 1, 1));
         assert_eq!((c.healthy, c.unhealthy, stacks), (1, 1, 2));
+    }
+
+    #[test]
+    fn disk_usage_counts_what_docker_system_df_counts() {
+        use crate::docker::models::*;
+        let df: SystemDf = serde_json::from_str(
+            r#"{"LayersSize":1000,
+                "Images":[{"Containers":1,"Size":600,"SharedSize":100},{"Containers":0,"Size":400,"SharedSize":100}],
+                "Containers":[{"SizeRw":10,"State":"running"},{"SizeRw":20,"State":"exited"}],
+                "Volumes":[{"UsageData":{"Size":50,"RefCount":0}},{"UsageData":{"Size":-1,"RefCount":1}},{"UsageData":null}],
+                "BuildCache":[{"Size":70,"InUse":false,"Shared":false},{"Size":5,"InUse":true,"Shared":false},{"Size":9,"Shared":true}]}"#,
+        )
+        .expect("df");
+        let d = DiskUsage::of(&df, "t".into());
+        assert_eq!(
+            (
+                d.images_bytes,
+                d.containers_bytes,
+                d.volumes_bytes,
+                d.build_cache_bytes
+            ),
+            (1000, 30, 50, 75)
+        );
+        // unused image 400-100, stopped container 20, unused volume 50, idle cache 70
+        assert_eq!(d.reclaimable_bytes, 300 + 20 + 50 + 70);
+        let empty = DiskUsage::of(&serde_json::from_str("{}").expect("df"), "t".into());
+        assert_eq!(empty.reclaimable_bytes, 0);
     }
 }

@@ -15,7 +15,8 @@ use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::io::StreamReader;
 
 use super::models::{
-    ContainerInspect, ContainerSummary, ImageInspect, SystemInfo, Version, VolumeList,
+    ContainerInspect, ContainerSummary, ImageInspect, PruneReport, SystemDf, SystemInfo, Version,
+    VolumeList,
 };
 use crate::config::{EndpointConfig, EngineUrl, parse_engine_url};
 use crate::http::{ReadError, error_chain};
@@ -30,6 +31,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Caps on what is read from an engine: a list of thousands of containers fits.
 const MAX_LIST_BODY: usize = 64 << 20;
 const MAX_OBJECT_BODY: usize = 8 << 20;
+/// A prune removes layers from disk: minutes on a Pi with an SD card.
+const PRUNE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Raw log bytes read for one `logs` command (1,000 lines, each cut at 8 KiB
 /// once decoded, fit many times over).
 const MAX_LOG_BODY: usize = 8 << 20;
@@ -420,6 +423,61 @@ impl DockerClient {
     pub fn containerd_store(&self) -> bool {
         self.containerd_store
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Swarm services; 0 when the engine is no swarm manager (it answers 503).
+    pub async fn service_count(&self) -> Result<usize, DockerError> {
+        match self
+            .get_json::<Vec<serde_json::Value>>("services", &["services"], &[], MAX_LIST_BODY)
+            .await
+        {
+            Ok(v) => Ok(v.len()),
+            Err(DockerError::Status {
+                status: 503 | 406, ..
+            }) => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GET /system/df`: it walks every layer, so it gets a budget of its
+    /// own and callers run it off the endpoint task.
+    pub async fn system_df(&self, timeout: Duration) -> Result<SystemDf, DockerError> {
+        let url = self.url(&["system", "df"]);
+        self.send_json("system df", Method::GET, url, timeout, MAX_LIST_BODY)
+            .await
+    }
+
+    /// `POST /{what}/prune` (`images` only dangling ones, as `docker image
+    /// prune`; `volumes` only anonymous ones on API ≥ 1.42): bytes reclaimed.
+    /// `label`: only what carries it (`key` or `key=value`).
+    pub async fn prune(&self, what: &str, label: Option<&str>) -> Result<i64, DockerError> {
+        let mut filters = serde_json::Map::new();
+        if let Some(l) = label {
+            filters.insert("label".into(), serde_json::json!([l]));
+        }
+        let segment = match what {
+            "images" => {
+                filters.insert("dangling".into(), serde_json::json!(["true"]));
+                "images"
+            }
+            "containers" => "containers",
+            "volumes" => "volumes",
+            "build_cache" => "build",
+            other => {
+                return Err(DockerError::Config(format!(
+                    "nothing to prune called `{other}`"
+                )));
+            }
+        };
+        let mut url = self.url(&[segment, "prune"]);
+        if !filters.is_empty() {
+            let f = serde_json::Value::Object(filters).to_string();
+            url.query_pairs_mut().append_pair("filters", &f);
+        }
+        let r: PruneReport = self
+            .send_json("prune", Method::POST, url, PRUNE_TIMEOUT, MAX_LIST_BODY)
+            .await?;
+        Ok(r.space_reclaimed.max(0))
     }
 
     pub async fn volume_count(&self) -> Result<usize, DockerError> {

@@ -283,3 +283,61 @@ mod tests {
         assert_eq!(s.name(), Some("web"));
     }
 }
+
+/// `GET /system/df`, the parts the disk summary needs (SPEC §13 upkeep).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct SystemDf {
+    pub layers_size: i64,
+    #[serde(deserialize_with = "nullable")]
+    pub images: Vec<DfImage>,
+    #[serde(deserialize_with = "nullable")]
+    pub containers: Vec<DfContainer>,
+    #[serde(deserialize_with = "nullable")]
+    pub volumes: Vec<DfVolume>,
+    #[serde(deserialize_with = "nullable")]
+    pub build_cache: Vec<DfBuildCache>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DfImage {
+    pub containers: i64,
+    pub size: i64,
+    pub shared_size: i64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DfContainer {
+    pub size_rw: i64,
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DfVolume {
+    pub usage_data: Option<DfUsage>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DfUsage {
+    pub size: i64,
+    pub ref_count: i64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DfBuildCache {
+    pub size: i64,
+    pub in_use: bool,
+    pub shared: bool,
+}
+
+/// The answer of every `POST /{images,containers,volumes,build}/prune`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct PruneReport {
+    pub space_reclaimed: i64,
+}

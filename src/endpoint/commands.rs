@@ -31,6 +31,11 @@ pub enum EndpointCommand {
         req: Request,
         received: std::time::Instant,
     },
+    /// `prune` (SPEC §13).
+    Prune {
+        req: Request,
+        received: std::time::Instant,
+    },
 }
 
 /// An `update`/`rollback` that ended (SPEC §14).
@@ -132,6 +137,10 @@ impl Endpoint {
                 self.start_update_all(req, received);
                 Ok(())
             }
+            EndpointCommand::Prune { req, received } => {
+                self.start_prune(req, received);
+                Ok(())
+            }
         }
     }
 
@@ -144,15 +153,16 @@ impl Endpoint {
     }
 
     pub(super) fn send_result(&self, name: &str, r: CommandResult) {
+        self.send_result_to(self.settings.topics.container_result(&self.id, name), r);
+    }
+
+    pub(super) fn send_result_to(&self, topic: String, r: CommandResult) {
         if r.ok {
-            tracing::info!(endpoint = %self.id, container = %name, action = ?r.action, ms = r.duration_ms, "command done");
+            tracing::info!(endpoint = %self.id, %topic, action = ?r.action, ms = r.duration_ms, "command done");
         } else {
-            tracing::warn!(endpoint = %self.id, container = %name, action = ?r.action, code = ?r.code, error = ?r.error, "command refused or failed");
+            tracing::warn!(endpoint = %self.id, %topic, action = ?r.action, code = ?r.code, error = ?r.error, "command refused or failed");
         }
-        self.outbox.send(
-            self.settings.topics.container_result(&self.id, name),
-            r.to_json(),
-        );
+        self.outbox.send(topic, r.to_json());
     }
 
     fn start_command(&mut self, name: String, req: Request, received: std::time::Instant) {
@@ -263,6 +273,7 @@ impl Endpoint {
         let Some(id) = self.containers.get(&name).map(|s| s.id.clone()) else {
             return;
         };
+        let topic = self.settings.topics.container_result(&self.id, &name);
         let client = self.client.clone();
         let tail = req.lines.unwrap_or(crate::commands::DEFAULT_LOG_LINES);
         let timeout = self.settings.command_timeout.max(Duration::from_secs(1));
@@ -290,7 +301,51 @@ impl Endpoint {
                     received,
                 ),
             };
-            (name, r)
+            (topic, r)
+        });
+    }
+
+    /// `prune` (SPEC §13, opt-in): each kind in turn, off the endpoint task;
+    /// one result with the bytes reclaimed, then a fresh disk summary.
+    fn start_prune(&mut self, req: Request, received: std::time::Instant) {
+        let topic = self.settings.topics.endpoint_result(&self.id);
+        if self.reads.len() >= MAX_READS {
+            let r = CommandResult::refused(
+                &req,
+                Code::Busy,
+                "too many requests running on this endpoint; retry",
+                received,
+            );
+            return self.send_result_to(topic, r);
+        }
+        let what = req.what.clone().unwrap_or_else(|| {
+            crate::commands::DEFAULT_PRUNE
+                .iter()
+                .map(|w| w.to_string())
+                .collect()
+        });
+        let client = self.client.clone();
+        tracing::info!(endpoint = %self.id, ?what, "pruning");
+        self.reads.spawn(async move {
+            let mut reclaimed = 0i64;
+            let mut r = None;
+            for w in &what {
+                match client.prune(w, req.label.as_deref()).await {
+                    Ok(n) => reclaimed += n,
+                    Err(e) => {
+                        r = Some(CommandResult::refused(
+                            &req,
+                            Code::EngineError,
+                            format!("prune {w}: {e}"),
+                            received,
+                        ));
+                        break;
+                    }
+                }
+            }
+            let mut r = r.unwrap_or_else(|| CommandResult::ok(&req, None, received));
+            r.reclaimed_bytes = Some(reclaimed);
+            (topic, r)
         });
     }
 
@@ -641,6 +696,8 @@ impl Endpoint {
                 version: None,
                 lines: None,
                 since: None,
+                what: None,
+                label: None,
             };
             let received = std::time::Instant::now();
             if self.pending.contains_key(&name) {
@@ -777,7 +834,8 @@ impl Endpoint {
             EndpointCommand::Resync { done } => {
                 let _ = done.send(Err(why));
             }
-            EndpointCommand::UpdateAll { req, received } => {
+            EndpointCommand::UpdateAll { req, received }
+            | EndpointCommand::Prune { req, received } => {
                 let r = CommandResult::refused(&req, Code::EngineError, why, received);
                 self.outbox
                     .send(self.settings.topics.endpoint_result(&self.id), r.to_json());

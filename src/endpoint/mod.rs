@@ -147,6 +147,7 @@ struct Facts {
     memory_bytes: Option<i64>,
     images: Option<i64>,
     volumes: Option<i64>,
+    services: Option<i64>,
 }
 
 /// Container id, the event generation it was asked at (see `transitions`), the answer.
@@ -205,8 +206,15 @@ pub struct Endpoint {
     /// `update`/`rollback` outcomes: not aborted with a session (the
     /// recreate runs to its end), recorded in the history when they land.
     ops: JoinSet<commands::OpDone>,
-    /// Read-only words running (`logs`): at most `commands::MAX_READS`.
+    /// Read-only words running (`logs`) and `prune`: (result topic, result).
     reads: JoinSet<(String, crate::commands::CommandResult)>,
+    /// The last disk summary, when it may be asked for next (hourly after
+    /// a success, sooner after a failure) and the failures in a row.
+    disk: Option<crate::payloads::DiskUsage>,
+    disk_next: Option<Instant>,
+    disk_failures: u32,
+    /// A `GET /system/df` running off the endpoint task.
+    disk_task: JoinSet<Result<crate::docker::models::SystemDf, DockerError>>,
     /// Update history per container (SPEC §14).
     history: crate::history::History,
     /// Restart times, for the crash-loop rule of the problem flag.
@@ -280,6 +288,10 @@ impl Endpoint {
             actions: JoinSet::new(),
             ops: JoinSet::new(),
             reads: JoinSet::new(),
+            disk: None,
+            disk_next: None,
+            disk_failures: 0,
+            disk_task: JoinSet::new(),
             history,
             crashloops,
             update_all: None,

@@ -255,6 +255,8 @@ impl Endpoint {
             stacks,
             public_url: self.meta.public_url.clone(),
             portainer_id: self.meta.portainer_id,
+            services: f.services,
+            disk: self.disk.clone(),
             error: self
                 .offline_reason
                 .clone()

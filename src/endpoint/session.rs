@@ -4,6 +4,15 @@
 
 use super::*;
 
+/// The disk summary (`GET /system/df`) is read at most this often (SPEC §13).
+const DISK_EVERY: Duration = Duration::from_secs(3600);
+/// A `system df` slower than this is given up (it walks every layer).
+const DISK_TIMEOUT: Duration = Duration::from_secs(120);
+/// After a failed `system df` (Docker 20.10 refuses one while another client's
+/// runs: "a disk usage operation is already running", which ends within
+/// seconds) it is asked again after 2 s, doubling up to this.
+const DISK_RETRY_MAX: Duration = Duration::from_secs(900);
+
 impl Endpoint {
     pub(super) fn types_requested(&self) -> Vec<&str> {
         // Container events drive state; image/volume events keep counts fresh.
@@ -108,6 +117,7 @@ impl Endpoint {
                 self.facts_due,
                 self.next_command_deadline(),
             );
+            let disk_due = self.disk_next.filter(|_| self.disk_task.is_empty());
             tokio::select! {
                 biased;
                 _ = token.cancelled() => {
@@ -128,8 +138,19 @@ impl Endpoint {
                 }
                 Some(res) = self.reads.join_next(), if !self.reads.is_empty() => {
                     match res {
-                        Ok((name, r)) => self.send_result(&name, r),
-                        Err(e) => tracing::error!(endpoint = %self.id, error = %e, "logs task failed"),
+                        Ok((topic, r)) => {
+                            if r.action.as_deref() == Some("prune") {
+                                self.ask_disk(true);
+                            }
+                            self.send_result_to(topic, r);
+                        }
+                        Err(e) => tracing::error!(endpoint = %self.id, error = %e, "logs or prune task failed"),
+                    }
+                }
+                Some(res) = self.disk_task.join_next(), if !self.disk_task.is_empty() => {
+                    match res {
+                        Ok(r) => self.on_disk(r),
+                        Err(e) => tracing::error!(endpoint = %self.id, error = %e, "disk usage task failed"),
                     }
                 }
                 Some(cmd) = cmds.recv() => self.on_command(cmd).await?,
@@ -149,6 +170,7 @@ impl Endpoint {
                 },
                 _ = tick_opt(&mut poll) => self.poll_events(&types).await?,
                 _ = sleep_until_opt(removal_due) => self.run_removals(),
+                _ = sleep_until_opt(disk_due) => self.ask_disk(false),
                 _ = sleep_until_opt(info_due) => {
                     self.info_due = None;
                     self.publish_info_now();
@@ -271,6 +293,11 @@ impl Endpoint {
             Ok(n) => Some(n as i64),
             Err(e) => tolerate("volumes", e, &self.id)?,
         };
+        let services = match self.client.service_count().await {
+            Ok(n) => Some(n as i64),
+            Err(e) => tolerate("services", e, &self.id)?,
+        };
+        self.ask_disk(false);
         let images = info.as_ref().map(|i| i.images);
         let version = version.unwrap_or_default();
         let info = info.unwrap_or_default();
@@ -284,8 +311,46 @@ impl Endpoint {
             memory_bytes: (info.mem_total > 0).then_some(info.mem_total),
             images,
             volumes,
+            services,
         };
         Ok(())
+    }
+
+    /// `GET /system/df` in the background when due (or `now`, after a
+    /// prune); never two at once. Its answer lands in `on_disk`.
+    pub(super) fn ask_disk(&mut self, now: bool) {
+        let due = self.disk_next.is_none_or(|t| Instant::now() >= t);
+        if !self.disk_task.is_empty() || !(now || due) {
+            return;
+        }
+        let client = self.client.clone();
+        self.disk_task.spawn(async move {
+            match tokio::time::timeout(DISK_TIMEOUT, client.system_df(DISK_TIMEOUT)).await {
+                Ok(r) => r,
+                Err(_) => Err(DockerError::Timeout),
+            }
+        });
+    }
+
+    pub(super) fn on_disk(&mut self, r: Result<crate::docker::models::SystemDf, DockerError>) {
+        match r {
+            Ok(df) => {
+                self.disk_failures = 0;
+                self.disk_next = Some(Instant::now() + DISK_EVERY);
+                self.disk = Some(crate::payloads::DiskUsage::of(
+                    &df,
+                    crate::payloads::now_rfc3339(),
+                ));
+                self.info_changed();
+            }
+            // The last figures stay; asked again soon (see DISK_RETRY_MAX).
+            Err(e) => {
+                let wait = disk_retry_after(self.disk_failures);
+                self.disk_failures = self.disk_failures.saturating_add(1);
+                self.disk_next = Some(Instant::now() + wait);
+                tracing::warn!(endpoint = %self.id, error = %e, retry_in_s = wait.as_secs(), "cannot read disk usage");
+            }
+        }
     }
 
     /// List + inspect everything; heals whatever the stream missed.
@@ -478,5 +543,26 @@ pub(super) fn tolerate<T>(what: &str, e: DockerError, id: &str) -> Result<Option
             Ok(None)
         }
         e => Err(e),
+    }
+}
+
+/// 2 s, 4 s, 8 s, … up to `DISK_RETRY_MAX`.
+fn disk_retry_after(failures: u32) -> Duration {
+    Duration::from_secs(2)
+        .saturating_mul(1u32 << failures.min(10))
+        .min(DISK_RETRY_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_retries_back_off_to_the_cap() {
+        assert_eq!(disk_retry_after(0), Duration::from_secs(2));
+        assert_eq!(disk_retry_after(1), Duration::from_secs(4));
+        assert_eq!(disk_retry_after(8), Duration::from_secs(512));
+        assert_eq!(disk_retry_after(9), DISK_RETRY_MAX);
+        assert_eq!(disk_retry_after(u32::MAX), DISK_RETRY_MAX);
     }
 }

@@ -127,8 +127,10 @@ impl Supervisor {
                         received,
                     ));
                 }
-                if let (CommandTarget::Endpoint(ep), "update_all") = (target, req.action.as_str()) {
-                    return self.update_all(ep, req, result_topic, received);
+                if let (CommandTarget::Endpoint(ep), "update_all" | "prune") =
+                    (target, req.action.as_str())
+                {
+                    return self.to_endpoint(ep, req, result_topic, received);
                 }
                 if req.action == "check_updates" {
                     let scope = match target {
@@ -191,8 +193,8 @@ impl Supervisor {
         }
     }
 
-    /// `update_all` goes to the endpoint, which answers on its result topic.
-    fn update_all(
+    /// `update_all` and `prune` go to the endpoint, which answers on its result topic.
+    fn to_endpoint(
         &self,
         ep: &str,
         req: Request,
@@ -207,7 +209,7 @@ impl Supervisor {
         if let Some((code, msg)) = commands::refusal(
             self.commands.enabled,
             &self.commands.allow,
-            "update_all",
+            &req.action,
             None,
         ) {
             return refuse(code, msg);
@@ -215,9 +217,16 @@ impl Supervisor {
         let Some(h) = self.endpoints.get(ep) else {
             return refuse(Code::NotFound, format!("no endpoint `{ep}`"));
         };
-        let cmd = EndpointCommand::UpdateAll {
-            req: req.clone(),
-            received,
+        let cmd = if req.action == "prune" {
+            EndpointCommand::Prune {
+                req: req.clone(),
+                received,
+            }
+        } else {
+            EndpointCommand::UpdateAll {
+                req: req.clone(),
+                received,
+            }
         };
         if h.commands.try_send(cmd).is_err() {
             refuse(
