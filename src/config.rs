@@ -113,6 +113,7 @@ pub struct Config {
     pub events: EventsConfig,
     pub commands: CommandsConfig,
     pub updates: UpdatesConfig,
+    pub stats: StatsConfig,
     pub state: StateConfig,
     pub log: LogConfig,
     pub http: HttpConfig,
@@ -319,6 +320,28 @@ impl Default for PortainerConfig {
             poll_interval: Duration::from_secs(10),
             ca_file: None,
             tls_insecure: false,
+        }
+    }
+}
+
+/// SPEC §13 container stats: off unless enabled here or by label.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatsConfig {
+    pub enabled: bool,
+    /// How often each sampled container is read (spread over the interval).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Stats calls running at once per engine.
+    pub concurrency: usize,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            interval: Duration::from_secs(60),
+            concurrency: 4,
         }
     }
 }
@@ -741,6 +764,7 @@ impl Config {
                 || self.homeassistant != new.homeassistant
                 || self.state != new.state,
             endpoint_settings: self.containers != new.containers
+                || self.stats != new.stats
                 || self.events != new.events
                 || self.commands != new.commands,
             updates: self.updates != new.updates,
@@ -946,6 +970,14 @@ impl Config {
         }
         if self.commands.update_timeout < Duration::from_secs(10) {
             return Err(invalid("commands.update_timeout", "must be at least 10s"));
+        }
+        if self.stats.interval < Duration::from_secs(5)
+            || self.stats.interval > Duration::from_secs(24 * 3600)
+        {
+            return Err(invalid("stats.interval", "must be between 5s and 1d"));
+        }
+        if !(1..=64).contains(&self.stats.concurrency) {
+            return Err(invalid("stats.concurrency", "must be between 1 and 64"));
         }
         if self.containers.crashloop_restarts > 1000 {
             return Err(invalid(

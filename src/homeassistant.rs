@@ -86,6 +86,8 @@ pub struct ContainerFacts {
     pub words: Vec<String>,
     /// Portainer page of the container, if it comes through Portainer.
     pub configuration_url: Option<String>,
+    /// Its resource figures are sampled (SPEC §13 stats).
+    pub stats: bool,
 }
 
 /// An endpoint, as far as its device depends on it.
@@ -145,6 +147,68 @@ const CONTAINER_OPTIONAL: &[(&str, &str)] = &[
     ("check_update", "button"),
     ("rollback", "button"),
     ("last_update", "sensor"),
+    ("cpu", "sensor"),
+    ("memory", "sensor"),
+    ("memory_percent", "sensor"),
+    ("net_rx", "sensor"),
+    ("net_tx", "sensor"),
+    ("block_read", "sensor"),
+    ("block_write", "sensor"),
+    ("pids", "sensor"),
+];
+
+/// The stats sensors (SPEC §13): component id, payload key, name, and the
+/// unit/class options. Byte counters are `total_increasing` (a restart of
+/// the container resets them, which HA reads as a new cycle).
+const STATS_SENSORS: &[(&str, &str, &str, &str)] = &[
+    (
+        "cpu",
+        "cpu_percent",
+        "CPU",
+        r#"{"unit_of_measurement":"%","state_class":"measurement","suggested_display_precision":1,"icon":"mdi:cpu-64-bit"}"#,
+    ),
+    (
+        "memory",
+        "memory_bytes",
+        "Memory",
+        r#"{"unit_of_measurement":"B","device_class":"data_size","state_class":"measurement","suggested_unit_of_measurement":"MiB","suggested_display_precision":1}"#,
+    ),
+    (
+        "memory_percent",
+        "memory_percent",
+        "Memory use",
+        r#"{"unit_of_measurement":"%","state_class":"measurement","suggested_display_precision":1,"icon":"mdi:memory"}"#,
+    ),
+    (
+        "net_rx",
+        "net_rx_bytes",
+        "Network received",
+        r#"{"unit_of_measurement":"B","device_class":"data_size","state_class":"total_increasing","suggested_unit_of_measurement":"MiB","suggested_display_precision":1,"icon":"mdi:download-network"}"#,
+    ),
+    (
+        "net_tx",
+        "net_tx_bytes",
+        "Network sent",
+        r#"{"unit_of_measurement":"B","device_class":"data_size","state_class":"total_increasing","suggested_unit_of_measurement":"MiB","suggested_display_precision":1,"icon":"mdi:upload-network"}"#,
+    ),
+    (
+        "block_read",
+        "block_read_bytes",
+        "Disk read",
+        r#"{"unit_of_measurement":"B","device_class":"data_size","state_class":"total_increasing","suggested_unit_of_measurement":"MiB","suggested_display_precision":1,"icon":"mdi:harddisk"}"#,
+    ),
+    (
+        "block_write",
+        "block_write_bytes",
+        "Disk written",
+        r#"{"unit_of_measurement":"B","device_class":"data_size","state_class":"total_increasing","suggested_unit_of_measurement":"MiB","suggested_display_precision":1,"icon":"mdi:harddisk"}"#,
+    ),
+    (
+        "pids",
+        "pids",
+        "Processes",
+        r#"{"state_class":"measurement","icon":"mdi:format-list-numbered"}"#,
+    ),
 ];
 
 impl Discovery {
@@ -599,6 +663,16 @@ impl Discovery {
                 ));
             }
         }
+        if f.stats {
+            let topic = t.container_stats(ep, ct);
+            for (cid, key, name, opts) in STATS_SENSORS {
+                let mut v: Value = serde_json::from_str(opts).unwrap_or_else(|_| json!({}));
+                // A missing figure renders `None`: HA shows it as unknown.
+                v["state_topic"] = json!(topic);
+                v["value_template"] = json!(format!("{{{{ value_json.{key} | default(None) }}}}"));
+                e.push(self.entity(&id, cid, "sensor", name, v));
+            }
+        }
         e.push(self.entity(
             &id,
             "event",
@@ -786,9 +860,11 @@ pub fn owner_of(
         let owner = match segs.as_slice() {
             ["status" | "info" | "set"] => topics.bridge_owner(),
             [ep, "status" | "info" | "set"] => topics.endpoint_owner(ep),
-            [ep, ct, "state" | "update" | "event" | "set" | "history"] => {
-                topics.container_owner(ep, ct)
-            }
+            [
+                ep,
+                ct,
+                "state" | "update" | "event" | "set" | "history" | "stats",
+            ] => topics.container_owner(ep, ct),
             _ => continue,
         };
         return Some(owner);
@@ -821,7 +897,50 @@ mod tests {
             image: "nginx:1.27".into(),
             words,
             configuration_url: None,
+            stats: false,
         }
+    }
+
+    #[test]
+    fn stats_sensors_only_for_sampled_containers_with_units_and_classes() {
+        let d = Discovery::from_config(&cfg(DiscoveryMode::Device, &["start"])).expect("on");
+        let off = d.container("local", "web", &facts(all_words()));
+        assert!(!off.entities.iter().any(|e| e.id == "cpu"));
+        assert!(
+            off.absent.contains(&("cpu", "sensor")),
+            "a stale one is dropped"
+        );
+        let mut f = facts(all_words());
+        f.stats = true;
+        let on = d.container("local", "web", &f);
+        let get = |id: &str| {
+            on.entities
+                .iter()
+                .find(|e| e.id == id)
+                .expect(id)
+                .config
+                .clone()
+        };
+        let mem = get("memory");
+        assert_eq!(mem["state_topic"], "dockside/local/web/stats");
+        assert_eq!(mem["device_class"], "data_size");
+        assert_eq!(mem["unit_of_measurement"], "B");
+        assert_eq!(mem["state_class"], "measurement");
+        assert_eq!(get("net_rx")["state_class"], "total_increasing");
+        assert_eq!(get("cpu")["unit_of_measurement"], "%");
+        let payload = json!({"cpu_percent": 12.5, "memory_bytes": 1048576, "at": "t"});
+        assert_eq!(
+            render(
+                get("cpu")["value_template"].as_str().expect("tpl"),
+                &payload
+            ),
+            "12.5"
+        );
+        assert_eq!(
+            render(mem["value_template"].as_str().expect("tpl"), &payload),
+            "1048576"
+        );
+        assert!(!on.absent.iter().any(|(id, _)| *id == "cpu"));
     }
 
     fn devices(d: &Discovery) -> Vec<Device> {
@@ -1068,7 +1187,8 @@ mod tests {
             .as_object()
             .expect("cmps")
             .values()
-            .map(|c| c["unique_id"].as_str().unwrap_or_default().to_string())
+            // Absent optional components carry only their platform.
+            .filter_map(|c| c["unique_id"].as_str().map(str::to_string))
             .collect();
         let msgs = dc.messages(&dc.container("local", "my.app", &f));
         assert_eq!(msgs.len(), dev.entities.len());

@@ -98,6 +98,12 @@ impl Topics {
     pub fn container_result(&self, ep: &str, ct: &str) -> String {
         format!("{}/{}/{}/result", self.base, ep, ct)
     }
+    pub fn container_stats(&self, ep: &str, ct: &str) -> String {
+        format!("{}/{}/{}/stats", self.base, ep, ct)
+    }
+    pub fn container_stats_key(&self, ep: &str, ct: &str, key: &str) -> String {
+        format!("{}/{}/{}/stats/{}", self.base, ep, ct, key)
+    }
     pub fn container_set(&self, ep: &str, ct: &str) -> String {
         format!("{}/{}/{}/set", self.base, ep, ct)
     }
@@ -114,13 +120,16 @@ impl Topics {
     /// Subscriptions used once at start to read back our own retained topics
     /// (the leftover sweep). They never overlap the command filters, so a
     /// command cannot arrive twice.
-    pub fn readback_filters(&self) -> [String; 5] {
+    pub fn readback_filters(&self) -> [String; 8] {
         [
             format!("{}/+/status", self.base),
             format!("{}/+/info", self.base),
             format!("{}/+/+/state", self.base),
             format!("{}/+/+/state/+", self.base),
             format!("{}/+/+/update", self.base),
+            format!("{}/+/+/stats", self.base),
+            format!("{}/+/+/stats/+", self.base),
+            format!("{}/+/_stacks/+/state", self.base),
         ]
     }
 

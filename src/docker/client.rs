@@ -480,6 +480,38 @@ impl DockerClient {
         Ok(r.space_reclaimed.max(0))
     }
 
+    /// One stats answer, never a stream (SPEC §13). `one_shot` (API ≥ 1.41)
+    /// answers at once without a second sample: the caller keeps the
+    /// previous one. Without it the engine waits about a second for
+    /// `precpu_stats`.
+    pub async fn stats(
+        &self,
+        id: &str,
+        one_shot: bool,
+        timeout: Duration,
+    ) -> Result<crate::stats::EngineStats, DockerError> {
+        let mut url = self.url(&["containers", id, "stats"]);
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("stream", "false");
+            if one_shot && parse_api(&self.api_version()).is_some_and(|v| v >= (1, 41)) {
+                q.append_pair("one-shot", "true");
+            }
+        }
+        let resp = self.execute(Method::GET, url, Some(timeout)).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Err(DockerError::NotFound);
+        }
+        if !resp.status().is_success() {
+            return Err(status_error(resp).await);
+        }
+        let body = read_capped(resp, MAX_OBJECT_BODY, "stats").await?;
+        serde_json::from_slice(&body).map_err(|e| DockerError::Decode {
+            what: "stats",
+            message: e.to_string(),
+        })
+    }
+
     pub async fn volume_count(&self) -> Result<usize, DockerError> {
         let v: VolumeList = self
             .get_json("volumes", &["volumes"], &[], MAX_LIST_BODY)

@@ -117,6 +117,11 @@ impl Endpoint {
         } else {
             self.follow_labels.insert(name.clone(), follow);
         }
+        if crate::stats::wanted(self.settings.stats.enabled, &ins.config.labels) {
+            self.stats.wanted.insert(name.clone());
+        } else {
+            self.stats.wanted.remove(&name);
+        }
         if crate::filter::commands_disabled(&ins.config.labels) {
             self.no_commands.insert(name.clone());
         } else {

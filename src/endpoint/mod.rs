@@ -12,6 +12,7 @@ mod commands;
 mod inspects;
 mod publish;
 mod session;
+mod stats;
 mod transitions;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -82,6 +83,8 @@ pub struct EndpointSettings {
     pub event_types: Vec<String>,
     pub removal_grace: Duration,
     pub reconcile_interval: Duration,
+    /// `[stats]` (SPEC §13).
+    pub stats: crate::config::StatsConfig,
     /// `containers.crashloop_*` (SPEC §13 problem flag).
     pub crashloop_restarts: u32,
     pub crashloop_window: Duration,
@@ -215,6 +218,8 @@ pub struct Endpoint {
     disk_failures: u32,
     /// A `GET /system/df` running off the endpoint task.
     disk_task: JoinSet<Result<crate::docker::models::SystemDf, DockerError>>,
+    /// Container stats (SPEC §13).
+    stats: stats::StatsState,
     /// Update history per container (SPEC §14).
     history: crate::history::History,
     /// Restart times, for the crash-loop rule of the problem flag.
@@ -292,6 +297,7 @@ impl Endpoint {
             disk_next: None,
             disk_failures: 0,
             disk_task: JoinSet::new(),
+            stats: Default::default(),
             history,
             crashloops,
             update_all: None,

@@ -61,6 +61,7 @@ impl Endpoint {
             );
         }
         self.containers.insert(name.to_string(), state);
+        self.schedule_stats(name);
         if force || first {
             self.publish_history(name);
         }
@@ -165,6 +166,7 @@ impl Endpoint {
                 }
                 _ => None,
             },
+            stats: self.stats.wanted.contains(name),
         };
         if !force && self.ha_containers.get(name) == Some(&facts) {
             return;
@@ -202,6 +204,7 @@ impl Endpoint {
         self.ha_containers.remove(name);
         self.history.forget(name);
         self.crashloops.forget(name);
+        self.stats.forget(name);
         let prefix = self.settings.topics.container_prefix(&self.id, name);
         match &self.settings.inventory {
             // Under the inventory lock: no update status can land after the clear.

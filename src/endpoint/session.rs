@@ -118,6 +118,7 @@ impl Endpoint {
                 self.next_command_deadline(),
             );
             let disk_due = self.disk_next.filter(|_| self.disk_task.is_empty());
+            let stats_due = self.next_stats_due();
             tokio::select! {
                 biased;
                 _ = token.cancelled() => {
@@ -171,6 +172,13 @@ impl Endpoint {
                 _ = tick_opt(&mut poll) => self.poll_events(&types).await?,
                 _ = sleep_until_opt(removal_due) => self.run_removals(),
                 _ = sleep_until_opt(disk_due) => self.ask_disk(false),
+                _ = sleep_until_opt(stats_due) => self.run_due_stats(),
+                Some(res) = self.stats.calls.join_next(), if !self.stats.calls.is_empty() => {
+                    match res {
+                        Ok(a) => self.on_stats(a),
+                        Err(e) => tracing::error!(endpoint = %self.id, error = %e, "stats task failed"),
+                    }
+                }
                 _ = sleep_until_opt(info_due) => {
                     self.info_due = None;
                     self.publish_info_now();

@@ -172,6 +172,7 @@ fn settings(
         event_types: cfg.events.types.clone(),
         removal_grace: cfg.containers.removal_grace,
         reconcile_interval: cfg.containers.reconcile_interval,
+        stats: cfg.stats.clone(),
         crashloop_restarts: cfg.containers.crashloop_restarts,
         crashloop_window: cfg.containers.crashloop_window,
         flat_topics: cfg.mqtt.flat_topics,

@@ -85,6 +85,25 @@ pub fn engine_socket() -> String {
         .to_string()
 }
 
+/// `GET path` on the engine under test, straight over its socket (HTTP/1.0:
+/// no chunked body), for comparing with what dockside publishes.
+pub fn engine_get(path: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(engine_socket()).expect("engine socket");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("timeout");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n").expect("request");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("response");
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").expect("http response");
+    assert!(
+        head.starts_with("HTTP/1.") && head.contains(" 200 "),
+        "GET {path}: {head}"
+    );
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+}
+
 /// Whether the engine under test keeps images in containerd (the default of
 /// fresh Docker 29 installs): image IDs are manifest digests there and every
 /// tag has a RepoDigest, pushed or not.
