@@ -57,6 +57,8 @@ pub enum Scope {
     Container,
     Endpoint,
     Bridge,
+    /// `<ep>/_stacks/<stack>/set` (SPEC §13).
+    Stack,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +127,7 @@ pub fn parse(payload: &[u8], scope: Scope) -> Result<Request, ParseError> {
         Scope::Container => CONTAINER_WORDS,
         Scope::Endpoint => ENDPOINT_WORDS,
         Scope::Bridge => BRIDGE_WORDS,
+        Scope::Stack => crate::stacks::WORDS,
     };
     if !words.contains(&action.as_str()) {
         let shown: String = action.chars().take(32).collect();
@@ -645,6 +648,7 @@ pub fn overflow_reply(topics: &Topics, topic: &str, payload: &[u8]) -> Option<(S
         CommandTarget::Bridge => (Scope::Bridge, topics.bridge_result()),
         CommandTarget::Endpoint(ep) => (Scope::Endpoint, topics.endpoint_result(ep)),
         CommandTarget::Container(ep, ct) => (Scope::Container, topics.container_result(ep, ct)),
+        CommandTarget::Stack(ep, st) => (Scope::Stack, topics.stack_result(ep, st)),
     };
     if payload.is_empty() {
         return None; // deletes a retained message; never a command
@@ -900,12 +904,18 @@ mod tests {
                     _ => input.insert(at, rng.u8(..)),
                 }
             }
-            for scope in [Scope::Container, Scope::Endpoint, Scope::Bridge] {
+            for scope in [
+                Scope::Container,
+                Scope::Endpoint,
+                Scope::Bridge,
+                Scope::Stack,
+            ] {
                 if let Ok(r) = parse(&input, scope) {
                     let words = match scope {
                         Scope::Container => CONTAINER_WORDS,
                         Scope::Endpoint => ENDPOINT_WORDS,
                         Scope::Bridge => BRIDGE_WORDS,
+                        Scope::Stack => crate::stacks::WORDS,
                     };
                     assert!(words.contains(&r.action.as_str()), "{input:?}");
                 }

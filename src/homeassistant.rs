@@ -157,6 +157,25 @@ const CONTAINER_OPTIONAL: &[(&str, &str)] = &[
     ("pids", "sensor"),
 ];
 
+const STACK_OPTIONAL: &[(&str, &str)] = &[
+    ("start", "button"),
+    ("stop", "button"),
+    ("restart", "button"),
+    ("update", "update"),
+];
+/// `StackState::state` values.
+const STACK_STATES: &[&str] = &["running", "partial", "stopped"];
+/// A stack's update entity: "n of m current"; the two differ while some
+/// container of the stack has an update (SPEC §13 `updates_available`).
+const STACK_UPDATE_TEMPLATE: &str = concat!(
+    "{%- set v = value_json -%}",
+    "{%- set t = v.total | int(0) -%}",
+    "{%- set u = v.updates_available | int(0) -%}",
+    "{{ {'installed_version': (t - u) ~ ' of ' ~ t ~ ' current',",
+    " 'latest_version': t ~ ' of ' ~ t ~ ' current',",
+    " 'title': v.name ~ ' (' ~ v.kind ~ ')'} | tojson }}",
+);
+
 /// The stats sensors (SPEC §13): component id, payload key, name, and the
 /// unit/class options. Byte counters are `total_increasing` (a restart of
 /// the container resets them, which HA reads as a new cycle).
@@ -741,6 +760,74 @@ impl Discovery {
         .finish(CONTAINER_OPTIONAL)
     }
 
+    /// A stack (SPEC §13): its state, running count, and its words.
+    pub fn stack(&self, ep: &str, stack: &str, words: &[String]) -> Device {
+        let id = ha_id(&[self.topics.base(), ep, crate::stacks::SEGMENT, stack]);
+        let t = &self.topics;
+        let state = t.stack_state(ep, stack);
+        let set = t.stack_set(ep, stack);
+        let mut e = vec![
+            self.entity(
+                &id,
+                "state",
+                "sensor",
+                "State",
+                json!({"device_class": "enum", "options": STACK_STATES, "state_topic": state,
+                       "value_template": "{{ value_json.state }}", "json_attributes_topic": state,
+                       "icon": "mdi:layers-triple"}),
+            ),
+            self.entity(
+                &id,
+                "running",
+                "sensor",
+                "Running containers",
+                json!({"state_topic": state, "value_template": "{{ value_json.running }}",
+                       "state_class": "measurement", "icon": "mdi:docker"}),
+            ),
+        ];
+        for (word, name, icon) in [
+            ("start", "Start", "mdi:play"),
+            ("stop", "Stop", "mdi:stop"),
+            ("restart", "Restart", "mdi:restart"),
+        ] {
+            if Self::allows(words, word) {
+                e.push(self.entity(
+                    &id,
+                    stack_word_id(word),
+                    "button",
+                    name,
+                    json!({"command_topic": set, "payload_press": word, "icon": icon}),
+                ));
+            }
+        }
+        if self.updates {
+            let mut u = json!({"state_topic": state, "value_template": STACK_UPDATE_TEMPLATE,
+                               "icon": "mdi:layers-triple"});
+            if Self::allows(words, "update") {
+                u["command_topic"] = json!(set);
+                u["payload_install"] = json!("update");
+            }
+            e.push(self.entity(&id, "update", "update", "Stack update", u));
+        }
+        let device = json!({
+            "identifiers": [id],
+            "name": stack,
+            "manufacturer": "Docker Compose",
+            "model": "Stack",
+            "via_device": self.endpoint_id(ep),
+        });
+        let mut shared = self.availability(Some(ep));
+        shared.insert("qos".into(), json!(self.qos));
+        Device {
+            device_id: id,
+            device,
+            shared,
+            entities: e,
+            absent: Vec::new(),
+        }
+        .finish(STACK_OPTIONAL)
+    }
+
     /// The retained messages of a device in the configured form.
     pub fn messages(&self, d: &Device) -> Vec<(String, Bytes)> {
         match self.mode {
@@ -794,6 +881,14 @@ fn word_id(w: &str) -> &'static str {
         "unpause" => "unpause",
         "logs" => "logs",
         _ => "kill",
+    }
+}
+
+fn stack_word_id(w: &str) -> &'static str {
+    match w {
+        "start" => "start",
+        "stop" => "stop",
+        _ => "restart",
     }
 }
 

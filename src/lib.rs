@@ -24,6 +24,7 @@ pub mod portainer;
 pub mod problem;
 pub mod registry;
 pub mod signals;
+pub mod stacks;
 pub mod stats;
 pub mod status_server;
 pub mod supervise;

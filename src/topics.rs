@@ -104,16 +104,33 @@ impl Topics {
     pub fn container_stats_key(&self, ep: &str, ct: &str, key: &str) -> String {
         format!("{}/{}/{}/stats/{}", self.base, ep, ct, key)
     }
+    pub fn stack_prefix(&self, ep: &str, stack: &str) -> String {
+        format!("{}/{}/{}/{}", self.base, ep, crate::stacks::SEGMENT, stack)
+    }
+    pub fn stack_state(&self, ep: &str, stack: &str) -> String {
+        format!("{}/state", self.stack_prefix(ep, stack))
+    }
+    pub fn stack_set(&self, ep: &str, stack: &str) -> String {
+        format!("{}/set", self.stack_prefix(ep, stack))
+    }
+    pub fn stack_result(&self, ep: &str, stack: &str) -> String {
+        format!("{}/result", self.stack_prefix(ep, stack))
+    }
+    /// Owner path of a stack's discovery config.
+    pub fn stack_owner(&self, ep: &str, stack: &str) -> String {
+        format!("{}/{}", self.stack_prefix(ep, stack), OWNER_LEAF)
+    }
     pub fn container_set(&self, ep: &str, ct: &str) -> String {
         format!("{}/{}/{}/set", self.base, ep, ct)
     }
 
     /// Subscriptions for commands (SPEC §5).
-    pub fn command_filters(&self) -> [String; 3] {
+    pub fn command_filters(&self) -> [String; 4] {
         [
             self.bridge_set(),
             format!("{}/+/set", self.base),
             format!("{}/+/+/set", self.base),
+            format!("{}/+/{}/+/set", self.base, crate::stacks::SEGMENT),
         ]
     }
 
@@ -164,7 +181,10 @@ impl Topics {
         match segs.as_slice() {
             ["set"] => Some(CommandTarget::Bridge),
             [ep, "set"] => Some(CommandTarget::Endpoint(ep)),
-            [ep, ct, "set"] => Some(CommandTarget::Container(ep, ct)),
+            [ep, crate::stacks::SEGMENT, stack, "set"] => Some(CommandTarget::Stack(ep, stack)),
+            [ep, ct, "set"] if *ct != crate::stacks::SEGMENT => {
+                Some(CommandTarget::Container(ep, ct))
+            }
             _ => None,
         }
     }
@@ -221,6 +241,8 @@ pub enum CommandTarget<'a> {
     Bridge,
     Endpoint(&'a str),
     Container(&'a str, &'a str),
+    /// `<ep>/_stacks/<stack>/set`.
+    Stack(&'a str, &'a str),
 }
 
 /// Home Assistant ids (SPEC §2): every character outside `[A-Za-z0-9_-]` becomes `_`.
@@ -293,6 +315,12 @@ mod tests {
             Some(CommandTarget::Container("local", "web"))
         );
         assert_eq!(t.parse_command("ds/local/web/state"), None);
+        assert_eq!(
+            t.parse_command("ds/local/_stacks/media/set"),
+            Some(CommandTarget::Stack("local", "media"))
+        );
+        // `_stacks` is never a container.
+        assert_eq!(t.parse_command("ds/local/_stacks/set"), None);
         assert_eq!(t.parse_command("dsx/local/web/set"), None);
         assert_eq!(t.parse_command("other/set"), None);
     }

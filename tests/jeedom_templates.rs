@@ -74,9 +74,17 @@ fn container_template_matches_the_topics() {
         "installed_version":"1.27.2","latest_version":"1.27.3","in_progress":false});
     let event = json!({"event_type":"start","time":"x","attributes":{}});
     let result = json!({"action":"start","ok":true});
+    let stats = serde_json::to_value(dockside::stats::StatsPayload {
+        cpu_percent: Some(1.0),
+        memory_bytes: Some(1),
+        memory_percent: Some(1.0),
+        ..Default::default()
+    })
+    .expect("stats json");
     check(
         "dockside_container.json",
         &[
+            ("stats", stats),
             ("state", state),
             ("update", update),
             ("event", event),
@@ -90,7 +98,8 @@ fn container_template_matches_the_topics() {
 fn endpoint_template_matches_the_topics() {
     let info = json!({"id":"local","name":"local","kind":"docker","reachable":true,"docker_version":"28.2.2",
         "containers":{"total":1,"running":1,"paused":0,"stopped":0,"healthy":0,"unhealthy":0},
-        "images":3,"volumes":1,"stacks":0});
+        "images":3,"volumes":1,"stacks":0,"services":0,
+        "disk":{"images_bytes":1,"containers_bytes":0,"volumes_bytes":0,"build_cache_bytes":0,"reclaimable_bytes":0,"at":"x"}});
     check(
         "dockside_endpoint.json",
         &[
@@ -99,5 +108,30 @@ fn endpoint_template_matches_the_topics() {
             ("result", json!({"ok":true})),
         ],
         &["resync", "check_updates"],
+    );
+}
+
+#[test]
+fn stack_template_matches_the_topics() {
+    let mut projects = std::collections::BTreeMap::new();
+    projects.insert(
+        "media".to_string(),
+        vec![dockside::stacks::Member {
+            name: "media-db".into(),
+            service: Some("db".into()),
+            depends_on: vec![],
+            running: true,
+            update_available: false,
+        }],
+    );
+    let state = serde_json::to_value(&dockside::stacks::build("local", &projects, &[])["media"])
+        .expect("stack json");
+    check(
+        "dockside_stack.json",
+        &[
+            ("state", state),
+            ("result", json!({"action":"start","ok":true,"error":"x"})),
+        ],
+        dockside::stacks::WORDS,
     );
 }

@@ -36,6 +36,12 @@ pub enum EndpointCommand {
         req: Request,
         received: std::time::Instant,
     },
+    /// A word on a stack (SPEC §13).
+    Stack {
+        stack: String,
+        req: Request,
+        received: std::time::Instant,
+    },
 }
 
 /// An `update`/`rollback` that ended (SPEC §14).
@@ -49,19 +55,51 @@ pub struct OpDone {
     result: Result<Outcome, RecreateError>,
 }
 
-/// An `update_all` under way: one container at a time.
+/// Words run on several containers one after the other, with one result:
+/// `update_all` (goes on past a failure) or a compose stack's word (stops
+/// at the first failure: a dependent must not start without what it needs).
 #[derive(Debug)]
-pub struct UpdateAll {
+pub struct Batch {
     req: Request,
     received: std::time::Instant,
-    queue: std::collections::VecDeque<String>,
+    /// (container, word) still to run.
+    queue: std::collections::VecDeque<(String, String)>,
     outcomes: Vec<ContainerOutcome>,
+    /// Where the one result goes.
+    topic: String,
+    stop_on_failure: bool,
+}
+
+impl Batch {
+    pub(super) fn new(
+        req: Request,
+        received: std::time::Instant,
+        queue: std::collections::VecDeque<(String, String)>,
+        topic: String,
+        stop_on_failure: bool,
+    ) -> Self {
+        Self {
+            req,
+            received,
+            queue,
+            outcomes: Vec::new(),
+            topic,
+            stop_on_failure,
+        }
+    }
 }
 
 /// Pull progress reaches the `update` topic at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// `logs` fetches running at once per endpoint (each reads up to 8 MiB).
 const MAX_READS: usize = 4;
+
+impl Pending {
+    /// An `update`/`rollback`: bounded by its own timers, not `deadline`.
+    fn is_op(&self) -> bool {
+        matches!(self.req.action.as_str(), "update" | "rollback")
+    }
+}
 
 #[derive(Debug)]
 pub struct Pending {
@@ -72,7 +110,8 @@ pub struct Pending {
     prev_started_at: Option<String>,
     engine_done: bool,
     deadline: Instant,
-    /// Part of an `update_all`: its outcome goes into that one result.
+    /// Part of a batch (`update_all`, a stack word): its outcome goes into
+    /// that one result.
     from_all: bool,
 }
 
@@ -139,6 +178,14 @@ impl Endpoint {
             }
             EndpointCommand::Prune { req, received } => {
                 self.start_prune(req, received);
+                Ok(())
+            }
+            EndpointCommand::Stack {
+                stack,
+                req,
+                received,
+            } => {
+                self.start_stack_command(stack, req, received);
                 Ok(())
             }
         }
@@ -245,8 +292,21 @@ impl Endpoint {
             return;
         }
         self.last_command.insert(name.clone(), now);
-        let timeout = s.command_timeout;
-        let (seq, id) = self.add_pending(&name, &req, received, now + timeout, false);
+        self.launch_word(name, req, received, false);
+    }
+
+    /// The engine call of a plain word (the checks done); its result comes
+    /// when the state reaches what the word asks for.
+    pub(super) fn launch_word(
+        &mut self,
+        name: String,
+        req: Request,
+        received: std::time::Instant,
+        from_all: bool,
+    ) {
+        let timeout = self.settings.command_timeout;
+        let deadline = Instant::now() + timeout;
+        let (seq, id) = self.add_pending(&name, &req, received, deadline, from_all);
         tracing::info!(endpoint = %self.id, container = %name, action = %req.action, "running command");
         let client = self.client.clone();
         let action = req.action;
@@ -256,6 +316,18 @@ impl Endpoint {
                 .await;
             (name, seq, Answer::Engine(r))
         });
+    }
+
+    /// A command's one result: on its container's topic, or into its batch.
+    fn finish_pending(&mut self, name: &str, from_all: bool, r: CommandResult) {
+        if from_all {
+            if let Some(b) = &mut self.batch {
+                b.outcomes.push(ContainerOutcome::from((name, &r)));
+            }
+            self.next_of_batch();
+        } else {
+            self.send_result(name, r);
+        }
     }
 
     /// `logs` (SPEC §13): read-only, so beside any running command; fetched
@@ -529,7 +601,7 @@ impl Endpoint {
                 if let Some(p) = self.pending.remove(&name) {
                     let state = self.containers.get(&name).map(|s| s.state.clone());
                     let r = CommandResult::refused(&p.req, code, msg, p.received).with_state(state);
-                    self.send_result(&name, r);
+                    self.finish_pending(&name, p.from_all, r);
                 }
             }
         }
@@ -601,10 +673,10 @@ impl Endpoint {
                     "the update did not end in time",
                 ),
             };
-            if let Some(ua) = &mut self.update_all {
-                ua.outcomes.push(outcome);
+            if let Some(b) = &mut self.batch {
+                b.outcomes.push(outcome);
             }
-            self.next_of_update_all();
+            self.next_of_batch();
         } else if let Some(r) = result {
             self.send_result(&name, r);
         }
@@ -624,11 +696,11 @@ impl Endpoint {
     /// `update_available`, those the policy permits, one after the other.
     fn start_update_all(&mut self, req: Request, received: std::time::Instant) {
         let topic = self.settings.topics.endpoint_result(&self.id);
-        if self.update_all.is_some() {
+        if self.batch.is_some() {
             let r = CommandResult::refused(
                 &req,
                 Code::Busy,
-                "an update_all is already running on this endpoint",
+                "an update_all or a stack command is already running on this endpoint",
                 received,
             );
             return self.outbox.send(topic, r.to_json());
@@ -639,11 +711,13 @@ impl Endpoint {
             .as_ref()
             .map(|i| i.updates_available(&self.id))
             .unwrap_or_default();
-        let mut ua = UpdateAll {
+        let mut ua = Batch {
             req,
             received,
             queue: Default::default(),
             outcomes: Vec::new(),
+            topic,
+            stop_on_failure: false,
         };
         let s = &self.settings;
         for name in names {
@@ -673,26 +747,29 @@ impl Endpoint {
                 Some((code, msg)) => ua
                     .outcomes
                     .push(ContainerOutcome::refused(&name, code, msg)),
-                None => ua.queue.push_back(name),
+                None => ua.queue.push_back((name, "update".into())),
             }
         }
         tracing::info!(endpoint = %self.id, containers = ua.queue.len(), "update_all");
-        self.update_all = Some(ua);
-        self.next_of_update_all();
+        self.batch = Some(ua);
+        self.next_of_batch();
     }
 
-    /// Starts the next container of the `update_all`, or sends its one result.
-    fn next_of_update_all(&mut self) {
+    /// Starts the next word of the batch, or sends its one result.
+    pub(super) fn next_of_batch(&mut self) {
         loop {
-            let Some(ua) = &mut self.update_all else {
+            let Some(b) = &mut self.batch else {
                 return;
             };
-            let Some(name) = ua.queue.pop_front() else {
+            if b.stop_on_failure && b.outcomes.iter().any(|o| !o.ok) {
+                b.queue.clear();
+            }
+            let Some((name, word)) = b.queue.pop_front() else {
                 break;
             };
             let req = Request {
-                action: "update".into(),
-                request_id: ua.req.request_id.clone(),
+                action: word.clone(),
+                request_id: b.req.request_id.clone(),
                 version: None,
                 lines: None,
                 since: None,
@@ -701,8 +778,8 @@ impl Endpoint {
             };
             let received = std::time::Instant::now();
             if self.pending.contains_key(&name) {
-                if let Some(ua) = &mut self.update_all {
-                    ua.outcomes.push(ContainerOutcome::refused(
+                if let Some(b) = &mut self.batch {
+                    b.outcomes.push(ContainerOutcome::refused(
                         &name,
                         Code::Busy,
                         "another command is running on this container",
@@ -710,37 +787,62 @@ impl Endpoint {
                 }
                 continue;
             }
+            if !self.containers.contains_key(&name) {
+                if let Some(b) = &mut self.batch {
+                    b.outcomes.push(ContainerOutcome::refused(
+                        &name,
+                        Code::NotFound,
+                        "the container no longer exists",
+                    ));
+                }
+                continue;
+            }
+            if word != "update" {
+                self.launch_word(name, req, received, true);
+                return;
+            }
             match self.launch_op(&name, req, received, true) {
                 Ok(()) => return,
                 Err(r) => {
-                    if let Some(ua) = &mut self.update_all {
-                        ua.outcomes
+                    if let Some(b) = &mut self.batch {
+                        b.outcomes
                             .push(ContainerOutcome::from((name.as_str(), &*r)));
                     }
                 }
             }
         }
-        let Some(ua) = self.update_all.take() else {
+        let Some(b) = self.batch.take() else {
             return;
         };
-        let failed = ua.outcomes.iter().filter(|o| !o.ok).count();
-        let mut r = if failed == 0 {
-            CommandResult::ok(&ua.req, None, ua.received)
-        } else {
-            CommandResult::refused(
-                &ua.req,
+        let failed: Vec<&ContainerOutcome> = b.outcomes.iter().filter(|o| !o.ok).collect();
+        let mut r = match (failed.first(), b.stop_on_failure) {
+            (None, _) => CommandResult::ok(&b.req, None, b.received),
+            // A stack word: the first failure is the reason, nothing after it ran.
+            (Some(f), true) => CommandResult::refused(
+                &b.req,
+                f.code.unwrap_or(Code::EngineError),
+                format!(
+                    "{} `{}`: {}",
+                    f.container,
+                    b.req.action,
+                    f.error.as_deref().unwrap_or("failed")
+                ),
+                b.received,
+            ),
+            (Some(_), false) => CommandResult::refused(
+                &b.req,
                 Code::EngineError,
                 format!(
-                    "{failed} of {} containers were not updated",
-                    ua.outcomes.len()
+                    "{} of {} containers were not updated",
+                    failed.len(),
+                    b.outcomes.len()
                 ),
-                ua.received,
-            )
+                b.received,
+            ),
         };
-        r.outcomes = Some(ua.outcomes);
-        tracing::info!(endpoint = %self.id, ok = r.ok, "update_all done");
-        self.outbox
-            .send(self.settings.topics.endpoint_result(&self.id), r.to_json());
+        r.outcomes = Some(b.outcomes);
+        tracing::info!(endpoint = %self.id, action = %b.req.action, ok = r.ok, "batch done");
+        self.send_result_to(b.topic, r);
     }
 
     /// Called whenever a container's state is published.
@@ -763,14 +865,15 @@ impl Endpoint {
                 CommandResult::refused(&p.req, Code::EngineError, msg, p.received).with_state(state)
             }
         };
+        let from_all = p.from_all;
         self.pending.remove(name);
-        self.send_result(name, result);
+        self.finish_pending(name, from_all, result);
     }
 
     pub(super) fn next_command_deadline(&self) -> Option<Instant> {
         self.pending
             .values()
-            .filter(|p| !p.from_all)
+            .filter(|p| !p.from_all || !p.is_op())
             .map(|p| p.deadline)
             .min()
     }
@@ -780,7 +883,7 @@ impl Endpoint {
         let due: Vec<String> = self
             .pending
             .iter()
-            .filter(|(_, p)| p.deadline <= now && !p.from_all)
+            .filter(|(_, p)| p.deadline <= now && (!p.from_all || !p.is_op()))
             .map(|(n, _)| n.clone())
             .collect();
         for name in due {
@@ -793,7 +896,7 @@ impl Endpoint {
                 };
                 let r = CommandResult::refused(&p.req, Code::Timeout, what, p.received)
                     .with_state(state);
-                self.send_result(&name, r);
+                self.finish_pending(&name, p.from_all, r);
             }
         }
     }
@@ -801,7 +904,7 @@ impl Endpoint {
     pub(super) fn fail_pending(&mut self, name: &str, why: &str) {
         if let Some(p) = self.pending.remove(name) {
             let r = CommandResult::refused(&p.req, Code::EngineError, why, p.received);
-            self.send_result(name, r);
+            self.finish_pending(name, p.from_all, r);
         }
     }
 
@@ -839,6 +942,14 @@ impl Endpoint {
                 let r = CommandResult::refused(&req, Code::EngineError, why, received);
                 self.outbox
                     .send(self.settings.topics.endpoint_result(&self.id), r.to_json());
+            }
+            EndpointCommand::Stack {
+                stack,
+                req,
+                received,
+            } => {
+                let r = CommandResult::refused(&req, Code::EngineError, why, received);
+                self.send_result_to(self.settings.topics.stack_result(&self.id, &stack), r);
             }
         }
     }

@@ -117,6 +117,10 @@ impl Endpoint {
         } else {
             self.follow_labels.insert(name.clone(), follow);
         }
+        match stacks::StackLabels::of(&ins.config.labels) {
+            Some(l) => self.stacks.members.insert(name.clone(), l),
+            None => self.stacks.members.remove(&name),
+        };
         if crate::stats::wanted(self.settings.stats.enabled, &ins.config.labels) {
             self.stats.wanted.insert(name.clone());
         } else {

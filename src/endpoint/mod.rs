@@ -12,6 +12,7 @@ mod commands;
 mod inspects;
 mod publish;
 mod session;
+mod stacks;
 mod stats;
 mod transitions;
 
@@ -220,12 +221,14 @@ pub struct Endpoint {
     disk_task: JoinSet<Result<crate::docker::models::SystemDf, DockerError>>,
     /// Container stats (SPEC §13).
     stats: stats::StatsState,
+    /// Compose and Portainer stacks (SPEC §13).
+    stacks: stacks::StacksState,
     /// Update history per container (SPEC §14).
     history: crate::history::History,
     /// Restart times, for the crash-loop rule of the problem flag.
     crashloops: crate::problem::Crashloops,
-    /// An `update_all` under way.
-    update_all: Option<commands::UpdateAll>,
+    /// An `update_all` or a stack word under way.
+    batch: Option<commands::Batch>,
     next_seq: u64,
     /// What each container's discovery config was last built from.
     ha_containers: HashMap<String, ContainerFacts>,
@@ -298,9 +301,10 @@ impl Endpoint {
             disk_failures: 0,
             disk_task: JoinSet::new(),
             stats: Default::default(),
+            stacks: Default::default(),
             history,
             crashloops,
-            update_all: None,
+            batch: None,
             next_seq: 0,
             ha_containers: HashMap::new(),
             ha_endpoint: None,

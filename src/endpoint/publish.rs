@@ -205,6 +205,7 @@ impl Endpoint {
         self.history.forget(name);
         self.crashloops.forget(name);
         self.stats.forget(name);
+        self.stacks.members.remove(name);
         let prefix = self.settings.topics.container_prefix(&self.id, name);
         match &self.settings.inventory {
             // Under the inventory lock: no update status can land after the clear.
@@ -269,6 +270,7 @@ impl Endpoint {
 
     pub(super) fn publish_info_now(&mut self) {
         self.info_due = None;
+        self.publish_stacks(false);
         let info = self.build_info();
         if self.last_info.as_ref() == Some(&info) {
             return;
@@ -290,6 +292,7 @@ impl Endpoint {
         }
         self.last_info = None;
         self.publish_info_now();
+        self.publish_stacks(true);
         let all: Vec<(String, ContainerState)> = self
             .containers
             .iter()

@@ -87,7 +87,12 @@ impl Endpoint {
         if !self.swept {
             self.swept = true;
             let ep = self.id.clone();
-            let live = self.containers.keys().cloned().collect();
+            let live = self
+                .containers
+                .keys()
+                .cloned()
+                .chain(self.stacks_live())
+                .collect();
             self.outbox.sweep(if self.restarted {
                 Sweep::Restarted { ep, live }
             } else {
@@ -143,6 +148,10 @@ impl Endpoint {
                             if r.action.as_deref() == Some("prune") {
                                 self.ask_disk(true);
                             }
+                            if topic.ends_with("/result") && topic.contains("/_stacks/") {
+                                // A Portainer stack word: its status changed.
+                                self.ask_portainer_stacks(true);
+                            }
                             self.send_result_to(topic, r);
                         }
                         Err(e) => tracing::error!(endpoint = %self.id, error = %e, "logs or prune task failed"),
@@ -173,6 +182,12 @@ impl Endpoint {
                 _ = sleep_until_opt(removal_due) => self.run_removals(),
                 _ = sleep_until_opt(disk_due) => self.ask_disk(false),
                 _ = sleep_until_opt(stats_due) => self.run_due_stats(),
+                Some(res) = self.stacks.portainer_task.join_next(), if !self.stacks.portainer_task.is_empty() => {
+                    match res {
+                        Ok(r) => self.on_portainer_stacks(r),
+                        Err(e) => tracing::error!(endpoint = %self.id, error = %e, "Portainer stack list task failed"),
+                    }
+                }
                 Some(res) = self.stats.calls.join_next(), if !self.stats.calls.is_empty() => {
                     match res {
                         Ok(a) => self.on_stats(a),
@@ -197,6 +212,8 @@ impl Endpoint {
                 _ = save.tick() => {
                     self.save_cursor_soon();
                     self.recheck_problems();
+                    // Update statuses change without a container event.
+                    self.publish_stacks(false);
                 }
                 Ok(()) = resync.changed() => self.republish_all(),
             }

@@ -425,7 +425,11 @@ impl Inner {
     fn run_sweep(&mut self, topics: &Topics, sweep: &Sweep) -> usize {
         if let Sweep::Restarted { ep, live } = sweep {
             let prefix = topics.endpoint_prefix(ep);
+            // `live` names stacks as `_stacks/<stack>`.
             let gone = |path: &str| match topics.parse(path).as_deref() {
+                Some([_, seg, st, _, ..]) if *seg == crate::stacks::SEGMENT => {
+                    !live.contains(&format!("{seg}/{st}"))
+                }
                 Some([_, ct, _, ..]) => !live.contains(*ct),
                 _ => false,
             };

@@ -459,6 +459,102 @@ impl PortainerClient {
         Ok(out)
     }
 
+    /// The compose stacks of one environment (`GET /api/stacks` filtered by
+    /// `EndpointID`; `null` and `204` mean none). Malformed entries are skipped.
+    pub async fn stacks(
+        &self,
+        env_id: i64,
+    ) -> Result<Vec<crate::stacks::PortainerStack>, PortainerError> {
+        let filter = serde_json::json!({ "EndpointID": env_id }).to_string();
+        let (body, _) = self.get(&["api", "stacks"], &[("filters", filter)]).await?;
+        if body.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Option<Vec<serde_json::Value>> = serde_json::from_slice(&body)
+            .map_err(|e| PortainerError::Decode(format!("stack list: {e}")))?;
+        let mut out = Vec::new();
+        for v in list.unwrap_or_default() {
+            match serde_json::from_value::<StackWire>(v) {
+                // Only this environment's compose stacks (Type 2).
+                Ok(s) if s.id > 0 && s.kind == 2 && s.endpoint_id == env_id => {
+                    out.push(crate::stacks::PortainerStack {
+                        id: s.id,
+                        name: s.name,
+                        active: s.status == 1,
+                        git: s.git_config.is_some_and(|g| !g.is_null()),
+                    })
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(url = %self.base, error = %e, "skipping a malformed stack")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `POST /api/stacks/{id}/start|stop?endpointId=` (`word`: start or stop).
+    pub async fn stack_action(
+        &self,
+        stack_id: i64,
+        env_id: i64,
+        word: &str,
+        timeout: Duration,
+    ) -> Result<(), PortainerError> {
+        self.request(
+            reqwest::Method::POST,
+            &["api", "stacks", &stack_id.to_string(), word],
+            &[("endpointId", env_id.to_string())],
+            None,
+            timeout,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Redeploy with pull, as Portainer's "Update the stack" with "Re-pull
+    /// image": the same compose file (or the git reference) and variables.
+    pub async fn stack_redeploy(
+        &self,
+        stack_id: i64,
+        env_id: i64,
+        git: bool,
+        timeout: Duration,
+    ) -> Result<(), PortainerError> {
+        let id = stack_id.to_string();
+        let q = [("endpointId", env_id.to_string())];
+        let (body, _) = self.get(&["api", "stacks", &id], &q).await?;
+        let stack: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| PortainerError::Decode(format!("stack: {e}")))?;
+        let env = stack
+            .get("Env")
+            .cloned()
+            .filter(|e| e.is_array())
+            .unwrap_or(serde_json::json!([]));
+        let prune = stack
+            .pointer("/Option/Prune")
+            .and_then(|p| p.as_bool())
+            .unwrap_or(false);
+        let (segs, payload): (Vec<&str>, serde_json::Value) = if git {
+            (
+                vec!["api", "stacks", &id, "git", "redeploy"],
+                serde_json::json!({"env": env, "prune": prune, "pullImage": true}),
+            )
+        } else {
+            let (file, _) = self.get(&["api", "stacks", &id, "file"], &q).await?;
+            let file: StackFile = serde_json::from_slice(&file)
+                .map_err(|e| PortainerError::Decode(format!("stack file: {e}")))?;
+            (
+                vec!["api", "stacks", &id],
+                serde_json::json!({"stackFileContent": file.content, "env": env,
+                                   "prune": prune, "pullImage": true}),
+            )
+        };
+        self.request(reqwest::Method::PUT, &segs, &q, Some(&payload), timeout)
+            .await
+            .map(|_| ())
+    }
+
     /// Tag id → name, for `tag:` selectors.
     pub async fn tags(&self) -> Result<Vec<(i64, String)>, PortainerError> {
         let (body, _) = self.get(&["api", "tags"], &[]).await?;
@@ -551,4 +647,27 @@ mod tests {
             "https://p.example:9443/portainer/api/endpoints/7/docker/"
         );
     }
+}
+
+/// A stack as `GET /api/stacks` sends it, as far as it is read.
+#[derive(Debug, serde::Deserialize)]
+struct StackWire {
+    #[serde(rename = "Id")]
+    id: i64,
+    #[serde(rename = "Name")]
+    name: String,
+    #[serde(rename = "Type", default)]
+    kind: i64,
+    #[serde(rename = "EndpointId", default)]
+    endpoint_id: i64,
+    #[serde(rename = "Status", default)]
+    status: i64,
+    #[serde(rename = "GitConfig", default)]
+    git_config: Option<serde_json::Value>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct StackFile {
+    #[serde(rename = "StackFileContent")]
+    content: String,
 }

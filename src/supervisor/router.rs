@@ -61,6 +61,7 @@ impl Supervisor {
             CommandTarget::Bridge => (Scope::Bridge, topics.bridge_result()),
             CommandTarget::Endpoint(ep) => (Scope::Endpoint, topics.endpoint_result(ep)),
             CommandTarget::Container(ep, ct) => (Scope::Container, topics.container_result(ep, ct)),
+            CommandTarget::Stack(ep, st) => (Scope::Stack, topics.stack_result(ep, st)),
         };
         let reply = |r: CommandResult| {
             if !r.ok {
@@ -151,7 +152,7 @@ impl Supervisor {
                 };
                 self.resync(eps, req, result_topic, received);
             }
-            CommandTarget::Container(ep, ct) => {
+            CommandTarget::Container(ep, ct) | CommandTarget::Stack(ep, ct) => {
                 // The container-independent rules; the endpoint applies the rest.
                 let refusal = crate::commands::refusal(
                     self.commands.enabled,
@@ -169,10 +170,18 @@ impl Supervisor {
                 let Some(h) = self.endpoints.get(ep) else {
                     return;
                 };
-                let cmd = EndpointCommand::Container {
-                    name: ct.to_string(),
-                    req: req.clone(),
-                    received,
+                let cmd = if matches!(target, CommandTarget::Stack(..)) {
+                    EndpointCommand::Stack {
+                        stack: ct.to_string(),
+                        req: req.clone(),
+                        received,
+                    }
+                } else {
+                    EndpointCommand::Container {
+                        name: ct.to_string(),
+                        req: req.clone(),
+                        received,
+                    }
                 };
                 match h.commands.try_send(cmd) {
                     Ok(()) => {}

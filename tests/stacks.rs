@@ -1,0 +1,273 @@
+//! Compose stacks (SPEC §13) against the real engine: three containers with
+//! compose labels and `depends_on`, created through the Engine API (the
+//! compose tool is not needed). The stack's state follows the containers,
+//! `stop` runs in reverse dependency order and `start`/`restart` in
+//! dependency order (checked from the engine's own event order), a stack
+//! holding a protected container refuses `stop`, bad words are refused, the
+//! HA stack device sits under its endpoint, and the stack goes with its last
+//! container.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(40);
+
+fn compose(project: &str, service: &str, deps: &str) -> Vec<String> {
+    let mut v = vec![
+        "--label".to_string(),
+        format!("com.docker.compose.project={project}"),
+        "--label".to_string(),
+        format!("com.docker.compose.service={service}"),
+    ];
+    if !deps.is_empty() {
+        v.push("--label".into());
+        v.push(format!("com.docker.compose.depends_on={deps}"));
+    }
+    v
+}
+
+/// Engine events of these containers between two instants, as (action, name).
+fn engine_events(since: i64, until: i64, project: &str) -> Vec<(String, String)> {
+    let out = docker(&[
+        "events",
+        "--since",
+        &since.to_string(),
+        "--until",
+        &until.to_string(),
+        "--filter",
+        &format!("label=com.docker.compose.project={project}"),
+        "--filter",
+        "type=container",
+        "--format",
+        "{{.Action}} {{.Actor.Attributes.name}}",
+    ]);
+    out.lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(a, n)| (a.to_string(), n.to_string()))
+        .collect()
+}
+
+fn order_of(events: &[(String, String)], action: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|(a, _)| a == action)
+        .map(|(_, n)| n.clone())
+        .collect()
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_stack_state_order_policy_and_removal() {
+    let broker = Broker::start();
+    let ct = Containers::new(&unique("dsk"));
+    let dir = tempfile::tempdir().expect("tmp");
+    let base = unique("t");
+    let project = ct.prefix.replace('-', "_");
+    let guarded = format!("{project}_guarded");
+    // Name order (a, b, c) is not dependency order (db, api, web).
+    let web = ct.name("a-web");
+    let db = ct.name("b-db");
+    let api = ct.name("c-api");
+    let keeper = ct.name("keeper");
+    let cfg = format!(
+        "{}\n[commands]\nallow = [\"start\", \"stop\", \"restart\"]\nmin_interval = \"0s\"\nprotect = [\"{keeper}\"]\n",
+        base_config(&broker, &base, &dir.path().join("state"), &ct.prefix)
+    );
+    let run = |name: &str, labels: Vec<String>| {
+        let l: Vec<&str> = labels.iter().map(String::as_str).collect();
+        // Stops at once on SIGTERM (a bare `sleep` as PID 1 would take the 10 s grace).
+        run_container(
+            name,
+            &l,
+            &[
+                "sh",
+                "-c",
+                "trap 'exit 0' TERM; while true; do sleep 1; done",
+            ],
+        );
+    };
+    run(&web, compose(&project, "web", "api:service_started:false"));
+    run(&db, compose(&project, "db", ""));
+    run(
+        &api,
+        compose(
+            &project,
+            "api",
+            "db:service_started:false,cache:service_healthy:false",
+        ),
+    );
+    run(&keeper, compose(&guarded, "keeper", ""));
+    let c = Collector::start(broker.port, "#").await;
+    let _d = Dockside::start(dir.path(), &cfg);
+    let state_t = format!("{base}/local/_stacks/{project}/state");
+    let set = format!("{base}/local/_stacks/{project}/set");
+    let result = format!("{base}/local/_stacks/{project}/result");
+    let s = c
+        .wait_latest(&state_t, T, |m| m.json()["running"] == 3)
+        .await
+        .json();
+    assert_eq!(s["state"], "running", "{s}");
+    assert_eq!(
+        (s["kind"].as_str(), s["total"].as_i64()),
+        (Some("compose"), Some(3)),
+        "{s}"
+    );
+    assert_eq!(
+        s["containers"],
+        serde_json::json!([db, api, web]),
+        "start order: {s}"
+    );
+    assert_eq!(s["endpoint"], "local");
+    assert!(s["portainer_id"].is_null());
+
+    // HA: one device per stack under its endpoint, buttons for the allowed words.
+    let dev_t = format!("homeassistant/device/{base}_local__stacks_{project}/config");
+    let dev = c
+        .wait_latest(&dev_t, T, |m| !m.payload.is_empty())
+        .await
+        .json();
+    assert_eq!(
+        dev["device"]["via_device"],
+        format!("{base}_local"),
+        "{dev}"
+    );
+    let cmps = dev["components"].as_object().expect("components");
+    for b in ["start", "stop", "restart"] {
+        assert_eq!(cmps[b]["command_topic"], set, "{dev}");
+        assert_eq!(cmps[b]["payload_press"], b);
+    }
+    assert_eq!(cmps["running"]["state_topic"], state_t);
+
+    // A state follows one container at once.
+    docker(&["stop", "-t", "1", &web]);
+    c.wait_latest(&state_t, T, |m| m.json()["state"] == "partial")
+        .await;
+
+    let ask = |word: &str, id: &str| format!(r#"{{"action":"{word}","request_id":"{id}"}}"#);
+    let run_word = |word: &'static str, id: &'static str| {
+        let (c, set, result, payload) = (&c, set.clone(), result.clone(), ask(word, id));
+        async move {
+            c.publish(&set, payload.as_bytes(), false).await;
+            c.wait_latest(&result, Duration::from_secs(90), |m| {
+                m.json()["request_id"] == id
+            })
+            .await
+            .json()
+        }
+    };
+
+    let t0 = now_s();
+    let r = run_word("stop", "s1").await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["outcomes"].as_array().map(Vec::len), Some(3), "{r}");
+    c.wait_latest(&state_t, T, |m| m.json()["state"] == "stopped")
+        .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let t1 = now_s();
+    // web is already stopped: only api then db die now.
+    let ev = engine_events(t0, t1, &project);
+    assert_eq!(
+        order_of(&ev, "die"),
+        vec![api.clone(), db.clone()],
+        "{ev:?}"
+    );
+
+    let r = run_word("start", "s2").await;
+    assert_eq!(r["ok"], true, "{r}");
+    c.wait_latest(&state_t, T, |m| m.json()["state"] == "running")
+        .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let t2 = now_s();
+    let ev = engine_events(t1, t2, &project);
+    assert_eq!(
+        order_of(&ev, "start"),
+        vec![db.clone(), api.clone(), web.clone()],
+        "{ev:?}"
+    );
+
+    let r = run_word("restart", "s3").await;
+    assert_eq!(r["ok"], true, "{r}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let t3 = now_s();
+    let ev = engine_events(t2, t3, &project);
+    assert_eq!(
+        order_of(&ev, "die"),
+        vec![web.clone(), api.clone(), db.clone()],
+        "{ev:?}"
+    );
+    assert_eq!(
+        order_of(&ev, "start"),
+        vec![db.clone(), api.clone(), web.clone()],
+        "{ev:?}"
+    );
+    // Every die came before the first start.
+    let first_start = ev.iter().position(|(a, _)| a == "start").expect("a start");
+    assert!(
+        ev.iter().rposition(|(a, _)| a == "die").expect("a die") < first_start,
+        "{ev:?}"
+    );
+
+    // Policy: a stack with a protected container is never stopped through it.
+    let gset = format!("{base}/local/_stacks/{guarded}/set");
+    let gres = format!("{base}/local/_stacks/{guarded}/result");
+    c.wait_latest(&format!("{base}/local/_stacks/{guarded}/state"), T, |_| {
+        true
+    })
+    .await;
+    c.publish(&gset, ask("stop", "g1").as_bytes(), false).await;
+    let r = c
+        .wait_latest(&gres, T, |m| m.json()["request_id"] == "g1")
+        .await
+        .json();
+    assert_eq!(r["code"], "forbidden", "{r}");
+    assert!(
+        r["error"].as_str().is_some_and(|e| e.contains(&keeper)),
+        "{r}"
+    );
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.Running}}", &keeper]),
+        "true"
+    );
+    // Words a stack does not have, words not allowed, unknown stacks.
+    for (payload, code, topic, res) in [
+        (ask("pause", "b1"), "invalid", set.clone(), result.clone()),
+        (
+            ask("update", "b2"),
+            "forbidden",
+            set.clone(),
+            result.clone(),
+        ),
+        (
+            ask("start", "b3"),
+            "not_found",
+            format!("{base}/local/_stacks/nope/set"),
+            format!("{base}/local/_stacks/nope/result"),
+        ),
+    ] {
+        c.publish(&topic, payload.as_bytes(), false).await;
+        let id: Value = serde_json::from_str(&payload).expect("json");
+        let id = id["request_id"].as_str().expect("id").to_string();
+        let r = c
+            .wait_latest(&res, T, |m| m.json()["request_id"] == id.as_str())
+            .await
+            .json();
+        assert_eq!(r["code"], code, "{r}");
+    }
+
+    // The stack goes with its last container (after the removal grace).
+    for n in [&web, &db, &api] {
+        docker(&["rm", "-f", n]);
+    }
+    c.wait_latest(&state_t, T, |m| m.payload.is_empty()).await;
+    c.wait_latest(&dev_t, T, |m| m.payload.is_empty()).await;
+}
