@@ -7,7 +7,7 @@ mod portainer_double;
 use std::time::{Duration, Instant};
 
 use common::*;
-use portainer_double::{API_KEY, Env, FakePortainer, PASSWORD, USER};
+use portainer_double::{API_KEY, Env, FakePortainer, PASSWORD, Stack, USER};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -370,4 +370,147 @@ async fn update_goes_through_portainers_recreate() {
     let v: serde_json::Value = serde_json::from_slice(ep).expect("json");
     assert_eq!(v["device"]["manufacturer"], "Portainer");
     assert_eq!(v["device"]["name"], "Local");
+}
+
+/// SPEC §13: a Portainer stack is the compose project it deploys (Portainer
+/// lowercases the name), its words go through Portainer's own stack calls,
+/// `update` redeploys with pull, a stack Portainer cannot start gives a clear
+/// result, and a stopped stack without containers is still listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portainer_stacks_use_portainers_own_calls() {
+    let s = Setup::new();
+    let project = s.ct.prefix.replace('-', "_");
+    let db = s.ct.name("db");
+    let app = s.ct.name("app");
+    for (n, svc) in [(&db, "db"), (&app, "app")] {
+        run_container(
+            n,
+            &[
+                "--label",
+                &format!("com.docker.compose.project={project}"),
+                "--label",
+                &format!("com.docker.compose.service={svc}"),
+            ],
+            &[
+                "sh",
+                "-c",
+                "trap 'exit 0' TERM; while true; do sleep 1; done",
+            ],
+        );
+    }
+    let p = FakePortainer::start(vec![Env::new(1, "Local", 1)]).await;
+    p.add_stack(Stack {
+        id: 11,
+        name: project.to_uppercase(),
+        env: 1,
+        active: true,
+        containers: vec![db.clone(), app.clone()],
+        file: "services:\n  db:\n    image: busybox\n".into(),
+        fail_start: false,
+    });
+    p.add_stack(Stack {
+        id: 12,
+        name: format!("{project}_idle"),
+        env: 1,
+        active: false,
+        containers: vec![],
+        file: String::new(),
+        fail_start: false,
+    });
+    // Another environment's stack is not this endpoint's.
+    p.add_stack(Stack {
+        id: 13,
+        name: format!("{project}_elsewhere"),
+        env: 9,
+        active: true,
+        containers: vec![],
+        file: String::new(),
+        fail_start: false,
+    });
+    let cfg = s.config(&p, &api_key()).replace(
+        "allow = [\"start\", \"stop\", \"restart\"]",
+        "allow = [\"start\", \"stop\", \"restart\", \"update\"]",
+    );
+    let c = Collector::start(s.broker.port, &format!("{}/#", s.base)).await;
+    let _d = Dockside::start(s.dir.path(), &cfg);
+    let prefix = format!("{}/home-local/_stacks", s.base);
+    let state_t = format!("{prefix}/{project}/state");
+    let st = c
+        .wait_latest(&state_t, T, |m| {
+            m.json()["kind"] == "portainer" && m.json()["running"] == 2
+        })
+        .await
+        .json();
+    assert_eq!(st["portainer_id"], 11, "{st}");
+    assert_eq!(st["total"], 2, "{st}");
+    let idle = c
+        .wait_latest(&format!("{prefix}/{project}_idle/state"), T, |_| true)
+        .await
+        .json();
+    assert_eq!(
+        (idle["total"].as_i64(), idle["state"].as_str()),
+        (Some(0), Some("stopped")),
+        "{idle}"
+    );
+    assert_eq!(idle["portainer_id"], 12);
+    assert!(
+        c.latest(&format!("{prefix}/{project}_elsewhere/state"))
+            .is_none()
+    );
+
+    let set = format!("{prefix}/{project}/set");
+    let result = format!("{prefix}/{project}/result");
+    let word = |w: &str, id: &str| format!(r#"{{"action":"{w}","request_id":"{id}"}}"#);
+    let ask = |w: &'static str, id: &'static str| {
+        let (c, set, result, payload) = (&c, set.clone(), result.clone(), word(w, id));
+        async move {
+            c.publish(&set, payload.as_bytes(), false).await;
+            c.wait_latest(&result, T, |m| m.json()["request_id"] == id)
+                .await
+                .json()
+        }
+    };
+    let r = ask("stop", "p1").await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(
+        p.stack_calls().contains(&"stop 11 env 1".to_string()),
+        "{:?}",
+        p.stack_calls()
+    );
+    c.wait_latest(&state_t, T, |m| m.json()["state"] == "stopped")
+        .await;
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.Running}}", &db]),
+        "false"
+    );
+
+    let r = ask("start", "p2").await;
+    assert_eq!(r["ok"], true, "{r}");
+    c.wait_latest(&state_t, T, |m| m.json()["state"] == "running")
+        .await;
+
+    let r = ask("update", "p3").await;
+    assert_eq!(r["ok"], true, "{r}");
+    let calls = p.stack_calls();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.starts_with("redeploy 11 pull=true env=[{")),
+        "redeploy with pull and the stack's variables: {calls:?}"
+    );
+
+    // Portainer cannot start it: its reason comes back, nothing else changes.
+    p.set_stack_fail_start(11, true);
+    assert_eq!(ask("stop", "p4").await["ok"], true);
+    let r = ask("start", "p5").await;
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["code"], "engine_error", "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Unable to start stack")),
+        "{r}"
+    );
+    c.wait_latest(&state_t, T, |m| m.json()["state"] == "stopped")
+        .await;
 }

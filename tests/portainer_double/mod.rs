@@ -57,6 +57,30 @@ struct State {
     html_env_list: bool,
     /// Container ids Portainer's recreate was called for.
     recreates: Vec<String>,
+    stacks: Vec<Stack>,
+    /// "start 11 env 1", "redeploy 11 pull=true", … in call order.
+    stack_calls: Vec<String>,
+}
+
+/// A compose stack as Portainer holds it: start/stop/redeploy act on its
+/// containers in the real engine (Portainer runs `docker compose` there).
+#[derive(Debug, Clone)]
+pub struct Stack {
+    pub id: i64,
+    pub name: String,
+    pub env: i64,
+    pub active: bool,
+    pub containers: Vec<String>,
+    pub file: String,
+    /// `start` fails the way a broken compose file does.
+    pub fail_start: bool,
+}
+
+fn stack_json(k: &Stack) -> serde_json::Value {
+    serde_json::json!({"Id": k.id, "Name": k.name, "Type": 2, "EndpointId": k.env, "SwarmId": "",
+        "EntryPoint": "docker-compose.yml", "Env": [{"name": "TZ", "value": "Europe/Paris"}],
+        "Status": if k.active { 1 } else { 2 }, "ProjectPath": format!("/data/compose/{}", k.id),
+        "GitConfig": null, "AutoUpdate": null, "Option": null, "Namespace": ""})
 }
 
 #[derive(Clone)]
@@ -113,6 +137,19 @@ impl FakePortainer {
                 .filter(|e| e.id == id)
                 .for_each(|e| e.down = down)
         });
+    }
+    pub fn add_stack(&self, k: Stack) {
+        self.with(|s| s.stacks.push(k));
+    }
+    pub fn set_stack_fail_start(&self, id: i64, fail: bool) {
+        self.with(|s| {
+            for k in s.stacks.iter_mut().filter(|k| k.id == id) {
+                k.fail_start = fail;
+            }
+        });
+    }
+    pub fn stack_calls(&self) -> Vec<String> {
+        self.with(|s| s.stack_calls.clone())
     }
     pub fn recreates(&self) -> Vec<String> {
         self.with(|s| s.recreates.clone())
@@ -396,6 +433,9 @@ async fn handle(mut s: TcpStream, st: Arc<Mutex<State>>) -> std::io::Result<()> 
             }
         };
     }
+    if let Some(rest) = req.path.strip_prefix("/api/stacks") {
+        return stacks(s, &req, rest, st).await;
+    }
     if req.path == "/api/tags" {
         return respond(&mut s, "200 OK", "", "[]").await;
     }
@@ -444,6 +484,189 @@ async fn handle(mut s: TcpStream, st: Arc<Mutex<State>>) -> std::io::Result<()> 
         return forward(s, &req, &docker_path, buffer).await;
     }
     respond(&mut s, "404 Not Found", "", &err("Not found", "")).await
+}
+
+/// `/api/stacks…` (reference/portainer.md §8).
+async fn stacks(
+    mut s: TcpStream,
+    req: &Request,
+    rest: &str,
+    st: Arc<Mutex<State>>,
+) -> std::io::Result<()> {
+    let q = |key: &str| {
+        req.query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .map(|v| v.to_string())
+    };
+    if rest.is_empty() && req.method == "GET" {
+        let filter = q("filters").map(|f| url_decode(&f));
+        let env: Option<i64> = filter
+            .and_then(|f| serde_json::from_str::<serde_json::Value>(&f).ok())
+            .and_then(|v| v["EndpointID"].as_i64());
+        let list: Vec<serde_json::Value> = st
+            .lock()
+            .expect("lock")
+            .stacks
+            .iter()
+            .filter(|k| env.is_none_or(|e| e == k.env))
+            .map(stack_json)
+            .collect();
+        return respond(
+            &mut s,
+            "200 OK",
+            "",
+            &serde_json::Value::Array(list).to_string(),
+        )
+        .await;
+    }
+    let parts: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
+    let Some(id) = parts.first().and_then(|i| i.parse::<i64>().ok()) else {
+        return respond(
+            &mut s,
+            "400 Bad Request",
+            "",
+            &err("Invalid stack identifier route variable", ""),
+        )
+        .await;
+    };
+    let Some(stack) = st
+        .lock()
+        .expect("lock")
+        .stacks
+        .iter()
+        .find(|k| k.id == id)
+        .cloned()
+    else {
+        return respond(
+            &mut s,
+            "404 Not Found",
+            "",
+            &err(
+                "Unable to find a stack with the specified identifier inside the database",
+                "Object not found inside the database",
+            ),
+        )
+        .await;
+    };
+    let env_ok = q("endpointId").and_then(|e| e.parse::<i64>().ok()) == Some(stack.env);
+    match (req.method.as_str(), &parts[1..]) {
+        ("GET", []) => respond(&mut s, "200 OK", "", &stack_json(&stack).to_string()).await,
+        ("GET", ["file"]) => {
+            let body = serde_json::json!({"StackFileContent": stack.file}).to_string();
+            respond(&mut s, "200 OK", "", &body).await
+        }
+        ("POST", [word @ ("start" | "stop")]) => {
+            if !env_ok {
+                return respond(
+                    &mut s,
+                    "400 Bad Request",
+                    "",
+                    &err("Invalid query parameter: endpointId", ""),
+                )
+                .await;
+            }
+            let start = *word == "start";
+            if stack.active == start {
+                let m = if start {
+                    "Stack is already active"
+                } else {
+                    "Stack is already inactive"
+                };
+                return respond(&mut s, "400 Bad Request", "", &err(m, "")).await;
+            }
+            st.lock()
+                .expect("lock")
+                .stack_calls
+                .push(format!("{word} {id} env {}", stack.env));
+            if start && stack.fail_start {
+                return respond(&mut s, "500 Internal Server Error", "", &err("Unable to start stack", "failed to deploy a stack: service \"db\" has neither an image nor a build context specified")).await;
+            }
+            for c in &stack.containers {
+                if let Err(e) = engine("POST", &format!("/containers/{c}/{word}?t=1"), None).await
+                    && !e.contains(" 304 ")
+                {
+                    return respond(
+                        &mut s,
+                        "500 Internal Server Error",
+                        "",
+                        &err("Unable to stop stack", &e),
+                    )
+                    .await;
+                }
+            }
+            let updated = {
+                let mut g = st.lock().expect("lock");
+                let k = g.stacks.iter_mut().find(|k| k.id == id).expect("stack");
+                k.active = start;
+                stack_json(k)
+            };
+            respond(&mut s, "200 OK", "", &updated.to_string()).await
+        }
+        ("PUT", []) => {
+            let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap_or_default();
+            if !env_ok || body["stackFileContent"] != stack.file.as_str() {
+                return respond(
+                    &mut s,
+                    "400 Bad Request",
+                    "",
+                    &err("Invalid request payload", "stackFileContent"),
+                )
+                .await;
+            }
+            st.lock().expect("lock").stack_calls.push(format!(
+                "redeploy {id} pull={} env={}",
+                body["pullImage"], body["env"]
+            ));
+            for c in &stack.containers {
+                let _ = engine("POST", &format!("/containers/{c}/restart?t=1"), None).await;
+            }
+            respond(&mut s, "200 OK", "", &stack_json(&stack).to_string()).await
+        }
+        _ => {
+            respond(
+                &mut s,
+                "405 Method Not Allowed",
+                "",
+                &err("Method not allowed", ""),
+            )
+            .await
+        }
+    }
+}
+
+fn url_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() + 0 && i + 2 <= b.len() - 1 => {
+                let h = std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match h {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// One request to the engine socket; (status, body).
