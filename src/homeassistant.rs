@@ -955,6 +955,7 @@ pub fn owner_of(
         let owner = match segs.as_slice() {
             ["status" | "info" | "set"] => topics.bridge_owner(),
             [ep, "status" | "info" | "set"] => topics.endpoint_owner(ep),
+            [ep, crate::stacks::SEGMENT, stack, "state" | "set"] => topics.stack_owner(ep, stack),
             [
                 ep,
                 ct,
@@ -1333,6 +1334,17 @@ mod tests {
                         None
                     );
                 }
+            }
+        }
+        for mode in [DiscoveryMode::Device, DiscoveryMode::Component] {
+            let d = Discovery::from_config(&cfg(mode, &["start", "stop"])).expect("on");
+            let dev = d.stack("local", "media", &["start".to_string()]);
+            for (topic, payload) in d.messages(&dev) {
+                assert_eq!(
+                    owner_of(&topics, &d.discovery, &topic, &payload).as_deref(),
+                    Some(topics.stack_owner("local", "media").as_str()),
+                    "{topic}"
+                );
             }
         }
         let d = DiscoveryTopics::new("homeassistant");

@@ -339,7 +339,32 @@ async fn home_assistant_sees_and_drives_containers() {
         ct.name("sick"),
         ct.name("upd"),
     );
-    run_sleeper(&run, IMAGE, &[]);
+    // SPEC §13: its resource figures are sampled (label opt-in).
+    run_sleeper(&run, IMAGE, &["--label", "dockside.stats=true"]);
+    // A compose project of two containers: one stack device.
+    let project = ct.prefix.replace('-', "_");
+    let (stk_db, stk_app) = (ct.name("stk-db"), ct.name("stk-app"));
+    for (n, svc, deps) in [
+        (&stk_db, "db", ""),
+        (&stk_app, "app", "db:service_started:false"),
+    ] {
+        run_container(
+            n,
+            &[
+                "--label",
+                &format!("com.docker.compose.project={project}"),
+                "--label",
+                &format!("com.docker.compose.service={svc}"),
+                "--label",
+                &format!("com.docker.compose.depends_on={deps}"),
+            ],
+            &[
+                "sh",
+                "-c",
+                "trap 'exit 0' TERM; while true; do sleep 1; done",
+            ],
+        );
+    }
     docker(&["create", "--name", &stopped, IMAGE, "sleep", "3600"]);
     docker(&["start", &stopped]);
     docker(&["stop", "-t", "0", &stopped]);
@@ -366,7 +391,10 @@ async fn home_assistant_sees_and_drives_containers() {
     let allow = r#""start","stop","restart","check","update""#;
     let mut ds = Dockside::start(
         dir.path(),
-        &config(&broker, dir.path(), &ct.prefix, allow, "device"),
+        &format!(
+            "{}\n[stats]\ninterval = \"5s\"\n",
+            config(&broker, dir.path(), &ct.prefix, allow, "device")
+        ),
     );
     let c = Collector::start(broker.port, "dockside/#").await;
     c.wait_state(&format!("dockside/local/{sick}/state"), T, |s| {
@@ -452,6 +480,42 @@ async fn home_assistant_sees_and_drives_containers() {
     );
     ha.wait_state(&ent("binary_sensor", &run, "problem"), "off")
         .await;
+
+    // SPEC §13 stats: a sensor with its unit, class and a figure near the engine's.
+    let mem = ha
+        .wait(
+            "memory sensor has a value",
+            &ent("sensor", &run, "memory"),
+            |s| {
+                s.and_then(|s| s["state"].as_str()?.parse::<f64>().ok())
+                    .is_some_and(|v| v > 0.0)
+            },
+        )
+        .await;
+    assert_eq!(mem["attributes"]["device_class"], "data_size", "{mem}");
+    assert_eq!(mem["attributes"]["state_class"], "measurement", "{mem}");
+    assert!(
+        mem["attributes"]["unit_of_measurement"].is_string(),
+        "{mem}"
+    );
+    // Not sampled: no stats sensors.
+    assert!(ha.state(&ent("sensor", &stopped, "memory")).await.is_none());
+
+    // SPEC §13 stacks: one device, its state and running count, and its buttons.
+    let stack = |kind: &str, what: &str| format!("{kind}.dockside_local_stacks_{project}_{what}");
+    ha.wait_state(&stack("sensor", "state"), "running").await;
+    ha.wait_state(&stack("sensor", "running"), "2").await;
+    ha.wait_available(&stack("update", "update")).await;
+    ha.call("button", "press", &stack("button", "stop")).await;
+    ok_result(
+        &c,
+        &format!("dockside/local/_stacks/{project}/result"),
+        "stop",
+    )
+    .await;
+    ha.wait_state(&stack("sensor", "state"), "stopped").await;
+    ha.wait_state(&stack("sensor", "running"), "0").await;
+    assert_eq!(inspect(&stk_db, "{{.State.Running}}"), "false");
 
     // Pressing restart in HA restarts the container; the result arrives.
     let before = inspect(&run, "{{.State.StartedAt}}");
