@@ -63,6 +63,9 @@ const LAST_UPDATE_ATTRIBUTES: &str =
     "{{ (value_json[0] if value_json is sequence and value_json | length > 0 else {}) | tojson }}";
 const LAST_UPDATE_OPTIONS: &[&str] = &["ok", "rolled_back", "failed", "none"];
 
+/// `restart: ok`, `logs: ok`, `stop: forbidden`.
+const LAST_RESULT_TEMPLATE: &str = "{{ (value_json.action or 'command') ~ ': ' ~ ('ok' if value_json.ok else (value_json.code or 'failed')) }}";
+
 /// SPEC §4.4: the event entity's `event_types`.
 pub use crate::payloads::CONTAINER_EVENT_TYPES as EVENT_TYPES;
 
@@ -700,6 +703,19 @@ impl Discovery {
             json!({"state_topic": t.container_event(ep, ct), "event_types": EVENT_TYPES,
                    "icon": "mdi:docker"}),
         ));
+        // The last command's result (SPEC §5), whole as attributes: the lines
+        // of `logs` are read with `state_attr(…, 'logs')`.
+        let result = t.container_result(ep, ct);
+        e.push(self.entity(
+            &id,
+            "last_result",
+            "sensor",
+            "Last command",
+            json!({"state_topic": result, "json_attributes_topic": result,
+                   "value_template": LAST_RESULT_TEMPLATE,
+                   "json_attributes_template": "{{ value_json | tojson }}",
+                   "entity_category": "diagnostic", "icon": "mdi:console"}),
+        ));
         let diag = |key: &'static str, name: &str, tpl: &str, extra: Value| {
             let mut v = json!({"state_topic": state, "value_template": tpl,
                                "entity_category": "diagnostic"});
@@ -959,7 +975,7 @@ pub fn owner_of(
             [
                 ep,
                 ct,
-                "state" | "update" | "event" | "set" | "history" | "stats",
+                "state" | "update" | "event" | "set" | "history" | "stats" | "result",
             ] => topics.container_owner(ep, ct),
             _ => continue,
         };

@@ -361,7 +361,7 @@ async fn home_assistant_sees_and_drives_containers() {
             &[
                 "sh",
                 "-c",
-                "trap 'exit 0' TERM; while true; do sleep 1; done",
+                "echo ready; trap 'exit 0' TERM; while true; do sleep 1; done",
             ],
         );
     }
@@ -388,7 +388,7 @@ async fn home_assistant_sees_and_drives_containers() {
     docker(&["push", &tag]);
     run_sleeper(&upd, &tag, &[]);
 
-    let allow = r#""start","stop","restart","check","update""#;
+    let allow = r#""start","stop","restart","check","update","logs""#;
     let mut ds = Dockside::start(
         dir.path(),
         &format!(
@@ -516,6 +516,22 @@ async fn home_assistant_sees_and_drives_containers() {
     ha.wait_state(&stack("sensor", "state"), "stopped").await;
     ha.wait_state(&stack("sensor", "running"), "0").await;
     assert_eq!(inspect(&stk_db, "{{.State.Running}}"), "false");
+
+    // SPEC §13 logs: the result lands on the "Last command" sensor, the lines as an attribute.
+    c.publish(
+        &format!("dockside/local/{stk_db}/set"),
+        br#"{"action":"logs","lines":10,"request_id":"ha-logs"}"#,
+        false,
+    )
+    .await;
+    let last = ha
+        .wait_state(&ent("sensor", &stk_db, "last_result"), "logs: ok")
+        .await;
+    let lines = last["attributes"]["logs"]
+        .as_array()
+        .expect("logs attribute");
+    assert!(lines.iter().any(|l| l["text"] == "ready"), "{last}");
+    assert_eq!(last["attributes"]["request_id"], "ha-logs", "{last}");
 
     // Pressing restart in HA restarts the container; the result arrives.
     let before = inspect(&run, "{{.State.StartedAt}}");
