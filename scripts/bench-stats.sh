@@ -5,6 +5,9 @@
 #
 #   scripts/bench-stats.sh [containers=100] [seconds=180] [interval=30s, in s]
 #
+# Against a newer engine: eval "$(scripts/engine.sh env sid-cd)" first (its
+# dockerd and containerd are then the ones measured).
+#
 # Uses the embedded broker on a port of its own, its own containers
 # (dsbench-stats-*), removed at the end; stops only the dockside it started.
 set -euo pipefail
@@ -32,8 +35,13 @@ done
 # CPU ticks (utime + stime) of a pid.
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
-# dockerd and the containerd it runs (stats go through containerd's metrics).
-engine_pids() { local d; d=$(cat /var/run/docker.pid); { echo "$d"; pgrep -P "$d" -x containerd || true; } | sort -u; }
+# dockerd and its containerd (stats go through containerd's metrics).
+if [ -n "${DOCKSIDE_TEST_ENGINE:-}" ]; then
+  run_dir=/var/lib/dockside-engines/run-$DOCKSIDE_TEST_ENGINE
+  engine_pids() { cat "$run_dir/dockerd.pid" "$run_dir/containerd.pid"; }
+else
+  engine_pids() { local d; d=$(cat /var/run/docker.pid); { echo "$d"; pgrep -P "$d" -x containerd || true; } | sort -u; }
+fi
 engine_ticks() { local t=0; for p in $(engine_pids); do t=$((t + $(ticks "$p"))); done; echo $t; }
 
 run() { # $1 = true|false

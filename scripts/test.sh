@@ -30,7 +30,7 @@ matrix() { # engine, test binaries...
   scripts/engine.sh stop "$e"
 }
 # Docker 28.5, containerd image store, API floor 1.44: what fresh Docker 29 installs are.
-matrix sid-cd core commands fault_dockerd updates update_command update_management
+matrix sid-cd core commands fault_dockerd updates update_command update_management stats stacks
 # Docker 28.5 with the legacy store: the image-store-dependent parts.
 matrix sid-legacy updates update_command
 # Docker 26.1 (Debian trixie), containerd store: states, events and update checks.

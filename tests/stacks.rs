@@ -31,13 +31,13 @@ fn compose(project: &str, service: &str, deps: &str) -> Vec<String> {
 }
 
 /// Engine events of these containers between two instants, as (action, name).
-fn engine_events(since: i64, until: i64, project: &str) -> Vec<(String, String)> {
+fn engine_events(since: &str, until: &str, project: &str) -> Vec<(String, String)> {
     let out = docker(&[
         "events",
         "--since",
-        &since.to_string(),
+        since,
         "--until",
-        &until.to_string(),
+        until,
         "--filter",
         &format!("label=com.docker.compose.project={project}"),
         "--filter",
@@ -59,11 +59,13 @@ fn order_of(events: &[(String, String)], action: &str) -> Vec<String> {
         .collect()
 }
 
-fn now_s() -> i64 {
-    std::time::SystemTime::now()
+/// Now as the engine's `--since`/`--until` take it, to the nanosecond (whole
+/// seconds would take in the events of the second before).
+fn now_s() -> String {
+    let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64
+        .expect("clock");
+    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,7 +177,7 @@ async fn compose_stack_state_order_policy_and_removal() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let t1 = now_s();
     // web is already stopped: only api then db die now.
-    let ev = engine_events(t0, t1, &project);
+    let ev = engine_events(&t0, &t1, &project);
     assert_eq!(
         order_of(&ev, "die"),
         vec![api.clone(), db.clone()],
@@ -188,7 +190,7 @@ async fn compose_stack_state_order_policy_and_removal() {
         .await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let t2 = now_s();
-    let ev = engine_events(t1, t2, &project);
+    let ev = engine_events(&t1, &t2, &project);
     assert_eq!(
         order_of(&ev, "start"),
         vec![db.clone(), api.clone(), web.clone()],
@@ -199,7 +201,7 @@ async fn compose_stack_state_order_policy_and_removal() {
     assert_eq!(r["ok"], true, "{r}");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let t3 = now_s();
-    let ev = engine_events(t2, t3, &project);
+    let ev = engine_events(&t2, &t3, &project);
     assert_eq!(
         order_of(&ev, "die"),
         vec![web.clone(), api.clone(), db.clone()],
