@@ -97,6 +97,7 @@ fn container_template_matches_the_topics() {
 #[test]
 fn endpoint_template_matches_the_topics() {
     let info = json!({"id":"local","name":"local","kind":"docker","reachable":true,"docker_version":"28.2.2",
+        "cpus":2,"memory_bytes":1,"public_url":"https://docker.example","portainer_id":null,
         "containers":{"total":1,"running":1,"paused":0,"stopped":0,"healthy":0,"unhealthy":0},
         "images":3,"volumes":1,"stacks":0,"services":0,
         "disk":{"images_bytes":1,"containers_bytes":0,"volumes_bytes":0,"build_cache_bytes":0,"reclaimable_bytes":0,"at":"x"}});
@@ -107,7 +108,7 @@ fn endpoint_template_matches_the_topics() {
             ("info", info),
             ("result", json!({"ok":true})),
         ],
-        &["resync", "check_updates"],
+        dockside::commands::ENDPOINT_WORDS,
     );
 }
 

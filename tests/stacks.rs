@@ -273,3 +273,173 @@ async fn compose_stack_state_order_policy_and_removal() {
     c.wait_latest(&state_t, T, |m| m.payload.is_empty()).await;
     c.wait_latest(&dev_t, T, |m| m.payload.is_empty()).await;
 }
+
+/// `start` stops at the first container that cannot start, with the
+/// engine's reason; what depends on it is not started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stack_start_stops_at_the_first_failure() {
+    let broker = Broker::start();
+    let ct = Containers::new(&unique("dsf"));
+    let dir = tempfile::tempdir().expect("tmp");
+    let base = unique("t");
+    let project = ct.prefix.replace('-', "_");
+    let (db, app) = (ct.name("db"), ct.name("app"));
+    let cfg = format!(
+        "{}\n[commands]\nallow = [\"start\", \"stop\"]\nmin_interval = \"0s\"\n",
+        base_config(&broker, &base, &dir.path().join("state"), &ct.prefix)
+    );
+    let create = |name: &str, labels: Vec<String>, cmd: &[&str]| {
+        let mut args: Vec<&str> = vec!["create", "--name", name];
+        args.extend(labels.iter().map(String::as_str));
+        args.push(IMAGE);
+        args.extend_from_slice(cmd);
+        docker(&args);
+    };
+    // The engine refuses to start it: its command does not exist.
+    create(&db, compose(&project, "db", ""), &["/no/such/binary"]);
+    create(
+        &app,
+        compose(&project, "app", "db:service_started:false"),
+        &["sleep", "3600"],
+    );
+    let c = Collector::start(broker.port, &format!("{base}/#")).await;
+    let _d = Dockside::start(dir.path(), &cfg);
+    let state_t = format!("{base}/local/_stacks/{project}/state");
+    let s = c
+        .wait_latest(&state_t, T, |m| m.json()["total"] == 2)
+        .await
+        .json();
+    assert_eq!(s["state"], "stopped", "{s}");
+    c.publish(
+        &format!("{base}/local/_stacks/{project}/set"),
+        br#"{"action":"start","request_id":"f1"}"#,
+        false,
+    )
+    .await;
+    let r = c
+        .wait_latest(&format!("{base}/local/_stacks/{project}/result"), T, |m| {
+            m.json()["request_id"] == "f1"
+        })
+        .await
+        .json();
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["code"], "engine_error", "{r}");
+    assert!(
+        r["error"].as_str().is_some_and(|e| e.starts_with(&db)),
+        "{r}"
+    );
+    assert_eq!(
+        r["outcomes"].as_array().map(Vec::len),
+        Some(1),
+        "only db was tried: {r}"
+    );
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.StartedAt}}", &app]),
+        "0001-01-01T00:00:00Z",
+        "app was never started"
+    );
+}
+
+/// `update` updates each container of the stack that has an update, in
+/// start order, and stops at the first that fails (rolled back), with the
+/// reason; what comes after it is left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stack_update_goes_in_start_order_and_stops_at_a_failure() {
+    require_docker();
+    let broker = Broker::start();
+    let reg = Registry::start();
+    let ct = Containers::new(&unique("dsu"));
+    let dir = tempfile::tempdir().expect("tmp");
+    let base = unique("t");
+    let project = ct.prefix.replace('-', "_");
+    // db ← app ← web: db updates, app's new image cannot start, web is not reached.
+    let services = [("db", ""), ("app", "db"), ("web", "app")];
+    let mut ids = std::collections::HashMap::new();
+    for (svc, dep) in services {
+        let tag = format!("{}/{}-{svc}/app:1", reg.host(), ct.prefix);
+        build_image_with(&tag, "");
+        docker(&["push", &tag]);
+        let deps = if dep.is_empty() {
+            String::new()
+        } else {
+            format!("{dep}:service_started:false")
+        };
+        let labels = compose(&project, svc, &deps);
+        let mut opts: Vec<&str> = labels.iter().map(String::as_str).collect();
+        opts.extend(["--stop-timeout", "1"]);
+        let id = run_sleeper(&ct.name(svc), &tag, &opts);
+        ids.insert(svc, id);
+        let extra = if svc == "app" {
+            "ENTRYPOINT [\"/bin/false\"]"
+        } else {
+            ""
+        };
+        build_image_with(&tag, extra);
+        docker(&["push", &tag]);
+        docker(&["rmi", &tag]);
+    }
+    let cfg = format!(
+        "{}\n[commands]\nallow = [\"start\", \"stop\", \"update\"]\nmin_interval = \"0s\"\n[updates]\nverify_for = \"2s\"\n",
+        base_config(&broker, &base, &dir.path().join("state"), &ct.prefix)
+    );
+    let c = Collector::start(broker.port, &format!("{base}/#")).await;
+    let _d = Dockside::start(dir.path(), &cfg);
+    let state_t = format!("{base}/local/_stacks/{project}/state");
+    let s = c
+        .wait_latest(&state_t, Duration::from_secs(90), |m| {
+            m.json()["updates_available"] == 3
+        })
+        .await
+        .json();
+    assert_eq!(
+        s["containers"],
+        serde_json::json!([ct.name("db"), ct.name("app"), ct.name("web")])
+    );
+    c.publish(
+        &format!("{base}/local/_stacks/{project}/set"),
+        br#"{"action":"update","request_id":"u1"}"#,
+        false,
+    )
+    .await;
+    let r = c
+        .wait_latest(
+            &format!("{base}/local/_stacks/{project}/result"),
+            Duration::from_secs(180),
+            |m| m.json()["request_id"] == "u1",
+        )
+        .await
+        .json();
+    assert_eq!(r["ok"], false, "{r}");
+    let outcomes = r["outcomes"].as_array().expect("outcomes");
+    let tried: Vec<&str> = outcomes
+        .iter()
+        .filter_map(|o| o["container"].as_str())
+        .collect();
+    assert_eq!(
+        tried,
+        [ct.name("db"), ct.name("app")],
+        "web never tried: {r}"
+    );
+    assert_eq!(outcomes[0]["ok"], true, "{r}");
+    assert_eq!(outcomes[1]["ok"], false, "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with(&ct.name("app"))),
+        "the reason names app: {r}"
+    );
+    let id_of = |svc: &str| docker(&["inspect", "-f", "{{.Id}}", &ct.name(svc)]);
+    assert_ne!(id_of("db"), ids["db"], "db was recreated");
+    assert_eq!(
+        id_of("app"),
+        ids["app"],
+        "app was rolled back to its old container"
+    );
+    assert_eq!(id_of("web"), ids["web"], "web was left as it was");
+    // The stack still holds its three containers, compose labels kept.
+    c.wait_latest(&state_t, Duration::from_secs(60), |m| {
+        let s = m.json();
+        s["total"] == 3 && s["running"] == 3
+    })
+    .await;
+}
