@@ -809,7 +809,7 @@ impl Discovery {
             if Self::allows(words, word) {
                 e.push(self.entity(
                     &id,
-                    stack_word_id(word),
+                    word_id(word),
                     "button",
                     name,
                     json!({"command_topic": set, "payload_press": word, "icon": icon}),
@@ -891,20 +891,16 @@ impl Discovery {
     }
 }
 
+/// A command word as a component id (which must be `&'static str`).
 fn word_id(w: &str) -> &'static str {
     match w {
+        "start" => "start",
+        "stop" => "stop",
+        "restart" => "restart",
         "pause" => "pause",
         "unpause" => "unpause",
         "logs" => "logs",
         _ => "kill",
-    }
-}
-
-fn stack_word_id(w: &str) -> &'static str {
-    match w {
-        "start" => "start",
-        "stop" => "stop",
-        _ => "restart",
     }
 }
 

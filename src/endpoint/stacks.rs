@@ -73,16 +73,20 @@ impl Endpoint {
             .collect()
     }
 
+    /// This endpoint's containers with an update available (the image watcher's view).
+    fn updates_here(&self) -> HashSet<String> {
+        self.settings
+            .inventory
+            .as_ref()
+            .map(|i| i.updates_available(&self.id).into_iter().collect())
+            .unwrap_or_default()
+    }
+
     /// Recomputes every stack from the container table; publishes what changed,
     /// schedules the clear of stacks whose last container went.
     pub(super) fn publish_stacks(&mut self, force: bool) {
         self.ask_portainer_stacks(false);
-        let updates: HashSet<String> = self
-            .settings
-            .inventory
-            .as_ref()
-            .map(|i| i.updates_available(&self.id).into_iter().collect())
-            .unwrap_or_default();
+        let updates = self.updates_here();
         let mut projects: BTreeMap<String, Vec<Member>> = BTreeMap::new();
         for (name, st) in &self.containers {
             if let Some(l) = self.stacks.members.get(name) {
@@ -269,12 +273,7 @@ impl Endpoint {
                 .chain(order.iter().map(|n| (n.clone(), "start".into())))
                 .collect(),
             _ => {
-                let updates: HashSet<String> = self
-                    .settings
-                    .inventory
-                    .as_ref()
-                    .map(|i| i.updates_available(&self.id).into_iter().collect())
-                    .unwrap_or_default();
+                let updates = self.updates_here();
                 order
                     .iter()
                     .filter(|n| updates.contains(*n))
