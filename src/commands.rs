@@ -384,6 +384,9 @@ fn parse_json(text: &str) -> Result<Parsed, ParseError> {
     ))
 }
 
+/// The most a result message weighs (SPEC §13: a `logs` result is at most 64 KiB).
+pub const MAX_RESULT_BYTES: usize = 64 << 10;
+
 /// The result payload on `<…>/result` (SPEC §5).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct CommandResult {
@@ -505,6 +508,34 @@ impl CommandResult {
     pub fn with_state(mut self, state: Option<String>) -> Self {
         self.state = state;
         self
+    }
+
+    /// Keeps the newest log lines for which the whole message, as a
+    /// subscriber receives it, weighs at most `max` bytes (SPEC §13: the cap
+    /// is on the result, whose JSON escapes make it heavier than the text).
+    /// Whole lines only; `truncated` says when some were left out.
+    pub fn fit_logs(&mut self, max: usize) {
+        let Some(lines) = self.logs.take() else {
+            return;
+        };
+        let was_truncated = self.truncated.unwrap_or(false);
+        // Measured with `false`, the longer of the two words.
+        self.logs = Some(Vec::new());
+        self.truncated = Some(false);
+        let mut total = serde_json::to_vec(self).map_or(usize::MAX, |v| v.len());
+        let mut keep = lines.len();
+        for l in lines.iter().rev() {
+            // The line and the comma before it.
+            let size = serde_json::to_vec(l).map_or(usize::MAX, |v| v.len() + 1);
+            if total.saturating_add(size) > max {
+                break;
+            }
+            total += size;
+            keep -= 1;
+        }
+        let mut lines = lines;
+        self.logs = Some(lines.split_off(keep));
+        self.truncated = Some(was_truncated || keep > 0);
     }
 
     /// The payload, encoded once per result sent: counted here, so every
@@ -709,6 +740,60 @@ pub fn detect_own_container() -> HashSet<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn logs_result(lines: Vec<crate::docker::logs::LogLine>, truncated: bool) -> CommandResult {
+        let req = parse(br#"{"action":"logs","request_id":"r"}"#, Scope::Container).expect("req");
+        let mut r = CommandResult::ok(&req, None, Instant::now());
+        r.logs = Some(lines);
+        r.truncated = Some(truncated);
+        r
+    }
+
+    fn line(text: String) -> crate::docker::logs::LogLine {
+        crate::docker::logs::LogLine {
+            stream: "stdout",
+            time: Some("2026-12-01T10:00:00.123456789Z".into()),
+            text,
+        }
+    }
+
+    #[test]
+    fn a_logs_result_fits_64_kib_as_sent_keeping_the_newest_whole_lines() {
+        // What users saw: 1,000 lines → 73.6 KB; escapes weigh more than text.
+        for (n, text) in [
+            (1000, "x".repeat(60)),
+            (3000, "\u{1b}[31m\"quoted\"\t".repeat(20)),
+            (10, "short".to_string()),
+        ] {
+            let lines: Vec<_> = (0..n).map(|i| line(format!("{i} {text}"))).collect();
+            let mut r = logs_result(lines, false);
+            let whole = serde_json::to_vec(&r).expect("json").len();
+            r.fit_logs(MAX_RESULT_BYTES);
+            let sent = serde_json::to_vec(&r).expect("json");
+            assert!(sent.len() <= MAX_RESULT_BYTES, "{n}: {}", sent.len());
+            let kept = r.logs.as_ref().expect("logs");
+            assert_eq!(r.truncated, Some(whole > MAX_RESULT_BYTES), "{n}");
+            assert!(
+                kept.last()
+                    .is_some_and(|l| l.text.starts_with(&format!("{} ", n - 1)))
+            );
+            assert!(
+                kept.iter().all(|l| l.text.ends_with(&text)),
+                "whole lines only"
+            );
+            if whole > MAX_RESULT_BYTES {
+                assert!(
+                    sent.len() > MAX_RESULT_BYTES - 2_000,
+                    "as much as fits: {}",
+                    sent.len()
+                );
+            }
+        }
+        // Truncated by the decoder stays truncated.
+        let mut r = logs_result(vec![line("a".into())], true);
+        r.fit_logs(MAX_RESULT_BYTES);
+        assert_eq!(r.truncated, Some(true));
+    }
 
     #[test]
     fn dedup_is_bounded_and_forgets_the_oldest_first() {

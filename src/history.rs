@@ -58,6 +58,9 @@ pub struct History {
     /// `history-<ep>.json`, saved in the background (none without a state dir).
     file: Option<BackgroundFile>,
     data: File,
+    /// Operations of this run not ended yet: on disk (as interrupted) but
+    /// never published, so the topic only ever shows ended operations.
+    running: std::collections::HashSet<String>,
 }
 
 impl History {
@@ -76,7 +79,11 @@ impl History {
                 f
             })
             .unwrap_or_default();
-        Self { file, data }
+        Self {
+            file,
+            data,
+            running: Default::default(),
+        }
     }
 
     pub fn get(&self, ct: &str) -> Option<&VecDeque<Entry>> {
@@ -87,9 +94,22 @@ impl History {
         self.data.containers.keys()
     }
 
+    /// The ended operations of `ct`, newest first (what is published).
+    fn ended(&self, ct: &str) -> impl Iterator<Item = &Entry> {
+        self.get(ct)
+            .into_iter()
+            .flatten()
+            .filter(|e| !self.running.contains(&e.id))
+    }
+
+    /// Is there anything to publish for `ct`?
+    pub fn has_ended(&self, ct: &str) -> bool {
+        self.ended(ct).next().is_some()
+    }
+
     /// The history as published (a JSON array, newest first).
     pub fn payload(&self, ct: &str) -> Vec<u8> {
-        let list: Vec<&Entry> = self.get(ct).map(|l| l.iter().collect()).unwrap_or_default();
+        let list: Vec<&Entry> = self.ended(ct).collect();
         serde_json::to_vec(&list).unwrap_or_else(|_| b"[]".to_vec())
     }
 
@@ -127,12 +147,16 @@ impl History {
             error: Some(INTERRUPTED.into()),
         });
         list.truncate(KEEP);
+        if self.running.len() < MAX_CONTAINERS {
+            self.running.insert(id.clone());
+        }
         self.save();
         id
     }
 
     /// The operation `id` ended. `status` is `ok`, `rolled_back` or `failed`.
     pub fn finish(&mut self, ct: &str, id: &str, swap: &Swap, status: &str, error: Option<String>) {
+        self.running.remove(id);
         let Some(e) = self
             .data
             .containers
@@ -156,6 +180,7 @@ impl History {
 
     /// The operation `id` changed nothing (the image was current): dropped.
     pub fn discard(&mut self, ct: &str, id: &str) {
+        self.running.remove(id);
         if let Some(list) = self.data.containers.get_mut(ct) {
             list.retain(|e| e.id != id);
             if list.is_empty() {
@@ -212,6 +237,10 @@ mod tests {
         };
         // Killed here: the next start sees a failed operation, with why.
         let h2 = on_disk(&|h| h.get("app").is_some());
+        // Not published while it runs; a later run shows it as interrupted.
+        assert!(!h.has_ended("app"));
+        assert_eq!(h.payload("app"), b"[]");
+        assert!(h2.has_ended("app"));
         let e = &h2.get("app").expect("entry")[0];
         assert_eq!(e.status, "failed");
         assert_eq!(e.error.as_deref(), Some(INTERRUPTED));
@@ -223,6 +252,7 @@ mod tests {
             ..Swap::default()
         };
         h.finish("app", &id, &swap, "ok", None);
+        assert!(h.has_ended("app"));
         assert_eq!(
             h.last_update("app").expect("last").to_version.as_deref(),
             Some("2")

@@ -66,6 +66,24 @@ const LAST_UPDATE_OPTIONS: &[&str] = &["ok", "rolled_back", "failed", "none"];
 /// `restart: ok`, `logs: ok`, `stop: forbidden`.
 const LAST_RESULT_TEMPLATE: &str = "{{ (value_json.action or 'command') ~ ': ' ~ ('ok' if value_json.ok else (value_json.code or 'failed')) }}";
 
+/// The "Last command" sensor's attributes: the whole result, but a `logs`
+/// result keeps only its newest lines that fit in 12,000 bytes of JSON, so
+/// the attributes stay under Home Assistant's 16 KiB (the recorder drops
+/// larger ones with a warning); `truncated` then says so. Jinja's `tojson`
+/// escapes every non-ASCII character, so its length bounds the bytes.
+const LAST_RESULT_ATTRIBUTES: &str = concat!(
+    "{% if value_json.logs is defined and value_json.logs %}",
+    "{% set ns = namespace(keep=[], size=0, full=false) %}",
+    "{% for l in value_json.logs | reverse %}",
+    "{% set n = (l | tojson | length) + 1 %}",
+    "{% if not ns.full and ns.size + n <= 12000 %}",
+    "{% set ns.keep = [l] + ns.keep %}{% set ns.size = ns.size + n %}",
+    "{% else %}{% set ns.full = true %}{% endif %}",
+    "{% endfor %}",
+    "{{ dict(value_json, logs=ns.keep, truncated=(ns.full or value_json.truncated)) | tojson }}",
+    "{% else %}{{ value_json | tojson }}{% endif %}"
+);
+
 /// SPEC §4.4: the event entity's `event_types`.
 pub use crate::payloads::CONTAINER_EVENT_TYPES as EVENT_TYPES;
 
@@ -713,7 +731,7 @@ impl Discovery {
             "Last command",
             json!({"state_topic": result, "json_attributes_topic": result,
                    "value_template": LAST_RESULT_TEMPLATE,
-                   "json_attributes_template": "{{ value_json | tojson }}",
+                   "json_attributes_template": LAST_RESULT_ATTRIBUTES,
                    "entity_category": "diagnostic", "icon": "mdi:console"}),
         ));
         let diag = |key: &'static str, name: &str, tpl: &str, extra: Value| {
@@ -1410,6 +1428,34 @@ mod tests {
             .expect("template")
             .render(minijinja::context! { value_json => payload })
             .expect("template renders")
+    }
+
+    #[test]
+    fn the_last_command_attributes_stay_under_has_16_kib() {
+        let lines: Vec<Value> = (0..1000)
+            .map(|i| {
+                json!({"stream":"stdout","time":"2026-12-01T10:00:00.123456789Z",
+                            "text": format!("{i} {}", "x".repeat(100))})
+            })
+            .collect();
+        let result = json!({"request_id":"r","action":"logs","ok":true,"logs":lines,
+                            "truncated":false,"duration_ms":3,"at":"2026-12-01T10:00:01Z"});
+        let out = render(LAST_RESULT_ATTRIBUTES, &result);
+        let attrs: Value = serde_json::from_str(&out).expect("JSON attributes");
+        assert!(out.len() < 13_000, "{}", out.len());
+        let kept = attrs["logs"].as_array().expect("logs");
+        assert!(kept.len() > 50, "{}", kept.len());
+        assert!(
+            kept.last()
+                .is_some_and(|l| l["text"].as_str().is_some_and(|t| t.starts_with("999 ")))
+        );
+        assert_eq!(attrs["truncated"], true);
+        assert_eq!(attrs["request_id"], "r");
+        // Other results pass whole.
+        let stop = json!({"action":"stop","ok":true,"state":"exited"});
+        let attrs: Value =
+            serde_json::from_str(&render(LAST_RESULT_ATTRIBUTES, &stop)).expect("json");
+        assert_eq!(attrs, stop);
     }
 
     fn container_templates(d: &Discovery) -> Vec<(String, Value)> {

@@ -145,6 +145,23 @@ pub fn build(
     out
 }
 
+/// A stack's `state` from how many of its containers run.
+pub fn state_word(total: usize, running: usize) -> &'static str {
+    if total > 0 && running == total {
+        "running"
+    } else if running > 0 {
+        "partial"
+    } else {
+        "stopped"
+    }
+}
+
+/// The state a Portainer stack reaches when Portainer says a word succeeded
+/// (Portainer answers once compose has done it).
+pub fn state_after(word: &str) -> &'static str {
+    if word == "stop" { "stopped" } else { "running" }
+}
+
 fn state_of(
     endpoint: &str,
     name: &str,
@@ -160,13 +177,7 @@ fn state_of(
         containers: start_order(members),
         total,
         running,
-        state: if total > 0 && running == total {
-            "running"
-        } else if running > 0 {
-            "partial"
-        } else {
-            "stopped"
-        },
+        state: state_word(total, running),
         updates_available: members.iter().filter(|m| m.update_available).count(),
         portainer_id: p.map(|p| p.id),
     }

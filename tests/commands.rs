@@ -555,3 +555,60 @@ async fn a_flood_of_commands_gets_one_result_each_and_bounded_memory() {
         })
         .await;
 }
+
+/// Issue: a `restart` of a container that exits 0 on SIGTERM came back
+/// `ok: false, state: exited` while the engine had it running again (Docker
+/// 28.5, and 20.10 behind a socket proxy): the restart's own `die` was
+/// replayed over an inspect that already saw the new run. Restarted several
+/// times straight on the socket and through HAProxy (a second endpoint on the
+/// same engine), every result is ok and `running`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_a_container_that_exits_0_on_sigterm_is_ok() {
+    let env = Env::new();
+    let name = env.ct.name("trap");
+    run_container(
+        &name,
+        &[],
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; while :; do sleep 0.05; done",
+        ],
+    );
+    let proxy = SocketProxy::start("");
+    let c = Collector::start(env.broker.port, &format!("{}/#", env.base)).await;
+    let config = format!(
+        "{}\n{}[endpoints.proxied]\nurl = \"tcp://127.0.0.1:{}\"\n",
+        env.config("allow = [\"restart\"]\nmin_interval = \"0s\""),
+        engine_endpoint("local"),
+        proxy.port
+    );
+    let _d = Dockside::start(env.dir.path(), &config);
+    for ep in ["proxied", "local"] {
+        let state = format!("{}/{ep}/{name}/state", env.base);
+        c.wait_state(&state, T, |s| s["running"] == true).await;
+        for i in 0..5 {
+            let rid = format!("{ep}-{i}");
+            let payload = format!(r#"{{"action":"restart","request_id":"{rid}"}}"#);
+            let set = format!("{}/{ep}/{name}/set", env.base);
+            let result = format!("{}/{ep}/{name}/result", env.base);
+            c.publish(&set, payload.as_bytes(), false).await;
+            let r = c
+                .wait_latest(&result, T, |m| m.json()["request_id"] == rid.as_str())
+                .await
+                .json();
+            if r["ok"] != true {
+                for m in c.all() {
+                    if m.topic.contains(ep) {
+                        eprintln!("MSG {} {}", m.topic, m.text());
+                    }
+                }
+            }
+            assert_eq!(r["ok"], true, "restart {i} through {ep}: {r}");
+            assert_eq!(r["state"], "running", "{r}");
+            assert_eq!(engine_state(&name), "running");
+            let s = c.latest(&state).expect("state").json();
+            assert_eq!(s["state"], "running", "{s}");
+        }
+    }
+}

@@ -6,9 +6,9 @@
 //!   good one is still sampled, with `stats.concurrency = 1`;
 //! - logs: the stream is cut in the middle of a frame: the lines before it
 //!   come back, and what arrived of the cut one, marked `truncated`;
-//! - disk: `system df` is refused twice ("a disk usage operation is already
-//!   running", Docker 20.10 with another client's running) and then answers:
-//!   `disk` shows up within seconds, not an hour later.
+//! - disk: `system df` is refused `DF_REFUSALS` times ("a disk usage
+//!   operation is already running", Docker 20.10 with another client's
+//!   running) and then answers: `disk` shows up in the first minute.
 
 mod common;
 
@@ -20,7 +20,9 @@ use common::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 
-const T: Duration = Duration::from_secs(30);
+const T: Duration = Duration::from_secs(60);
+/// Busy answers to `system df` before the first summary.
+const DF_REFUSALS: usize = 10;
 /// (id, name suffix, stats behaviour)
 const CONTAINERS: &[(&str, &str)] = &[
     (
@@ -108,7 +110,7 @@ async fn serve(mut s: UnixStream, prefix: String, counts: Arc<Counts>) -> std::i
                 respond(&mut s, "503 Service Unavailable", r#"{"message":"This node is not a swarm manager."}"#).await?
             }
             (p, _) if p.ends_with("/system/df") => {
-                if counts.df.fetch_add(1, Ordering::SeqCst) < 2 {
+                if counts.df.fetch_add(1, Ordering::SeqCst) < DF_REFUSALS {
                     respond(
                         &mut s,
                         "500 Internal Server Error",
@@ -200,7 +202,9 @@ async fn stats_logs_and_disk_survive_a_misbehaving_engine() {
     let mut d = Dockside::start(dir.path(), &cfg);
     let ct = |n: &str| format!("{base}/fake/{prefix}-{n}");
 
-    // disk: refused twice, then there, seconds after the start.
+    // disk: refused as Docker 20.10 does while other clients' `system df`
+    // run, again and again; still there within the first minute (a doubling
+    // back-off took 2+4+…+512 s).
     let started = std::time::Instant::now();
     let info = c
         .wait_latest(&format!("{base}/fake/info"), T, |m| {
@@ -209,13 +213,13 @@ async fn stats_logs_and_disk_survive_a_misbehaving_engine() {
         .await
         .json();
     assert!(
-        started.elapsed() < Duration::from_secs(20),
+        started.elapsed() < Duration::from_secs(50),
         "disk after {:?}",
         started.elapsed()
     );
     assert_eq!(info["disk"]["images_bytes"], 4096, "{info}");
     assert_eq!(info["services"], 0, "{info}");
-    assert!(counts.df.load(Ordering::SeqCst) >= 3);
+    assert!(counts.df.load(Ordering::SeqCst) > DF_REFUSALS);
 
     // logs: the lines before the cut, marked truncated.
     c.publish(

@@ -361,7 +361,10 @@ async fn home_assistant_sees_and_drives_containers() {
             &[
                 "sh",
                 "-c",
-                "echo ready; trap 'exit 0' TERM; while true; do sleep 1; done",
+                // 1,100 lines of 100 characters first: a `logs` result
+                // over Home Assistant's 16 KiB attribute limit.
+                "i=0; while [ $i -lt 1100 ]; do printf '%0100d\\n' $i; i=$((i+1)); done; \
+                 echo ready; trap 'exit 0' TERM; while true; do sleep 1; done",
             ],
         );
     }
@@ -532,6 +535,42 @@ async fn home_assistant_sees_and_drives_containers() {
         .expect("logs attribute");
     assert!(lines.iter().any(|l| l["text"] == "ready"), "{last}");
     assert_eq!(last["attributes"]["request_id"], "ha-logs", "{last}");
+    // A result over HA's 16 KiB attribute limit: the sensor keeps the newest
+    // lines that fit, and the recorder stores it without a warning.
+    c.publish(
+        &format!("dockside/local/{stk_db}/set"),
+        br#"{"action":"logs","lines":1000,"request_id":"ha-logs-big"}"#,
+        false,
+    )
+    .await;
+    let last = ha
+        .wait(
+            "the big logs result",
+            &ent("sensor", &stk_db, "last_result"),
+            |s| s.is_some_and(|s| s["attributes"]["request_id"] == "ha-logs-big"),
+        )
+        .await;
+    let attrs = serde_json::to_vec(&last["attributes"]).expect("json");
+    assert!(attrs.len() < 16_384, "{} bytes of attributes", attrs.len());
+    let lines = last["attributes"]["logs"]
+        .as_array()
+        .expect("logs attribute");
+    assert!(lines.len() > 50, "{} lines", lines.len());
+    assert_eq!(
+        lines.last().map(|l| l["text"].clone()),
+        Some(json!("ready"))
+    );
+    assert_eq!(last["attributes"]["truncated"], true);
+    tokio::time::sleep(Duration::from_secs(3)).await; // recorder commit_interval: 1 s
+    let log = ha.log();
+    assert!(
+        !log.contains("exceed maximum size"),
+        "the recorder dropped attributes: {}",
+        log.lines()
+            .filter(|l| l.contains("exceed maximum size"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 
     // Pressing restart in HA restarts the container; the result arrives.
     let before = inspect(&run, "{{.State.StartedAt}}");
@@ -673,7 +712,11 @@ async fn home_assistant_sees_and_drives_containers() {
     eprintln!("HA warnings/errors (all loggers):\n{}", all.join("\n"));
     let ours: Vec<&&str> = all
         .iter()
-        .filter(|l| l.contains("dockside") || l.contains("unique ID") || l.contains("unique_id"))
+        // (HA's own config directory is named dockside-ha: not an entity of ours.)
+        .filter(|l| {
+            let l = l.replace("dockside-ha", "");
+            l.contains("dockside") || l.contains("unique ID") || l.contains("unique_id")
+        })
         .collect();
     assert!(
         ours.is_empty(),

@@ -39,9 +39,19 @@ async fn logs_of_plain_and_tty_containers_with_limits() {
         "-c",
         "head -c 100000 /dev/zero | tr '\\0' x; echo; printf 'bin \\377\\376 end\\n'; sleep 3600",
     ]);
+    // What users saw over the cap: 1,000 lines → a 73.6 KB result, 200 KB of
+    // output → 111 KB. Line `i` ends with its number, to find the newest.
+    let many = ct.name("many");
+    let big = ct.name("big");
+    for (n, width) in [(&many, 50), (&big, 190)] {
+        let script = format!(
+            "i=0; while [ $i -lt 1100 ]; do printf '%0{width}d\\n' $i; i=$((i+1)); done; sleep 3600"
+        );
+        docker(&["run", "-d", "--name", n, IMAGE, "sh", "-c", &script]);
+    }
     let c = Collector::start(broker.port, &format!("{base}/#")).await;
     let _d = Dockside::start(dir.path(), &cfg);
-    for n in [&plain, &tty, &wild] {
+    for n in [&plain, &tty, &wild, &many, &big] {
         c.wait_state(&format!("{base}/local/{n}/state"), T, |s| {
             s["running"] == true
         })
@@ -163,6 +173,37 @@ async fn logs_of_plain_and_tty_containers_with_limits() {
         "{r}"
     );
     assert!(t.iter().all(|(s, _)| s == "stdout"));
+
+    // SPEC §13: the cap is on the message received, whole newest lines kept.
+    for (n, rid) in [(&many, "m1"), (&big, "g1")] {
+        let topic = format!("{base}/local/{n}/result");
+        c.publish(
+            &format!("{base}/local/{n}/set"),
+            format!(r#"{{"action":"logs","lines":1000,"request_id":"{rid}"}}"#).as_bytes(),
+            false,
+        )
+        .await;
+        let m = c
+            .wait_latest(&topic, T, |m| m.json()["request_id"] == rid)
+            .await;
+        let r = m.json();
+        assert!(
+            m.payload.len() <= 65_536,
+            "{n}: a {}-byte result",
+            m.payload.len()
+        );
+        assert_eq!(r["ok"], true, "{r:.200}");
+        assert_eq!(r["truncated"], true, "{n}");
+        let t = texts(&r);
+        assert!(t.len() > 100, "{n}: {} lines", t.len());
+        assert!(
+            t.last().is_some_and(|(_, x)| x.ends_with("1099")),
+            "newest kept: {:?}",
+            t.last()
+        );
+        let width = t[0].1.len();
+        assert!(t.iter().all(|(_, x)| x.len() == width), "whole lines only");
+    }
 
     // A 100,000-byte line is cut; binary bytes are shown as U+FFFD.
     let r = ask(&wild, r#"{"action":"logs","request_id":"w1"}"#).await;

@@ -472,6 +472,7 @@ async fn portainer_stacks_use_portainers_own_calls() {
     };
     let r = ask("stop", "p1").await;
     assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["state"], "stopped", "the stack's state reached: {r}");
     assert!(
         p.stack_calls().contains(&"stop 11 env 1".to_string()),
         "{:?}",
@@ -486,6 +487,7 @@ async fn portainer_stacks_use_portainers_own_calls() {
 
     let r = ask("start", "p2").await;
     assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["state"], "running", "{r}");
     c.wait_latest(&state_t, T, |m| m.json()["state"] == "running")
         .await;
 
@@ -505,6 +507,7 @@ async fn portainer_stacks_use_portainers_own_calls() {
     let r = ask("start", "p5").await;
     assert_eq!(r["ok"], false, "{r}");
     assert_eq!(r["code"], "engine_error", "{r}");
+    assert_eq!(r["state"], "stopped", "{r}");
     assert!(
         r["error"]
             .as_str()

@@ -10,7 +10,7 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -185,66 +185,21 @@ async fn the_image_as_a_sidecar() {
     docker_quiet(&["volume", "rm", &vol]);
 }
 
-/// HAProxy in front of the socket allowing GET and HEAD only, as users do
-/// with docker-socket-proxy.
-struct ReadOnlyProxy {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl ReadOnlyProxy {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tmp");
-        let port = free_port();
-        let cfg = dir.path().join("haproxy.cfg");
-        std::fs::write(
-            &cfg,
-            format!(
-                "global\n  maxconn 256\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n  timeout tunnel 1h\nfrontend docker\n  bind 127.0.0.1:{port}\n  http-request deny deny_status 403 unless METH_GET || METH_HEAD\n  default_backend engine\nbackend engine\n  server s unix@/var/run/docker.sock\n"
-            ),
-        )
-        .expect("cfg");
-        let child = Command::new("haproxy")
-            .args(["-db", "-f"])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("haproxy (Debian's haproxy package): run scripts/test-env.sh");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "haproxy did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for ReadOnlyProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_a_read_only_socket_proxy() {
     let broker = Broker::start();
-    let proxy = ReadOnlyProxy::start();
+    // Allowing GET and HEAD only.
+    let proxy =
+        SocketProxy::start("  http-request deny deny_status 403 unless METH_GET || METH_HEAD");
     let ct = Containers::new(&unique("dsrp"));
     let app = ct.name("app");
     run_sleeper(&app, IMAGE, &[]);
     let dir = tempfile::tempdir().expect("tmp");
     let base = unique("t");
     let config = format!(
-        "{}\n[endpoints.local]\nurl = \"tcp://127.0.0.1:{}\"\n[commands]\nallow = [\"start\",\"stop\",\"restart\",\"update\"]\nmin_interval = \"0s\"\n",
+        "{}\n{}[commands]\nallow = [\"start\",\"stop\",\"restart\",\"update\"]\nmin_interval = \"0s\"\n",
         base_config(&broker, &base, &dir.path().join("state"), &ct.prefix),
-        proxy.port
+        proxy.endpoint_toml()
     );
     let ds = Dockside::start(dir.path(), &config);
     let c = Collector::start(broker.port, &format!("{base}/#")).await;

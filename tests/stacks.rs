@@ -171,6 +171,7 @@ async fn compose_stack_state_order_policy_and_removal() {
     let t0 = now_s();
     let r = run_word("stop", "s1").await;
     assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["state"], "stopped", "the stack's state reached: {r}");
     assert_eq!(r["outcomes"].as_array().map(Vec::len), Some(3), "{r}");
     c.wait_latest(&state_t, T, |m| m.json()["state"] == "stopped")
         .await;
@@ -186,6 +187,7 @@ async fn compose_stack_state_order_policy_and_removal() {
 
     let r = run_word("start", "s2").await;
     assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["state"], "running", "{r}");
     c.wait_latest(&state_t, T, |m| m.json()["state"] == "running")
         .await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -199,6 +201,7 @@ async fn compose_stack_state_order_policy_and_removal() {
 
     let r = run_word("restart", "s3").await;
     assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["state"], "running", "{r}");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let t3 = now_s();
     let ev = engine_events(&t2, &t3, &project);
@@ -324,6 +327,7 @@ async fn a_stack_start_stops_at_the_first_failure() {
         .json();
     assert_eq!(r["ok"], false, "{r}");
     assert_eq!(r["code"], "engine_error", "{r}");
+    assert_eq!(r["state"], "stopped", "nothing of the stack started: {r}");
     assert!(
         r["error"].as_str().is_some_and(|e| e.starts_with(&db)),
         "{r}"

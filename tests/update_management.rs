@@ -54,6 +54,33 @@ async fn history(c: &Collector, topic: &str, len: usize) -> Value {
     .json()
 }
 
+/// The retained history as it stood when the result with `rid` arrived on
+/// `result` (or at most 50 ms after): the operation that just ended is its
+/// newest entry, finished, with `status`.
+fn history_by_the_result(
+    c: &Collector,
+    hist: &str,
+    result: &str,
+    rid: &str,
+    status: &str,
+) -> Value {
+    let r = c
+        .on(result)
+        .into_iter()
+        .find(|m| m.json()["request_id"] == rid)
+        .expect("the result");
+    let by = r.at + Duration::from_millis(50);
+    let h = c
+        .on(hist)
+        .into_iter()
+        .rfind(|m| m.at <= by)
+        .map(|m| m.json())
+        .unwrap_or(Value::Null);
+    assert_eq!(h[0]["status"], status, "history by the result {rid}: {h}");
+    assert!(h[0]["finished_at"].is_string(), "{h}");
+    h
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_rollback_and_history_across_a_restart() {
     require_docker();
@@ -91,6 +118,13 @@ async fn versions_rollback_and_history_across_a_restart() {
     .await;
     assert_eq!(r["ok"], false, "{r}");
     assert_eq!(r["code"], "invalid", "{r}");
+    history_by_the_result(
+        &c,
+        &hist,
+        &format!("{base}/local/{app}/result"),
+        "v0",
+        "failed",
+    );
     assert!(
         r["error"]
             .as_str()
@@ -127,6 +161,7 @@ async fn versions_rollback_and_history_across_a_restart() {
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(inspect(&app)["Config"]["Image"], format!("{repo}:3"));
     assert_eq!(image_id(&app), ids[2]);
+    history_by_the_result(&c, &hist, &format!("{base}/local/{app}/result"), "v3", "ok");
     let h = history(&c, &hist, 2).await;
     assert_eq!(h[0]["action"], "update", "{h}");
     assert_eq!(h[0]["status"], "ok", "{h}");
@@ -489,6 +524,17 @@ async fn progress_compose_labels_and_an_unhealthy_new_image_rolled_back() {
     );
     assert_eq!(inspect(&hc)["Id"], before);
     assert_eq!(inspect(&hc)["State"]["Running"], true);
+    let h = history_by_the_result(
+        &c,
+        &format!("{base}/local/{hc}/history"),
+        &format!("{base}/local/{hc}/result"),
+        "h",
+        "rolled_back",
+    );
+    assert!(
+        h[0]["to_image"].is_string() && h[0]["from_image"].is_string(),
+        "{h}"
+    );
     let hist = history(&c, &format!("{base}/local/{hc}/history"), 1).await;
     assert_eq!(hist[0]["status"], "rolled_back", "{hist}");
     assert!(

@@ -59,6 +59,9 @@ logger:
     homeassistant.components.mqtt: debug
 api:
 config:
+# The recorder, to see that no entity's attributes exceed its 16 KiB limit.
+recorder:
+  commit_interval: 1
 YAML
     if pid=$(running_pid); then echo "already running (pid $pid)" >&2; echo "$HOSTCFG"; exit 0; fi
     setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PIDFILE" \

@@ -68,6 +68,9 @@ pub struct Batch {
     /// Where the one result goes.
     topic: String,
     stop_on_failure: bool,
+    /// A stack word: the stack's containers, whose state at the end is the
+    /// result's `state` (SPEC §13: §5's shape).
+    stack: Option<Vec<String>>,
 }
 
 impl Batch {
@@ -76,7 +79,7 @@ impl Batch {
         received: std::time::Instant,
         queue: std::collections::VecDeque<(String, String)>,
         topic: String,
-        stop_on_failure: bool,
+        stack: Option<Vec<String>>,
     ) -> Self {
         Self {
             req,
@@ -84,7 +87,8 @@ impl Batch {
             queue,
             outcomes: Vec::new(),
             topic,
-            stop_on_failure,
+            stop_on_failure: stack.is_some(),
+            stack,
         }
     }
 }
@@ -109,6 +113,12 @@ pub struct Pending {
     id: String,
     prev_started_at: Option<String>,
     engine_done: bool,
+    /// The inspect serial when the engine answered: the verdict is taken
+    /// once an inspect asked after that has been applied (`confirmed`), so
+    /// events still in flight from before the command (another client's
+    /// restart) or the command's own `die` are never taken for its outcome.
+    confirm_after: u64,
+    confirmed: bool,
     deadline: Instant,
     /// Part of a batch (`update_all`, a stack word): its outcome goes into
     /// that one result.
@@ -355,6 +365,7 @@ impl Endpoint {
                     let mut r = CommandResult::ok(&req, None, received);
                     r.logs = Some(logs.lines);
                     r.truncated = Some(logs.truncated);
+                    r.fit_logs(crate::commands::MAX_RESULT_BYTES);
                     r
                 }
                 Ok(Err(DockerError::NotFound)) => {
@@ -447,6 +458,8 @@ impl Endpoint {
                 id: id.clone(),
                 prev_started_at,
                 engine_done: false,
+                confirm_after: u64::MAX,
+                confirmed: false,
                 deadline,
                 from_all,
             },
@@ -581,6 +594,7 @@ impl Endpoint {
         match r {
             Ok(_) => {
                 p.engine_done = true;
+                p.confirm_after = self.inspect_serial;
                 let id = p.id.clone();
                 // Confirm with an inspect even if the events are slow.
                 self.schedule_inspect(id);
@@ -630,7 +644,9 @@ impl Endpoint {
             // Nothing changed: not worth a line of history.
             None => self.history.discard(&name, &op_id),
         }
-        self.publish_history(&name);
+        // Before the result, whether or not the table shows the name right
+        // now (a rollback's renames may not have arrived yet).
+        self.publish_history_of(&name);
         let pending = self
             .pending
             .get(&name)
@@ -682,9 +698,16 @@ impl Endpoint {
         }
     }
 
-    /// `<ct>/history` (retained), after each operation and on republish.
+    /// `<ct>/history` (retained) of a container in the table, on republish.
     pub(super) fn publish_history(&self, name: &str) {
-        if self.history.get(name).is_some() && self.containers.contains_key(name) {
+        if self.containers.contains_key(name) {
+            self.publish_history_of(name);
+        }
+    }
+
+    /// `<ct>/history` (retained) with every ended operation.
+    fn publish_history_of(&self, name: &str) {
+        if self.history.has_ended(name) {
             self.outbox.retain(
                 self.settings.topics.container_history(&self.id, name),
                 self.history.payload(name),
@@ -711,14 +734,7 @@ impl Endpoint {
             .as_ref()
             .map(|i| i.updates_available(&self.id))
             .unwrap_or_default();
-        let mut ua = Batch {
-            req,
-            received,
-            queue: Default::default(),
-            outcomes: Vec::new(),
-            topic,
-            stop_on_failure: false,
-        };
+        let mut ua = Batch::new(req, received, Default::default(), topic, None);
         let s = &self.settings;
         for name in names {
             let Some(state) = self.containers.get(&name) else {
@@ -841,6 +857,13 @@ impl Endpoint {
             ),
         };
         r.outcomes = Some(b.outcomes);
+        if let Some(members) = &b.stack {
+            let running = members
+                .iter()
+                .filter(|n| self.containers.get(*n).is_some_and(|s| s.running))
+                .count();
+            r.state = Some(crate::stacks::state_word(members.len(), running).to_string());
+        }
         tracing::info!(endpoint = %self.id, action = %b.req.action, ok = r.ok, "batch done");
         self.send_result_to(b.topic, r);
     }
@@ -852,7 +875,10 @@ impl Endpoint {
         };
         // An `update`'s outcome is the recreate's own verdict (on_update_done):
         // the old container running again means it was restored, not updated.
-        if !p.engine_done || st.id != p.id || matches!(p.req.action.as_str(), "update" | "rollback")
+        if !p.engine_done
+            || !p.confirmed
+            || st.id != p.id
+            || matches!(p.req.action.as_str(), "update" | "rollback")
         {
             return;
         }
@@ -868,6 +894,21 @@ impl Endpoint {
         let from_all = p.from_all;
         self.pending.remove(name);
         self.finish_pending(name, from_all, result);
+    }
+
+    /// An inspect numbered `serial` of container `id` answered: a command
+    /// on it whose engine call ended before that inspect was asked can now
+    /// be judged. Returns the container's name when one was confirmed.
+    pub(super) fn confirm_command(&mut self, id: &str, serial: u64) -> Option<String> {
+        let (name, p) = self
+            .pending
+            .iter_mut()
+            .find(|(_, p)| p.id == id && p.engine_done && !p.confirmed)?;
+        if serial <= p.confirm_after {
+            return None;
+        }
+        p.confirmed = true;
+        Some(name.clone())
     }
 
     pub(super) fn next_command_deadline(&self) -> Option<Instant> {

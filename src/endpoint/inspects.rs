@@ -18,6 +18,8 @@ impl Endpoint {
             return;
         }
         self.inflight.insert(id.clone());
+        self.inspect_serial += 1;
+        self.inflight_serial.insert(id.clone(), self.inspect_serial);
         let client = self.client.clone();
         let asked = self.overlays.generation(&id);
         self.inspects.spawn(async move {
@@ -33,11 +35,16 @@ impl Endpoint {
         r: Result<Option<ContainerInspect>, DockerError>,
     ) {
         self.inflight.remove(&id);
+        let serial = self.inflight_serial.remove(&id).unwrap_or(0);
         let r_failed = r.is_err();
         match r {
             Ok(Some(ins)) => {
                 if !self.destroyed.contains(&id) {
+                    let confirmed = self.confirm_command(&id, serial);
                     self.apply_inspect(&id, asked, ins);
+                    if let Some(name) = confirmed {
+                        self.check_pending(&name);
+                    }
                 }
             }
             Ok(None) => self.on_gone(&id),

@@ -59,6 +59,20 @@ const FACTS_DEBOUNCE: Duration = Duration::from_secs(2);
 /// with 1 s healthchecks events never stop, and an SD card wears per write
 /// (one page per save, `persist::StateDir::save_cursor`).
 const CURSOR_SAVE_EVERY: Duration = Duration::from_secs(10);
+/// When only routine events (a healthcheck's `exec_*` runs) moved the cursor
+/// since the last save, it is saved this rarely: replaying them after a
+/// crash changes no state, and 1 s healthchecks never let the stream rest.
+const CURSOR_ROUTINE_SAVE_EVERY: Duration = Duration::from_secs(120);
+
+/// Events that change no container state and are replayed harmlessly.
+fn routine_event(action: &str) -> bool {
+    action.starts_with("exec_")
+}
+
+/// Is a periodic cursor save due? Pure policy of the cursor keeper.
+fn cursor_save_due(dirty: bool, routine_only: bool, since_save: Duration) -> bool {
+    dirty && (!routine_only || since_save >= CURSOR_ROUTINE_SAVE_EVERY)
+}
 /// Actions that do not change a container's state: no inspect needed.
 const STATELESS_ACTIONS: &[&str] = &[
     "attach",
@@ -176,10 +190,17 @@ pub struct Endpoint {
     removals: HashMap<String, Instant>,
     cursor: Cursor,
     cursor_dirty: bool,
+    /// Every event since the last save was routine (`routine_event`).
+    cursor_routine_only: bool,
+    cursor_saved_at: Instant,
     /// A background cursor write is under way / the last one failed (retry).
     cursor_saving: Arc<std::sync::atomic::AtomicBool>,
     cursor_failed: Arc<std::sync::atomic::AtomicBool>,
     inflight: HashSet<String>,
+    /// Inspects asked so far, and the number of each one in flight: a
+    /// command's verdict waits for an inspect asked after the engine answered.
+    inspect_serial: u64,
+    inflight_serial: HashMap<String, u64>,
     again: HashSet<String>,
     queued: VecDeque<String>,
     inspects: JoinSet<InspectResult>,
@@ -271,7 +292,11 @@ impl Endpoint {
             destroyed: VecDeque::new(),
             removals: HashMap::new(),
             cursor,
+            inspect_serial: 0,
+            inflight_serial: HashMap::new(),
             cursor_dirty: false,
+            cursor_routine_only: true,
+            cursor_saved_at: Instant::now(),
             cursor_saving: Default::default(),
             cursor_failed: Default::default(),
             inflight: HashSet::new(),
@@ -399,6 +424,7 @@ impl Endpoint {
             return; // replayed duplicate
         }
         self.cursor_dirty = true;
+        self.cursor_routine_only &= routine_event(&ev.action);
         self.shared_cursor
             .store(self.cursor.time_nano, Ordering::Relaxed);
         let m = crate::metrics::get();
@@ -523,5 +549,36 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_moved_only_by_healthcheck_runs_is_saved_rarely() {
+        assert!(routine_event("exec_start: /bin/sh -c test -f /ok"));
+        assert!(routine_event("exec_die"));
+        for a in [
+            "start",
+            "die",
+            "health_status: unhealthy",
+            "destroy",
+            "rename",
+        ] {
+            assert!(!routine_event(a), "{a}");
+        }
+        let tick = CURSOR_SAVE_EVERY;
+        assert!(!cursor_save_due(false, false, tick), "nothing new");
+        assert!(
+            cursor_save_due(true, false, tick),
+            "a state event: every tick"
+        );
+        assert!(
+            !cursor_save_due(true, true, tick),
+            "healthchecks only: not yet"
+        );
+        assert!(cursor_save_due(true, true, CURSOR_ROUTINE_SAVE_EVERY));
     }
 }

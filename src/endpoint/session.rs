@@ -8,10 +8,13 @@ use super::*;
 const DISK_EVERY: Duration = Duration::from_secs(3600);
 /// A `system df` slower than this is given up (it walks every layer).
 const DISK_TIMEOUT: Duration = Duration::from_secs(120);
-/// After a failed `system df` (Docker 20.10 refuses one while another client's
-/// runs: "a disk usage operation is already running", which ends within
-/// seconds) it is asked again after 2 s, doubling up to this.
+/// After a failed `system df` it is asked again after 2 s, doubling up to this.
 const DISK_RETRY_MAX: Duration = Duration::from_secs(900);
+/// Docker 20.10 refuses a `system df` while another client's runs ("a disk
+/// usage operation is already running"): not a failure, a queue. Asked again
+/// this soon (plus up to 1 s of jitter, so instances do not stay in step),
+/// however often, so the first summary lands in the first minute.
+const DISK_BUSY_RETRY: Duration = Duration::from_secs(2);
 
 impl Endpoint {
     pub(super) fn types_requested(&self) -> Vec<&str> {
@@ -243,13 +246,20 @@ impl Endpoint {
             return; // the previous write is still under way
         }
         let failed_before = self.cursor_failed.load(Ordering::Acquire);
-        if !self.cursor_dirty && !failed_before {
+        let due = cursor_save_due(
+            self.cursor_dirty,
+            self.cursor_routine_only,
+            self.cursor_saved_at.elapsed(),
+        );
+        if !due && !failed_before {
             return;
         }
         let Some(dir) = self.settings.state_dir.clone() else {
             return;
         };
         self.cursor_dirty = false;
+        self.cursor_routine_only = true;
+        self.cursor_saved_at = Instant::now();
         let (id, cursor) = (self.id.clone(), self.cursor.persisted());
         let (saving, failed) = (self.cursor_saving.clone(), self.cursor_failed.clone());
         saving.store(true, Ordering::Release);
@@ -369,6 +379,11 @@ impl Endpoint {
                 self.info_changed();
             }
             // The last figures stay; asked again soon (see DISK_RETRY_MAX).
+            Err(e) if disk_busy(&e) => {
+                let wait = DISK_BUSY_RETRY + Duration::from_millis(fastrand::u64(0..1000));
+                self.disk_next = Some(Instant::now() + wait);
+                tracing::debug!(endpoint = %self.id, error = %e, "disk usage busy; asking again soon");
+            }
             Err(e) => {
                 let wait = disk_retry_after(self.disk_failures);
                 self.disk_failures = self.disk_failures.saturating_add(1);
@@ -569,6 +584,11 @@ pub(super) fn tolerate<T>(what: &str, e: DockerError, id: &str) -> Result<Option
         }
         e => Err(e),
     }
+}
+
+/// The engine is computing a disk summary for another client (Docker 20.10).
+fn disk_busy(e: &DockerError) -> bool {
+    matches!(e, DockerError::Status { message, .. } if message.contains("disk usage operation is already running"))
 }
 
 /// 2 s, 4 s, 8 s, … up to `DISK_RETRY_MAX`.

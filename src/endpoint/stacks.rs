@@ -245,13 +245,17 @@ impl Endpoint {
         tracing::info!(endpoint = %self.id, stack = %stack, action = %req.action, kind = st.kind, "running stack command");
         if let (Some(id), Some((p, env))) = (st.portainer_id, self.portainer.clone()) {
             let word = req.action.clone();
-            let state = st.state;
+            let before = st.state;
             self.reads.spawn(async move {
                 let r = portainer_stack_word(&p, id, env, &word).await;
                 let r = match r {
-                    Ok(()) => CommandResult::ok(&req, Some(state.to_string()), received),
+                    Ok(()) => {
+                        let reached = crate::stacks::state_after(&word);
+                        CommandResult::ok(&req, Some(reached.to_string()), received)
+                    }
                     Err(e) => {
                         CommandResult::refused(&req, Code::EngineError, e.to_string(), received)
+                            .with_state(Some(before.to_string()))
                     }
                 };
                 (topic, r)
@@ -281,7 +285,13 @@ impl Endpoint {
                     .collect()
             }
         };
-        self.batch = Some(commands::Batch::new(req, received, queue, topic, true));
+        self.batch = Some(commands::Batch::new(
+            req,
+            received,
+            queue,
+            topic,
+            Some(order),
+        ));
         self.next_of_batch();
     }
 }

@@ -66,8 +66,33 @@ pub fn transition_of(
     }
 }
 
+/// Is time `a` strictly before `b`? Unparsable or missing times are never
+/// before anything (the transition then applies as it always did).
+fn earlier(a: &str, b: Option<&str>) -> bool {
+    let parse = |t: &str| humantime::parse_rfc3339_weak(t).ok();
+    match (parse(a), b.and_then(parse)) {
+        (Some(a), Some(b)) => a < b,
+        _ => false,
+    }
+}
+
+/// Is `t` older than what `s` already shows? A `die` from before the
+/// current run's start belongs to a run that is over (the die of a restart,
+/// replayed over an inspect that already saw the new run); a `start` from
+/// before the last exit belongs to a run that already ended.
+pub fn is_stale(s: &ContainerState, t: &Transition) -> bool {
+    match t {
+        Transition::Died { at, .. } => earlier(at, s.started_at.as_deref()),
+        Transition::Started { at } => !s.running && earlier(at, s.finished_at.as_deref()),
+        _ => false,
+    }
+}
+
 /// Applies `t` to `s`; true when something changed.
 pub fn apply(s: &mut ContainerState, t: &Transition) -> bool {
+    if is_stale(s, t) {
+        return false;
+    }
     let before = s.clone();
     match t {
         Transition::Started { at } => {
@@ -342,6 +367,50 @@ mod tests {
         o.settle("abc", asked, &mut answer);
         assert_eq!(answer, running());
         assert!(o.is_empty());
+    }
+
+    /// Docker 28.5 (containerd store), and 20.10 behind a socket proxy: the
+    /// `kill` of a restart asks an inspect; the restart's `die` arrives while
+    /// it is in flight; the answer already shows the new run. Replaying that
+    /// die over it would show `exited` and fail the restart.
+    #[test]
+    fn the_die_of_a_restart_never_overrides_an_inspect_of_the_new_run() {
+        let mut o = Overlays::default();
+        let asked = o.generation("abc"); // inspect asked on `kill`
+        let die = Transition::Died {
+            exit_code: 0,
+            at: "2026-11-20T08:00:05.100000000Z".into(),
+        };
+        o.record("abc", die.clone());
+        let mut answer = running();
+        answer.started_at = Some("2026-11-20T08:00:05.25Z".into());
+        answer.finished_at = Some("2026-11-20T08:00:05.0999Z".into());
+        o.settle("abc", asked, &mut answer);
+        assert_eq!(answer.state, "running");
+        assert!(answer.running);
+        // The same die on a state still showing the old run applies.
+        let mut old = running();
+        assert!(o.on_event("abc", die, Some(&mut old)));
+        assert_eq!(old.state, "exited");
+        // A start older than the exit an inspect saw is stale too; a die
+        // after the new start (a start that fails at once) is not.
+        let mut exited = old.clone();
+        exited.finished_at = Some("2026-11-20T08:00:07Z".into());
+        let late_start = Transition::Started {
+            at: "2026-11-20T08:00:06Z".into(),
+        };
+        assert!(!apply(&mut exited, &late_start));
+        assert_eq!(exited.state, "exited");
+        let mut s = running();
+        s.started_at = Some("2026-11-20T08:00:06Z".into());
+        assert!(apply(
+            &mut s,
+            &Transition::Died {
+                exit_code: 1,
+                at: "2026-11-20T08:00:06.5Z".into()
+            }
+        ));
+        assert_eq!((s.state.as_str(), s.exit_code), ("exited", 1));
     }
 
     #[test]

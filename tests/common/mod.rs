@@ -699,6 +699,68 @@ level = "debug"
     )
 }
 
+// ---------------------------------------------------------------- socket proxy
+
+/// HAProxy in front of the engine's socket on a free loopback port, as users
+/// run docker-socket-proxy: `rules` are `http-request` lines of the frontend
+/// (empty: everything passes, which still adds a proxy's latency and
+/// buffering between the event stream and the calls).
+pub struct SocketProxy {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl SocketProxy {
+    pub fn start(rules: &str) -> Self {
+        let port = free_port();
+        let cfg = format!(
+            "global\n  maxconn 256\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n  timeout tunnel 1h\nfrontend docker\n  bind 127.0.0.1:{port}\n{rules}\n  default_backend engine\nbackend engine\n  server s unix@{}\n",
+            engine_socket()
+        );
+        Self::start_config(port, &cfg)
+    }
+
+    /// A whole HAProxy configuration that binds `port`.
+    pub fn start_config(port: u16, cfg: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, cfg).expect("cfg");
+        let child = Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy (Debian's haproxy package): run scripts/test-env.sh");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "haproxy did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// dockside's endpoint through the proxy.
+    pub fn endpoint_toml(&self) -> String {
+        format!(
+            "[endpoints.local]\nurl = \"tcp://127.0.0.1:{}\"\n",
+            self.port
+        )
+    }
+}
+
+impl Drop for SocketProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 // ---------------------------------------------------------------- registry
 
 /// A Debian `docker-registry` (distribution 2.8) on a free loopback port, with
