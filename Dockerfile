@@ -1,26 +1,30 @@
-# dockside as a sidecar image: a static binary on scratch, CA certificates,
-# a non-root user, HEALTHCHECK through `dockside health`.
+# dockside as a sidecar image, built from the sources: a static binary on
+# scratch, CA certificates, a non-root user, HEALTHCHECK through `dockside health`.
 #
 #   docker build -t dockside .                     # where base images can be pulled
-#   scripts/build-image.sh                         # here: no pulls (see the script)
-#   docker buildx build --platform linux/arm64 -t dockside:arm64 .   # Raspberry Pi
+#   docker buildx build --platform linux/arm64,linux/arm/v7 -t dockside .   # Raspberry Pi
+#
+# The released image (scripts/release.sh: dist/oci/, the same files) is
+# assembled from the release binaries instead, with no compiler.
 ARG BUILDER=docker.io/library/rust:1-bookworm
 
 FROM ${BUILDER} AS build
 WORKDIR /src
 COPY . .
-# A binary built beforehand for this platform (scripts/build-image.sh puts
-# one in target/docker-prebuilt/) is used as is; otherwise build it here.
+# Always compiled here, for this platform, from the sources copied above
+# (.dockerignore keeps target/ and dist/ out). 32-bit arm has no musl target
+# in rustup: glibc, linked statically.
 RUN set -eu; \
-    if [ -x target/docker-prebuilt/dockside ]; then \
-      cp target/docker-prebuilt/dockside /dockside; \
-    else \
-      apt-get update && apt-get install -y --no-install-recommends musl-tools; \
-      target="$(uname -m)-unknown-linux-musl"; \
-      rustup target add "$target"; \
+    case "$(uname -m)" in \
+      x86_64) target=x86_64-unknown-linux-musl; apt-get update; apt-get install -y --no-install-recommends musl-tools ;; \
+      aarch64) target=aarch64-unknown-linux-musl; apt-get update; apt-get install -y --no-install-recommends musl-tools ;; \
+      armv7l | armv8l) target=armv7-unknown-linux-gnueabihf ;; \
+      *) echo "no dockside build for $(uname -m)" >&2; exit 1 ;; \
+    esac; \
+    rustup target add "$target"; \
+    RUSTFLAGS="-C target-feature=+crt-static" \
       cargo build --release --locked --target "$target" --bin dockside; \
-      cp "target/$target/release/dockside" /dockside; \
-    fi; \
+    cp "target/$target/release/dockside" /dockside; \
     mkdir -p /out/etc/ssl/certs /out/etc/dockside /out/var/lib/dockside /out/tmp; \
     cp /etc/ssl/certs/ca-certificates.crt /out/etc/ssl/certs/ca-certificates.crt; \
     echo 'dockside:x:10001:10001:dockside:/var/lib/dockside:/nonexistent' > /out/etc/passwd; \

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Builds, once, a Debian 12 root with systemd (debootstrap) and imports it
-# into the local engine as dockside-test/systemd:bookworm: a real systemd as
-# PID 1 for tests/systemd_pid1.rs. Idempotent; the root is cached in
+# into the local engine as dockside-test/systemd:bookworm-2: a real systemd as
+# PID 1 for tests/systemd_pid1.rs and tests/package.rs (adduser, which the
+# Debian package depends on, included). Idempotent; the root is cached in
 # /var/lib/dockside-systemd. Touches nothing else of the host.
 set -euo pipefail
-image=dockside-test/systemd:bookworm
-root=/var/lib/dockside-systemd/root
+image=dockside-test/systemd:bookworm-2
+root=/var/lib/dockside-systemd/root-2
 if docker image inspect "$image" >/dev/null 2>&1; then
   exit 0
 fi
@@ -16,7 +17,7 @@ if [ ! -x "$root/lib/systemd/systemd" ]; then
   echo "systemd-image: debootstrap (about a minute)"
   rm -rf "$root.tmp"
   mkdir -p "$(dirname "$root")"
-  debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,procps,ca-certificates \
+  debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,procps,ca-certificates,adduser \
     bookworm "$root.tmp" http://deb.debian.org/debian >/dev/null
   rm -rf "$root"
   mv "$root.tmp" "$root"

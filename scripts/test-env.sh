@@ -18,6 +18,11 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v haproxy >/dev/null || need+=(haproxy)
 command -v musl-gcc >/dev/null || need+=(musl-tools)
+# The arm release binaries run under emulation (tests/foreign_arch.rs); the
+# release's checks read binaries and packages.
+command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
+command -v file >/dev/null || need+=(file)
+command -v dpkg-deb >/dev/null || need+=(dpkg)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test-env: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -5,6 +5,7 @@
 //! binary calls and what tests can drive directly.
 
 pub mod backoff;
+pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod docker;

@@ -2,75 +2,14 @@
 //! runtime, signals, then `dockside::run`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::Parser;
+use dockside::cli::{Cli, Cmd};
 use dockside::{Config, EXIT_CONFIG, EXIT_STATE_DIR, RunError, config, logging, signals};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-const USAGE: &str = "\
-dockside — mirrors Docker engines onto MQTT
-
-USAGE:
-    dockside [--config PATH] [--embedded-broker] [run]
-                                            run the daemon (--embedded-broker: with its own
-                                            MQTT broker on 127.0.0.1:1883, mqtt.embedded)
-    dockside [--config PATH] check-config   print the effective config (secrets redacted)
-    dockside [--config PATH] health         is the running instance (same state.dir) healthy?
-                                            exit 0 / 1, one line saying why
-    dockside --version | --help
-
-The config file is --config PATH, else $DOCKSIDE_CONFIG, else /etc/dockside/dockside.toml
-when it exists; every key can be overridden with DOCKSIDE__<SECTION>__<KEY>.";
-
-enum Command {
-    Run,
-    CheckConfig,
-    Health,
-}
-
-struct Args {
-    command: Command,
-    config: Option<PathBuf>,
-    embedded_broker: bool,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut args = std::env::args().skip(1);
-    let mut path = None;
-    let mut embedded_broker = false;
-    let mut command = None;
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "-c" | "--config" => {
-                path = Some(PathBuf::from(args.next().ok_or("--config needs a path")?));
-            }
-            s if s.starts_with("--config=") => {
-                path = Some(PathBuf::from(&s["--config=".len()..]));
-            }
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            "-V" | "--version" => {
-                println!("dockside {}", env!("CARGO_PKG_VERSION"));
-                std::process::exit(0);
-            }
-            "--embedded-broker" => embedded_broker = true,
-            "run" if command.is_none() => command = Some(Command::Run),
-            "check-config" if command.is_none() => command = Some(Command::CheckConfig),
-            "health" if command.is_none() => command = Some(Command::Health),
-            other => return Err(format!("unexpected argument `{other}`")),
-        }
-    }
-    Ok(Args {
-        command: command.unwrap_or(Command::Run),
-        config: path,
-        embedded_broker,
-    })
-}
 
 fn load(cli_path: Option<&std::path::Path>, embedded: bool) -> Result<Config, config::ConfigError> {
     let mut env: HashMap<String, String> = std::env::vars().collect();
@@ -82,18 +21,54 @@ fn load(cli_path: Option<&std::path::Path>, embedded: bool) -> Result<Config, co
     Config::load(path.as_deref(), &env)
 }
 
+/// `--help`, `--version`, completions and the man page: printed, exit 0.
+/// Bad arguments: exit 64 like any configuration error.
+fn parse_args() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_CONFIG as u8 } else { 0 };
+            let _ = e.print();
+            Err(ExitCode::from(code))
+        }
+    }
+}
+
+fn print_bytes(b: &[u8]) -> ExitCode {
+    use std::io::Write;
+    match std::io::stdout().write_all(b) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dockside: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let Args {
+    let Cli {
         command,
         config: cli_path,
         embedded_broker,
     } = match parse_args() {
         Ok(x) => x,
-        Err(e) => {
-            eprintln!("dockside: {e}\n\n{USAGE}");
-            return ExitCode::from(EXIT_CONFIG as u8);
-        }
+        Err(code) => return code,
     };
+    match &command {
+        Some(Cmd::Completions { shell }) => {
+            return print_bytes(&dockside::cli::completions(*shell));
+        }
+        Some(Cmd::Manpage) => {
+            return match dockside::cli::manpage() {
+                Ok(m) => print_bytes(&m),
+                Err(e) => {
+                    eprintln!("dockside: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     let cfg = match load(cli_path.as_deref(), embedded_broker) {
         Ok(c) => c,
         Err(e) => {
@@ -101,12 +76,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    match command {
-        Command::CheckConfig => {
+    match command.unwrap_or(Cmd::Run) {
+        Cmd::CheckConfig => {
             print!("{}", cfg.redacted_toml());
             return ExitCode::SUCCESS;
         }
-        Command::Health => {
+        Cmd::Health => {
             let (ok, line) = dockside::health_socket::check(&cfg.state.dir);
             println!("{line}");
             return if ok {
@@ -115,7 +90,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             };
         }
-        Command::Run => {}
+        Cmd::Run | Cmd::Completions { .. } | Cmd::Manpage => {}
     }
     logging::init(&cfg.log);
 
@@ -152,7 +127,7 @@ fn main() -> ExitCode {
                 }
             }
         });
-        tracing::info!(version = env!("CARGO_PKG_VERSION"), "dockside starting");
+        tracing::info!(version = dockside::cli::VERSION, "dockside starting");
         match dockside::run(cfg, shutdown, reload_rx).await {
             Ok(()) => {
                 tracing::info!("dockside stopped");

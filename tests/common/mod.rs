@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 
+pub mod machine;
+
 pub const IMAGE: &str = "dockside-test/busybox:latest";
 
 /// Resident memory of a process, in kB (`VmRSS`).
@@ -598,7 +600,7 @@ impl Dockside {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_dockside"))
+        let child = dockside_command()
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "dockside=debug,info")
@@ -680,6 +682,27 @@ impl Drop for Dockside {
 }
 
 /// A config for one test: its own base topic, state dir, and container prefix.
+/// The dockside under test: `DOCKSIDE_BIN` when set (a release artifact, an
+/// arm build), run through `DOCKSIDE_BIN_RUNNER` when set (`qemu-aarch64-static`);
+/// else this build's binary.
+pub fn dockside_command() -> Command {
+    let bin = std::env::var("DOCKSIDE_BIN")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_dockside").to_string());
+    match std::env::var("DOCKSIDE_BIN_RUNNER")
+        .ok()
+        .filter(|r| !r.is_empty())
+    {
+        Some(runner) => {
+            let mut c = Command::new(runner);
+            c.arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    }
+}
+
 pub fn base_config(broker: &Broker, base: &str, state_dir: &Path, prefix: &str) -> String {
     format!(
         r#"
