@@ -74,6 +74,30 @@ async fn under_a_real_systemd() {
         snap.keys().collect::<Vec<_>>()
     );
     assert_eq!(m.show("ActiveState"), "active");
+    // SPEC §16: each line carries its priority (`journalctl -p warning`
+    // shows the warnings only) and no colour codes (journald would keep
+    // such a line as a blob).
+    let warnings = m.exec_out(&[
+        "journalctl",
+        "-u",
+        "dockside",
+        "-p",
+        "warning",
+        "--no-pager",
+        "-o",
+        "cat",
+    ]);
+    assert!(warnings.contains("anonymous MQTT"), "{warnings}");
+    assert!(
+        !warnings.contains("dockside starting"),
+        "info shown as a warning: {warnings}"
+    );
+    let all = m.exec_out(&["journalctl", "-u", "dockside", "--no-pager", "-o", "cat"]);
+    assert!(all.contains("dockside starting"), "{all}");
+    assert!(
+        !all.contains("blob data") && !all.contains('\u{1b}'),
+        "{all}"
+    );
     // `dockside health` finds the running instance through state.dir.
     let (ok, health) = m.exec(&[
         "/usr/local/bin/dockside",
