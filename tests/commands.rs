@@ -300,11 +300,12 @@ async fn garbage_on_every_command_topic_is_refused_and_dockside_stays_healthy() 
     c.wait_state(&env.state(&name), T, |s| s["running"] == true)
         .await;
     let b = env.base.clone();
-    let mega = vec![b's'; 1 << 20];
+    // Over the 1 KiB command limit, under the 64 KiB packet limit.
+    let big = vec![b's'; 60 << 10];
     let deep = format!("{}{}", "{\"a\":".repeat(200), "}".repeat(200));
     let payloads: Vec<Vec<u8>> = vec![
         vec![0xff, 0x00, 0xfe, 0x80],
-        mega,
+        big,
         deep.into_bytes(),
         br#"{"action":["stop"]}"#.to_vec(),
         br#"{"action":"stop","request_id":{"x":1}}"#.to_vec(),
@@ -358,6 +359,54 @@ async fn garbage_on_every_command_topic_is_refused_and_dockside_stays_healthy() 
     let r = command(&c, &env, &name, "pause", "after-garbage").await;
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["state"], "paused");
+}
+
+/// SPEC §16: a packet over 64 KiB is refused from its header, unread (the
+/// connection is made again), nothing runs, and commands work after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_packet_is_refused_unread_and_dockside_carries_on() {
+    let env = Env::new();
+    let name = env.ct.name("big");
+    run(&name, &[]);
+    // Subscribed to states and results only: the huge message is not theirs.
+    let states = Collector::start(env.broker.port, &env.state(&name)).await;
+    let results = Collector::start(env.broker.port, &env.result(&name)).await;
+    let mut d = Dockside::start(env.dir.path(), &env.config("allow = [\"stop\",\"pause\"]"));
+    states
+        .wait_state(&env.state(&name), T, |s| s["running"] == true)
+        .await;
+    let mut huge = br#"{"action":"stop","request_id":""#.to_vec();
+    huge.extend(vec![b'x'; 1 << 20]);
+    huge.extend(br#""}"#);
+    states.publish(&env.set(&name), &huge, false).await;
+    // Refused, then connected again (a command sent in between is lost, as
+    // during any reconnect).
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let log = d.log_text();
+        let refused = log.find("a message over 64 KiB arrived");
+        if refused.is_some_and(|at| log[at..].contains("connected to the MQTT broker")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // its subscriptions
+    let r = results
+        .command(
+            &env.set(&name),
+            r#"{"action":"pause","request_id":"after-huge"}"#,
+            "after-huge",
+            T,
+        )
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(engine_state(&name), "paused", "the oversize stop never ran");
+    assert!(
+        results.on(&env.result(&name)).len() == 1,
+        "no result for the refused one"
+    );
+    assert!(d.is_running());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

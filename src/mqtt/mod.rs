@@ -29,10 +29,11 @@ use crate::topics::{DiscoveryTopics, Topics};
 
 /// HA discovery payloads exceed rumqttc's 10 KiB default.
 const MAX_PACKET: usize = 1 << 20;
-/// Anything larger arriving on a command topic drops the connection, so the
-/// limit on what we read is generous: a 1 MiB garbage command must only yield
-/// an `invalid` result. (Commands themselves are refused above 1 KiB.)
-const MAX_INCOMING: usize = 16 << 20;
+/// Incoming packets larger than this are refused from their fixed header,
+/// before their body is read (SPEC §16): the connection is dropped and made
+/// again. Commands are refused above 1 KiB anyway; what dockside reads back
+/// (its own states and discovery configs) is far smaller.
+pub const MAX_INCOMING: usize = 64 << 10;
 /// Messages handed to rumqttc's request channel per loop turn, so polling
 /// (acks, pings, incoming) is never starved by a burst.
 const DRAIN_BATCH: usize = 64;
@@ -327,7 +328,9 @@ impl MqttTask {
                         client_full = false;
                         failures += 1;
                         let delay = backoff.next_delay();
-                        if failures == 1 {
+                        if oversize(&e) {
+                            tracing::warn!(error = %e, limit = MAX_INCOMING, retry_in = ?delay, "a message over 64 KiB arrived from the broker (a command topic?): refused unread, reconnecting");
+                        } else if failures == 1 {
                             tracing::warn!(error = %e, retry_in = ?delay, "MQTT connection lost");
                         } else {
                             tracing::debug!(error = %e, retry_in = ?delay, failures, "MQTT reconnect failed");
@@ -359,6 +362,16 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
+}
+
+/// The broker sent a packet over `MAX_INCOMING`.
+fn oversize(e: &rumqttc::ConnectionError) -> bool {
+    matches!(
+        e,
+        rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(_)
+        ))
+    )
 }
 
 fn readback_filters(topics: &Topics, discovery: &DiscoveryTopics) -> Vec<String> {
