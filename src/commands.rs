@@ -35,7 +35,11 @@ const PRUNABLE: &[&str] = &["images", "containers", "build_cache", "volumes"];
 pub const BRIDGE_WORDS: &[&str] = &["resync", "check_updates"];
 /// Words that would stop, kill, pause or recreate a container: refused for
 /// dockside's own container and for `commands.protect`.
-pub const DISRUPTIVE: &[&str] = &["stop", "restart", "pause", "kill", "update", "rollback"];
+pub const DISRUPTIVE: &[&str] = &[
+    "stop", "restart", "pause", "kill", "update", "rollback",
+    // A stopped container removed by the endpoint word `prune`.
+    "prune",
+];
 /// Longest tag a registry accepts (distribution's reference grammar).
 const MAX_TAG: usize = 128;
 
@@ -75,6 +79,8 @@ pub struct Request {
     pub what: Option<Vec<String>>,
     /// `prune`: only what carries this label (`key` or `key=value`).
     pub label: Option<String>,
+    /// `prune` with `volumes`: named volumes too (SPEC §16; off by default).
+    pub all_volumes: bool,
 }
 
 /// `logs` without `lines`.
@@ -122,6 +128,7 @@ pub fn parse(payload: &[u8], scope: Scope) -> Result<Request, ParseError> {
         since,
         what,
         label,
+        all_volumes,
     } = extras;
     let words = match scope {
         Scope::Container => CONTAINER_WORDS,
@@ -151,9 +158,9 @@ pub fn parse(payload: &[u8], scope: Scope) -> Result<Request, ParseError> {
         }
         check_tag(v).map_err(refuse)?;
     }
-    if (what.is_some() || label.is_some()) && action != "prune" {
+    if (what.is_some() || label.is_some() || all_volumes.is_some()) && action != "prune" {
         return Err(ParseError {
-            message: "`what` and `label` go only with `prune`".into(),
+            message: "`what`, `label` and `all_volumes` go only with `prune`".into(),
             action: Some(action),
             request_id,
         });
@@ -183,6 +190,7 @@ pub fn parse(payload: &[u8], scope: Scope) -> Result<Request, ParseError> {
         since,
         what,
         label,
+        all_volumes: all_volumes.unwrap_or(false),
     })
 }
 
@@ -243,6 +251,7 @@ struct Extras {
     since: Option<serde_json::Value>,
     what: Option<Vec<String>>,
     label: Option<String>,
+    all_volumes: Option<bool>,
 }
 
 type Parsed = (String, Option<String>, Extras);
@@ -284,7 +293,14 @@ fn parse_json(text: &str) -> Result<Parsed, ParseError> {
     if let Some(k) = obj.keys().find(|k| {
         !matches!(
             k.as_str(),
-            "action" | "request_id" | "version" | "lines" | "since" | "what" | "label"
+            "action"
+                | "request_id"
+                | "version"
+                | "lines"
+                | "since"
+                | "what"
+                | "label"
+                | "all_volumes"
         )
     }) {
         let k: String = k.chars().take(32).collect();
@@ -371,6 +387,17 @@ fn parse_json(text: &str) -> Result<Parsed, ParseError> {
             });
         }
     };
+    let all_volumes = match obj.get("all_volumes") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Bool(b)) => Some(*b),
+        Some(_) => {
+            return Err(ParseError {
+                message: "`all_volumes` is true or false".into(),
+                action: Some(action),
+                request_id,
+            });
+        }
+    };
     Ok((
         action,
         request_id,
@@ -380,6 +407,7 @@ fn parse_json(text: &str) -> Result<Parsed, ParseError> {
             since,
             what,
             label,
+            all_volumes,
         },
     ))
 }
@@ -630,6 +658,11 @@ impl ScopeLimiter {
 pub struct Subject {
     /// Label `dockside.commands=false`.
     pub label_off: bool,
+    /// Label `dockside.logs=false`.
+    pub logs_off: bool,
+    /// An operation is using it (an update's `.dockside-old` backup, a
+    /// container being recreated): `prune` leaves it alone.
+    pub in_operation: bool,
     /// Matches `commands.protect`.
     pub protected: bool,
     /// The container dockside itself runs in.
@@ -667,6 +700,12 @@ pub fn refusal(
         forbid(format!(
             "the container is protected (commands.protect): no {word}"
         ))
+    } else if word == "logs" && who.protected {
+        forbid("the container is protected (commands.protect): its logs are not read".into())
+    } else if word == "logs" && who.logs_off {
+        forbid("logs are off for this container (label dockside.logs=false)".into())
+    } else if word == "prune" && who.in_operation {
+        Some((Code::Busy, "an operation is using this container".into()))
     } else {
         None
     }
@@ -828,6 +867,59 @@ mod tests {
         assert_eq!(l.check("b/set", "check_updates", t0), None);
         assert_eq!(l.check("b/local/set", "resync", t0), None);
         assert_eq!(l.check("b/set", "resync", t0 + SCOPE_MIN_INTERVAL), None);
+    }
+
+    #[test]
+    fn prune_and_logs_follow_the_same_policy() {
+        let allow: Vec<String> = vec!["prune".into(), "logs".into()];
+        let plain = Subject::default();
+        assert_eq!(refusal(true, &allow, "prune", Some(&plain)), None);
+        assert_eq!(refusal(true, &allow, "logs", Some(&plain)), None);
+        for who in [
+            Subject { own: true, ..plain },
+            Subject {
+                protected: true,
+                ..plain
+            },
+            Subject {
+                label_off: true,
+                ..plain
+            },
+        ] {
+            assert!(
+                refusal(true, &allow, "prune", Some(&who)).is_some(),
+                "{who:?}"
+            );
+        }
+        let busy = Subject {
+            in_operation: true,
+            ..plain
+        };
+        assert_eq!(
+            refusal(true, &allow, "prune", Some(&busy)).map(|r| r.0),
+            Some(Code::Busy)
+        );
+        for who in [
+            Subject {
+                protected: true,
+                ..plain
+            },
+            Subject {
+                logs_off: true,
+                ..plain
+            },
+        ] {
+            assert_eq!(
+                refusal(true, &allow, "logs", Some(&who)).map(|r| r.0),
+                Some(Code::Forbidden),
+                "{who:?}"
+            );
+        }
+        // Reading its own logs harms nothing.
+        assert_eq!(
+            refusal(true, &allow, "logs", Some(&Subject { own: true, ..plain })),
+            None
+        );
     }
 
     #[test]
@@ -1172,6 +1264,7 @@ mod tests {
             since: None,
             what: None,
             label: None,
+            all_volumes: false,
         };
         let ok = serde_json::to_value(CommandResult::ok(
             &req,

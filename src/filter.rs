@@ -24,6 +24,15 @@ pub const ENABLE_LABEL: &str = "dockside.enable";
 pub const COMMANDS_LABEL: &str = "dockside.commands";
 
 /// True when the container's labels turn commands off.
+/// Label `dockside.logs=false`: the word `logs` is refused (SPEC §16).
+pub const LOGS_LABEL: &str = "dockside.logs";
+
+pub fn logs_disabled(labels: &HashMap<String, String>) -> bool {
+    labels
+        .get(LOGS_LABEL)
+        .is_some_and(|v| v.eq_ignore_ascii_case("false"))
+}
+
 pub fn commands_disabled(labels: &HashMap<String, String>) -> bool {
     labels
         .get(COMMANDS_LABEL)

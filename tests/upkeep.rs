@@ -121,3 +121,110 @@ async fn info_has_services_and_disk_and_prune_reclaims_a_dangling_image() {
     .await;
     docker_quiet(&["rmi", &tag]);
 }
+
+/// SPEC §16: `prune` under the one command policy. Of this test's stopped
+/// containers (all carrying its label) only the plain mirrored one goes: not
+/// a protected one, not one labelled `dockside.commands=false`, not one the
+/// filters leave out, not an update's `.dockside-old` backup. Volumes: the
+/// anonymous one goes, a named one only with `all_volumes` (Docker 20.10's
+/// own prune would take both). `logs` is refused for a protected container
+/// and for the label `dockside.logs=false`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_and_logs_obey_the_command_policy() {
+    let broker = Broker::start();
+    let ct = Containers::new(&unique("dsq"));
+    let dir = tempfile::tempdir().expect("tmp");
+    let base = unique("t");
+    let label = format!("dockside.test.prune={}", ct.prefix);
+    let stopped = |name: &str, extra: &[&str]| {
+        let mut args = vec!["create", "--name", name, "--label", &label];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[IMAGE, "true"]);
+        docker(&args);
+    };
+    let (free, prot, nocmd) = (ct.name("free"), ct.name("prot"), ct.name("nocmd"));
+    let outside = format!("other-{}", ct.prefix);
+    let backup = format!("{}.dockside-old", ct.name("web"));
+    stopped(&free, &[]);
+    stopped(&prot, &[]);
+    stopped(&nocmd, &["--label", "dockside.commands=false"]);
+    stopped(&outside, &[]);
+    stopped(&backup, &[]);
+    // The updated container that backup belongs to (else dockside restores the name).
+    run_sleeper(&ct.name("web"), IMAGE, &[]);
+    let nologs = ct.name("nologs");
+    run_sleeper(&nologs, IMAGE, &["--label", "dockside.logs=false"]);
+    let named = format!("{}-named", ct.prefix);
+    docker(&["volume", "create", "--label", &label, &named]);
+    let anonymous = docker(&["volume", "create", "--label", &label]);
+    let cfg = format!(
+        "{}\n[commands]\nallow = [\"prune\", \"logs\"]\nprotect = [\"{prot}\"]\n",
+        base_config(&broker, &base, &dir.path().join("state"), &ct.prefix)
+    );
+    let c = Collector::start(broker.port, &format!("{base}/#")).await;
+    let _d = Dockside::start(dir.path(), &cfg);
+    c.wait_state(&format!("{base}/local/{nologs}/state"), T, |s| {
+        s["running"] == true
+    })
+    .await;
+    c.wait_state(&format!("{base}/local/{free}/state"), T, |_| true)
+        .await;
+
+    let set = format!("{base}/local/set");
+    let prune = |id: &str, all: bool| {
+        format!(
+            r#"{{"action":"prune","what":["containers","volumes"],"label":"{label}","all_volumes":{all},"request_id":"{id}"}}"#
+        )
+    };
+    let r = c.command(&set, &prune("p1", false), "p1", T).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let exists = |what: &str, name: &str| {
+        std::process::Command::new("docker")
+            .args([what, "inspect", name])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    assert!(
+        !exists("container", &free),
+        "the plain stopped one is pruned"
+    );
+    for kept in [&prot, &nocmd, &outside, &backup] {
+        assert!(exists("container", kept), "{kept} must stay");
+    }
+    assert!(
+        !exists("volume", &anonymous),
+        "the anonymous volume is pruned"
+    );
+    assert!(
+        exists("volume", &named),
+        "a named volume stays without all_volumes"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(5200)).await; // one prune per 5 s
+    let r = c.command(&set, &prune("p2", true), "p2", T).await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(
+        !exists("volume", &named),
+        "all_volumes takes named ones too"
+    );
+    for kept in [&prot, &nocmd, &outside, &backup] {
+        assert!(exists("container", kept), "{kept} must stay");
+    }
+
+    for (n, why) in [(&prot, "protected"), (&nologs, "dockside.logs=false")] {
+        let r = c
+            .command(
+                &format!("{base}/local/{n}/set"),
+                r#"{"action":"logs","request_id":"l"}"#,
+                "l",
+                T,
+            )
+            .await;
+        assert_eq!(r["code"], "forbidden", "{r}");
+        assert!(r["error"].as_str().is_some_and(|e| e.contains(why)), "{r}");
+        assert!(r.get("logs").is_none(), "{r}");
+    }
+    for n in [&outside, &backup] {
+        docker_quiet(&["rm", "-f", n]);
+    }
+    docker_quiet(&["volume", "rm", &named]);
+}

@@ -26,10 +26,10 @@ pub const MAX_API: (u32, u32) = (1, 53);
 /// Oldest API version we accept (Docker 19.03).
 pub const MIN_API: (u32, u32) = (1, 40);
 
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Caps on what is read from an engine: a list of thousands of containers fits.
-const MAX_LIST_BODY: usize = 64 << 20;
+pub(super) const MAX_LIST_BODY: usize = 64 << 20;
 const MAX_OBJECT_BODY: usize = 8 << 20;
 /// A prune removes layers from disk: minutes on a Pi with an SD card.
 const PRUNE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -92,7 +92,7 @@ pub struct DockerClient {
     containerd_store: std::sync::atomic::AtomicBool,
 }
 
-fn parse_api(v: &str) -> Option<(u32, u32)> {
+pub(super) fn parse_api(v: &str) -> Option<(u32, u32)> {
     let (a, b) = v.trim().trim_start_matches('v').split_once('.')?;
     Some((a.parse().ok()?, b.parse().ok()?))
 }
@@ -150,7 +150,7 @@ impl DockerClient {
 
     /// Sends a request with the credential header; after a 401 the credential
     /// is dropped (a JWT is renewed) and the request is sent once more.
-    async fn execute(
+    pub(super) async fn execute(
         &self,
         method: Method,
         url: Url,
@@ -228,7 +228,7 @@ impl DockerClient {
             .unwrap_or_default()
     }
 
-    fn url(&self, segments: &[&str]) -> Url {
+    pub(super) fn url(&self, segments: &[&str]) -> Url {
         let mut url = self.base.clone();
         let api = self.api.read().map(|v| v.clone()).unwrap_or_default();
         if let Ok(mut segs) = url.path_segments_mut() {
@@ -366,7 +366,7 @@ impl DockerClient {
         Some(out)
     }
 
-    async fn get_json<T: DeserializeOwned>(
+    pub(super) async fn get_json<T: DeserializeOwned>(
         &self,
         what: &'static str,
         segments: &[&str],
@@ -451,7 +451,20 @@ impl DockerClient {
     /// prune`; `volumes` only anonymous ones on API ≥ 1.42): bytes reclaimed.
     /// `label`: only what carries it (`key` or `key=value`).
     pub async fn prune(&self, what: &str, label: Option<&str>) -> Result<i64, DockerError> {
+        self.prune_with(what, label, false).await
+    }
+
+    /// [`Self::prune`]; `all_volumes`: named volumes too (API ≥ 1.42's `all`).
+    pub async fn prune_with(
+        &self,
+        what: &str,
+        label: Option<&str>,
+        all_volumes: bool,
+    ) -> Result<i64, DockerError> {
         let mut filters = serde_json::Map::new();
+        if what == "volumes" && all_volumes {
+            filters.insert("all".into(), serde_json::json!(["true"]));
+        }
         if let Some(l) = label {
             filters.insert("label".into(), serde_json::json!([l]));
         }
@@ -921,7 +934,7 @@ fn is_version_refusal(err: &DockerError) -> bool {
         if message.contains("client version") && (message.contains("too old") || message.contains("too new")))
 }
 
-async fn status_error(resp: reqwest::Response) -> DockerError {
+pub(super) async fn status_error(resp: reqwest::Response) -> DockerError {
     let status = resp.status().as_u16();
     let body = read_capped(resp, 64 << 10, "error body")
         .await

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod logs;
 pub mod models;
+pub mod prune;
 pub mod pull;
 pub mod recreate;
 

@@ -222,6 +222,19 @@ impl Endpoint {
         self.outbox.send(topic, r.to_json());
     }
 
+    /// What the command policy needs to know of container `name` (id `id`).
+    pub(super) fn subject(&self, name: &str, id: &str) -> crate::commands::Subject {
+        let s = &self.settings;
+        crate::commands::Subject {
+            label_off: self.no_commands.contains(name),
+            logs_off: self.no_logs.contains(name),
+            protected: s.protect.is_match(name),
+            own: s.own_ids.contains(id),
+            in_operation: name.ends_with(crate::filter::OLD_SUFFIX)
+                || self.pending.get(name).is_some_and(|p| p.is_op()),
+        }
+    }
+
     fn start_command(&mut self, name: String, req: Request, received: std::time::Instant) {
         let refuse = |code: Code, msg: String| CommandResult::refused(&req, code, msg, received);
         let s = &self.settings;
@@ -239,11 +252,8 @@ impl Endpoint {
             );
             return self.send_result(&name, r);
         };
-        let who = crate::commands::Subject {
-            label_off: self.no_commands.contains(&name),
-            protected: s.protect.is_match(&name),
-            own: s.own_ids.contains(&state.id),
-        };
+        let who = self.subject(&name, &state.id);
+        let s = &self.settings;
         if let Some((code, msg)) = crate::commands::refusal(
             s.commands.enabled,
             &s.commands.allow,
@@ -388,46 +398,89 @@ impl Endpoint {
         });
     }
 
-    /// `prune` (SPEC §13, opt-in): each kind in turn, off the endpoint task;
-    /// one result with the bytes reclaimed, then a fresh disk summary.
+    /// `prune` (SPEC §13, §16; opt-in): under the command policy, after —
+    /// never beside — operations: it waits while an update, rollback or
+    /// batch runs, and those wait (`busy`) while it runs. Off the endpoint
+    /// task; one result with the bytes reclaimed, then a fresh disk summary.
     fn start_prune(&mut self, req: Request, received: std::time::Instant) {
         let topic = self.settings.topics.endpoint_result(&self.id);
-        if self.reads.len() >= MAX_READS {
-            let r = CommandResult::refused(
-                &req,
-                Code::Busy,
-                "too many requests running on this endpoint; retry",
-                received,
-            );
+        let busy = if self.prune_running || self.prune_waiting.is_some() {
+            Some("a prune is already running on this endpoint")
+        } else if self.reads.len() >= MAX_READS {
+            Some("too many requests running on this endpoint; retry")
+        } else {
+            None
+        };
+        if let Some(why) = busy {
+            let r = CommandResult::refused(&req, Code::Busy, why, received);
             return self.send_result_to(topic, r);
         }
-        let what = req.what.clone().unwrap_or_else(|| {
-            crate::commands::DEFAULT_PRUNE
-                .iter()
-                .map(|w| w.to_string())
-                .collect()
-        });
+        if self.operations_running() {
+            tracing::info!(endpoint = %self.id, "prune waits for the running operations");
+            self.prune_waiting = Some((req, received));
+            return;
+        }
+        self.launch_prune(req, received);
+    }
+
+    /// An update, rollback or batch is under way on this endpoint.
+    fn operations_running(&self) -> bool {
+        self.batch.is_some() || self.pending.values().any(Pending::is_op)
+    }
+
+    /// A waiting `prune` starts once the last operation ended.
+    fn after_operation(&mut self) {
+        if !self.operations_running()
+            && let Some((req, received)) = self.prune_waiting.take()
+        {
+            self.launch_prune(req, received);
+        }
+    }
+
+    fn launch_prune(&mut self, req: Request, received: std::time::Instant) {
+        let topic = self.settings.topics.endpoint_result(&self.id);
+        let s = &self.settings;
+        // The stopped containers the one policy lets go (the table holds only
+        // mirrored ones: what the filters exclude is never a candidate).
+        let containers = self
+            .containers
+            .iter()
+            .filter(|(_, st)| !st.running)
+            .filter(|(name, st)| {
+                let who = self.subject(name, &st.id);
+                crate::commands::refusal(s.commands.enabled, &s.commands.allow, "prune", Some(&who))
+                    .is_none()
+            })
+            .map(|(_, st)| st.id.clone())
+            .collect();
+        let plan = crate::docker::prune::PrunePlan {
+            what: req.what.clone().unwrap_or_else(|| {
+                crate::commands::DEFAULT_PRUNE
+                    .iter()
+                    .map(|w| w.to_string())
+                    .collect()
+            }),
+            label: req.label.clone(),
+            all_volumes: req.all_volumes,
+            containers,
+        };
         let client = self.client.clone();
-        tracing::info!(endpoint = %self.id, ?what, "pruning");
+        tracing::info!(endpoint = %self.id, what = ?plan.what, containers = plan.containers.len(), "pruning");
+        self.prune_running = true;
         self.reads.spawn(async move {
-            let mut reclaimed = 0i64;
-            let mut r = None;
-            for w in &what {
-                match client.prune(w, req.label.as_deref()).await {
-                    Ok(n) => reclaimed += n,
-                    Err(e) => {
-                        r = Some(CommandResult::refused(
-                            &req,
-                            Code::EngineError,
-                            format!("prune {w}: {e}"),
-                            received,
-                        ));
-                        break;
-                    }
+            let r = match client.prune_planned(&plan).await {
+                Ok(n) => {
+                    let mut r = CommandResult::ok(&req, None, received);
+                    r.reclaimed_bytes = Some(n);
+                    r
                 }
-            }
-            let mut r = r.unwrap_or_else(|| CommandResult::ok(&req, None, received));
-            r.reclaimed_bytes = Some(reclaimed);
+                Err((w, e)) => CommandResult::refused(
+                    &req,
+                    Code::EngineError,
+                    format!("prune {w}: {e}"),
+                    received,
+                ),
+            };
             (topic, r)
         });
     }
@@ -480,6 +533,12 @@ impl Endpoint {
     ) -> Result<(), Box<CommandResult>> {
         let refuse =
             |code: Code, msg: String| Box::new(CommandResult::refused(&req, code, msg, received));
+        if self.prune_running {
+            return Err(refuse(
+                Code::Busy,
+                "a prune is running on this endpoint; retry when it ends".into(),
+            ));
+        }
         let Some(state) = self.containers.get(name) else {
             return Err(refuse(
                 Code::NotFound,
@@ -696,6 +755,7 @@ impl Endpoint {
         } else if let Some(r) = result {
             self.send_result(&name, r);
         }
+        self.after_operation();
     }
 
     /// `<ct>/history` (retained) of a container in the table, on republish.
@@ -740,11 +800,7 @@ impl Endpoint {
             let Some(state) = self.containers.get(&name) else {
                 continue;
             };
-            let who = crate::commands::Subject {
-                label_off: self.no_commands.contains(&name),
-                protected: s.protect.is_match(&name),
-                own: s.own_ids.contains(&state.id),
-            };
+            let who = self.subject(&name, &state.id);
             let refusal = crate::commands::refusal(
                 s.commands.enabled,
                 &s.commands.allow,
@@ -791,6 +847,7 @@ impl Endpoint {
                 since: None,
                 what: None,
                 label: None,
+                all_volumes: false,
             };
             let received = std::time::Instant::now();
             if self.pending.contains_key(&name) {
@@ -866,6 +923,7 @@ impl Endpoint {
         }
         tracing::info!(endpoint = %self.id, action = %b.req.action, ok = r.ok, "batch done");
         self.send_result_to(b.topic, r);
+        self.after_operation();
     }
 
     /// Called whenever a container's state is published.

@@ -138,6 +138,11 @@ impl Endpoint {
         } else {
             self.no_commands.remove(&name);
         }
+        if crate::filter::logs_disabled(&ins.config.labels) {
+            self.no_logs.insert(name.clone());
+        } else {
+            self.no_logs.remove(&name);
+        }
         let mut state = ContainerState::from_inspect(&self.id, &ins);
         self.overlays.settle(id, asked, &mut state);
         self.publish_state(&name, state, false);

@@ -224,6 +224,11 @@ pub struct Endpoint {
     follow_labels: HashMap<String, std::collections::BTreeMap<String, String>>,
     /// Names whose label `dockside.commands=false` refuses commands.
     no_commands: HashSet<String>,
+    /// Containers with the label `dockside.logs=false`.
+    no_logs: HashSet<String>,
+    /// `prune` runs after operations, never beside them (SPEC §16).
+    prune_running: bool,
+    prune_waiting: Option<(crate::commands::Request, std::time::Instant)>,
     /// name → the command running on it (one at a time).
     pending: HashMap<String, Pending>,
     last_command: HashMap<String, Instant>,
@@ -315,6 +320,9 @@ impl Endpoint {
             restarted: false,
             shared_cursor: Arc::new(AtomicI64::new(0)),
             no_commands: HashSet::new(),
+            no_logs: HashSet::new(),
+            prune_running: false,
+            prune_waiting: None,
             follow_labels: HashMap::new(),
             pending: HashMap::new(),
             last_command: HashMap::new(),

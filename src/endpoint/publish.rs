@@ -152,11 +152,7 @@ impl Endpoint {
             return;
         };
         let s = &self.settings;
-        let who = crate::commands::Subject {
-            label_off: self.no_commands.contains(name),
-            protected: s.protect.is_match(name),
-            own: s.own_ids.contains(&state.id),
-        };
+        let who = self.subject(name, &state.id);
         let facts = ContainerFacts {
             image: state.image.clone(),
             words: ha.container_words(&who),

@@ -149,6 +149,7 @@ impl Endpoint {
                     match res {
                         Ok((topic, r)) => {
                             if r.action.as_deref() == Some("prune") {
+                                self.prune_running = false;
                                 self.ask_disk(true);
                             }
                             if topic.ends_with("/result") && topic.contains("/_stacks/") {
@@ -157,7 +158,11 @@ impl Endpoint {
                             }
                             self.send_result_to(topic, r);
                         }
-                        Err(e) => tracing::error!(endpoint = %self.id, error = %e, "logs or prune task failed"),
+                        Err(e) => {
+                            // A prune that panicked must not keep updates busy for ever.
+                            self.prune_running = false;
+                            tracing::error!(endpoint = %self.id, error = %e, "logs or prune task failed");
+                        }
                     }
                 }
                 Some(res) = self.disk_task.join_next(), if !self.disk_task.is_empty() => {

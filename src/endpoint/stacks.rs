@@ -149,14 +149,12 @@ impl Endpoint {
             return Some(r);
         }
         st.containers.iter().find_map(|name| {
-            let who = crate::commands::Subject {
-                label_off: self.no_commands.contains(name),
-                protected: s.protect.is_match(name),
-                own: self
-                    .containers
-                    .get(name)
-                    .is_some_and(|c| s.own_ids.contains(&c.id)),
-            };
+            let id = self
+                .containers
+                .get(name)
+                .map(|c| c.id.as_str())
+                .unwrap_or("");
+            let who = self.subject(name, id);
             crate::commands::refusal(s.commands.enabled, &s.commands.allow, word, Some(&who))
                 .map(|(code, msg)| (code, format!("{name}: {msg}")))
         })
