@@ -253,3 +253,87 @@ async fn behind_a_read_only_socket_proxy() {
     let log = ds.log_text();
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// The socket proxy the project ships (config/socket-proxy/haproxy.cfg,
+/// SPEC §16): reads and the default words go through; `pause` (not in the
+/// default allow list) and a read dockside never makes are refused with 403,
+/// which dockside reports as a clear `engine_error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_the_shipped_socket_proxy() {
+    let broker = Broker::start();
+    let shipped = std::fs::read_to_string(project_dir().join("config/socket-proxy/haproxy.cfg"))
+        .expect("config/socket-proxy/haproxy.cfg");
+    let port = free_port();
+    let cfg = shipped
+        .replace("bind 127.0.0.1:2375", &format!("bind 127.0.0.1:{port}"))
+        .replace(
+            "unix@/var/run/docker.sock",
+            &format!("unix@{}", engine_socket()),
+        );
+    assert_ne!(cfg, shipped);
+    let proxy = SocketProxy::start_config(port, &cfg);
+    let ct = Containers::new(&unique("dssp"));
+    let app = ct.name("app");
+    run_sleeper(&app, IMAGE, &[]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let base = unique("t");
+    let config = format!(
+        "{}\n{}[commands]\nallow = [\"start\",\"stop\",\"restart\",\"pause\"]\nmin_interval = \"0s\"\n",
+        base_config(&broker, &base, &dir.path().join("state"), &ct.prefix),
+        proxy.endpoint_toml()
+    );
+    let _ds = Dockside::start(dir.path(), &config);
+    let c = Collector::start(broker.port, &format!("{base}/#")).await;
+    let state = format!("{base}/local/{app}/state");
+    c.wait_state(&state, T, |s| s["running"] == true).await;
+    let set = format!("{base}/local/{app}/set");
+    for (i, (word, want)) in [
+        ("stop", "exited"),
+        ("start", "running"),
+        ("restart", "running"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let rid = format!("sp{i}");
+        let r = c
+            .command(
+                &set,
+                &format!(r#"{{"action":"{word}","request_id":"{rid}"}}"#),
+                &rid,
+                T,
+            )
+            .await;
+        assert_eq!(r["ok"], true, "{word}: {r}");
+        assert_eq!(r["state"], *want, "{r}");
+    }
+    let r = c
+        .command(
+            &set,
+            r#"{"action":"pause","request_id":"sp-pause"}"#,
+            "sp-pause",
+            T,
+        )
+        .await;
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["code"], "engine_error", "{r}");
+    assert!(r["error"].as_str().is_some_and(|e| !e.is_empty()), "{r}");
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.Status}}", &app]),
+        "running"
+    );
+    // A read dockside never makes (a container's whole filesystem): refused.
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("proxy");
+    write!(
+        s,
+        "GET /containers/{app}/export HTTP/1.0\r\nHost: docker\r\n\r\n"
+    )
+    .expect("write");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.0 403") || answer.starts_with("HTTP/1.1 403"),
+        "{answer:.100}"
+    );
+}
