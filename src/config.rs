@@ -172,6 +172,13 @@ pub struct MqttConfig {
     pub embedded_username: Option<String>,
     pub embedded_password: Option<String>,
     pub embedded_password_file: Option<PathBuf>,
+    /// Let clients in without credentials on an address beyond loopback
+    /// (SPEC §16: refused unless set; whoever reaches the broker could stop
+    /// every container).
+    pub embedded_allow_anonymous: bool,
+    /// Connections at once from one source address (SPEC §16), so that one
+    /// host's idle sockets never lock the others out.
+    pub embedded_max_connections_per_ip: usize,
 }
 
 /// Default `mqtt.embedded_listen`.
@@ -208,6 +215,8 @@ impl Default for MqttConfig {
             embedded_username: None,
             embedded_password: None,
             embedded_password_file: None,
+            embedded_allow_anonymous: false,
+            embedded_max_connections_per_ip: 16,
         }
     }
 }
@@ -682,6 +691,23 @@ impl Config {
                     "set both embedded_username and embedded_password (or neither)",
                 ));
             }
+        }
+        if !(1..=256).contains(&m.embedded_max_connections_per_ip) {
+            return Err(invalid(
+                "mqtt.embedded_max_connections_per_ip",
+                "from 1 to 256",
+            ));
+        }
+        if !addr.ip().is_loopback() && m.embedded_username.is_none() && !m.embedded_allow_anonymous
+        {
+            return Err(invalid(
+                "mqtt.embedded_allow_anonymous",
+                format!(
+                    "the embedded broker would listen on {addr}, beyond this machine, with no credentials: \
+                     anyone on the network could stop your containers. Set embedded_username and \
+                     embedded_password[_file], or embedded_allow_anonymous = true to accept that"
+                ),
+            ));
         }
         let host = match addr.ip() {
             std::net::IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_string(),
@@ -1203,6 +1229,39 @@ mod tests {
         let mut f = tempfile::NamedTempFile::new().expect("tempfile");
         f.write_all(toml_text.as_bytes()).expect("write");
         Config::load(Some(f.path()), &env(vars))
+    }
+
+    #[test]
+    fn an_embedded_broker_beyond_loopback_needs_users_or_an_explicit_yes() {
+        let e = load_str(
+            "[mqtt]\nembedded = true\nembedded_listen = \"0.0.0.0:1883\"\n",
+            &[],
+        )
+        .expect_err("anonymous on the LAN");
+        assert!(
+            e.to_string().contains("mqtt.embedded_allow_anonymous"),
+            "{e}"
+        );
+        load_str(
+            "[mqtt]\nembedded = true\nembedded_listen = \"0.0.0.0:1883\"\nembedded_allow_anonymous = true\n",
+            &[],
+        )
+        .expect("said yes");
+        load_str(
+            "[mqtt]\nembedded = true\nembedded_listen = \"0.0.0.0:1883\"\nembedded_username = \"ha\"\nembedded_password = \"pw\"\n",
+            &[],
+        )
+        .expect("with a user");
+        load_str(
+            "[mqtt]\nembedded = true\nembedded_listen = \"127.0.0.1:1883\"\n",
+            &[],
+        )
+        .expect("loopback");
+        load_str(
+            "[mqtt]\nembedded = true\nembedded_listen = \"[::1]:1883\"\n",
+            &[],
+        )
+        .expect("loopback v6");
     }
 
     #[test]

@@ -28,8 +28,8 @@ const SEGMENT_BYTES: usize = 64 << 10;
 const SEGMENTS: usize = 2;
 const MAX_CONNECTIONS: usize = 256;
 const START_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a new connection may take to send its CONNECT (as rumqttd's own).
-const CONNECT_WAIT: Duration = Duration::from_secs(10);
+/// How long a new connection may take to send its CONNECT (SPEC §16).
+const CONNECT_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
@@ -64,6 +64,7 @@ pub fn start(cfg: &MqttConfig) -> Result<EmbeddedBroker, EmbeddedError> {
     let v4 = loopback_port()?;
     let v5 = loopback_port()?;
     let config = broker_config(cfg, v4, v5);
+    let per_ip = cfg.embedded_max_connections_per_ip;
     std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {
@@ -98,7 +99,7 @@ pub fn start(cfg: &MqttConfig) -> Result<EmbeddedBroker, EmbeddedError> {
                     return;
                 }
             };
-            runtime.block_on(front_listener(front, v4, v5));
+            runtime.block_on(front_listener(front, v4, v5, per_ip));
         })
         .map_err(|e| EmbeddedError::Start(e.to_string()))?;
     let connect_to = match addr.ip() {
@@ -179,9 +180,40 @@ fn loopback_port() -> Result<SocketAddr, EmbeddedError> {
         .map_err(|e| EmbeddedError::Start(format!("no loopback port for the broker: {e}")))
 }
 
+/// Connections open per source address; a slot is given back when dropped.
+#[derive(Debug, Default, Clone)]
+struct PerAddress(std::sync::Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>);
+
+struct AddressSlot(PerAddress, std::net::IpAddr);
+
+impl PerAddress {
+    fn take(&self, ip: std::net::IpAddr, cap: usize) -> Option<AddressSlot> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut m = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.1) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
+}
+
 /// Accepts on the user's address and splices each connection to rumqttd's
-/// listener for its protocol level. At most `MAX_CONNECTIONS` at once.
-async fn front_listener(front: TcpListener, v4: SocketAddr, v5: SocketAddr) {
+/// listener for its protocol level. At most `MAX_CONNECTIONS` at once, and
+/// `per_ip` from one source address.
+async fn front_listener(front: TcpListener, v4: SocketAddr, v5: SocketAddr, per_ip: usize) {
     let listener = match tokio::net::TcpListener::from_std(front) {
         Ok(l) => l,
         Err(e) => {
@@ -190,6 +222,7 @@ async fn front_listener(front: TcpListener, v4: SocketAddr, v5: SocketAddr) {
         }
     };
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_address = PerAddress::default();
     loop {
         let (client, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -200,6 +233,10 @@ async fn front_listener(front: TcpListener, v4: SocketAddr, v5: SocketAddr) {
                 continue;
             }
         };
+        let Some(mine) = per_address.take(peer.ip(), per_ip) else {
+            tracing::warn!(%peer, limit = per_ip, "embedded broker: too many connections from this address, refused one");
+            continue;
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "embedded broker: too many connections, refused one");
             continue;
@@ -208,7 +245,7 @@ async fn front_listener(front: TcpListener, v4: SocketAddr, v5: SocketAddr) {
             if let Err(e) = splice(client, v4, v5).await {
                 tracing::debug!(%peer, error = %e, "embedded broker: connection ended");
             }
-            drop(slot);
+            drop((slot, mine));
         });
     }
 }
@@ -356,6 +393,18 @@ mod tests {
         assert!(protocol_level(&[0x30, 0]).is_err(), "PUBLISH first");
         assert!(protocol_level(&[0x10, 0xff, 0xff, 0xff, 0xff, 0x01]).is_err());
         assert!(protocol_level(&[0x10, 0x10, 0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn connections_per_address_are_capped_and_given_back() {
+        let p = PerAddress::default();
+        let a: std::net::IpAddr = [127, 0, 0, 1].into();
+        let b: std::net::IpAddr = [127, 0, 0, 2].into();
+        let held: Vec<_> = (0..3).map(|_| p.take(a, 3).expect("slot")).collect();
+        assert!(p.take(a, 3).is_none(), "a fourth from the same address");
+        assert!(p.take(b, 3).is_some(), "another address is not locked out");
+        drop(held);
+        assert!(p.take(a, 3).is_some(), "given back");
     }
 
     #[test]

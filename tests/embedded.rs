@@ -295,4 +295,99 @@ async fn credentials_loopback_only_and_port_in_use() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{err}");
     assert!(err.contains("mqtt.embedded_listen"), "{err}");
+
+    // SPEC §16: beyond loopback with no credentials: refused at start, naming
+    // the key that would allow it; nothing listens.
+    let open = free_port();
+    let cfg = config(open, &base, dir2.path(), &ct.prefix, "")
+        .replace(&format!("127.0.0.1:{open}"), &format!("0.0.0.0:{open}"));
+    std::fs::write(&path, cfg).expect("cfg");
+    let out = Command::new(env!("CARGO_BIN_EXE_dockside"))
+        .args(["--config", &path.display().to_string()])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("mqtt.embedded_allow_anonymous"), "{err}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", open)).is_err());
+}
+
+/// SPEC §16: a client must send CONNECT within 5 s, and one source address
+/// holds at most `embedded_max_connections_per_ip` connections: a host's idle
+/// sockets never lock another host (127.0.0.2 here) out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_from_one_host_never_lock_out_another() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = free_port();
+    let base = unique("t");
+    let dir = tempfile::tempdir().expect("tmp");
+    let ct = Containers::new(&unique("dsip"));
+    let _d = Dockside::start(
+        dir.path(),
+        &config(
+            port,
+            &base,
+            dir.path(),
+            &ct.prefix,
+            "embedded_max_connections_per_ip = 4",
+        ),
+    );
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = std::time::Instant::now() + T;
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "embedded broker not up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // dockside's own client connects through this listener too: it holds
+    // one of 127.0.0.1's four slots.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut idle = Vec::new();
+    let mut refused = None;
+    for _ in 0..5 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut b = [0u8; 1];
+        match tokio::time::timeout(Duration::from_millis(500), s.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                refused = Some(idle.len());
+                break;
+            }
+            _ => idle.push(s),
+        }
+    }
+    assert!(
+        refused.is_some_and(|n| n <= 4),
+        "the 5th socket from one address is refused: {refused:?}"
+    );
+    // Another host gets in and through MQTT at once.
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind(([127, 0, 0, 2], 0).into())
+        .expect("bind 127.0.0.2");
+    let mut other = sock.connect(addr).await.expect("connect from 127.0.0.2");
+    let connect = [
+        0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 10, 0, 2, b'h', b'a',
+    ];
+    other.write_all(&connect).await.expect("CONNECT");
+    let mut ack = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), other.read_exact(&mut ack))
+        .await
+        .expect("CONNACK in time")
+        .expect("CONNACK");
+    assert_eq!(ack, [0x20, 2, 0, 0]);
+    // The idle ones are dropped once their 5 s to send CONNECT are up.
+    let started = std::time::Instant::now();
+    let mut s = idle.pop().expect("an idle socket");
+    let mut b = [0u8; 1];
+    let r = tokio::time::timeout(Duration::from_secs(8), s.read(&mut b)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "idle socket still open: {r:?}"
+    );
+    assert!(
+        started.elapsed() <= Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
 }
