@@ -23,6 +23,8 @@ pub mod payloads;
 pub mod persist;
 pub mod portainer;
 pub mod problem;
+#[cfg(test)]
+mod proptests;
 pub mod registry;
 pub mod signals;
 pub mod stacks;

@@ -14,7 +14,7 @@ mod publish;
 mod session;
 mod stacks;
 mod stats;
-mod transitions;
+pub(crate) mod transitions;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;

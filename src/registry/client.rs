@@ -662,7 +662,7 @@ pub fn child_for(index: &[u8], p: &Platform) -> Result<Option<String>, RegistryE
 }
 
 /// `</v2/x/tags/list?last=b&n=2>; rel="next"` → the URL.
-fn next_link(link: &str) -> Option<String> {
+pub(crate) fn next_link(link: &str) -> Option<String> {
     link.split(',').find_map(|part| {
         let (url, params) = part.split_once(';')?;
         params.contains("rel=\"next\"").then(|| {
