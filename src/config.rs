@@ -1232,6 +1232,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_loads() {
+        let text = include_str!("../config/dockside.example.toml");
+        let cfg = load_str(text, &[]).expect("config/dockside.example.toml");
+        assert_eq!(cfg.mqtt.embedded_max_connections_per_ip, 16);
+        assert!(!cfg.mqtt.embedded);
+    }
+
+    #[test]
     fn an_embedded_broker_beyond_loopback_needs_users_or_an_explicit_yes() {
         let e = load_str(
             "[mqtt]\nembedded = true\nembedded_listen = \"0.0.0.0:1883\"\n",
