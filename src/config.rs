@@ -59,7 +59,12 @@ macro_rules! redacted_debug {
         }
     };
 }
-redacted_debug!(MqttConfig, password, embedded_password);
+impl std::fmt::Debug for MqttConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let json = serde_json::to_string(&self.redacted()).map_err(|_| std::fmt::Error)?;
+        write!(f, "MqttConfig {json}")
+    }
+}
 redacted_debug!(PortainerConfig, api_key, password);
 redacted_debug!(RegistryCredentials, password);
 
@@ -179,6 +184,48 @@ pub struct MqttConfig {
     /// Connections at once from one source address (SPEC §16), so that one
     /// host's idle sockets never lock the others out.
     pub embedded_max_connections_per_ip: usize,
+    /// `[[mqtt.embedded_users]]`: who else may connect, and what they may
+    /// publish (SPEC §16). `embedded_username` is dockside's own credential.
+    pub embedded_users: Vec<EmbeddedUser>,
+}
+
+/// A client of the embedded broker with its role (SPEC §16).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedUser {
+    pub username: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    pub role: EmbeddedRole,
+}
+
+/// `read`: subscribe to anything, publish only Home Assistant's birth topic;
+/// `control`: also the command topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbeddedRole {
+    Read,
+    Control,
+}
+
+impl MqttConfig {
+    /// A copy with every secret replaced (Debug, check-config).
+    pub fn redacted(&self) -> Self {
+        let mut c = self.clone();
+        for p in [&mut c.password, &mut c.embedded_password] {
+            if p.is_some() {
+                *p = Some(REDACTED.into());
+            }
+        }
+        for u in &mut c.embedded_users {
+            if u.password.is_some() {
+                u.password = Some(REDACTED.into());
+            }
+        }
+        c
+    }
 }
 
 /// Default `mqtt.embedded_listen`.
@@ -217,6 +264,7 @@ impl Default for MqttConfig {
             embedded_password_file: None,
             embedded_allow_anonymous: false,
             embedded_max_connections_per_ip: 16,
+            embedded_users: Vec::new(),
         }
     }
 }
@@ -692,6 +740,43 @@ impl Config {
                 ));
             }
         }
+        let mut seen = std::collections::HashSet::new();
+        for (i, u) in m.embedded_users.iter_mut().enumerate() {
+            let key = format!("mqtt.embedded_users[{i}]");
+            if u.username.is_empty() || u.username.contains(['\0', ':']) {
+                return Err(invalid(&key, "username must be a non-empty name"));
+            }
+            if !seen.insert(u.username.clone())
+                || m.embedded_username.as_deref() == Some(&u.username)
+            {
+                return Err(invalid(
+                    &key,
+                    format!("username `{}` is given twice", u.username),
+                ));
+            }
+            match (&u.password, &u.password_file) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        &key,
+                        "set either password or password_file, not both",
+                    ));
+                }
+                (None, None) => return Err(invalid(&key, "set password or password_file")),
+                (None, Some(f)) => {
+                    u.password = Some(read_secret(&format!("{key}.password_file"), f)?)
+                }
+                (Some(_), None) => {}
+            }
+            if u.password.as_deref().is_some_and(str::is_empty) {
+                return Err(invalid(&key, "the password is empty"));
+            }
+        }
+        if !m.embedded_users.is_empty() && m.embedded_username.is_none() {
+            return Err(invalid(
+                "mqtt.embedded_users",
+                "needs embedded_username and embedded_password: the credential dockside itself uses",
+            ));
+        }
         if !(1..=256).contains(&m.embedded_max_connections_per_ip) {
             return Err(invalid(
                 "mqtt.embedded_max_connections_per_ip",
@@ -1064,12 +1149,7 @@ impl Config {
     /// The effective config as TOML with every secret replaced.
     pub fn redacted_toml(&self) -> String {
         let mut copy = self.clone();
-        if copy.mqtt.password.is_some() {
-            copy.mqtt.password = Some(REDACTED.into());
-        }
-        if copy.mqtt.embedded_password.is_some() {
-            copy.mqtt.embedded_password = Some(REDACTED.into());
-        }
+        copy.mqtt = self.mqtt.redacted();
         for r in copy.updates.registries.values_mut() {
             if r.password.is_some() {
                 r.password = Some(REDACTED.into());
@@ -1229,6 +1309,47 @@ mod tests {
         let mut f = tempfile::NamedTempFile::new().expect("tempfile");
         f.write_all(toml_text.as_bytes()).expect("write");
         Config::load(Some(f.path()), &env(vars))
+    }
+
+    #[test]
+    fn embedded_users_need_a_role_and_never_show_their_passwords() {
+        let cfg = load_str(
+            "[mqtt]\nembedded = true\nembedded_username = \"self\"\nembedded_password = \"s-secret\"\n[[mqtt.embedded_users]]\nusername = \"ha\"\npassword = \"h-secret\"\nrole = \"read\"\n",
+            &[],
+        )
+        .expect("config");
+        assert_eq!(cfg.mqtt.embedded_users[0].role, EmbeddedRole::Read);
+        let shown = format!("{:?}\n{}", cfg.mqtt, cfg.redacted_toml());
+        assert!(
+            !shown.contains("h-secret") && !shown.contains("s-secret"),
+            "{shown}"
+        );
+        for (toml, key) in [
+            (
+                "[[mqtt.embedded_users]]\nusername = \"ha\"\npassword = \"p\"\nrole = \"admin\"\n",
+                "mqtt",
+            ),
+            (
+                "[[mqtt.embedded_users]]\nusername = \"ha\"\nrole = \"read\"\n",
+                "embedded_users[0]",
+            ),
+            (
+                "[[mqtt.embedded_users]]\nusername = \"self\"\npassword = \"p\"\nrole = \"read\"\n",
+                "embedded_users[0]",
+            ),
+        ] {
+            let text = format!(
+                "[mqtt]\nembedded = true\nembedded_username = \"self\"\nembedded_password = \"s\"\n{toml}"
+            );
+            let e = load_str(&text, &[]).expect_err(toml);
+            assert!(e.to_string().contains(key), "{e}");
+        }
+        let e = load_str(
+            "[mqtt]\nembedded = true\n[[mqtt.embedded_users]]\nusername = \"ha\"\npassword = \"p\"\nrole = \"read\"\n",
+            &[],
+        )
+        .expect_err("users without dockside's own credential");
+        assert!(e.to_string().contains("mqtt.embedded_users"), "{e}");
     }
 
     #[test]

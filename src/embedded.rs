@@ -10,15 +10,18 @@
 //! rumqttd serves MQTT 3.1.1 and 5 on separate listeners, but clients expect
 //! both on one port (Home Assistant 2026.11 speaks 5 by default, dockside and
 //! Jeedom 3.1.1). So `mqtt.embedded_listen` is a small front listener of ours:
-//! it reads a connection's CONNECT header up to the protocol level and splices
-//! the connection to rumqttd's v4 or v5 listener on loopback. Written by hand
-//! because no crate does this for rumqttd; it is a byte copy, nothing more.
+//! it reads a connection's CONNECT, connects it to rumqttd's v4 or v5 listener
+//! on loopback, and passes each packet the client sends through the gate
+//! (`embedded_gate`: what its credentials' role may publish, SPEC §16);
+//! what the broker sends goes back untouched. rumqttd has no publish hook,
+//! so this is where the rule is enforced, without patching it.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::config::MqttConfig;
+use crate::config::{HomeAssistantConfig, MqttConfig};
+use crate::embedded_gate::{self as gate, Role};
 
 /// Largest packet a client may send (discovery configs are the biggest: ~30 KiB).
 const MAX_PAYLOAD: usize = 256 << 10;
@@ -53,8 +56,50 @@ pub struct EmbeddedBroker {
     pub addr: SocketAddr,
 }
 
+/// rumqttd's own MQTT 3.1.1 listener on loopback, for dockside's own client:
+/// it publishes everything, so it does not pass the gate. The broker lives
+/// as long as the process, so this is set once.
+static DIRECT: std::sync::OnceLock<SocketAddr> = std::sync::OnceLock::new();
+
+/// Where dockside's own client connects, once the embedded broker runs.
+pub fn direct_addr() -> Option<SocketAddr> {
+    DIRECT.get().copied()
+}
+
+/// Who may connect and publish what: credentials and topics (SPEC §16).
+#[derive(Clone)]
+struct Gate {
+    own: Option<(String, String)>,
+    users: Vec<(String, String, Role)>,
+    topics: gate::Topics,
+}
+
+impl Gate {
+    fn new(cfg: &MqttConfig, ha: &HomeAssistantConfig) -> Self {
+        Self {
+            own: cfg
+                .embedded_username
+                .clone()
+                .zip(cfg.embedded_password.clone()),
+            users: cfg
+                .embedded_users
+                .iter()
+                .filter_map(|u| Some((u.username.clone(), u.password.clone()?, u.role.into())))
+                .collect(),
+            topics: gate::Topics {
+                base: cfg.base_topic.clone(),
+                discovery_prefix: ha.discovery_prefix.clone(),
+                birth: ha
+                    .birth_topic
+                    .clone()
+                    .unwrap_or_else(|| format!("{}/status", ha.discovery_prefix)),
+            },
+        }
+    }
+}
+
 /// Starts the broker on `mqtt.embedded_listen` and waits until it accepts.
-pub fn start(cfg: &MqttConfig) -> Result<EmbeddedBroker, EmbeddedError> {
+pub fn start(cfg: &MqttConfig, ha: &HomeAssistantConfig) -> Result<EmbeddedBroker, EmbeddedError> {
     let addr = cfg
         .embedded_socket_addr()
         .map_err(|e| EmbeddedError::Start(e.to_string()))?;
@@ -65,6 +110,7 @@ pub fn start(cfg: &MqttConfig) -> Result<EmbeddedBroker, EmbeddedError> {
     let v5 = loopback_port()?;
     let config = broker_config(cfg, v4, v5);
     let per_ip = cfg.embedded_max_connections_per_ip;
+    let gate = Gate::new(cfg, ha);
     std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {
@@ -83,6 +129,7 @@ pub fn start(cfg: &MqttConfig) -> Result<EmbeddedBroker, EmbeddedError> {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+    let _ = DIRECT.set(v4);
     front
         .set_nonblocking(true)
         .map_err(|e| EmbeddedError::Start(e.to_string()))?;
@@ -99,7 +146,7 @@ pub fn start(cfg: &MqttConfig) -> Result<EmbeddedBroker, EmbeddedError> {
                     return;
                 }
             };
-            runtime.block_on(front_listener(front, v4, v5, per_ip));
+            runtime.block_on(front_listener(front, v4, v5, per_ip, gate));
         })
         .map_err(|e| EmbeddedError::Start(e.to_string()))?;
     let connect_to = match addr.ip() {
@@ -213,7 +260,13 @@ impl Drop for AddressSlot {
 /// Accepts on the user's address and splices each connection to rumqttd's
 /// listener for its protocol level. At most `MAX_CONNECTIONS` at once, and
 /// `per_ip` from one source address.
-async fn front_listener(front: TcpListener, v4: SocketAddr, v5: SocketAddr, per_ip: usize) {
+async fn front_listener(
+    front: TcpListener,
+    v4: SocketAddr,
+    v5: SocketAddr,
+    per_ip: usize,
+    gate: Gate,
+) {
     let listener = match tokio::net::TcpListener::from_std(front) {
         Ok(l) => l,
         Err(e) => {
@@ -241,8 +294,9 @@ async fn front_listener(front: TcpListener, v4: SocketAddr, v5: SocketAddr, per_
             tracing::warn!(%peer, "embedded broker: too many connections, refused one");
             continue;
         };
+        let gate = gate.clone();
         tokio::spawn(async move {
-            if let Err(e) = splice(client, v4, v5).await {
+            if let Err(e) = splice(client, v4, v5, &gate).await {
                 tracing::debug!(%peer, error = %e, "embedded broker: connection ended");
             }
             drop((slot, mine));
@@ -250,75 +304,108 @@ async fn front_listener(front: TcpListener, v4: SocketAddr, v5: SocketAddr, per_
     }
 }
 
-/// Reads the CONNECT packet's start, picks the backend, copies both ways.
+/// Reads the CONNECT, picks the backend by its protocol level, and passes
+/// the client's packets on one by one through the gate; the broker's go
+/// back as they come.
 async fn splice(
-    mut client: tokio::net::TcpStream,
+    client: tokio::net::TcpStream,
     v4: SocketAddr,
     v5: SocketAddr,
+    gate: &Gate,
 ) -> std::io::Result<()> {
     use tokio::io::AsyncWriteExt;
     let _ = client.set_nodelay(true);
-    let mut head = Vec::with_capacity(16);
-    let level = tokio::time::timeout(CONNECT_WAIT, read_protocol_level(&mut client, &mut head))
+    let (mut from_client, mut to_client) = client.into_split();
+    let (first, body) = tokio::time::timeout(CONNECT_WAIT, read_packet(&mut from_client))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no CONNECT in time"))??;
-    let backend = if level == 5 { v5 } else { v4 };
-    let mut server = tokio::net::TcpStream::connect(backend).await?;
+    if first >> 4 != 1 {
+        return Err(invalid("the first packet is not CONNECT"));
+    }
+    let connect = gate::parse_connect(&body).map_err(invalid)?;
+    let own = gate.own.as_ref().map(|(u, p)| (u.as_str(), p.as_str()));
+    // No role: forwarded all the same, so the broker refuses it as it does.
+    let role = gate::role_of(&connect, own, &gate.users).unwrap_or(Role::Read);
+    if let Some(w) = &connect.will_topic
+        && !gate.topics.may_publish(role, w)
+    {
+        tracing::warn!(topic = %w, ?role, "embedded broker: a will on a topic its client may not publish; refused");
+        return Err(invalid("forbidden will topic"));
+    }
+    let backend = if connect.level == 5 { v5 } else { v4 };
+    let server = tokio::net::TcpStream::connect(backend).await?;
     let _ = server.set_nodelay(true);
-    server.write_all(&head).await?;
-    tokio::io::copy_bidirectional(&mut client, &mut server).await?;
-    Ok(())
-}
-
-/// Reads bytes into `head` until the CONNECT's protocol level is in it:
-/// fixed header, remaining length (1–4 bytes), protocol name, level byte.
-async fn read_protocol_level(
-    client: &mut tokio::net::TcpStream,
-    head: &mut Vec<u8>,
-) -> std::io::Result<u8> {
-    use tokio::io::AsyncReadExt;
-    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
-    let mut byte = [0u8; 1];
-    loop {
-        if let Some(level) = protocol_level(head).map_err(bad)? {
-            return Ok(level);
+    let (mut from_server, mut to_server) = server.into_split();
+    to_server.write_all(&encode(first, &body)).await?;
+    let down = tokio::spawn(async move { tokio::io::copy(&mut from_server, &mut to_client).await });
+    let up = async {
+        loop {
+            let (first, body) = read_packet(&mut from_client).await?;
+            if first >> 4 == 3 {
+                let (topic, qos) = gate::publish_topic(first, &body).map_err(invalid)?;
+                if topic.is_empty() || !gate.topics.may_publish(role, &topic) {
+                    if qos > 0 {
+                        tracing::warn!(%topic, ?role, "embedded broker: a publish its client may not make; disconnected");
+                        return Err(invalid("forbidden publish"));
+                    }
+                    tracing::debug!(%topic, ?role, "embedded broker: a publish its client may not make; dropped");
+                    continue;
+                }
+            }
+            to_server.write_all(&encode(first, &body)).await?;
         }
-        if client.read(&mut byte).await? == 0 {
-            return Err(bad("closed before CONNECT"));
-        }
-        head.push(byte[0]);
-    }
-}
-
-/// The protocol level of a CONNECT packet's first bytes, `None` while more are needed.
-fn protocol_level(head: &[u8]) -> Result<Option<u8>, &'static str> {
-    let Some(&first) = head.first() else {
-        return Ok(None);
     };
-    if first != 0x10 {
-        return Err("the first packet is not CONNECT");
-    }
-    let mut i = 1;
-    loop {
-        let Some(&b) = head.get(i) else {
-            return Ok(None);
-        };
-        i += 1;
+    let r: std::io::Result<()> = up.await;
+    down.abort();
+    r
+}
+
+fn invalid(m: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string())
+}
+
+/// One whole packet: its first byte and what follows the remaining length
+/// (at most `MAX_PAYLOAD` plus headers, else the connection is dropped).
+async fn read_packet<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> std::io::Result<(u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let first = r.read_u8().await?;
+    let mut len = 0usize;
+    for shift in [0, 7, 14, 21, 28] {
+        if shift == 28 {
+            return Err(invalid("bad remaining length"));
+        }
+        let b = r.read_u8().await?;
+        len |= usize::from(b & 0x7f) << shift;
         if b & 0x80 == 0 {
             break;
         }
-        if i > 4 {
-            return Err("bad remaining length");
+    }
+    if len > MAX_PAYLOAD + 1024 {
+        return Err(invalid("packet too large"));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    Ok((first, body))
+}
+
+/// A packet back on the wire.
+fn encode(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 5);
+    out.push(first);
+    let mut len = body.len();
+    loop {
+        let mut b = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if len == 0 {
+            break;
         }
     }
-    let (Some(&hi), Some(&lo)) = (head.get(i), head.get(i + 1)) else {
-        return Ok(None);
-    };
-    let name_len = usize::from(u16::from_be_bytes([hi, lo]));
-    if name_len > 6 {
-        return Err("not an MQTT protocol name");
-    }
-    Ok(head.get(i + 2 + name_len).copied())
+    out.extend_from_slice(body);
+    out
 }
 
 fn broker_config(cfg: &MqttConfig, v4: SocketAddr, v5: SocketAddr) -> rumqttd::Config {
@@ -331,10 +418,18 @@ fn broker_config(cfg: &MqttConfig, v4: SocketAddr, v5: SocketAddr) -> rumqttd::C
         dynamic_filters: true,
     };
     if let (Some(user), Some(pass)) = (&cfg.embedded_username, &cfg.embedded_password) {
-        let (user, pass) = (user.clone(), pass.clone());
+        let mut known = vec![(user.clone(), pass.clone())];
+        known.extend(
+            cfg.embedded_users
+                .iter()
+                .filter_map(|x| Some((x.username.clone(), x.password.clone()?))),
+        );
         connections.set_auth_handler(move |_client, u: String, p: String| {
-            let ok = constant_time_eq(u.as_bytes(), user.as_bytes())
-                & constant_time_eq(p.as_bytes(), pass.as_bytes());
+            let mut ok = false;
+            for (user, pass) in &known {
+                ok |= constant_time_eq(u.as_bytes(), user.as_bytes())
+                    & constant_time_eq(p.as_bytes(), pass.as_bytes());
+            }
             async move { ok }
         });
     }
@@ -366,7 +461,7 @@ fn broker_config(cfg: &MqttConfig, v4: SocketAddr, v5: SocketAddr) -> rumqttd::C
 }
 
 /// Compares secrets without leaking, through timing, how much of them matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = a.len() ^ b.len();
     for (i, x) in a.iter().enumerate() {
         diff |= usize::from(x ^ b.get(i).copied().unwrap_or(!x));
@@ -377,23 +472,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn protocol_level_of_connect_headers() {
-        // MQTT 3.1.1 and 5 ("MQTT"), 3.1 ("MQIsdp"), a two-byte remaining length.
-        let v4 = [0x10, 0x10, 0, 4, b'M', b'Q', b'T', b'T', 4, 2];
-        assert_eq!(protocol_level(&v4), Ok(Some(4)));
-        let v5 = [0x10, 0x80, 0x01, 0, 4, b'M', b'Q', b'T', b'T', 5];
-        assert_eq!(protocol_level(&v5), Ok(Some(5)));
-        let v3 = [0x10, 0x12, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3];
-        assert_eq!(protocol_level(&v3), Ok(Some(3)));
-        for n in 0..v5.len() {
-            assert_eq!(protocol_level(&v5[..n]), Ok(None), "{n} bytes");
-        }
-        assert!(protocol_level(&[0x30, 0]).is_err(), "PUBLISH first");
-        assert!(protocol_level(&[0x10, 0xff, 0xff, 0xff, 0xff, 0x01]).is_err());
-        assert!(protocol_level(&[0x10, 0x10, 0xff, 0xff]).is_err());
-    }
 
     #[test]
     fn connections_per_address_are_capped_and_given_back() {

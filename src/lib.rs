@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod docker;
 pub mod embedded;
+pub mod embedded_gate;
 pub mod endpoint;
 pub mod filter;
 pub mod health_socket;

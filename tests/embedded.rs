@@ -341,8 +341,6 @@ async fn idle_sockets_from_one_host_never_lock_out_another() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // dockside's own client connects through this listener too: it holds
-    // one of 127.0.0.1's four slots.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut idle = Vec::new();
     let mut refused = None;
@@ -390,4 +388,134 @@ async fn idle_sockets_from_one_host_never_lock_out_another() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// `mosquitto_pub` once: did it succeed?
+fn pub_once(port: u16, auth: (&str, &str), topic: &str, msg: &str, qos: u8, retain: bool) -> bool {
+    let mut cmd = Command::new("mosquitto_pub");
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-u",
+        auth.0,
+        "-P",
+        auth.1,
+        "-t",
+        topic,
+        "-m",
+        msg,
+        "-q",
+        &qos.to_string(),
+    ]);
+    if retain {
+        cmd.arg("-r");
+    }
+    cmd.output()
+        .expect("mosquitto_pub (install mosquitto-clients)")
+        .status
+        .success()
+}
+
+/// SPEC §16: users and roles. `read` subscribes to everything and publishes
+/// only Home Assistant's birth topic; `control` also the command topics;
+/// nobody but dockside publishes a state or a discovery config of its own,
+/// retained or not. A refused QoS 0 publish is dropped; a refused QoS 1 one
+/// ends the connection. Nothing refused changes anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_decide_who_may_publish_what() {
+    let ct = Containers::new(&unique("dsro"));
+    let app = ct.name("app");
+    run_sleeper(&app, IMAGE, &[]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let base = unique("t");
+    let port = free_port();
+    let ctl_pw = dir.path().join("ctl-pw");
+    std::fs::write(&ctl_pw, "c-pw\n").expect("pw");
+    let extra = format!(
+        "embedded_username = \"self\"\nembedded_password = \"self-pw\"\n\
+         [[mqtt.embedded_users]]\nusername = \"reader\"\npassword = \"r-pw\"\nrole = \"read\"\n\
+         [[mqtt.embedded_users]]\nusername = \"ctl\"\npassword_file = \"{}\"\nrole = \"control\"\n",
+        ctl_pw.display()
+    );
+    let ds = Dockside::start(
+        dir.path(),
+        &config(port, &base, dir.path(), &ct.prefix, &extra),
+    );
+    let reader = Collector::start_as(port, &format!("{base}/#"), Some(("reader", "r-pw"))).await;
+    let state = format!("{base}/local/{app}/state");
+    let set = format!("{base}/local/{app}/set");
+    let result = format!("{base}/local/{app}/result");
+    reader.wait_state(&state, T, |s| s["running"] == true).await;
+    let running = || docker(&["inspect", "-f", "{{.State.Running}}", &app]) == "true";
+
+    // read: a command at QoS 0 is dropped, at QoS 1 the connection ends.
+    assert!(pub_once(
+        port,
+        ("reader", "r-pw"),
+        &set,
+        r#"{"action":"stop","request_id":"r0"}"#,
+        0,
+        false
+    ));
+    assert!(!pub_once(
+        port,
+        ("reader", "r-pw"),
+        &set,
+        r#"{"action":"stop","request_id":"r1"}"#,
+        1,
+        false
+    ));
+    assert!(pub_once(
+        port,
+        ("reader", "r-pw"),
+        "homeassistant/status",
+        "online",
+        1,
+        false
+    ));
+    // Nobody but dockside: a fake state and a fake device, retained.
+    for who in [("reader", "r-pw"), ("ctl", "c-pw")] {
+        pub_once(port, who, &state, "fake", 0, true);
+        pub_once(
+            port,
+            who,
+            &format!("homeassistant/device/{base}_local_fake/config"),
+            "{}",
+            0,
+            true,
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(reader.on(&result).is_empty(), "a refused command ran");
+    assert!(running());
+    let fresh = Collector::start_as(port, "#", Some(("reader", "r-pw"))).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        fresh
+            .all()
+            .iter()
+            .all(|m| m.text() != "fake" && !m.topic.contains("_local_fake")),
+        "a fake state or device was stored"
+    );
+    assert_eq!(
+        fresh.latest(&state).map(|m| m.json()["running"].clone()),
+        Some(true.into())
+    );
+
+    // control: the command runs and its one result comes.
+    let ctl = Collector::start_as(port, &result, Some(("ctl", "c-pw"))).await;
+    let r = ctl
+        .command(&set, r#"{"action":"stop","request_id":"c1"}"#, "c1", T)
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(!running());
+    assert!(
+        ds.log_text().contains("may not make"),
+        "refusals are logged"
+    );
+    for secret in ["r-pw", "c-pw", "self-pw"] {
+        assert!(!ds.log_text().contains(secret), "a password in the log");
+    }
 }

@@ -140,11 +140,19 @@ fn read(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, MqttError
 
 fn options(cfg: &Config) -> Result<MqttOptions, MqttError> {
     // Validated at load time; fall back to defaults rather than panic.
-    let addr = cfg.broker_addr().unwrap_or(crate::config::BrokerAddr {
+    let mut addr = cfg.broker_addr().unwrap_or(crate::config::BrokerAddr {
         tls: false,
         host: "localhost".into(),
         port: 1883,
     });
+    // dockside's own client goes straight to the embedded broker, not through
+    // the front listener that gates what clients publish (SPEC §16).
+    if cfg.mqtt.embedded
+        && let Some(direct) = crate::embedded::direct_addr()
+    {
+        addr.host = direct.ip().to_string();
+        addr.port = direct.port();
+    }
     let topics = Topics::new(cfg.mqtt.base_topic.clone());
     let mut o = MqttOptions::new(cfg.client_id(), addr.host.clone(), addr.port);
     o.set_keep_alive(cfg.mqtt.keep_alive);

@@ -84,7 +84,7 @@ pub async fn run(
     let mut config = config;
     // Before anything connects to it; it lives as long as the process.
     let _broker = if config.mqtt.embedded {
-        Some(crate::embedded::start(&config.mqtt)?)
+        Some(crate::embedded::start(&config.mqtt, &config.homeassistant)?)
     } else {
         None
     };
@@ -252,6 +252,9 @@ fn preflight(new: &Config, current: &Config) -> Result<(), String> {
             m.embedded_listen.clone(),
             m.embedded_username.clone(),
             m.embedded_password.clone(),
+            m.embedded_users.clone(),
+            m.embedded_allow_anonymous,
+            m.embedded_max_connections_per_ip,
         )
     };
     if broker(&new.mqtt) != broker(&current.mqtt) {
