@@ -187,6 +187,11 @@ pub struct MqttConfig {
     /// `[[mqtt.embedded_users]]`: who else may connect, and what they may
     /// publish (SPEC §16). `embedded_username` is dockside's own credential.
     pub embedded_users: Vec<EmbeddedUser>,
+    /// MQTT over TLS beside (or, with `embedded_listen` on loopback, instead
+    /// of) the plain listener, with a PEM certificate chain and key.
+    pub embedded_tls_listen: Option<String>,
+    pub embedded_cert_file: Option<PathBuf>,
+    pub embedded_key_file: Option<PathBuf>,
 }
 
 /// A client of the embedded broker with its role (SPEC §16).
@@ -265,6 +270,9 @@ impl Default for MqttConfig {
             embedded_allow_anonymous: false,
             embedded_max_connections_per_ip: 16,
             embedded_users: Vec::new(),
+            embedded_tls_listen: None,
+            embedded_cert_file: None,
+            embedded_key_file: None,
         }
     }
 }
@@ -776,6 +784,35 @@ impl Config {
                 "mqtt.embedded_users",
                 "needs embedded_username and embedded_password: the credential dockside itself uses",
             ));
+        }
+        if let Some(tls) = &m.embedded_tls_listen {
+            let tls_addr: std::net::SocketAddr = tls.trim().parse().map_err(|e| {
+                invalid(
+                    "mqtt.embedded_tls_listen",
+                    format!("`{tls}`: {e} (want ip:port)"),
+                )
+            })?;
+            for (key, f) in [
+                ("mqtt.embedded_cert_file", &m.embedded_cert_file),
+                ("mqtt.embedded_key_file", &m.embedded_key_file),
+            ] {
+                let Some(f) = f else {
+                    return Err(invalid(key, "needed with mqtt.embedded_tls_listen"));
+                };
+                std::fs::metadata(f)
+                    .map_err(|e| invalid(key, format!("cannot read {}: {e}", f.display())))?;
+            }
+            if !tls_addr.ip().is_loopback()
+                && m.embedded_username.is_none()
+                && !m.embedded_allow_anonymous
+            {
+                return Err(invalid(
+                    "mqtt.embedded_allow_anonymous",
+                    format!(
+                        "the embedded broker would serve TLS on {tls_addr}, beyond this machine, with no credentials"
+                    ),
+                ));
+            }
         }
         if !(1..=256).contains(&m.embedded_max_connections_per_ip) {
             return Err(invalid(

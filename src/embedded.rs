@@ -106,6 +106,7 @@ pub fn start(cfg: &MqttConfig, ha: &HomeAssistantConfig) -> Result<EmbeddedBroke
     // rumqttd binds on threads of its own and only logs a failure there: the
     // user's port is bound here, by the front listener, with the key that sets it.
     let front = TcpListener::bind(addr).map_err(|err| EmbeddedError::Bind { addr, err })?;
+    let tls = tls_listener(cfg)?;
     let v4 = loopback_port()?;
     let v5 = loopback_port()?;
     let config = broker_config(cfg, v4, v5);
@@ -130,9 +131,10 @@ pub fn start(cfg: &MqttConfig, ha: &HomeAssistantConfig) -> Result<EmbeddedBroke
         }
     }
     let _ = DIRECT.set(v4);
-    front
-        .set_nonblocking(true)
-        .map_err(|e| EmbeddedError::Start(e.to_string()))?;
+    for l in std::iter::once(&front).chain(tls.as_ref().map(|(l, _)| l)) {
+        l.set_nonblocking(true)
+            .map_err(|e| EmbeddedError::Start(e.to_string()))?;
+    }
     std::thread::Builder::new()
         .name("mqtt-front".into())
         .spawn(move || {
@@ -146,7 +148,22 @@ pub fn start(cfg: &MqttConfig, ha: &HomeAssistantConfig) -> Result<EmbeddedBroke
                     return;
                 }
             };
-            runtime.block_on(front_listener(front, v4, v5, per_ip, gate));
+            let shared = Shared {
+                backends: (v4, v5),
+                per_ip,
+                gate,
+                slots: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+                per_address: PerAddress::default(),
+            };
+            let plain = front_listener(front, None, shared.clone());
+            match tls {
+                Some((l, acceptor)) => {
+                    runtime.block_on(async {
+                        tokio::join!(plain, front_listener(l, Some(acceptor), shared));
+                    });
+                }
+                None => runtime.block_on(plain),
+            }
         })
         .map_err(|e| EmbeddedError::Start(e.to_string()))?;
     let connect_to = match addr.ip() {
@@ -257,16 +274,75 @@ impl Drop for AddressSlot {
     }
 }
 
-/// Accepts on the user's address and splices each connection to rumqttd's
-/// listener for its protocol level. At most `MAX_CONNECTIONS` at once, and
-/// `per_ip` from one source address.
-async fn front_listener(
-    front: TcpListener,
-    v4: SocketAddr,
-    v5: SocketAddr,
+/// What both front listeners (plain and TLS) share.
+#[derive(Clone)]
+struct Shared {
+    backends: (SocketAddr, SocketAddr),
     per_ip: usize,
     gate: Gate,
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
+    per_address: PerAddress,
+}
+
+/// `mqtt.embedded_tls_listen` bound, with its certificate and key loaded.
+fn tls_listener(
+    cfg: &MqttConfig,
+) -> Result<Option<(TcpListener, tokio_rustls::TlsAcceptor)>, EmbeddedError> {
+    let Some(listen) = &cfg.embedded_tls_listen else {
+        return Ok(None);
+    };
+    let bad = |key: &str, m: String| EmbeddedError::Start(format!("{key}: {m}"));
+    let addr: SocketAddr = listen
+        .trim()
+        .parse()
+        .map_err(|e| bad("mqtt.embedded_tls_listen", format!("{e}")))?;
+    let read = |key: &str, f: &Option<std::path::PathBuf>| {
+        let f = f.as_ref().ok_or_else(|| bad(key, "not set".into()))?;
+        std::fs::read(f).map_err(|e| bad(key, format!("{}: {e}", f.display())))
+    };
+    let cert_pem = read("mqtt.embedded_cert_file", &cfg.embedded_cert_file)?;
+    let key_pem = read("mqtt.embedded_key_file", &cfg.embedded_key_file)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut &cert_pem[..])
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad("mqtt.embedded_cert_file", e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad(
+            "mqtt.embedded_cert_file",
+            "no certificate in it".into(),
+        ));
+    }
+    let key = rustls_pemfile::private_key(&mut &key_pem[..])
+        .map_err(|e| bad("mqtt.embedded_key_file", e.to_string()))?
+        .ok_or_else(|| bad("mqtt.embedded_key_file", "no private key in it".into()))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("mqtt.embedded_tls_listen", e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| bad("mqtt.embedded_cert_file", e.to_string()))?;
+    let listener = TcpListener::bind(addr).map_err(|err| EmbeddedError::Bind { addr, err })?;
+    Ok(Some((
+        listener,
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server)),
+    )))
+}
+
+/// Accepts on one of the user's addresses (TLS when `tls`) and splices each
+/// connection to rumqttd's listener for its protocol level. At most
+/// `MAX_CONNECTIONS` at once, and `per_ip` from one source address.
+async fn front_listener(
+    front: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shared: Shared,
 ) {
+    let Shared {
+        backends: (v4, v5),
+        per_ip,
+        gate,
+        slots,
+        per_address,
+    } = shared;
     let listener = match tokio::net::TcpListener::from_std(front) {
         Ok(l) => l,
         Err(e) => {
@@ -274,8 +350,6 @@ async fn front_listener(
             return;
         }
     };
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let per_address = PerAddress::default();
     loop {
         let (client, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -295,8 +369,23 @@ async fn front_listener(
             continue;
         };
         let gate = gate.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = splice(client, v4, v5, &gate).await {
+            let _ = client.set_nodelay(true);
+            let r = match tls {
+                None => splice(client, v4, v5, &gate).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(CONNECT_WAIT, acceptor.accept(client)).await {
+                        Ok(Ok(stream)) => splice(stream, v4, v5, &gate).await,
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "no TLS handshake in time",
+                        )),
+                    }
+                }
+            };
+            if let Err(e) = r {
                 tracing::debug!(%peer, error = %e, "embedded broker: connection ended");
             }
             drop((slot, mine));
@@ -307,15 +396,12 @@ async fn front_listener(
 /// Reads the CONNECT, picks the backend by its protocol level, and passes
 /// the client's packets on one by one through the gate; the broker's go
 /// back as they come.
-async fn splice(
-    client: tokio::net::TcpStream,
-    v4: SocketAddr,
-    v5: SocketAddr,
-    gate: &Gate,
-) -> std::io::Result<()> {
+async fn splice<S>(client: S, v4: SocketAddr, v5: SocketAddr, gate: &Gate) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     use tokio::io::AsyncWriteExt;
-    let _ = client.set_nodelay(true);
-    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_client, mut to_client) = tokio::io::split(client);
     let (first, body) = tokio::time::timeout(CONNECT_WAIT, read_packet(&mut from_client))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no CONNECT in time"))??;

@@ -519,3 +519,79 @@ async fn roles_decide_who_may_publish_what() {
         assert!(!ds.log_text().contains(secret), "a password in the log");
     }
 }
+
+/// SPEC §16: MQTT over TLS beside the plain listener (PEM certificate and
+/// key), with the same users and gate; a client that does not speak TLS
+/// gets nothing there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_with_users() {
+    let ct = Containers::new(&unique("dstl"));
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = Command::new("bash")
+        .arg("-ec")
+        .arg(
+            "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+             -keyout key.pem -out cert.pem -days 2 -subj /CN=localhost \
+             -addext subjectAltName=IP:127.0.0.1 2>/dev/null",
+        )
+        .current_dir(dir.path())
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (port, tls_port) = (free_port(), free_port());
+    let base = unique("t");
+    let extra = format!(
+        "embedded_username = \"self\"\nembedded_password = \"self-pw\"\n\
+         embedded_tls_listen = \"127.0.0.1:{tls_port}\"\n\
+         embedded_cert_file = \"{0}/cert.pem\"\nembedded_key_file = \"{0}/key.pem\"\n\
+         [[mqtt.embedded_users]]\nusername = \"reader\"\npassword = \"r-pw\"\nrole = \"read\"\n",
+        dir.path().display()
+    );
+    let _ds = Dockside::start(
+        dir.path(),
+        &config(port, &base, dir.path(), &ct.prefix, &extra),
+    );
+    let status = format!("{base}/status");
+    let deadline = std::time::Instant::now() + T;
+    while std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "no TLS listener");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cafile = dir.path().join("cert.pem").display().to_string();
+    let tls_sub = |auth: (&str, &str)| {
+        Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &tls_port.to_string(),
+                "--cafile",
+                &cafile,
+            ])
+            .args([
+                "-u", auth.0, "-P", auth.1, "-t", &status, "-C", "1", "-W", "5",
+            ])
+            .output()
+            .expect("mosquitto_sub")
+    };
+    let ok = tls_sub(("reader", "r-pw"));
+    assert!(
+        ok.status.success() && String::from_utf8_lossy(&ok.stdout).contains("online"),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        !tls_sub(("reader", "wrong")).status.success(),
+        "a wrong password over TLS"
+    );
+    // Plain MQTT on the TLS port: nothing.
+    let (ok, out) = sub_once(tls_port, &status, Some(("reader", "r-pw")));
+    assert!(!ok && !out.contains("online"), "{out}");
+    // The plain listener still serves.
+    let (ok, out) = sub_once(port, &status, Some(("reader", "r-pw")));
+    assert!(ok && out.contains("online"), "{out}");
+}
