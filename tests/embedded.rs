@@ -285,30 +285,30 @@ async fn credentials_loopback_only_and_port_in_use() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let busy = taken.local_addr().expect("addr").port();
     let dir2 = tempfile::tempdir().expect("tmp");
-    let cfg = config(busy, &base, dir2.path(), &ct.prefix, "");
     let path = dir2.path().join("dockside.toml");
-    std::fs::write(&path, cfg).expect("cfg");
-    let out = Command::new(env!("CARGO_BIN_EXE_dockside"))
-        .args(["--config", &path.display().to_string()])
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{err}");
-    assert!(err.contains("mqtt.embedded_listen"), "{err}");
+    let refused_naming = |cfg: String, key: &str| {
+        std::fs::write(&path, cfg).expect("cfg");
+        let out = Command::new(env!("CARGO_BIN_EXE_dockside"))
+            .args(["--config", &path.display().to_string()])
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{err}");
+        assert!(err.contains(key), "{err}");
+    };
+    refused_naming(
+        config(busy, &base, dir2.path(), &ct.prefix, ""),
+        "mqtt.embedded_listen",
+    );
 
     // SPEC §16: beyond loopback with no credentials: refused at start, naming
     // the key that would allow it; nothing listens.
     let open = free_port();
-    let cfg = config(open, &base, dir2.path(), &ct.prefix, "")
-        .replace(&format!("127.0.0.1:{open}"), &format!("0.0.0.0:{open}"));
-    std::fs::write(&path, cfg).expect("cfg");
-    let out = Command::new(env!("CARGO_BIN_EXE_dockside"))
-        .args(["--config", &path.display().to_string()])
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{err}");
-    assert!(err.contains("mqtt.embedded_allow_anonymous"), "{err}");
+    refused_naming(
+        config(open, &base, dir2.path(), &ct.prefix, "")
+            .replace(&format!("127.0.0.1:{open}"), &format!("0.0.0.0:{open}")),
+        "mqtt.embedded_allow_anonymous",
+    );
     assert!(std::net::TcpStream::connect(("127.0.0.1", open)).is_err());
 }
 
