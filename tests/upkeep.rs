@@ -12,8 +12,13 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
 
+/// The two tests here take turns, so that neither's prune can touch what the
+/// other is in the middle of checking. Each prunes only under its own label.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn info_has_services_and_disk_and_prune_reclaims_a_dangling_image() {
+    let _turn = TURN.lock().await;
     let broker = Broker::start();
     let ct = Containers::new(&unique("dsk"));
     let dir = tempfile::tempdir().expect("tmp");
@@ -106,7 +111,10 @@ async fn info_has_services_and_disk_and_prune_reclaims_a_dangling_image() {
         .await
         .json();
     assert_eq!(r["ok"], true, "{r}");
-    assert!(r["reclaimed_bytes"].as_i64().is_some_and(|b| b > 0), "{r}");
+    // The engine's own figure: Docker 20.10 often says 0 B for a dangling
+    // image whose layers it removes (`docker image prune` shows the same),
+    // so what is checked is that the image is gone.
+    assert!(r["reclaimed_bytes"].as_i64().is_some_and(|b| b >= 0), "{r}");
     let gone = std::process::Command::new("docker")
         .args(["image", "inspect", &first])
         .output()
@@ -131,6 +139,7 @@ async fn info_has_services_and_disk_and_prune_reclaims_a_dangling_image() {
 /// and for the label `dockside.logs=false`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_and_logs_obey_the_command_policy() {
+    let _turn = TURN.lock().await;
     let broker = Broker::start();
     let ct = Containers::new(&unique("dsq"));
     let dir = tempfile::tempdir().expect("tmp");
