@@ -214,20 +214,7 @@ fn answers_connect(to: SocketAddr, level: u8, cfg: &MqttConfig) -> bool {
         body.push(0); // no properties
     }
     body.extend(payload);
-    let mut packet = vec![0x10];
-    let mut len = body.len();
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        packet.push(byte);
-        if len == 0 {
-            break;
-        }
-    }
-    packet.extend(body);
+    let packet = encode(0x10, &body);
     let mut ack = [0u8; 4];
     let ok = s.write_all(&packet).is_ok()
         && s.read_exact(&mut ack).is_ok()
