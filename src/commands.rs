@@ -55,6 +55,15 @@ pub enum Code {
     Busy,
 }
 
+impl Code {
+    /// `busy` and `rate_limited` are flow control that the result already
+    /// reports: logged at debug, or a flood would write one warning per
+    /// command. Every other refusal or failure is a warning.
+    pub fn is_routine(code: Option<Code>) -> bool {
+        matches!(code, Some(Code::Busy | Code::RateLimited))
+    }
+}
+
 /// Which kind of `set` topic a payload arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {

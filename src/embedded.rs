@@ -25,10 +25,12 @@ use crate::embedded_gate::{self as gate, Role};
 
 /// Largest packet a client may send (discovery configs are the biggest: ~30 KiB).
 const MAX_PAYLOAD: usize = 256 << 10;
-/// Messages kept per subscription filter for slow subscribers: two segments
-/// of this size (bounds memory on a Raspberry Pi).
-const SEGMENT_BYTES: usize = 64 << 10;
-const SEGMENTS: usize = 2;
+/// Messages kept per subscription filter for a subscriber that lags: four
+/// segments of this size, filled only by traffic. 1 MiB holds ~6,000 command
+/// results, so a subscriber to a result topic keeps up with a flood that
+/// dockside answers (SPEC §16); two of 64 KiB lost two thirds of them.
+const SEGMENT_BYTES: usize = 256 << 10;
+const SEGMENTS: usize = 4;
 const MAX_CONNECTIONS: usize = 256;
 const START_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a new connection may take to send its CONNECT (SPEC §16).

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub outbox_dropped: Counter,
     pub mqtt_connected: Gauge,
     pub mqtt_reconnects: Counter,
+    pub commands_received: Counter,
+    pub command_reads_paused: Counter,
     pub endpoint_up: Family<EndpointLabel, Gauge>,
     pub commands: Family<CommandLabels, Counter>,
     pub registry_requests: Family<RegistryLabel, Counter>,
@@ -103,6 +105,8 @@ impl Metrics {
             outbox_dropped: Counter::default(),
             mqtt_connected: Gauge::default(),
             mqtt_reconnects: Counter::default(),
+            commands_received: Counter::default(),
+            command_reads_paused: Counter::default(),
             endpoint_up: Family::default(),
             commands: Family::default(),
             registry_requests: Family::default(),
@@ -152,6 +156,16 @@ impl Metrics {
             "mqtt_reconnects",
             "Connections to the MQTT broker after the first",
             m.mqtt_reconnects.clone(),
+        );
+        r.register(
+            "commands_received",
+            "Messages that arrived on the command topics",
+            m.commands_received.clone(),
+        );
+        r.register(
+            "command_reads_paused",
+            "Times the reading of commands paused until results went out (flow control)",
+            m.command_reads_paused.clone(),
         );
         r.register(
             "endpoint_up",

@@ -385,7 +385,8 @@ async fn an_oversize_packet_is_refused_unread_and_dockside_carries_on() {
     loop {
         let log = d.log_text();
         let refused = log.find("a message over 64 KiB arrived");
-        if refused.is_some_and(|at| log[at..].contains("connected to the MQTT broker")) {
+        // The command session, which read it, subscribes again.
+        if refused.is_some_and(|at| log[at..].contains("command topics subscribed")) {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{log}");
@@ -514,19 +515,26 @@ async fn dockside_never_stops_its_own_container() {
     assert_eq!(r["ok"], true, "{r}");
 }
 
-/// 100,000 commands with distinct request ids within a minute: each gets
-/// exactly one result (`busy` when it cannot even be queued), memory stays
-/// bounded, and dockside is healthy and correct afterwards.
+/// 100,000 commands with distinct request ids published at QoS 0 at the rate
+/// a client reaches (80,000 a second, over a raw socket): every command that
+/// reaches dockside gets exactly one result (`busy` when it cannot even be
+/// queued), none is dropped from the outbox (dockside reads commands more
+/// slowly instead), memory stays bounded, and dockside is healthy and correct
+/// afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_commands_gets_one_result_each_and_bounded_memory() {
     const N: usize = 100_000;
+    const RATE: u64 = 80_000;
     let env = Env::new();
     let name = env.ct.name("flood");
     run(&name, &[]);
+    let http = free_port();
     let states = Collector::start(env.broker.port, &format!("{}/#", env.base)).await;
     let d = Dockside::start(
         env.dir.path(),
-        &env.config("allow = [\"start\", \"stop\"]\nmin_interval = \"0s\""),
+        &env.config(&format!(
+            "allow = [\"start\", \"stop\"]\nmin_interval = \"0s\"\n[http]\nlisten = \"127.0.0.1:{http}\""
+        )),
     );
     states
         .wait_state(&env.state(&name), T, |s| s["running"] == true)
@@ -535,55 +543,37 @@ async fn a_flood_of_commands_gets_one_result_each_and_bounded_memory() {
     let results = Collector::start(env.broker.port, &env.result(&name)).await;
     let pid = d.pid().expect("pid");
     let rss_before = rss_kb(pid);
-    let started = std::time::Instant::now();
-    // 2,000 a second: 100,000 within the minute the issue names.
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    for batch in 0..(N / 100) {
-        tick.tick().await;
-        for i in batch * 100..(batch + 1) * 100 {
-            // `start` on a running container: a cheap 304 → ok when it gets its turn.
-            let p = format!(r#"{{"action":"start","request_id":"f{i}"}}"#);
-            results.publish(&env.set(&name), p.as_bytes(), false).await;
-        }
-    }
-    let sent_in = started.elapsed();
-    assert!(
-        sent_in < Duration::from_secs(60),
-        "publishing took {sent_in:?}"
-    );
-    let ids = |c: &Collector| {
-        let mut ids: Vec<String> = c
-            .on(&env.result(&name))
-            .iter()
-            .filter_map(|m| m.json()["request_id"].as_str().map(String::from))
-            .collect();
-        let total = ids.len();
-        ids.sort();
-        ids.dedup();
-        (total, ids.len())
-    };
-    results
-        .wait_until(
-            "a result for every command",
-            Duration::from_secs(120),
-            |_| ids(&results).0 >= N,
-        )
-        .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (total, distinct) = ids(&results);
-    assert_eq!(
-        (total, distinct),
-        (N, N),
-        "results: {total} in all, {distinct} distinct request ids"
-    );
+    let set = env.set(&name);
+    // `start` on a running container: a cheap 304 → ok when it gets its turn.
+    let msgs = (0..N).map(move |i| {
+        let p = format!(r#"{{"action":"start","request_id":"f{i}"}}"#);
+        (set.clone(), p.into_bytes())
+    });
+    let port = env.broker.port;
+    let sent_in =
+        tokio::task::spawn_blocking(move || raw::RawPublisher::connect(port).flood(msgs, RATE))
+            .await
+            .expect("publisher");
+    let a = raw::answered(http, &results, &env.result(&name)).await;
     let all = results.on(&env.result(&name));
     let busy = all.iter().filter(|m| m.json()["code"] == "busy").count();
     let ok = all.iter().filter(|m| m.json()["ok"] == true).count();
     let rss_after = rss_kb(pid);
+    let rate = N as f64 / sent_in.as_secs_f64();
     eprintln!(
-        "flood: {N} commands sent in {sent_in:?}; {ok} ok, {busy} busy, {} other; RSS {rss_before} kB -> {rss_after} kB",
-        N - ok - busy
+        "flood: {N} commands sent in {sent_in:?} ({rate:.0}/s); {a:?}: {ok} ok, {busy} busy; RSS {rss_before} kB -> {rss_after} kB"
     );
+    // Paced at 80,000 a second; on two shared cores Mosquitto's own reading
+    // (about 55,000–60,000 a second here) is what holds the client back.
+    assert!(rate >= 40_000.0, "the flood was only {rate:.0} a second");
+    assert_eq!(
+        (a.results, a.distinct),
+        (a.received, a.received),
+        "one result per command received, each with its own request id: {a:?}"
+    );
+    // The test broker queues 100,000 messages per client: all of them arrive.
+    assert_eq!(a.received, N, "commands that reached dockside");
+    assert_eq!(a.outbox_dropped, 0, "messages dropped from the outbox");
     assert!(
         rss_after <= rss_before + 5 * 1024,
         "RSS grew from {rss_before} kB to {rss_after} kB"

@@ -595,3 +595,51 @@ async fn tls_listener_with_users() {
     let (ok, out) = sub_once(port, &status, Some(("reader", "r-pw")));
     assert!(ok && out.contains("online"), "{out}");
 }
+
+/// A flood through the embedded broker's front listener (SPEC §16), at the
+/// rate a client reaches: every command that reaches dockside gets exactly
+/// one result and nothing is dropped from the outbox. (rumqttd keeps only a
+/// few segments per filter for a reader that lags, so it may shed part of a
+/// flood before dockside reads it: those commands never reached dockside.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_through_the_embedded_broker_gets_one_result_per_command() {
+    const N: usize = 30_000;
+    let ct = Containers::new(&unique("dse"));
+    let dir = tempfile::tempdir().expect("tmp");
+    let base = unique("t");
+    let port = free_port();
+    let http = free_port();
+    let web = ct.name("web");
+    run_sleeper(&web, IMAGE, &[]);
+    let cfg = config(port, &base, dir.path(), &ct.prefix, "")
+        + &format!("[http]\nlisten = \"127.0.0.1:{http}\"\n");
+    let _ds = Dockside::start(dir.path(), &cfg);
+    let result = format!("{base}/local/{web}/result");
+    let states = Collector::start(port, &format!("{base}/#")).await;
+    states
+        .wait_state(&format!("{base}/local/{web}/state"), T, |s| {
+            s["running"] == true
+        })
+        .await;
+    drop(states);
+    // Like Home Assistant's "Last command" sensor: the result topic alone.
+    let c = Collector::start(port, &result).await;
+    let set = format!("{base}/local/{web}/set");
+    let msgs = (0..N).map(move |i| {
+        let p = format!(r#"{{"action":"start","request_id":"e{i}"}}"#);
+        (set.clone(), p.into_bytes())
+    });
+    let sent_in =
+        tokio::task::spawn_blocking(move || raw::RawPublisher::connect(port).flood(msgs, 80_000))
+            .await
+            .expect("publisher");
+    let a = raw::answered(http, &c, &result).await;
+    eprintln!("embedded flood: {N} sent in {sent_in:?}; {a:?}");
+    assert!(a.received > 0, "no command reached dockside: {a:?}");
+    assert_eq!(
+        (a.results, a.distinct),
+        (a.received, a.received),
+        "one result per command received: {a:?}"
+    );
+    assert_eq!(a.outbox_dropped, 0, "messages dropped from the outbox");
+}

@@ -216,6 +216,8 @@ impl Endpoint {
     pub(super) fn send_result_to(&self, topic: String, r: CommandResult) {
         if r.ok {
             tracing::info!(endpoint = %self.id, %topic, action = ?r.action, ms = r.duration_ms, "command done");
+        } else if Code::is_routine(r.code) {
+            tracing::debug!(endpoint = %self.id, %topic, action = ?r.action, code = ?r.code, error = ?r.error, "command refused");
         } else {
             tracing::warn!(endpoint = %self.id, %topic, action = ?r.action, code = ?r.code, error = ?r.error, "command refused or failed");
         }

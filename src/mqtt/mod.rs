@@ -9,6 +9,7 @@
 //! `try_publish` inside the loop, and breaks on `Outgoing::Disconnect`.
 
 pub mod outbox;
+mod reader;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +39,9 @@ pub const MAX_INCOMING: usize = 64 << 10;
 /// (acks, pings, incoming) is never starved by a burst.
 const DRAIN_BATCH: usize = 64;
 const READBACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a ConnAck, `online` and the backlog wait this long at most for the
+/// command session to subscribe.
+const READER_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
@@ -84,6 +88,8 @@ impl MqttHandle {
 #[derive(Clone)]
 pub struct MqttTask {
     opts: MqttOptions,
+    /// The command session's options (its own client id, no will).
+    reader_opts: MqttOptions,
     qos: QoS,
     outbox: Arc<Outbox>,
     resync_tx: Arc<watch::Sender<u64>>,
@@ -111,10 +117,12 @@ pub fn new(
     let outbox = Arc::new(Outbox::new(topics, 20_000));
     let (resync_tx, resync) = watch::channel(0);
     let resync_tx = Arc::new(resync_tx);
-    let opts = options(cfg)?;
+    let opts = options(cfg, cfg.client_id(), true)?;
+    let reader_opts = options(cfg, format!("{}-commands", cfg.client_id()), false)?;
     Ok((
         MqttTask {
             opts,
+            reader_opts,
             qos: qos(cfg.mqtt.qos),
             outbox: outbox.clone(),
             resync_tx: resync_tx.clone(),
@@ -138,7 +146,8 @@ fn read(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, MqttError
     })
 }
 
-fn options(cfg: &Config) -> Result<MqttOptions, MqttError> {
+/// One session's options; `will`: the bridge's last will (the publishing session).
+fn options(cfg: &Config, client_id: String, will: bool) -> Result<MqttOptions, MqttError> {
     // Validated at load time; fall back to defaults rather than panic.
     let mut addr = cfg.broker_addr().unwrap_or(crate::config::BrokerAddr {
         tls: false,
@@ -154,16 +163,18 @@ fn options(cfg: &Config) -> Result<MqttOptions, MqttError> {
         addr.port = direct.port();
     }
     let topics = Topics::new(cfg.mqtt.base_topic.clone());
-    let mut o = MqttOptions::new(cfg.client_id(), addr.host.clone(), addr.port);
+    let mut o = MqttOptions::new(client_id, addr.host.clone(), addr.port);
     o.set_keep_alive(cfg.mqtt.keep_alive);
     o.set_max_packet_size(MAX_INCOMING, MAX_PACKET);
     o.set_clean_session(true);
-    o.set_last_will(LastWill::new(
-        topics.bridge_status(),
-        "offline",
-        qos(cfg.mqtt.qos),
-        true,
-    ));
+    if will {
+        o.set_last_will(LastWill::new(
+            topics.bridge_status(),
+            "offline",
+            qos(cfg.mqtt.qos),
+            true,
+        ));
+    }
     if let Some(user) = &cfg.mqtt.username {
         o.set_credentials(user.clone(), cfg.mqtt.password.clone().unwrap_or_default());
     }
@@ -228,15 +239,41 @@ fn valid_publish_topic(t: &str) -> bool {
 
 impl MqttTask {
     /// Runs until `token` is cancelled, then publishes `offline` and disconnects.
+    /// Two sessions: this one publishes (and reads back at start); the
+    /// command session (`reader.rs`) reads commands only while their results
+    /// can leave.
     pub async fn run(self, token: CancellationToken) {
+        let (ready_tx, ready) = watch::channel(false);
+        let reader = match (&self.inbound, self.subscriptions.is_empty()) {
+            (Some(tx), false) => Some(reader::Reader {
+                opts: self.reader_opts.clone(),
+                qos: self.qos,
+                subscriptions: self.subscriptions.clone(),
+                inbound: tx.clone(),
+                ready: ready_tx,
+            }),
+            _ => {
+                ready_tx.send_replace(true);
+                None
+            }
+        };
+        let outbox = self.outbox.clone();
+        let commands = async {
+            if let Some(r) = reader {
+                r.run(&outbox, token.clone()).await;
+            }
+        };
+        tokio::join!(self.publish(ready, token.clone()), commands);
+    }
+
+    async fn publish(self, mut reader_ready: watch::Receiver<bool>, token: CancellationToken) {
         let MqttTask {
             opts,
             qos,
             outbox,
             resync_tx,
-            subscriptions,
-            inbound,
             discovery,
+            ..
         } = self;
         let topics = outbox.topics().clone();
         let (client, mut eventloop) = AsyncClient::new(opts, 256);
@@ -251,10 +288,19 @@ impl MqttTask {
         let mut failures = 0u32;
         let marker = topics.readback_marker(&format!("{:016x}", fastrand::u64(..)));
         let mut readback_deadline: Option<Instant> = None;
-        let mut overflowed = 0u64;
+        // Some from a ConnAck until the command session is subscribed (or
+        // READER_WAIT passed): `online` and the backlog wait till then.
+        let mut wait_reader: Option<Instant> = None;
 
         loop {
-            if connected && !client_full {
+            if let Some(until) = wait_reader
+                && (*reader_ready.borrow() || Instant::now() >= until)
+            {
+                wait_reader = None;
+                let _ = client.try_publish(topics.bridge_status(), qos, true, "online");
+            }
+            let open = connected && wait_reader.is_none();
+            if open && !client_full {
                 client_full = drain(&client, &outbox, qos);
             }
             tokio::select! {
@@ -266,16 +312,13 @@ impl MqttTask {
                         client_full = false;
                         failures = 0;
                         backoff.mark_started();
+                        wait_reader = Some(Instant::now() + READER_WAIT);
                         tracing::info!("connected to the MQTT broker");
                         let m = crate::metrics::get();
                         m.mqtt_connected.set(1);
                         if !first_connect {
                             m.mqtt_reconnects.inc();
                             m.reconnects_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        let _ = client.try_publish(topics.bridge_status(), qos, true, "online");
-                        for s in &subscriptions {
-                            let _ = client.try_subscribe(s.clone(), qos);
                         }
                         if first_connect {
                             first_connect = false;
@@ -295,38 +338,10 @@ impl MqttTask {
                         if p.topic == marker {
                             finish_readback(&client, &outbox, &topics, &discovery, &marker);
                             readback_deadline = None;
-                        } else if readback_deadline.is_some()
-                            && p.retain
-                            && discovery.object_id_of(&p.topic).is_some()
-                            && !subscriptions.iter().any(|s| s == &p.topic)
-                        {
-                            if !p.payload.is_empty()
-                                && let Some(owner) = crate::homeassistant::owner_of(&topics, &discovery, &p.topic, &p.payload)
-                            {
-                                outbox.note_existing_owned(p.topic.clone(), owner);
-                            }
-                        } else if readback_deadline.is_some()
-                            && p.retain
-                            && topics.parse_command(&p.topic).is_none()
-                            && !subscriptions.iter().any(|s| s == &p.topic)
-                        {
-                            if !p.payload.is_empty() {
-                                outbox.note_existing(p.topic.clone());
-                            }
-                        } else if let Some(tx) = &inbound {
-                            let msg = Inbound { topic: p.topic.clone(), payload: p.payload.clone(), retain: p.retain };
-                            if tx.try_send(msg).is_err() {
-                                // Every command gets one result, a flood too.
-                                match crate::commands::overflow_reply(&topics, &p.topic, &p.payload) {
-                                    Some((t, r)) => outbox.send(t, r),
-                                    None => tracing::debug!(topic = %p.topic, "inbound queue full: message dropped"),
-                                }
-                                overflowed += 1;
-                                if overflowed.is_power_of_two() {
-                                    tracing::warn!(total = overflowed, "commands arrive faster than they are handled: answering busy");
-                                }
-                            }
+                        } else if readback_deadline.is_some() && p.retain && !p.payload.is_empty() {
+                            note_readback(&outbox, &topics, &discovery, &p);
                         }
+                        // Commands come on the command session, retained ones too.
                     }
                     Ok(Event::Outgoing(Outgoing::Disconnect)) => {}
                     Ok(_) => { client_full = false; }
@@ -337,7 +352,7 @@ impl MqttTask {
                         failures += 1;
                         let delay = backoff.next_delay();
                         if oversize(&e) {
-                            tracing::warn!(error = %e, limit = MAX_INCOMING, retry_in = ?delay, "a message over 64 KiB arrived from the broker (a command topic?): refused unread, reconnecting");
+                            tracing::warn!(error = %e, limit = MAX_INCOMING, retry_in = ?delay, "a message over 64 KiB arrived from the broker: refused unread, reconnecting");
                         } else if failures == 1 {
                             tracing::warn!(error = %e, retry_in = ?delay, "MQTT connection lost");
                         } else {
@@ -349,7 +364,9 @@ impl MqttTask {
                         }
                     }
                 },
-                _ = outbox.notified(), if connected && !client_full => {}
+                _ = outbox.notified(), if open && !client_full => {}
+                Ok(()) = reader_ready.changed(), if wait_reader.is_some() => {}
+                _ = sleep_until_opt(wait_reader) => {}
                 _ = sleep_until_opt(outbox.next_deferred()) => outbox.run_deferred(),
                 _ = sleep_until_opt(readback_deadline) => {
                     tracing::warn!("no read-back marker from the broker; sweeping what was read");
@@ -362,6 +379,24 @@ impl MqttTask {
         if connected {
             shutdown(client, eventloop, &outbox, qos, &topics).await;
         }
+    }
+}
+
+/// A retained topic the start-up read-back found: ours under the base (not a
+/// command topic), or a discovery config one of ours owns.
+fn note_readback(
+    outbox: &Outbox,
+    topics: &Topics,
+    discovery: &DiscoveryTopics,
+    p: &rumqttc::Publish,
+) {
+    if discovery.object_id_of(&p.topic).is_some() {
+        if let Some(owner) = crate::homeassistant::owner_of(topics, discovery, &p.topic, &p.payload)
+        {
+            outbox.note_existing_owned(p.topic.clone(), owner);
+        }
+    } else if topics.parse_command(&p.topic).is_none() {
+        outbox.note_existing(p.topic.clone());
     }
 }
 

@@ -29,6 +29,13 @@ pub const DISCOVERY_CLEAR_DELAY: Duration = Duration::from_secs(2);
 
 use crate::topics::Topics;
 
+/// The command session stops reading when this many events and results wait
+/// to go out, and reads again once they are down to [`READ_RESUME_AT`]
+/// (SPEC §16: slow the reading, never drop a result). Far below any
+/// `stream_cap`, so results are never what the outbox drops.
+pub const READ_PAUSE_AT: usize = 1024;
+pub const READ_RESUME_AT: usize = 256;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     pub topic: String,
@@ -84,6 +91,8 @@ pub struct Outbox {
     topics: Topics,
     inner: Mutex<Inner>,
     notify: Notify,
+    /// Wakes the paused command session once the stream is short again.
+    room: Notify,
     stream_cap: usize,
 }
 
@@ -105,6 +114,7 @@ impl Outbox {
                 deferred: IndexMap::new(),
             }),
             notify: Notify::new(),
+            room: Notify::new(),
             stream_cap: stream_cap.max(1),
         }
     }
@@ -228,7 +238,34 @@ impl Outbox {
                 retain: true,
             });
         }
-        inner.stream.pop_front()
+        let m = inner.stream.pop_front();
+        if m.is_some() && inner.stream.len() <= READ_RESUME_AT {
+            self.room.notify_one();
+        }
+        m
+    }
+
+    /// Events and results waiting, in order.
+    pub fn stream_len(&self) -> usize {
+        self.lock().stream.len()
+    }
+
+    /// Enough results wait that reading more commands would only pile them up.
+    pub fn read_should_pause(&self) -> bool {
+        self.stream_len() >= READ_PAUSE_AT
+    }
+
+    /// Returns once the stream is down to [`READ_RESUME_AT`].
+    pub async fn read_may_resume(&self) {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if self.stream_len() <= READ_RESUME_AT {
+                return;
+            }
+            room.await;
+        }
     }
 
     /// Puts back a message the client could not take; a newer value for the

@@ -64,7 +64,9 @@ impl Supervisor {
             CommandTarget::Stack(ep, st) => (Scope::Stack, topics.stack_result(ep, st)),
         };
         let reply = |r: CommandResult| {
-            if !r.ok {
+            if Code::is_routine(r.code) {
+                tracing::debug!(topic = %msg.topic, code = ?r.code, error = ?r.error, "command refused");
+            } else if !r.ok {
                 tracing::warn!(topic = %msg.topic, code = ?r.code, error = ?r.error, "command refused");
             }
             self.mqtt.outbox.send(result_topic.clone(), r.to_json());
@@ -212,7 +214,11 @@ impl Supervisor {
     ) {
         let refuse = |code: Code, msg: String| {
             let r = CommandResult::refused(&req, code, msg, received);
-            tracing::warn!(endpoint = %ep, code = ?r.code, error = ?r.error, "command refused");
+            if Code::is_routine(r.code) {
+                tracing::debug!(endpoint = %ep, code = ?r.code, error = ?r.error, "command refused");
+            } else {
+                tracing::warn!(endpoint = %ep, code = ?r.code, error = ?r.error, "command refused");
+            }
             self.mqtt.outbox.send(result_topic.clone(), r.to_json());
         };
         if let Some((code, msg)) = commands::refusal(

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,8 +15,42 @@ use bytes::Bytes;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 
 pub mod machine;
+pub mod raw;
 
 pub const IMAGE: &str = "dockside-test/busybox:latest";
+
+/// A plain HTTP/1.1 GET: (status, body); (0, "") when nothing listens.
+pub fn get(port: u16, path: &str) -> (u16, String) {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new()); // not listening (yet)
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one sample line (`name{labels}`) in Prometheus' classic text.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
 
 /// Resident memory of a process, in kB (`VmRSS`).
 pub fn rss_kb(pid: u32) -> u64 {
@@ -548,7 +582,16 @@ impl Collector {
 
 /// What a newcomer sees: the retained messages under `filter` right now.
 pub async fn retained_snapshot(port: u16, filter: &str) -> HashMap<String, Bytes> {
-    let c = Collector::start(port, filter).await;
+    retained_snapshot_as(port, filter, None).await
+}
+
+/// The same, logged in with these credentials.
+pub async fn retained_snapshot_as(
+    port: u16,
+    filter: &str,
+    auth: Option<(&str, &str)>,
+) -> HashMap<String, Bytes> {
+    let c = Collector::start_as(port, filter, auth).await;
     // Retained messages arrive right after SUBACK; give them a moment.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut out = HashMap::new();
