@@ -86,14 +86,31 @@ async fn the_image_as_a_sidecar() {
     };
     let url = format!("DOCKSIDE__MQTT__URL={}", broker.url());
     let topic = format!("DOCKSIDE__MQTT__BASE_TOPIC={base}");
-    let include = format!("DOCKSIDE__CONTAINERS__INCLUDE={}-*", ct.prefix);
+    // The README's compose file mounts the config, 0640 and of the socket's
+    // group (it may hold passwords): the container's user reads it through
+    // that group. The filter comes from it, so a state proves it was read.
+    let cfg_dir = tempfile::tempdir().expect("tmp");
+    let cfg = cfg_dir.path().join("dockside.toml");
+    std::fs::write(
+        &cfg,
+        format!("[containers]\ninclude = [\"{}-*\"]\n", ct.prefix),
+    )
+    .expect("config");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::os::unix::fs::chown(&cfg, Some(0), gid.parse().ok()).expect("chown");
+        std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        std::fs::set_permissions(cfg_dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+    }
+    let include = format!("{}:/etc/dockside/dockside.toml:ro", cfg.display());
     let volume = format!("{vol}:/var/lib/dockside");
     let env = [
         "-e",
         url.as_str(),
         "-e",
         topic.as_str(),
-        "-e",
+        "-v",
         include.as_str(),
         "-e",
         "DOCKSIDE__COMMANDS__ALLOW=start,stop,restart,update",

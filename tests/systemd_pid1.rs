@@ -170,3 +170,130 @@ async fn under_a_real_systemd() {
     );
     assert_ne!(m.show("ActiveState"), "active");
 }
+
+/// Secrets at rest (SPEC §16), installed as the README says: the config
+/// and the broker password file `0640 root:docker` (the service joins the
+/// socket's group; nobody else reads them). dockside logs in to a Mosquitto
+/// that demands that password, and the password reaches neither the journal
+/// nor `check-config`. The shipped `LoadCredential=` drop-in is then
+/// installed and systemd must accept it as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_at_rest_under_systemd() {
+    const PASSWORD: &str = "s3cret-credential-7f1c";
+    let dir = tempfile::tempdir().expect("tmp");
+    let passwd = dir.path().join("passwd");
+    let ok = std::process::Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&passwd)
+        .args(["dockside", PASSWORD])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "mosquitto_passwd is missing: run scripts/test-env.sh");
+    let broker = Broker::start_with(&format!(
+        "allow_anonymous false\npassword_file {}",
+        passwd.display()
+    ));
+    let ct = Containers::new(&unique("dscr"));
+    let a = ct.name("a");
+    run_sleeper(&a, IMAGE, &[]);
+    let base = unique("t");
+    let m = Machine::start();
+    docker(&[
+        "cp",
+        env!("CARGO_BIN_EXE_dockside"),
+        &format!("{}:/usr/local/bin/dockside", m.name),
+    ]);
+    let file = |p: &str| std::fs::read_to_string(project_dir().join(p)).expect("repository file");
+    m.write(
+        "/etc/systemd/system/dockside.service",
+        &file("systemd/dockside.service"),
+    );
+    let gid = std::fs::metadata("/var/run/docker.sock").map(|md| {
+        use std::os::unix::fs::MetadataExt;
+        md.gid()
+    });
+    m.exec(&[
+        "groupadd",
+        "-g",
+        &gid.expect("socket").to_string(),
+        "docker",
+    ]);
+    m.write(
+        "/etc/dockside/dockside.toml",
+        &format!(
+            "[mqtt]\nurl = \"{}\"\nbase_topic = \"{base}\"\nusername = \"dockside\"\n\
+             password_file = \"/etc/dockside/mqtt-password\"\n\
+             [containers]\ninclude = [\"{a}\"]\n[homeassistant]\nenabled = false\n",
+            broker.url()
+        ),
+    );
+    m.write("/etc/dockside/mqtt-password", &format!("{PASSWORD}\n"));
+    for f in ["/etc/dockside/dockside.toml", "/etc/dockside/mqtt-password"] {
+        m.exec(&["chgrp", "docker", f]);
+        m.exec(&["chmod", "0640", f]);
+    }
+    m.exec(&["systemctl", "daemon-reload"]);
+
+    let (ok, out) = m.exec(&["systemctl", "start", "dockside"]);
+    assert!(ok, "systemctl start: {out}\n{}", m.journal());
+    let snap = retained_snapshot_as(
+        broker.port,
+        &format!("{base}/local/{a}/state"),
+        Some(("dockside", PASSWORD)),
+    )
+    .await;
+    assert!(
+        snap.contains_key(&format!("{base}/local/{a}/state")),
+        "dockside did not log in with the password file\n{}",
+        m.journal()
+    );
+    let modes = m.exec_out(&[
+        "stat",
+        "-c",
+        "%n %a %U:%G",
+        "/etc/dockside/dockside.toml",
+        "/etc/dockside/mqtt-password",
+    ]);
+    assert_eq!(
+        modes,
+        "/etc/dockside/dockside.toml 640 root:docker\n/etc/dockside/mqtt-password 640 root:docker"
+    );
+    let (ok, check) = m.exec(&[
+        "/usr/local/bin/dockside",
+        "--config",
+        "/etc/dockside/dockside.toml",
+        "check-config",
+    ]);
+    assert!(ok && check.contains("password"), "check-config: {check}");
+    let journal = m.exec_out(&["journalctl", "--no-pager", "-o", "cat"]);
+    assert!(
+        !journal.contains(PASSWORD) && !check.contains(PASSWORD),
+        "the password leaked"
+    );
+
+    // The credentials drop-in, as shipped: systemd takes it as written.
+    m.write(
+        "/etc/systemd/system/dockside.service.d/credentials.conf",
+        &file("systemd/credentials.conf"),
+    );
+    m.exec(&["systemctl", "daemon-reload"]);
+    assert!(
+        m.show("DropInPaths").contains("credentials.conf"),
+        "{}",
+        m.show("DropInPaths")
+    );
+    let cat = m.exec_out(&["systemctl", "cat", "dockside"]);
+    assert!(
+        cat.contains("\nLoadCredential=mqtt-password:/etc/dockside/mqtt-password"),
+        "{cat}"
+    );
+    let (ok, verify) = m.exec(&[
+        "systemd-analyze",
+        "verify",
+        "/etc/systemd/system/dockside.service",
+    ]);
+    assert!(
+        ok && !verify.contains("credentials.conf"),
+        "systemd-analyze verify: {verify}"
+    );
+}
