@@ -184,7 +184,7 @@ pub fn parse(payload: &[u8], scope: Scope) -> Result<Request, ParseError> {
     let since = match since {
         None => None,
         Some(v) => Some(
-            parse_since(&v, crate::problem::unix_now()).map_err(|message| ParseError {
+            parse_since(&v, crate::clock::unix_now()).map_err(|message| ParseError {
                 message,
                 action: Some(action.clone()),
                 request_id: request_id.clone(),
@@ -684,7 +684,32 @@ pub struct Subject {
 /// endpoint asks again with the container, and Home Assistant's buttons are
 /// built from the same answer.
 /// `enabled` and `allow` are `commands.enabled` and `commands.allow`.
-pub fn refusal(
+/// The command policy of one configuration (SPEC §5, §16): which words are
+/// allowed, and for a container, what its [`Subject`] forbids. Every word,
+/// from MQTT or Home Assistant's buttons, goes through [`Policy::refusal`].
+#[derive(Debug, Clone, Copy)]
+pub struct Policy<'a> {
+    pub enabled: bool,
+    pub allow: &'a [String],
+}
+
+impl crate::config::CommandsConfig {
+    pub fn policy(&self) -> Policy<'_> {
+        Policy {
+            enabled: self.enabled,
+            allow: &self.allow,
+        }
+    }
+}
+
+impl Policy<'_> {
+    /// Why `word` is refused (`who`: the container, when there is one), or None.
+    pub fn refusal(&self, word: &str, who: Option<&Subject>) -> Option<(Code, String)> {
+        refusal(self.enabled, self.allow, word, who)
+    }
+}
+
+fn refusal(
     enabled: bool,
     allow: &[String],
     word: &str,
@@ -1151,7 +1176,7 @@ mod tests {
         )
         .expect("ok");
         assert_eq!(r.lines, Some(20));
-        let now = crate::problem::unix_now() as i64;
+        let now = crate::clock::unix_now() as i64;
         assert!(r.since.is_some_and(|s| (now - 600 - s).abs() <= 2), "{r:?}");
         let r = parse(br#"{"action":"logs","lines":99999}"#, Scope::Container).expect("clamped");
         assert_eq!(r.lines, Some(MAX_LOG_LINES));

@@ -266,16 +266,13 @@ impl Discovery {
     }
 
     /// The words HA may send to one container: those the command policy
-    /// permits for it (`commands::refusal`), and `check`/`update` only when
+    /// permits for it (`commands::Policy`), and `check`/`update` only when
     /// the image watcher runs.
     pub fn container_words(&self, who: &crate::commands::Subject) -> Vec<String> {
         self.commands
             .allow
             .iter()
-            .filter(|w| {
-                crate::commands::refusal(self.commands.enabled, &self.commands.allow, w, Some(who))
-                    .is_none()
-            })
+            .filter(|w| self.commands.policy().refusal(w, Some(who)).is_none())
             .filter(|w| self.updates || (w.as_str() != "check" && w.as_str() != "update"))
             .cloned()
             .collect()

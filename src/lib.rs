@@ -3,9 +3,14 @@
 //! Shape (SPEC §1): a supervisor with one task per endpoint, one MQTT task that
 //! owns the client, and a coalescing outbox between them. `run` is what the
 //! binary calls and what tests can drive directly.
+//!
+//! "SPEC §n" in comments is section n of `docs/SPEC.md`, the product
+//! contract (topics, payloads, command words, config keys) that Home
+//! Assistant, Jeedom and users' automations rely on.
 
 pub mod backoff;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod docker;

@@ -20,13 +20,6 @@ const MAX_TRACKED: usize = 4096;
 /// by `oom_killed`.
 const STOP_CODES: [i64; 3] = [130, 137, 143];
 
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Whether `state` is a problem and why (reasons joined with `; `).
 /// `recent_restarts`: restarts seen within the crash-loop window.
 pub fn assess(state: &ContainerState, recent_restarts: usize, threshold: usize) -> Option<String> {

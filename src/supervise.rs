@@ -19,6 +19,13 @@ use crate::backoff::Backoff;
 /// Unexpected ends and panics of supervised tasks since start.
 pub static TASK_RESTARTS: AtomicU64 = AtomicU64::new(0);
 
+/// A task restarted (or the router survived a panic): counted here and in
+/// `/metrics`, the one place both move.
+pub fn count_restart() {
+    TASK_RESTARTS.fetch_add(1, Ordering::Relaxed);
+    crate::metrics::get().task_restarts.inc();
+}
+
 /// What the owner keeps of a supervised task.
 #[derive(Debug, Clone, Default)]
 pub struct Liveness {
@@ -72,8 +79,7 @@ where
                     format!("cannot set it up: {e}")
                 }
             };
-            TASK_RESTARTS.fetch_add(1, Ordering::Relaxed);
-            crate::metrics::get().task_restarts.inc();
+            count_restart();
             on_down();
             let delay = backoff.next_delay();
             tracing::error!(task = %name, reason = %why, retry_in = ?delay, "task stopped unexpectedly; restarting it");

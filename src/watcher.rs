@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::{StreamExt, stream};
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::{sleep_until_opt, unix_now};
 use crate::config::{Config, UpdatesConfig};
 use crate::docker::DockerClient;
 use crate::docker::models::ImageInspect;
@@ -260,13 +261,6 @@ pub struct UpdateStatus {
 fn short(d: &str) -> String {
     let hex = d.trim_start_matches("sha256:");
     format!("sha256:{}", &hex[..hex.len().min(12)])
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The registry client of `[updates]` (the watcher's, and `update`'s tag check).
@@ -954,13 +948,6 @@ fn jitter(interval: Duration) -> Duration {
     let spread = interval.as_millis() as u64 / 20;
     let off = fastrand::u64(0..=spread.saturating_mul(2));
     (interval + Duration::from_millis(off)).saturating_sub(Duration::from_millis(spread))
-}
-
-async fn sleep_until_opt(d: Option<Instant>) {
-    match d {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

@@ -256,12 +256,7 @@ impl Endpoint {
         };
         let who = self.subject(&name, &state.id);
         let s = &self.settings;
-        if let Some((code, msg)) = crate::commands::refusal(
-            s.commands.enabled,
-            &s.commands.allow,
-            &req.action,
-            Some(&who),
-        ) {
+        if let Some((code, msg)) = s.commands.policy().refusal(&req.action, Some(&who)) {
             let r = refuse(code, msg);
             return self.send_result(&name, r);
         }
@@ -450,8 +445,7 @@ impl Endpoint {
             .filter(|(_, st)| !st.running)
             .filter(|(name, st)| {
                 let who = self.subject(name, &st.id);
-                crate::commands::refusal(s.commands.enabled, &s.commands.allow, "prune", Some(&who))
-                    .is_none()
+                s.commands.policy().refusal("prune", Some(&who)).is_none()
             })
             .map(|(_, st)| st.id.clone())
             .collect();
@@ -803,20 +797,18 @@ impl Endpoint {
                 continue;
             };
             let who = self.subject(&name, &state.id);
-            let refusal = crate::commands::refusal(
-                s.commands.enabled,
-                &s.commands.allow,
-                "update",
-                Some(&who),
-            )
-            .or_else(|| {
-                self.pending.contains_key(&name).then(|| {
-                    (
-                        Code::Busy,
-                        "another command is running on this container".into(),
-                    )
-                })
-            });
+            let refusal = s
+                .commands
+                .policy()
+                .refusal("update", Some(&who))
+                .or_else(|| {
+                    self.pending.contains_key(&name).then(|| {
+                        (
+                            Code::Busy,
+                            "another command is running on this container".into(),
+                        )
+                    })
+                });
             match refusal {
                 Some((code, msg)) => ua
                     .outcomes

@@ -28,6 +28,8 @@ use futures_util::{StreamExt, stream};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::codec::LinesCodecError;
+
+use crate::clock::sleep_until_opt;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -122,7 +124,7 @@ pub struct EndpointSettings {
     pub inventory: Option<Arc<crate::watcher::Inventory>>,
     /// Home Assistant discovery, when on.
     pub ha: Option<Arc<Discovery>>,
-    /// The command policy's settings (`commands::refusal`).
+    /// The command policy's settings (`commands::Policy`).
     pub commands: crate::config::CommandsConfig,
     /// Where `check` goes: the image watcher's queue, while it runs.
     pub checks: crate::watcher::CheckQueue,
@@ -550,13 +552,6 @@ impl Endpoint {
                 self.schedule_inspect(id);
             }
         }
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -73,7 +73,7 @@ impl Endpoint {
     fn with_problem(&mut self, name: &str, mut state: ContainerState) -> ContainerState {
         let recent = self
             .crashloops
-            .observe(name, state.restart_count, crate::problem::unix_now());
+            .observe(name, state.restart_count, crate::clock::unix_now());
         state.problem_reason = crate::problem::assess(&state, recent, self.crashloops.threshold());
         state.problem = state.problem_reason.is_some();
         state

@@ -130,7 +130,7 @@ impl Endpoint {
     }
 
     /// The words HA may send to a stack: those the command policy permits
-    /// for every one of its containers (`commands::refusal`).
+    /// for every one of its containers (`commands::Policy`).
     fn stack_words(&self, st: &StackState) -> Vec<String> {
         crate::stacks::WORDS
             .iter()
@@ -144,8 +144,7 @@ impl Endpoint {
     /// stack's containers (a protected container is never stopped through its stack).
     fn stack_refusal(&self, st: &StackState, word: &str) -> Option<(Code, String)> {
         let s = &self.settings;
-        if let Some(r) = crate::commands::refusal(s.commands.enabled, &s.commands.allow, word, None)
-        {
+        if let Some(r) = s.commands.policy().refusal(word, None) {
             return Some(r);
         }
         st.containers.iter().find_map(|name| {
@@ -155,7 +154,9 @@ impl Endpoint {
                 .map(|c| c.id.as_str())
                 .unwrap_or("");
             let who = self.subject(name, id);
-            crate::commands::refusal(s.commands.enabled, &s.commands.allow, word, Some(&who))
+            s.commands
+                .policy()
+                .refusal(word, Some(&who))
                 .map(|(code, msg)| (code, format!("{name}: {msg}")))
         })
     }

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 pub use outbox::{Message, Outbox, Sweep};
 
 use crate::backoff::Backoff;
+use crate::clock::sleep_until_opt;
 use crate::config::Config;
 use crate::topics::{DiscoveryTopics, Topics};
 
@@ -397,13 +398,6 @@ fn note_readback(
         }
     } else if topics.parse_command(&p.topic).is_none() {
         outbox.note_existing(p.topic.clone());
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -474,8 +474,7 @@ async fn run_instance(
                 // next message is routed as usual.
                 let topic = msg.topic.clone();
                 if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sup.route(msg))).is_err() {
-                    supervise::TASK_RESTARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    crate::metrics::get().task_restarts.inc();
+                    supervise::count_restart();
                     tracing::error!(task = "command router", %topic, "the router panicked on a message; it goes on with the next one");
                 }
             }

@@ -156,16 +156,14 @@ impl Supervisor {
             }
             CommandTarget::Container(ep, ct) | CommandTarget::Stack(ep, ct) => {
                 // The container-independent rules; the endpoint applies the rest.
-                let refusal = crate::commands::refusal(
-                    self.commands.enabled,
-                    &self.commands.allow,
-                    &req.action,
-                    None,
-                )
-                .or_else(|| {
-                    (!self.endpoints.contains_key(ep))
-                        .then(|| (Code::NotFound, format!("no endpoint `{ep}`")))
-                });
+                let refusal = self
+                    .commands
+                    .policy()
+                    .refusal(&req.action, None)
+                    .or_else(|| {
+                        (!self.endpoints.contains_key(ep))
+                            .then(|| (Code::NotFound, format!("no endpoint `{ep}`")))
+                    });
                 if let Some((code, msg)) = refusal {
                     return reply(CommandResult::refused(&req, code, msg, received));
                 }
@@ -221,12 +219,7 @@ impl Supervisor {
             }
             self.mqtt.outbox.send(result_topic.clone(), r.to_json());
         };
-        if let Some((code, msg)) = commands::refusal(
-            self.commands.enabled,
-            &self.commands.allow,
-            &req.action,
-            None,
-        ) {
+        if let Some((code, msg)) = self.commands.policy().refusal(&req.action, None) {
             return refuse(code, msg);
         }
         let Some(h) = self.endpoints.get(ep) else {
