@@ -9,10 +9,9 @@ use crate::protocol::v5::V5;
 use crate::protocol::{Packet, Protocol};
 #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
 use crate::server::tls::{self, TLSAcceptor};
-use crate::{meters, ConnectionSettings, Meter};
+use crate::{meters, ConnectionSettings};
 use flume::{RecvError, SendError, Sender};
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use tracing::{error, field, info, warn, Instrument};
 use uuid::Uuid;
@@ -28,8 +27,6 @@ use async_tungstenite::tungstenite::http::HeaderValue;
 #[cfg(feature = "websocket")]
 use ws_stream_tungstenite::WsStream;
 
-use metrics::gauge;
-use metrics_exporter_prometheus::PrometheusBuilder;
 use std::time::Duration;
 use std::{io, thread};
 
@@ -263,47 +260,10 @@ impl Broker {
             }
         }
 
-        if let Some(prometheus_setting) = &self.config.prometheus {
-            let timeout = prometheus_setting.interval;
-            // If port is specified use it instead of listen.
-            // NOTE: This means listen is ignored when `port` is specified.
-            // `port` will be removed in future release in favour of `listen`
-            let addr = {
-                #[allow(deprecated)]
-                match prometheus_setting.port {
-                    Some(port) => SocketAddr::new("127.0.0.1".parse().unwrap(), port),
-                    None => prometheus_setting.listen.unwrap_or(SocketAddr::new(
-                        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)),
-                        9042,
-                    )),
-                }
-            };
-            let metrics_thread = thread::Builder::new().name("Metrics".to_owned());
-            let meter_link = self.meters().unwrap();
-            metrics_thread.spawn(move || {
-                let builder = PrometheusBuilder::new().with_http_listener(addr);
-                builder.install().unwrap();
-
-                let total_publishes = gauge!("metrics.router.total_publishes");
-                let total_connections = gauge!("metrics.router.total_connections");
-                let failed_publishes = gauge!("metrics.router.failed_publishes");
-                loop {
-                    if let Ok(metrics) = meter_link.recv() {
-                        for m in metrics {
-                            match m {
-                                Meter::Router(_, ref r) => {
-                                    total_connections.set(r.total_connections as f64);
-                                    total_publishes.set(r.total_publishes as f64);
-                                    failed_publishes.set(r.failed_publishes as f64);
-                                }
-                                _ => continue,
-                            }
-                        }
-                    }
-
-                    std::thread::sleep(Duration::from_secs(timeout));
-                }
-            })?;
+        // dockside: the Prometheus exporter (metrics-exporter-prometheus on
+        // hyper 0.14) is not built; dockside serves its own /metrics.
+        if self.config.prometheus.is_some() {
+            warn!("the Prometheus exporter is not built into this rumqttd; [prometheus] ignored");
         }
 
         if let Some(console) = self.config.console.clone() {
