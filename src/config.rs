@@ -84,12 +84,10 @@ pub struct ConfigDiff {
     pub endpoint_settings: bool,
     /// `[updates]`: the image watcher restarts; nothing else does.
     pub updates: bool,
-    pub endpoints_added: Vec<String>,
-    pub endpoints_removed: Vec<String>,
-    pub endpoints_changed: Vec<String>,
-    pub portainer_added: Vec<String>,
-    pub portainer_removed: Vec<String>,
-    pub portainer_changed: Vec<String>,
+    /// Direct endpoints (`[endpoints.*]`, the default local one).
+    pub endpoints: KeyedDiff,
+    /// Portainer sources (`[portainer.*]`).
+    pub portainer: KeyedDiff,
     /// `[log]`: takes effect at the next start.
     pub log: bool,
 }
@@ -97,6 +95,37 @@ pub struct ConfigDiff {
 impl ConfigDiff {
     pub fn is_empty(&self) -> bool {
         *self == ConfigDiff::default()
+    }
+}
+
+/// Keys added, removed and changed from one map to another, as data: what a
+/// reload or a Portainer listing does to a set of endpoints or sources is
+/// computed here, then applied by the supervisor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyedDiff {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+impl KeyedDiff {
+    pub fn between<V: PartialEq>(a: &BTreeMap<String, V>, b: &BTreeMap<String, V>) -> Self {
+        KeyedDiff {
+            added: b.keys().filter(|k| !a.contains_key(*k)).cloned().collect(),
+            removed: a.keys().filter(|k| !b.contains_key(*k)).cloned().collect(),
+            changed: a
+                .iter()
+                .filter(|(k, v)| b.get(*k).is_some_and(|w| w != *v))
+                .map(|(k, _)| k.clone())
+                .collect(),
+        }
+    }
+
+    /// The same, with every key kept from `a` to `b` counted as changed
+    /// (settings they all share changed).
+    pub fn all_kept_changed<V>(mut self, a: &BTreeMap<String, V>, b: &BTreeMap<String, V>) -> Self {
+        self.changed = a.keys().filter(|k| b.contains_key(*k)).cloned().collect();
+        self
     }
 }
 
@@ -890,23 +919,6 @@ impl Config {
     /// What changed between this config and `new`, as data: the supervisor
     /// restarts only that.
     pub fn diff(&self, new: &Config) -> ConfigDiff {
-        fn keys<V: PartialEq>(
-            a: &BTreeMap<String, V>,
-            b: &BTreeMap<String, V>,
-        ) -> (Vec<String>, Vec<String>, Vec<String>) {
-            let added = b.keys().filter(|k| !a.contains_key(*k)).cloned().collect();
-            let removed = a.keys().filter(|k| !b.contains_key(*k)).cloned().collect();
-            let changed = a
-                .iter()
-                .filter(|(k, v)| b.get(*k).is_some_and(|w| w != *v))
-                .map(|(k, _)| k.clone())
-                .collect();
-            (added, removed, changed)
-        }
-        let (endpoints_added, endpoints_removed, endpoints_changed) =
-            keys(&self.effective_endpoints(), &new.effective_endpoints());
-        let (portainer_added, portainer_removed, portainer_changed) =
-            keys(&self.portainer, &new.portainer);
         ConfigDiff {
             restart_all: self.mqtt != new.mqtt
                 || self.homeassistant != new.homeassistant
@@ -916,16 +928,13 @@ impl Config {
                 || self.events != new.events
                 || self.commands != new.commands,
             updates: self.updates != new.updates,
-            endpoints_added,
-            endpoints_removed,
-            endpoints_changed,
-            portainer_added,
-            portainer_removed,
-            portainer_changed,
+            endpoints: KeyedDiff::between(&self.effective_endpoints(), &new.effective_endpoints()),
+            portainer: KeyedDiff::between(&self.portainer, &new.portainer),
             log: self.log != new.log,
         }
     }
 
+    /// Each section validates itself; what spans sections is checked here.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.check_files()?;
         self.broker_addr()?;
@@ -936,217 +945,26 @@ impl Config {
                 "must be a non-empty topic without wildcards, leading `$` or leading/trailing `/`",
             ));
         }
-        let ha = &self.homeassistant;
-        if !valid_topic_name(&ha.discovery_prefix) {
-            return Err(invalid(
-                "homeassistant.discovery_prefix",
-                "must be a non-empty topic without wildcards, leading `$` or leading/trailing `/`",
-            ));
-        }
-        if let Some(b) = &ha.birth_topic
-            && !valid_topic_name(b)
-        {
-            return Err(invalid(
-                "homeassistant.birth_topic",
-                "must be a non-empty topic without wildcards, leading `$` or leading/trailing `/`",
-            ));
-        }
-        if ha.discovery_prefix == *base || ha.discovery_prefix.starts_with(&format!("{base}/")) {
-            return Err(invalid(
-                "homeassistant.discovery_prefix",
-                "must not be mqtt.base_topic or under it",
-            ));
-        }
-        if self.mqtt.qos > 2 {
-            return Err(invalid("mqtt.qos", "must be 0, 1 or 2"));
-        }
-        if self.mqtt.keep_alive < Duration::from_secs(5) {
-            return Err(invalid("mqtt.keep_alive", "must be at least 5s"));
-        }
-        if self.mqtt.password.is_some() && self.mqtt.username.is_none() {
-            return Err(invalid("mqtt.username", "a password needs a username"));
-        }
-        if self.mqtt.client_cert.is_some() != self.mqtt.client_key.is_some() {
-            return Err(invalid(
-                "mqtt.client_key",
-                "client_cert and client_key go together",
-            ));
-        }
-        if let Some(id) = &self.mqtt.client_id
-            && id.is_empty()
-        {
-            return Err(invalid("mqtt.client_id", "must not be empty"));
-        }
+        self.mqtt.validate()?;
+        self.homeassistant.validate(base)?;
         for (id, ep) in &self.endpoints {
-            let key = format!("endpoints.{id}");
-            if !valid_endpoint_id(id) {
-                return Err(invalid(
-                    key,
-                    "endpoint ids are lowercase and use only [a-z0-9_-]",
-                ));
-            }
-            parse_engine_url(&ep.url).map_err(|m| invalid(format!("{key}.url"), m))?;
-            if ep.client_cert.is_some() != ep.client_key.is_some() {
-                return Err(invalid(
-                    format!("{key}.client_key"),
-                    "client_cert and client_key go together",
-                ));
-            }
+            ep.validate(id)?;
         }
         for (key, p) in &self.portainer {
-            let k = format!("portainer.{key}");
-            if !valid_endpoint_id(key) {
-                return Err(invalid(
-                    k,
-                    "portainer keys are lowercase and use only [a-z0-9_-]",
-                ));
-            }
-            match parse_engine_url(&p.url) {
-                Ok(EngineUrl::Http { .. }) if p.url.starts_with("http") => {}
-                _ => {
-                    return Err(invalid(
-                        format!("{k}.url"),
-                        "expected https://host[:port] (or http:// on a trusted network)",
-                    ));
-                }
-            }
-            let login = p.username.is_some() || p.password.is_some();
-            match (&p.api_key, login) {
-                (Some(_), true) => {
-                    return Err(invalid(k, "use api_key or username + password, not both"));
-                }
-                (None, false) => {
-                    return Err(invalid(
-                        format!("{k}.api_key"),
-                        "an access token (api_key) or username + password is needed",
-                    ));
-                }
-                (None, true) if p.username.is_none() || p.password.is_none() => {
-                    return Err(invalid(
-                        format!("{k}.password"),
-                        "username and password go together",
-                    ));
-                }
-                _ => {}
-            }
-            if p.environments.is_empty() {
-                return Err(invalid(
-                    format!("{k}.environments"),
-                    "empty: use [\"*\"] for all",
-                ));
-            }
-            if p.refresh < Duration::from_secs(5) {
-                return Err(invalid(format!("{k}.refresh"), "must be at least 5s"));
-            }
-            if p.poll_interval < Duration::from_secs(1) {
-                return Err(invalid(format!("{k}.poll_interval"), "must be at least 1s"));
-            }
-            // Portainer endpoints are `<key>-<env>`: a direct endpoint may not look like one.
-            if let Some(id) = self
-                .endpoints
-                .keys()
-                .find(|id| id.starts_with(&format!("{key}-")))
-            {
-                return Err(invalid(
-                    format!("endpoints.{id}"),
-                    format!(
-                        "collides with the endpoints of [portainer.{key}] (`{key}-<environment>`)"
-                    ),
-                ));
-            }
+            p.validate(key, &self.endpoints)?;
         }
-        for (i, t) in self.events.types.iter().enumerate() {
-            if !EVENT_TYPES.contains(&t.as_str()) {
-                return Err(invalid(
-                    format!("events.types[{i}]"),
-                    format!(
-                        "unknown event type `{t}` (one of {})",
-                        EVENT_TYPES.join(", ")
-                    ),
-                ));
-            }
-        }
+        self.events.validate()?;
         if let Some(host) = &self.docker_host
             && self.endpoints.is_empty()
             && self.portainer.is_empty()
         {
             parse_engine_url(host).map_err(|m| invalid("DOCKER_HOST", m))?;
         }
-        crate::filter::ContainerFilter::new(&self.containers.include, &self.containers.exclude)?;
-        for (i, w) in self.commands.allow.iter().enumerate() {
-            if !crate::commands::ALLOWABLE_WORDS.contains(&w.as_str()) {
-                return Err(invalid(
-                    format!("commands.allow[{i}]"),
-                    format!(
-                        "unknown command `{w}` (one of {})",
-                        crate::commands::ALLOWABLE_WORDS.join(", ")
-                    ),
-                ));
-            }
-        }
-        crate::filter::glob_set("commands.protect", &self.commands.protect)?;
-        crate::filter::glob_set("updates.ignore", &self.updates.ignore)?;
+        self.containers.validate()?;
+        self.commands.validate()?;
+        self.updates.validate()?;
         self.http.socket_addr()?;
-        if self.updates.verify_for > Duration::from_secs(600) {
-            return Err(invalid("updates.verify_for", "must be at most 10m"));
-        }
-        if let Some(ca) = &self.updates.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| {
-                invalid(
-                    "updates.ca_file",
-                    format!("cannot read {}: {e}", ca.display()),
-                )
-            })?;
-            match reqwest::Certificate::from_pem_bundle(&pem) {
-                Ok(c) if !c.is_empty() => {}
-                _ => return Err(invalid("updates.ca_file", "no PEM certificate in it")),
-            }
-        }
-        if self.updates.interval < Duration::from_secs(60) {
-            return Err(invalid("updates.interval", "must be at least 1m"));
-        }
-        for (host, r) in &self.updates.registries {
-            if r.username.is_some() != r.password.is_some() {
-                return Err(invalid(
-                    format!("updates.registries.\"{host}\".password"),
-                    "username and password go together",
-                ));
-            }
-        }
-        if self.commands.timeout < Duration::from_secs(1) {
-            return Err(invalid("commands.timeout", "must be at least 1s"));
-        }
-        if self.commands.update_timeout < Duration::from_secs(10) {
-            return Err(invalid("commands.update_timeout", "must be at least 10s"));
-        }
-        if self.stats.interval < Duration::from_secs(5)
-            || self.stats.interval > Duration::from_secs(24 * 3600)
-        {
-            return Err(invalid("stats.interval", "must be between 5s and 1d"));
-        }
-        if !(1..=64).contains(&self.stats.concurrency) {
-            return Err(invalid("stats.concurrency", "must be between 1 and 64"));
-        }
-        if self.containers.crashloop_restarts > 1000 {
-            return Err(invalid(
-                "containers.crashloop_restarts",
-                "must be at most 1000",
-            ));
-        }
-        if self.containers.crashloop_window < Duration::from_secs(10)
-            || self.containers.crashloop_window > Duration::from_secs(7 * 24 * 3600)
-        {
-            return Err(invalid(
-                "containers.crashloop_window",
-                "must be between 10s and 7d",
-            ));
-        }
-        if self.containers.reconcile_interval < Duration::from_secs(1) {
-            return Err(invalid(
-                "containers.reconcile_interval",
-                "must be at least 1s",
-            ));
-        }
+        self.stats.validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", e.to_string()))?;
         if self.state.dir.as_os_str().is_empty() {
@@ -1330,9 +1148,286 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| format!("{:08x}", fastrand::u32(..)))
 }
 
+impl MqttConfig {
+    /// `[mqtt]` on its own (the base topic and broker address are checked with the whole).
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.qos > 2 {
+            return Err(invalid("mqtt.qos", "must be 0, 1 or 2"));
+        }
+        if self.keep_alive < Duration::from_secs(5) {
+            return Err(invalid("mqtt.keep_alive", "must be at least 5s"));
+        }
+        if self.password.is_some() && self.username.is_none() {
+            return Err(invalid("mqtt.username", "a password needs a username"));
+        }
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            return Err(invalid(
+                "mqtt.client_key",
+                "client_cert and client_key go together",
+            ));
+        }
+        if let Some(id) = &self.client_id
+            && id.is_empty()
+        {
+            return Err(invalid("mqtt.client_id", "must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+impl HomeAssistantConfig {
+    /// `[homeassistant]`; `base` is `mqtt.base_topic`, which discovery must stay out of.
+    fn validate(&self, base: &str) -> Result<(), ConfigError> {
+        if !valid_topic_name(&self.discovery_prefix) {
+            return Err(invalid(
+                "homeassistant.discovery_prefix",
+                "must be a non-empty topic without wildcards, leading `$` or leading/trailing `/`",
+            ));
+        }
+        if let Some(b) = &self.birth_topic
+            && !valid_topic_name(b)
+        {
+            return Err(invalid(
+                "homeassistant.birth_topic",
+                "must be a non-empty topic without wildcards, leading `$` or leading/trailing `/`",
+            ));
+        }
+        if self.discovery_prefix == *base || self.discovery_prefix.starts_with(&format!("{base}/"))
+        {
+            return Err(invalid(
+                "homeassistant.discovery_prefix",
+                "must not be mqtt.base_topic or under it",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl EndpointConfig {
+    /// `[endpoints.<id>]`.
+    fn validate(&self, id: &str) -> Result<(), ConfigError> {
+        let key = format!("endpoints.{id}");
+        if !valid_endpoint_id(id) {
+            return Err(invalid(
+                key,
+                "endpoint ids are lowercase and use only [a-z0-9_-]",
+            ));
+        }
+        parse_engine_url(&self.url).map_err(|m| invalid(format!("{key}.url"), m))?;
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            return Err(invalid(
+                format!("{key}.client_key"),
+                "client_cert and client_key go together",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl PortainerConfig {
+    /// `[portainer.<key>]`; `endpoints` are the direct ones, which must not look like its environments.
+    fn validate(
+        &self,
+        key: &str,
+        endpoints: &BTreeMap<String, EndpointConfig>,
+    ) -> Result<(), ConfigError> {
+        let k = format!("portainer.{key}");
+        if !valid_endpoint_id(key) {
+            return Err(invalid(
+                k,
+                "portainer keys are lowercase and use only [a-z0-9_-]",
+            ));
+        }
+        match parse_engine_url(&self.url) {
+            Ok(EngineUrl::Http { .. }) if self.url.starts_with("http") => {}
+            _ => {
+                return Err(invalid(
+                    format!("{k}.url"),
+                    "expected https://host[:port] (or http:// on a trusted network)",
+                ));
+            }
+        }
+        let login = self.username.is_some() || self.password.is_some();
+        match (&self.api_key, login) {
+            (Some(_), true) => {
+                return Err(invalid(k, "use api_key or username + password, not both"));
+            }
+            (None, false) => {
+                return Err(invalid(
+                    format!("{k}.api_key"),
+                    "an access token (api_key) or username + password is needed",
+                ));
+            }
+            (None, true) if self.username.is_none() || self.password.is_none() => {
+                return Err(invalid(
+                    format!("{k}.password"),
+                    "username and password go together",
+                ));
+            }
+            _ => {}
+        }
+        if self.environments.is_empty() {
+            return Err(invalid(
+                format!("{k}.environments"),
+                "empty: use [\"*\"] for all",
+            ));
+        }
+        if self.refresh < Duration::from_secs(5) {
+            return Err(invalid(format!("{k}.refresh"), "must be at least 5s"));
+        }
+        if self.poll_interval < Duration::from_secs(1) {
+            return Err(invalid(format!("{k}.poll_interval"), "must be at least 1s"));
+        }
+        // Portainer endpoints are `<key>-<env>`: a direct endpoint may not look like one.
+        if let Some(id) = endpoints
+            .keys()
+            .find(|id| id.starts_with(&format!("{key}-")))
+        {
+            return Err(invalid(
+                format!("endpoints.{id}"),
+                format!("collides with the endpoints of [portainer.{key}] (`{key}-<environment>`)"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl EventsConfig {
+    /// `[events]`.
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (i, t) in self.types.iter().enumerate() {
+            if !EVENT_TYPES.contains(&t.as_str()) {
+                return Err(invalid(
+                    format!("events.types[{i}]"),
+                    format!(
+                        "unknown event type `{t}` (one of {})",
+                        EVENT_TYPES.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ContainersConfig {
+    /// `[containers]`.
+    fn validate(&self) -> Result<(), ConfigError> {
+        crate::filter::ContainerFilter::new(&self.include, &self.exclude)?;
+        if self.crashloop_restarts > 1000 {
+            return Err(invalid(
+                "containers.crashloop_restarts",
+                "must be at most 1000",
+            ));
+        }
+        if self.crashloop_window < Duration::from_secs(10)
+            || self.crashloop_window > Duration::from_secs(7 * 24 * 3600)
+        {
+            return Err(invalid(
+                "containers.crashloop_window",
+                "must be between 10s and 7d",
+            ));
+        }
+        if self.reconcile_interval < Duration::from_secs(1) {
+            return Err(invalid(
+                "containers.reconcile_interval",
+                "must be at least 1s",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl CommandsConfig {
+    /// `[commands]`.
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (i, w) in self.allow.iter().enumerate() {
+            if !crate::commands::ALLOWABLE_WORDS.contains(&w.as_str()) {
+                return Err(invalid(
+                    format!("commands.allow[{i}]"),
+                    format!(
+                        "unknown command `{w}` (one of {})",
+                        crate::commands::ALLOWABLE_WORDS.join(", ")
+                    ),
+                ));
+            }
+        }
+        crate::filter::glob_set("commands.protect", &self.protect)?;
+        if self.timeout < Duration::from_secs(1) {
+            return Err(invalid("commands.timeout", "must be at least 1s"));
+        }
+        if self.update_timeout < Duration::from_secs(10) {
+            return Err(invalid("commands.update_timeout", "must be at least 10s"));
+        }
+        Ok(())
+    }
+}
+
+impl UpdatesConfig {
+    /// `[updates]`.
+    fn validate(&self) -> Result<(), ConfigError> {
+        crate::filter::glob_set("updates.ignore", &self.ignore)?;
+        if self.verify_for > Duration::from_secs(600) {
+            return Err(invalid("updates.verify_for", "must be at most 10m"));
+        }
+        if let Some(ca) = &self.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| {
+                invalid(
+                    "updates.ca_file",
+                    format!("cannot read {}: {e}", ca.display()),
+                )
+            })?;
+            match reqwest::Certificate::from_pem_bundle(&pem) {
+                Ok(c) if !c.is_empty() => {}
+                _ => return Err(invalid("updates.ca_file", "no PEM certificate in it")),
+            }
+        }
+        if self.interval < Duration::from_secs(60) {
+            return Err(invalid("updates.interval", "must be at least 1m"));
+        }
+        for (host, r) in &self.registries {
+            if r.username.is_some() != r.password.is_some() {
+                return Err(invalid(
+                    format!("updates.registries.\"{host}\".password"),
+                    "username and password go together",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl StatsConfig {
+    /// `[stats]`.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.interval < Duration::from_secs(5) || self.interval > Duration::from_secs(24 * 3600)
+        {
+            return Err(invalid("stats.interval", "must be between 5s and 1d"));
+        }
+        if !(1..=64).contains(&self.concurrency) {
+            return Err(invalid("stats.concurrency", "must be between 1 and 64"));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_keyed_diff_names_added_removed_changed_and_on_demand_all_kept() {
+        let a: BTreeMap<String, u8> = [("x".into(), 1), ("y".into(), 2), ("z".into(), 3)].into();
+        let b: BTreeMap<String, u8> = [("y".into(), 2), ("z".into(), 4), ("w".into(), 5)].into();
+        let d = KeyedDiff::between(&a, &b);
+        assert_eq!(
+            (d.added.clone(), d.removed.clone(), d.changed.clone()),
+            (vec!["w".into()], vec!["x".into()], vec!["z".into()])
+        );
+        let all = d.all_kept_changed(&a, &b);
+        assert_eq!(all.changed, vec!["y".to_string(), "z".to_string()]);
+        assert_eq!(all.added, vec!["w".to_string()]);
+    }
     use std::io::Write;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -1460,7 +1555,7 @@ api_key = "k"
         let new = load_str(&format!("{base}[updates]\ninterval = \"1h\"\n"), &[]).expect("new");
         let d = old.diff(&new);
         assert!(d.updates && !d.restart_all && !d.endpoint_settings, "{d:?}");
-        assert!(d.endpoints_changed.is_empty() && d.portainer_changed.is_empty());
+        assert!(d.endpoints.changed.is_empty() && d.portainer.changed.is_empty());
         let new = load_str(
             &format!("{base}[portainer.q]\nurl = \"https://q.example\"\napi_key = \"k\"\n")
                 .replace("unix:///b.sock", "tcp://127.0.0.1:2375"),
@@ -1468,9 +1563,9 @@ api_key = "k"
         )
         .expect("new");
         let d = old.diff(&new);
-        assert_eq!(d.portainer_added, vec!["q".to_string()]);
-        assert_eq!(d.endpoints_changed, vec!["b".to_string()]);
-        assert!(!d.restart_all && !d.updates && d.endpoints_added.is_empty());
+        assert_eq!(d.portainer.added, vec!["q".to_string()]);
+        assert_eq!(d.endpoints.changed, vec!["b".to_string()]);
+        assert!(!d.restart_all && !d.updates && d.endpoints.added.is_empty());
         let new = load_str(
             &format!("{base}[mqtt]\nkeep_alive = \"60s\"\n[containers]\nexclude = [\"x\"]\n"),
             &[],

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::commands::{self, Dedup};
-use crate::config::{CommandsConfig, Config, ConfigError, EndpointConfig};
+use crate::config::{CommandsConfig, Config, ConfigError, EndpointConfig, KeyedDiff};
 use crate::docker::DockerClient;
 use crate::endpoint::{Endpoint, EndpointCommand, EndpointMeta, EndpointSettings};
 use crate::filter::{ContainerFilter, glob_set};
@@ -191,6 +191,14 @@ struct WatcherHandle {
 }
 
 /// The image watcher, supervised, when `[updates] enabled`.
+/// The direct endpoints of a config as the specs their handles keep.
+fn direct_specs(endpoints: BTreeMap<String, EndpointConfig>) -> BTreeMap<String, EndpointSpec> {
+    endpoints
+        .into_iter()
+        .map(|(id, c)| (id, EndpointSpec::Direct(c)))
+        .collect()
+}
+
 fn start_watcher(
     config: &Config,
     mqtt: &MqttHandle,
@@ -655,7 +663,7 @@ impl Supervisor {
                 self.watcher.as_ref().map(|w| w.checks.clone());
             tracing::info!("image watcher restarted with the new [updates] settings");
         }
-        for key in d.portainer_removed.iter().chain(&d.portainer_changed) {
+        for key in d.portainer.removed.iter().chain(&d.portainer.changed) {
             if let Some(h) = self.sources.remove(key) {
                 supervise::stop(
                     &format!("portainer source {key}"),
@@ -666,19 +674,26 @@ impl Supervisor {
                 .await;
             }
         }
-        for key in &d.portainer_removed {
+        for key in &d.portainer.removed {
             // Its environments go, with their topics.
             self.apply_set(Some(key), BTreeMap::new(), false).await;
             tracing::info!(source = %key, "Portainer source removed");
         }
-        for key in d.portainer_added.iter().chain(&d.portainer_changed) {
+        for key in d.portainer.added.iter().chain(&d.portainer.changed) {
             if let Some(pcfg) = new.portainer.get(key) {
                 // A changed source's environments are diffed when it lists them.
                 self.start_source(key, pcfg, source_tx.clone());
             }
         }
-        self.apply(new.effective_endpoints(), d.endpoint_settings)
-            .await;
+        // The direct endpoints: exactly what the diff names (all of them
+        // when their shared settings changed).
+        let wanted = direct_specs(new.effective_endpoints());
+        let mut changes = d.endpoints.clone();
+        if d.endpoint_settings {
+            let current = self.specs_of(None);
+            changes = changes.all_kept_changed(&current, &wanted);
+        }
+        self.apply_changes(None, &changes, &wanted).await;
         if d.endpoint_settings {
             // Portainer environments depend on the same settings.
             let ids: Vec<String> = self
@@ -712,14 +727,13 @@ impl Supervisor {
         }
     }
 
-    /// Applies a new direct-endpoint map: removed ones stop and lose their
-    /// topics, changed ones restart, untouched ones keep running.
-    async fn apply(&mut self, wanted: BTreeMap<String, EndpointConfig>, restart_all: bool) {
-        let wanted: BTreeMap<String, EndpointSpec> = wanted
-            .into_iter()
-            .map(|(id, c)| (id, EndpointSpec::Direct(c)))
-            .collect();
-        self.apply_set(None, wanted, restart_all).await;
+    /// The endpoints that come from `source` (None = direct), with their specs.
+    fn specs_of(&self, source: Option<&str>) -> BTreeMap<String, EndpointSpec> {
+        self.endpoints
+            .iter()
+            .filter(|(_, h)| h.source.as_deref() == source)
+            .map(|(id, h)| (id.clone(), h.spec.clone()))
+            .collect()
     }
 
     /// Brings the endpoints that come from `source` (None = direct) to `wanted`.
@@ -729,47 +743,63 @@ impl Supervisor {
         wanted: BTreeMap<String, EndpointSpec>,
         restart_all: bool,
     ) {
-        let current: HashSet<String> = self
-            .endpoints
-            .iter()
-            .filter(|(_, h)| h.source.as_deref() == source)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in &current {
-            match wanted.get(id) {
-                None => {
-                    self.stop(id).await;
-                    let prefix = self.settings.topics.endpoint_prefix(id);
-                    let outbox = self.mqtt.outbox.clone();
-                    match &self.inventory {
-                        Some(inv) => inv.remove_endpoint_then(id, || outbox.clear_prefix(&prefix)),
-                        None => outbox.clear_prefix(&prefix),
-                    }
-                    if let Some(dir) = &self.settings.state_dir {
-                        dir.remove_cursor(id);
-                    }
-                    tracing::info!(endpoint = %id, "endpoint removed");
-                }
-                Some(spec)
-                    if restart_all || self.endpoints.get(id).is_some_and(|h| &h.spec != spec) =>
-                {
-                    self.stop(id).await;
-                    self.start(id.clone(), spec.clone(), source.map(String::from), true);
-                    tracing::info!(endpoint = %id, "endpoint restarted with its new settings");
-                }
-                Some(_) => {}
-            }
+        let current = self.specs_of(source);
+        let mut changes = KeyedDiff::between(&current, &wanted);
+        if restart_all {
+            changes = changes.all_kept_changed(&current, &wanted);
         }
-        for (id, spec) in wanted {
-            if current.contains(&id) {
+        self.apply_changes(source, &changes, &wanted).await;
+    }
+
+    /// Applies a computed diff to the endpoints of `source`: removed ones stop
+    /// and lose their topics, changed ones restart, added ones start.
+    async fn apply_changes(
+        &mut self,
+        source: Option<&str>,
+        changes: &KeyedDiff,
+        wanted: &BTreeMap<String, EndpointSpec>,
+    ) {
+        for id in &changes.removed {
+            if self
+                .endpoints
+                .get(id)
+                .is_none_or(|h| h.source.as_deref() != source)
+            {
                 continue;
             }
-            if let Some(h) = self.endpoints.get(&id) {
+            self.stop(id).await;
+            let prefix = self.settings.topics.endpoint_prefix(id);
+            let outbox = self.mqtt.outbox.clone();
+            match &self.inventory {
+                Some(inv) => inv.remove_endpoint_then(id, || outbox.clear_prefix(&prefix)),
+                None => outbox.clear_prefix(&prefix),
+            }
+            if let Some(dir) = &self.settings.state_dir {
+                dir.remove_cursor(id);
+            }
+            tracing::info!(endpoint = %id, "endpoint removed");
+        }
+        for id in &changes.changed {
+            let Some(spec) = wanted.get(id) else { continue };
+            if self
+                .endpoints
+                .get(id)
+                .is_none_or(|h| h.source.as_deref() != source)
+            {
+                continue;
+            }
+            self.stop(id).await;
+            self.start(id.clone(), spec.clone(), source.map(String::from), true);
+            tracing::info!(endpoint = %id, "endpoint restarted with its new settings");
+        }
+        for id in &changes.added {
+            let Some(spec) = wanted.get(id) else { continue };
+            if let Some(h) = self.endpoints.get(id) {
                 tracing::error!(endpoint = %id, owner = ?h.source, "endpoint id already in use: skipping this one");
                 continue;
             }
             tracing::info!(endpoint = %id, "endpoint added");
-            self.start(id, spec, source.map(String::from), false);
+            self.start(id.clone(), spec.clone(), source.map(String::from), false);
         }
         self.publish_info();
     }
