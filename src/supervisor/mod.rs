@@ -330,6 +330,199 @@ fn build_endpoint(
     Ok(ep)
 }
 
+/// The MQTT task as `run_instance` holds it: stopped last, after every endpoint.
+struct MqttRun {
+    token: CancellationToken,
+    join: tokio::task::JoinHandle<()>,
+    live: Liveness,
+}
+
+/// Starts the MQTT task (its own supervised task: its last will tells the
+/// broker we are gone while it restarts); commands arrive on the receiver.
+fn start_mqtt(
+    config: &Config,
+    topics: &Topics,
+) -> Result<(MqttRun, MqttHandle, mpsc::Receiver<Inbound>), RunError> {
+    let (inbound_tx, inbound) = mpsc::channel::<Inbound>(256);
+    let mut subscriptions = topics.command_filters().to_vec();
+    if config.homeassistant.enabled {
+        subscriptions.push(config.homeassistant.birth_topic());
+    }
+    let (mqtt_task, mqtt) = mqtt::new(config, subscriptions, Some(inbound_tx))?;
+    let token = CancellationToken::new();
+    let live = Liveness::default();
+    let join = {
+        let token = token.clone();
+        supervise::spawn(
+            "mqtt".into(),
+            token.clone(),
+            live.clone(),
+            || {},
+            move || Ok(mqtt_task.clone().run(token.clone())),
+        )
+    };
+    Ok((MqttRun { token, join, live }, mqtt, inbound))
+}
+
+impl Supervisor {
+    fn new(
+        config: &Config,
+        started_at: &str,
+        mqtt: &MqttHandle,
+        state_dir: &StateDir,
+    ) -> Result<Self, RunError> {
+        // Always there (endpoints feed it), so `[updates]` can be switched on by a reload.
+        let inventory = Some(Arc::new(Inventory::default()));
+        let watcher = start_watcher(config, mqtt, inventory.clone(), state_dir);
+        let checks: crate::watcher::CheckQueue = Arc::new(std::sync::RwLock::new(
+            watcher.as_ref().map(|w| w.checks.clone()),
+        ));
+        Ok(Supervisor {
+            checks: checks.clone(),
+            watcher,
+            state_dir: state_dir.clone(),
+            inventory: inventory.clone(),
+            sources: BTreeMap::new(),
+            settings: Arc::new(settings(config, state_dir, inventory, &checks)?),
+            commands: config.commands.clone(),
+            mqtt: mqtt.clone(),
+            endpoints: BTreeMap::new(),
+            started_at: started_at.to_string(),
+            dedup: Dedup::default(),
+            scope_limits: commands::ScopeLimiter::default(),
+            birth_topic: config
+                .homeassistant
+                .enabled
+                .then(|| config.homeassistant.birth_topic()),
+            birth_pending: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            events_window: std::collections::VecDeque::new(),
+            ticks: 0,
+            last_info: None,
+        })
+    }
+
+    /// Publishes the bridge, starts every endpoint and Portainer source, and
+    /// queues the sweep of leftovers from an earlier run.
+    fn start_all(&mut self, config: &Config, source_tx: &mpsc::Sender<SourceUpdate>) {
+        // Parents before children: the bridge device goes out before any endpoint's.
+        self.publish_bridge_device();
+        if !config.homeassistant.enabled {
+            self.mqtt.outbox.sweep(Sweep::Discovery);
+        }
+        for (id, cfg) in config.effective_endpoints() {
+            self.start(id, EndpointSpec::Direct(cfg), None, false);
+        }
+        for (key, pcfg) in &config.portainer {
+            self.start_source(key, pcfg, source_tx.clone());
+        }
+        self.publish_info();
+        // Leftovers of Portainer environments are swept once their source has listed them.
+        self.mqtt.outbox.sweep(Sweep::Endpoints {
+            keep: self.endpoints.keys().cloned().collect(),
+            keep_prefixes: config.portainer.keys().map(|k| format!("{k}-")).collect(),
+        });
+    }
+
+    /// READY=1 once the states are on the broker (SPEC §11), or at
+    /// `ready_by` anyway; returns whether it was sent.
+    fn notify_ready_if_settled(
+        &self,
+        mqtt_live: &Liveness,
+        ready_by: tokio::time::Instant,
+    ) -> bool {
+        let settled = self.settled();
+        if !settled && tokio::time::Instant::now() < ready_by {
+            return false;
+        }
+        // What `dockside health` says right after READY is current, not the
+        // verdict of a tick taken before the tasks ran.
+        crate::metrics::get().set_health(self.health(mqtt_live));
+        let status = if settled {
+            format!("mirroring {} endpoint(s)", self.endpoints.len())
+        } else {
+            tracing::warn!("ready without a broker or an engine answering: still retrying");
+            "started; waiting for the broker or an engine (see the log)".to_string()
+        };
+        let _ = sd_notify::notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&status),
+        ]);
+        true
+    }
+
+    fn on_health_tick(&mut self, mqtt_live: &Liveness, watchdog: bool) {
+        let health = self.health(mqtt_live);
+        // The watchdog is fed only while our own tasks run (a broker outage
+        // is not a reason for systemd to kill us).
+        if watchdog && self.tasks_alive(mqtt_live) {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        }
+        crate::metrics::get().set_health(health);
+        if self.diagnostics_due() {
+            self.publish_info();
+        }
+    }
+
+    /// A new configuration: applied in place, or `Some(Restart)` when the
+    /// MQTT connection, topics or state directory change. `current` follows.
+    async fn on_reload(
+        &mut self,
+        new: Config,
+        current: &mut Config,
+        source_tx: &mpsc::Sender<SourceUpdate>,
+    ) -> Option<Outcome> {
+        let _ = sd_notify::notify(&[
+            sd_notify::NotifyState::Reloading,
+            sd_notify::NotifyState::monotonic_usec_now()
+                .unwrap_or(sd_notify::NotifyState::Status("reloading")),
+        ]);
+        if let Err(e) = preflight(&new, current) {
+            tracing::error!(error = %e, "reload refused: keeping the running configuration");
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+            return None;
+        }
+        let d = current.diff(&new);
+        tracing::info!(diff = ?d, "applying the new configuration");
+        if d.restart_all {
+            return Some(Outcome::Restart(Box::new(new)));
+        }
+        if d.log {
+            tracing::warn!("log settings take effect at the next start");
+        }
+        self.reload(&new, &d, source_tx).await;
+        *current = new;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        tracing::info!(endpoints = self.endpoints.len(), "configuration reloaded");
+        None
+    }
+
+    /// The router is synchronous and runs in the supervisor's loop: a panic
+    /// on one message (a bug, never the input's fault) is logged and
+    /// counted, and the next message is routed as usual.
+    fn route_guarded(&mut self, msg: Inbound) {
+        let topic = msg.topic.clone();
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.route(msg))).is_err() {
+            supervise::count_restart();
+            tracing::error!(task = "command router", %topic, "the router panicked on a message; it goes on with the next one");
+        }
+    }
+
+    /// Stops everything, the MQTT task last (it publishes `offline`).
+    async fn shut_down(mut self, mqtt: MqttRun) {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        if let Some(w) = self.watcher.take() {
+            w.token.cancel();
+        }
+        for s in self.sources.values() {
+            s.token.cancel();
+        }
+        self.stop_all().await;
+        supervise::stop("mqtt", &mqtt.token, mqtt.join, MQTT_STOP_GRACE).await;
+    }
+}
+
+/// One run with one MQTT connection: set up, then the loop, until shutdown
+/// or a reload that needs a new connection.
 async fn run_instance(
     config: &Config,
     started_at: &str,
@@ -339,78 +532,14 @@ async fn run_instance(
     let state_dir = StateDir::open(&config.state.dir)?;
     warn_if_commands_are_open(config);
     let topics = Topics::new(config.mqtt.base_topic.clone());
-    let (inbound_tx, mut inbound) = mpsc::channel::<Inbound>(256);
-    let mut subscriptions = topics.command_filters().to_vec();
-    if config.homeassistant.enabled {
-        subscriptions.push(config.homeassistant.birth_topic());
-    }
-    let (mqtt_task, mqtt) = mqtt::new(config, subscriptions, Some(inbound_tx))?;
-    let mqtt_token = CancellationToken::new();
-    let mqtt_live = Liveness::default();
-    let mqtt_join = {
-        let token = mqtt_token.clone();
-        // Its last will tells the broker we are gone while it restarts.
-        supervise::spawn(
-            "mqtt".into(),
-            mqtt_token.clone(),
-            mqtt_live.clone(),
-            || {},
-            move || Ok(mqtt_task.clone().run(token.clone())),
-        )
-    };
-
-    // Always there (endpoints feed it), so `[updates]` can be switched on by a reload.
-    let inventory = Some(Arc::new(Inventory::default()));
-    let watcher = start_watcher(config, &mqtt, inventory.clone(), &state_dir);
-    let checks: crate::watcher::CheckQueue = Arc::new(std::sync::RwLock::new(
-        watcher.as_ref().map(|w| w.checks.clone()),
-    ));
-    let mut sup = Supervisor {
-        checks: checks.clone(),
-        watcher,
-        state_dir: state_dir.clone(),
-        inventory: inventory.clone(),
-        sources: BTreeMap::new(),
-        settings: Arc::new(settings(config, &state_dir, inventory.clone(), &checks)?),
-        commands: config.commands.clone(),
-        mqtt: mqtt.clone(),
-        endpoints: BTreeMap::new(),
-        started_at: started_at.to_string(),
-        dedup: Dedup::default(),
-        scope_limits: commands::ScopeLimiter::default(),
-        birth_topic: config
-            .homeassistant
-            .enabled
-            .then(|| config.homeassistant.birth_topic()),
-        birth_pending: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-        events_window: std::collections::VecDeque::new(),
-        ticks: 0,
-        last_info: None,
-    };
-    // Parents before children: the bridge device goes out before any endpoint's.
-    sup.publish_bridge_device();
-    if !config.homeassistant.enabled {
-        mqtt.outbox.sweep(Sweep::Discovery);
-    }
-    for (id, cfg) in config.effective_endpoints() {
-        sup.start(id, EndpointSpec::Direct(cfg), None, false);
-    }
+    let (mqtt_run, mqtt, mut inbound) = start_mqtt(config, &topics)?;
+    let mut sup = Supervisor::new(config, started_at, &mqtt, &state_dir)?;
     let (source_tx, mut source_rx) = mpsc::channel::<SourceUpdate>(16);
-    for (key, pcfg) in &config.portainer {
-        sup.start_source(key, pcfg, source_tx.clone());
-    }
-    sup.publish_info();
-    // Leftovers of Portainer environments are swept once their source has listed them.
-    mqtt.outbox.sweep(Sweep::Endpoints {
-        keep: sup.endpoints.keys().cloned().collect(),
-        keep_prefixes: config.portainer.keys().map(|k| format!("{k}-")).collect(),
-    });
-    // READY=1 once the states are on the broker (SPEC §11): see `settled`.
+    sup.start_all(config, &source_tx);
     let mut ready = false;
     let ready_by = tokio::time::Instant::now() + READY_AT_MOST;
     let mut ready_tick = tokio::time::interval(Duration::from_millis(50));
     let watchdog = sd_notify::watchdog_enabled().is_some();
-
     let mut current = config.clone();
     let mut resync = mqtt.resync_signal();
     let mut health_tick = tokio::time::interval(HEALTH_EVERY);
@@ -418,86 +547,24 @@ async fn run_instance(
         tokio::select! {
             _ = shutdown.cancelled() => break Outcome::Shutdown,
             _ = ready_tick.tick(), if !ready => {
-                let settled = sup.settled();
-                if settled || tokio::time::Instant::now() >= ready_by {
-                    ready = true;
-                    // What `dockside health` says right after READY is current,
-                    // not the verdict of a tick taken before the tasks ran.
-                    crate::metrics::get().set_health(sup.health(&mqtt_live));
-                    let status = if settled {
-                        format!("mirroring {} endpoint(s)", sup.endpoints.len())
-                    } else {
-                        tracing::warn!("ready without a broker or an engine answering: still retrying");
-                        "started; waiting for the broker or an engine (see the log)".to_string()
-                    };
-                    let _ = sd_notify::notify(&[
-                        sd_notify::NotifyState::Ready,
-                        sd_notify::NotifyState::Status(&status),
-                    ]);
-                }
+                ready = sup.notify_ready_if_settled(&mqtt_run.live, ready_by);
             }
-            _ = health_tick.tick() => {
-                let health = sup.health(&mqtt_live);
-                // The watchdog is fed only while our own tasks run (a broker
-                // outage is not a reason for systemd to kill us).
-                if watchdog && sup.tasks_alive(&mqtt_live) {
-                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-                }
-                crate::metrics::get().set_health(health);
-                if sup.diagnostics_due() {
-                    sup.publish_info();
-                }
-            }
+            _ = health_tick.tick() => sup.on_health_tick(&mqtt_run.live, watchdog),
             Some(new) = reloads.recv() => {
-                let _ = sd_notify::notify(&[
-                    sd_notify::NotifyState::Reloading,
-                    sd_notify::NotifyState::monotonic_usec_now().unwrap_or(sd_notify::NotifyState::Status("reloading")),
-                ]);
-                if let Err(e) = preflight(&new, &current) {
-                    tracing::error!(error = %e, "reload refused: keeping the running configuration");
-                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-                    continue;
+                if let Some(o) = sup.on_reload(new, &mut current, &source_tx).await {
+                    break o;
                 }
-                let d = current.diff(&new);
-                tracing::info!(diff = ?d, "applying the new configuration");
-                if d.restart_all {
-                    break Outcome::Restart(Box::new(new));
-                }
-                if d.log {
-                    tracing::warn!("log settings take effect at the next start");
-                }
-                sup.reload(&new, &d, &source_tx).await;
-                current = new;
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-                tracing::info!(endpoints = sup.endpoints.len(), "configuration reloaded");
             }
             Ok(()) = resync.changed() => {
                 sup.publish_bridge_device();
                 sup.last_info = None; // the broker may have lost it
                 sup.publish_info();
             }
-            Some(msg) = inbound.recv() => {
-                // The router is synchronous and runs here: a panic on one message
-                // (a bug, never the input's fault) is logged and counted, and the
-                // next message is routed as usual.
-                let topic = msg.topic.clone();
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sup.route(msg))).is_err() {
-                    supervise::count_restart();
-                    tracing::error!(task = "command router", %topic, "the router panicked on a message; it goes on with the next one");
-                }
-            }
+            Some(msg) = inbound.recv() => sup.route_guarded(msg),
             Some(update) = source_rx.recv() => sup.apply_source(update).await,
         }
     };
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    if let Some(w) = sup.watcher.take() {
-        w.token.cancel();
-    }
-    for s in sup.sources.values() {
-        s.token.cancel();
-    }
-    sup.stop_all().await;
-    supervise::stop("mqtt", &mqtt_token, mqtt_join, MQTT_STOP_GRACE).await;
+    sup.shut_down(mqtt_run).await;
     Ok(outcome)
 }
 
