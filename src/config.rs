@@ -1342,12 +1342,12 @@ impl CommandsConfig {
     /// `[commands]`.
     fn validate(&self) -> Result<(), ConfigError> {
         for (i, w) in self.allow.iter().enumerate() {
-            if !crate::commands::ALLOWABLE_WORDS.contains(&w.as_str()) {
+            if !crate::command::ALLOWABLE_WORDS.contains(&w.as_str()) {
                 return Err(invalid(
                     format!("commands.allow[{i}]"),
                     format!(
                         "unknown command `{w}` (one of {})",
-                        crate::commands::ALLOWABLE_WORDS.join(", ")
+                        crate::command::ALLOWABLE_WORDS.join(", ")
                     ),
                 ));
             }

@@ -266,9 +266,9 @@ impl Discovery {
     }
 
     /// The words HA may send to one container: those the command policy
-    /// permits for it (`commands::Policy`), and `check`/`update` only when
+    /// permits for it (`command::Policy`), and `check`/`update` only when
     /// the image watcher runs.
-    pub fn container_words(&self, who: &crate::commands::Subject) -> Vec<String> {
+    pub fn container_words(&self, who: &crate::command::Subject) -> Vec<String> {
         self.commands
             .allow
             .iter()
@@ -1009,7 +1009,7 @@ mod tests {
     }
 
     fn all_words() -> Vec<String> {
-        crate::commands::CONTAINER_WORDS
+        crate::command::CONTAINER_WORDS
             .iter()
             .map(|s| s.to_string())
             .collect()
@@ -1269,7 +1269,7 @@ mod tests {
             &["start", "stop", "restart", "check"],
         );
         let d = Discovery::from_config(&c).expect("enabled");
-        use crate::commands::Subject;
+        use crate::command::Subject;
         let plain = Subject::default();
         assert_eq!(d.container_words(&plain).len(), 4);
         assert!(

@@ -11,7 +11,7 @@
 pub mod backoff;
 pub mod cli;
 pub mod clock;
-pub mod commands;
+pub mod command;
 pub mod config;
 pub mod docker;
 pub mod embedded;

@@ -6,7 +6,7 @@
 
 use proptest::prelude::*;
 
-use crate::commands::{self, Scope};
+use crate::command::{self, Scope};
 
 fn cases() -> ProptestConfig {
     ProptestConfig {
@@ -58,7 +58,7 @@ proptest! {
     #[test]
     fn command_payloads_never_panic(payload in json_ish()) {
         for scope in [Scope::Container, Scope::Endpoint, Scope::Bridge, Scope::Stack] {
-            if let Ok(r) = commands::parse(&payload, scope) {
+            if let Ok(r) = command::parse(&payload, scope) {
                 prop_assert!(!r.action.is_empty());
                 prop_assert!(r.lines.is_none_or(|l| (1..=1000).contains(&l)));
             }

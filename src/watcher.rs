@@ -346,13 +346,13 @@ pub type CheckQueue = Arc<std::sync::RwLock<Option<mpsc::Sender<CheckRequest>>>>
 pub fn request_check(
     queue: &CheckQueue,
     scope: CheckScope,
-    req: crate::commands::Request,
+    req: crate::command::Request,
     result_topic: String,
     received: std::time::Instant,
     timeout: Duration,
     outbox: &Arc<Outbox>,
 ) {
-    use crate::commands::{Code, CommandResult};
+    use crate::command::{Code, CommandResult};
     let refuse = |code, why: &str| {
         let r = CommandResult::refused(&req, code, why, received);
         outbox.send(result_topic.clone(), r.to_json());

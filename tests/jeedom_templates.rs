@@ -90,7 +90,7 @@ fn container_template_matches_the_topics() {
             ("event", event),
             ("result", result),
         ],
-        dockside::commands::CONTAINER_WORDS,
+        dockside::command::CONTAINER_WORDS,
     );
 }
 
@@ -108,7 +108,7 @@ fn endpoint_template_matches_the_topics() {
             ("info", info),
             ("result", json!({"ok":true})),
         ],
-        dockside::commands::ENDPOINT_WORDS,
+        dockside::command::ENDPOINT_WORDS,
     );
 }
 

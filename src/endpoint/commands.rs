@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::Endpoint;
-use crate::commands::{Code, CommandResult, ContainerOutcome, Request};
+use crate::command::{Code, CommandResult, ContainerOutcome, Request};
 use crate::docker::DockerError;
 use crate::docker::recreate::{self, Outcome, Plan, RecreateError, Swap, Target};
 use crate::payloads::ContainerState;
@@ -225,9 +225,9 @@ impl Endpoint {
     }
 
     /// What the command policy needs to know of container `name` (id `id`).
-    pub(super) fn subject(&self, name: &str, id: &str) -> crate::commands::Subject {
+    pub(super) fn subject(&self, name: &str, id: &str) -> crate::command::Subject {
         let s = &self.settings;
-        crate::commands::Subject {
+        crate::command::Subject {
             label_off: self.no_commands.contains(name),
             logs_off: self.no_logs.contains(name),
             protected: s.protect.is_match(name),
@@ -364,7 +364,7 @@ impl Endpoint {
         };
         let topic = self.settings.topics.container_result(&self.id, &name);
         let client = self.client.clone();
-        let tail = req.lines.unwrap_or(crate::commands::DEFAULT_LOG_LINES);
+        let tail = req.lines.unwrap_or(crate::command::DEFAULT_LOG_LINES);
         let timeout = self.settings.command_timeout.max(Duration::from_secs(1));
         self.reads.spawn(async move {
             let r = match tokio::time::timeout(timeout, client.logs(&id, tail, req.since)).await {
@@ -372,7 +372,7 @@ impl Endpoint {
                     let mut r = CommandResult::ok(&req, None, received);
                     r.logs = Some(logs.lines);
                     r.truncated = Some(logs.truncated);
-                    r.fit_logs(crate::commands::MAX_RESULT_BYTES);
+                    r.fit_logs(crate::command::MAX_RESULT_BYTES);
                     r
                 }
                 Ok(Err(DockerError::NotFound)) => {
@@ -451,7 +451,7 @@ impl Endpoint {
             .collect();
         let plan = crate::docker::prune::PrunePlan {
             what: req.what.clone().unwrap_or_else(|| {
-                crate::commands::DEFAULT_PRUNE
+                crate::command::DEFAULT_PRUNE
                     .iter()
                     .map(|w| w.to_string())
                     .collect()

@@ -124,7 +124,7 @@ pub struct EndpointSettings {
     pub inventory: Option<Arc<crate::watcher::Inventory>>,
     /// Home Assistant discovery, when on.
     pub ha: Option<Arc<Discovery>>,
-    /// The command policy's settings (`commands::Policy`).
+    /// The command policy's settings (`command::Policy`).
     pub commands: crate::config::CommandsConfig,
     /// Where `check` goes: the image watcher's queue, while it runs.
     pub checks: crate::watcher::CheckQueue,
@@ -230,7 +230,7 @@ pub struct Endpoint {
     no_logs: HashSet<String>,
     /// `prune` runs after operations, never beside them (SPEC §16).
     prune_running: bool,
-    prune_waiting: Option<(crate::commands::Request, std::time::Instant)>,
+    prune_waiting: Option<(crate::command::Request, std::time::Instant)>,
     /// name → the command running on it (one at a time).
     pending: HashMap<String, Pending>,
     last_command: HashMap<String, Instant>,
@@ -239,7 +239,7 @@ pub struct Endpoint {
     /// recreate runs to its end), recorded in the history when they land.
     ops: JoinSet<commands::OpDone>,
     /// Read-only words running (`logs`) and `prune`: (result topic, result).
-    reads: JoinSet<(String, crate::commands::CommandResult)>,
+    reads: JoinSet<(String, crate::command::CommandResult)>,
     /// The last disk summary, when it may be asked for next (hourly after
     /// a success, sooner after a failure) and the failures in a row.
     disk: Option<crate::payloads::DiskUsage>,

@@ -6,7 +6,7 @@
 //! through Portainer's own start, stop and redeploy-with-pull.
 
 use super::*;
-use crate::commands::{Code, CommandResult, Request};
+use crate::command::{Code, CommandResult, Request};
 use crate::portainer::PortainerError;
 use crate::stacks::{Member, PortainerStack, StackState};
 
@@ -130,7 +130,7 @@ impl Endpoint {
     }
 
     /// The words HA may send to a stack: those the command policy permits
-    /// for every one of its containers (`commands::Policy`).
+    /// for every one of its containers (`command::Policy`).
     fn stack_words(&self, st: &StackState) -> Vec<String> {
         crate::stacks::WORDS
             .iter()

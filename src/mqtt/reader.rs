@@ -145,7 +145,7 @@ fn deliver(
         let msg = match e {
             mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m) => m,
         };
-        match crate::commands::overflow_reply(topics, &msg.topic, &msg.payload) {
+        match crate::command::overflow_reply(topics, &msg.topic, &msg.payload) {
             Some((t, r)) => outbox.send(t, r),
             None => tracing::debug!(topic = %msg.topic, "inbound queue full: message dropped"),
         }

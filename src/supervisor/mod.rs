@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::commands::{self, Dedup};
+use crate::command::{self, Dedup};
 use crate::config::{CommandsConfig, Config, ConfigError, EndpointConfig, KeyedDiff};
 use crate::docker::DockerClient;
 use crate::endpoint::{Endpoint, EndpointCommand, EndpointMeta, EndpointSettings};
@@ -129,7 +129,7 @@ struct Supervisor {
     endpoints: BTreeMap<String, EndpointHandle>,
     started_at: String,
     dedup: Dedup,
-    scope_limits: commands::ScopeLimiter,
+    scope_limits: command::ScopeLimiter,
     /// HA's birth topic, when discovery is on.
     birth_topic: Option<String>,
     /// A birth-triggered republish is waiting for its random delay.
@@ -147,7 +147,7 @@ fn settings(
     inventory: Option<Arc<Inventory>>,
     checks: &crate::watcher::CheckQueue,
 ) -> Result<EndpointSettings, ConfigError> {
-    let own_ids = commands::detect_own_container();
+    let own_ids = command::detect_own_container();
     if !own_ids.is_empty() {
         tracing::info!(ids = ?own_ids, "running in a container: it is protected from commands");
     }
@@ -389,7 +389,7 @@ impl Supervisor {
             endpoints: BTreeMap::new(),
             started_at: started_at.to_string(),
             dedup: Dedup::default(),
-            scope_limits: commands::ScopeLimiter::default(),
+            scope_limits: command::ScopeLimiter::default(),
             birth_topic: config
                 .homeassistant
                 .enabled

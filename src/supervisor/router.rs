@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Supervisor;
-use crate::commands::{self, Code, CommandResult, Request, Scope};
+use crate::command::{self, Code, CommandResult, Request, Scope};
 use crate::endpoint::EndpointCommand;
 use crate::mqtt::Inbound;
 use crate::topics::CommandTarget;
@@ -85,7 +85,7 @@ impl Supervisor {
                 received,
             ));
         }
-        let req = match commands::parse(&msg.payload, scope) {
+        let req = match command::parse(&msg.payload, scope) {
             Ok(r) => r,
             Err(e) => {
                 return reply(CommandResult::failed(
@@ -124,7 +124,7 @@ impl Supervisor {
                         format!(
                             "one `{}` per {} s here; retry in {} ms",
                             req.action,
-                            commands::SCOPE_MIN_INTERVAL.as_secs(),
+                            command::SCOPE_MIN_INTERVAL.as_secs(),
                             wait.as_millis()
                         ),
                         received,
