@@ -564,8 +564,11 @@ async fn a_flood_of_commands_gets_one_result_each_and_bounded_memory() {
         "flood: {N} commands sent in {sent_in:?} ({rate:.0}/s); {a:?}: {ok} ok, {busy} busy; RSS {rss_before} kB -> {rss_after} kB"
     );
     // Paced at 80,000 a second; on two shared cores Mosquitto's own reading
-    // (about 55,000–60,000 a second here) is what holds the client back.
-    assert!(rate >= 40_000.0, "the flood was only {rate:.0} a second");
+    // (55,000–63,000 a second here, less beside other tests) holds the client
+    // back. What matters: the flood outran the results, so dockside had to
+    // slow its reading — and still answered every command.
+    assert!(rate >= 20_000.0, "the flood was only {rate:.0} a second");
+    assert!(a.reads_paused > 0, "the flood never outran the results: {a:?}");
     assert_eq!(
         (a.results, a.distinct),
         (a.received, a.received),
