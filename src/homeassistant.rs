@@ -10,6 +10,8 @@
 //! rejects (enum options cover every state, the update entity's JSON only
 //! carries keys HA's update schema accepts).
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
@@ -576,132 +578,39 @@ impl Discovery {
         .finish(SCOPE_OPTIONAL)
     }
 
-    /// A container device and its entities.
+    /// A container device and its entities: those of `CONTAINER_ENTITIES`
+    /// (and the stats sensors) that its facts call for.
     pub fn container(&self, ep: &str, ct: &str, f: &ContainerFacts) -> Device {
         let id = ha_id(&[self.topics.base(), ep, ct]);
-        let t = &self.topics;
-        let state = t.container_state(ep, ct);
-        let set = t.container_set(ep, ct);
-        let w = &f.words;
-        let mut e = vec![
-            self.entity(
-                &id,
-                "running",
-                "binary_sensor",
-                "Running",
-                json!({"device_class": "running", "state_topic": state,
-                       "value_template": ON_OFF_RUNNING, "json_attributes_topic": state}),
-            ),
-            self.entity(
-                &id,
-                "state",
-                "sensor",
-                "State",
-                json!({"device_class": "enum", "options": STATE_OPTIONS, "state_topic": state,
-                       "value_template": "{{ value_json.state }}", "icon": "mdi:docker"}),
-            ),
-            self.entity(
-                &id,
-                "health",
-                "sensor",
-                "Health",
-                json!({"device_class": "enum", "options": HEALTH_OPTIONS, "state_topic": state,
-                       "value_template": "{{ value_json.health }}", "icon": "mdi:heart-pulse"}),
-            ),
-            // SPEC §13: one flag to alert on; the reason as an attribute.
-            self.entity(
-                &id,
-                "problem",
-                "binary_sensor",
-                "Problem",
-                json!({"device_class": "problem", "state_topic": state,
-                       "value_template": ON_OFF_PROBLEM, "json_attributes_topic": state,
-                       "json_attributes_template": "{{ {'reason': value_json.problem_reason} | tojson }}"}),
-            ),
-        ];
-        if Self::allows(w, "start") && Self::allows(w, "stop") {
-            e.push(self.entity(
-                &id,
-                "power",
-                "switch",
-                "Power",
-                json!({"command_topic": set, "payload_on": "start", "payload_off": "stop",
-                       "state_topic": state, "state_on": "ON", "state_off": "OFF",
-                       "value_template": ON_OFF_RUNNING, "icon": "mdi:power"}),
-            ));
-        }
-        if Self::allows(w, "restart") {
-            e.push(self.entity(
-                &id,
-                "restart",
-                "button",
-                "Restart",
-                json!({"device_class": "restart", "command_topic": set, "payload_press": "restart"}),
-            ));
-        }
-        for (word, name, icon) in [
-            ("pause", "Pause", "mdi:pause"),
-            ("unpause", "Unpause", "mdi:play-pause"),
-            ("kill", "Kill", "mdi:skull-crossbones"),
-            // The lines arrive on the container's result topic (an MQTT trigger).
-            ("logs", "Fetch logs", "mdi:text-box-search"),
-        ] {
-            if Self::allows(w, word) {
-                // Rarely wanted: present, disabled until the user enables it.
-                e.push(self.entity(
-                    &id,
-                    word_id(word),
-                    "button",
-                    name,
-                    json!({"command_topic": set, "payload_press": word, "icon": icon,
-                           "enabled_by_default": false}),
-                ));
+        let vars = container_vars(&self.topics, ep, ct);
+        let has = |w: &str| Self::allows(&f.words, w);
+        let wanted = |when: When| match when {
+            When::Always => true,
+            When::Allows(words) => words.iter().all(|w| has(w)),
+            When::Updates => self.updates,
+            When::UpdatesAllows(w) => self.updates && has(w),
+        };
+        let mut e = Vec::new();
+        let push = |e: &mut Vec<Entity>, defs: &[EntityDef]| {
+            for d in defs.iter().filter(|d| wanted(d.when)) {
+                let mut config = d.config(&vars);
+                if let Some((word, extra)) = d.when_allowed
+                    && has(word)
+                    && let (Value::Object(m), Ok(Value::Object(x))) =
+                        (&mut config, serde_json::from_str::<Value>(extra))
+                {
+                    let mut x = Value::Object(x);
+                    fill(&mut x, &vars);
+                    if let Value::Object(x) = x {
+                        m.extend(x);
+                    }
+                }
+                e.push(self.entity(&id, d.id, d.platform, d.name, config));
             }
-        }
-        if self.updates {
-            let mut u = json!({"state_topic": t.container_update(ep, ct),
-                               "value_template": UPDATE_TEMPLATE, "icon": "mdi:docker"});
-            if Self::allows(w, "update") {
-                u["command_topic"] = json!(set);
-                u["payload_install"] = json!("update");
-            }
-            e.push(self.entity(&id, "update", "update", "Image update", u));
-            if Self::allows(w, "rollback") {
-                // Rarely wanted: present, disabled until the user enables it.
-                e.push(self.entity(
-                    &id,
-                    "rollback",
-                    "button",
-                    "Roll back",
-                    json!({"command_topic": set, "payload_press": "rollback",
-                           "icon": "mdi:undo-variant", "enabled_by_default": false}),
-                ));
-            }
-            let history = t.container_history(ep, ct);
-            e.push(self.entity(
-                &id,
-                "last_update",
-                "sensor",
-                "Last update",
-                json!({"state_topic": history, "json_attributes_topic": history,
-                       "value_template": LAST_UPDATE_TEMPLATE,
-                       "json_attributes_template": LAST_UPDATE_ATTRIBUTES,
-                       "device_class": "enum", "options": LAST_UPDATE_OPTIONS,
-                       "entity_category": "diagnostic", "icon": "mdi:history"}),
-            ));
-            if Self::allows(w, "check") {
-                e.push(self.entity(
-                    &id,
-                    "check_update",
-                    "button",
-                    "Check for update",
-                    json!({"command_topic": set, "payload_press": "check",
-                           "entity_category": "config", "icon": "mdi:update"}),
-                ));
-            }
-        }
+        };
+        push(&mut e, CONTAINER_ENTITIES);
         if f.stats {
-            let topic = t.container_stats(ep, ct);
+            let topic = self.topics.container_stats(ep, ct);
             for (cid, key, name, opts) in STATS_SENSORS {
                 let mut v: Value = serde_json::from_str(opts).unwrap_or_else(|_| json!({}));
                 // A missing figure renders `None`: HA shows it as unknown.
@@ -710,65 +619,7 @@ impl Discovery {
                 e.push(self.entity(&id, cid, "sensor", name, v));
             }
         }
-        e.push(self.entity(
-            &id,
-            "event",
-            "event",
-            "Docker event",
-            json!({"state_topic": t.container_event(ep, ct), "event_types": EVENT_TYPES,
-                   "icon": "mdi:docker"}),
-        ));
-        // The last command's result (SPEC §5), whole as attributes: the lines
-        // of `logs` are read with `state_attr(…, 'logs')`.
-        let result = t.container_result(ep, ct);
-        e.push(self.entity(
-            &id,
-            "last_result",
-            "sensor",
-            "Last command",
-            json!({"state_topic": result, "json_attributes_topic": result,
-                   "value_template": LAST_RESULT_TEMPLATE,
-                   "json_attributes_template": LAST_RESULT_ATTRIBUTES,
-                   "entity_category": "diagnostic", "icon": "mdi:console"}),
-        ));
-        let diag = |key: &'static str, name: &str, tpl: &str, extra: Value| {
-            let mut v = json!({"state_topic": state, "value_template": tpl,
-                               "entity_category": "diagnostic"});
-            if let (Value::Object(m), Value::Object(x)) = (&mut v, extra) {
-                m.extend(x);
-            }
-            self.entity(&id, key, "sensor", name, v)
-        };
-        e.push(diag(
-            "image",
-            "Image",
-            "{{ value_json.image }}",
-            json!({"icon": "mdi:layers"}),
-        ));
-        e.push(diag(
-            "started_at",
-            "Started",
-            "{{ value_json.started_at or 'None' }}",
-            json!({"device_class": "timestamp"}),
-        ));
-        e.push(diag(
-            "restart_count",
-            "Restart count",
-            "{{ value_json.restart_count }}",
-            json!({"state_class": "measurement", "icon": "mdi:restart"}),
-        ));
-        e.push(diag(
-            "exit_code",
-            "Exit code",
-            "{{ value_json.exit_code }}",
-            json!({"icon": "mdi:numeric"}),
-        ));
-        e.push(diag(
-            "ip_address",
-            "IP address",
-            "{{ value_json.ip_address or 'None' }}",
-            json!({"icon": "mdi:ip-network"}),
-        ));
+        push(&mut e, CONTAINER_TAIL_ENTITIES);
         let mut device = json!({
             "identifiers": [id],
             "name": ct,
@@ -907,6 +758,263 @@ impl Discovery {
 }
 
 /// A command word as a component id (which must be `&'static str`).
+/// When a container device has an entity.
+#[derive(Debug, Clone, Copy)]
+enum When {
+    Always,
+    /// Every one of these words is allowed for the container.
+    Allows(&'static [&'static str]),
+    /// The image watcher runs.
+    Updates,
+    /// The image watcher runs and this word is allowed.
+    UpdatesAllows(&'static str),
+}
+
+/// One entity of a container device, as data. In `config`, a JSON string
+/// that is exactly `$name` is replaced by that value (`container_vars`);
+/// `when_allowed` adds keys when a word is allowed (Install on `update`).
+struct EntityDef {
+    id: &'static str,
+    platform: &'static str,
+    name: &'static str,
+    when: When,
+    config: &'static str,
+    when_allowed: Option<(&'static str, &'static str)>,
+}
+
+impl EntityDef {
+    const fn new(
+        id: &'static str,
+        platform: &'static str,
+        name: &'static str,
+        when: When,
+        config: &'static str,
+    ) -> Self {
+        EntityDef {
+            id,
+            platform,
+            name,
+            when,
+            config,
+            when_allowed: None,
+        }
+    }
+
+    fn config(&self, vars: &BTreeMap<&'static str, Value>) -> Value {
+        // The table is ours and tested to parse; an error would show as an
+        // entity without its keys, never a panic.
+        let mut v = serde_json::from_str(self.config).unwrap_or_else(|_| json!({}));
+        fill(&mut v, vars);
+        v
+    }
+}
+
+/// Replaces every string that is exactly a key of `vars` by its value.
+fn fill(v: &mut Value, vars: &BTreeMap<&'static str, Value>) {
+    match v {
+        Value::String(s) if s.starts_with('$') => {
+            if let Some(x) = vars.get(s.as_str()) {
+                *v = x.clone();
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| fill(x, vars)),
+        Value::Object(m) => m.values_mut().for_each(|x| fill(x, vars)),
+        _ => {}
+    }
+}
+
+/// The values `CONTAINER_ENTITIES` name: a container's topics, and the
+/// templates and option lists its entities share.
+fn container_vars(t: &Topics, ep: &str, ct: &str) -> BTreeMap<&'static str, Value> {
+    BTreeMap::from([
+        ("$state", json!(t.container_state(ep, ct))),
+        ("$set", json!(t.container_set(ep, ct))),
+        ("$update", json!(t.container_update(ep, ct))),
+        ("$history", json!(t.container_history(ep, ct))),
+        ("$event", json!(t.container_event(ep, ct))),
+        ("$result", json!(t.container_result(ep, ct))),
+        ("$ON_OFF_RUNNING", json!(ON_OFF_RUNNING)),
+        ("$ON_OFF_PROBLEM", json!(ON_OFF_PROBLEM)),
+        ("$STATE_OPTIONS", json!(STATE_OPTIONS)),
+        ("$HEALTH_OPTIONS", json!(HEALTH_OPTIONS)),
+        ("$EVENT_TYPES", json!(EVENT_TYPES)),
+        ("$UPDATE_TEMPLATE", json!(UPDATE_TEMPLATE)),
+        ("$LAST_UPDATE_TEMPLATE", json!(LAST_UPDATE_TEMPLATE)),
+        ("$LAST_UPDATE_ATTRIBUTES", json!(LAST_UPDATE_ATTRIBUTES)),
+        ("$LAST_UPDATE_OPTIONS", json!(LAST_UPDATE_OPTIONS)),
+        ("$LAST_RESULT_TEMPLATE", json!(LAST_RESULT_TEMPLATE)),
+        ("$LAST_RESULT_ATTRIBUTES", json!(LAST_RESULT_ATTRIBUTES)),
+    ])
+}
+
+use When::{Allows, Always, Updates, UpdatesAllows};
+
+/// A container device's entities before its stats sensors, in order.
+const CONTAINER_ENTITIES: &[EntityDef] = &[
+    EntityDef::new(
+        "running",
+        "binary_sensor",
+        "Running",
+        Always,
+        r#"{"device_class":"running","state_topic":"$state","value_template":"$ON_OFF_RUNNING","json_attributes_topic":"$state"}"#,
+    ),
+    EntityDef::new(
+        "state",
+        "sensor",
+        "State",
+        Always,
+        r#"{"device_class":"enum","options":"$STATE_OPTIONS","state_topic":"$state","value_template":"{{ value_json.state }}","icon":"mdi:docker"}"#,
+    ),
+    EntityDef::new(
+        "health",
+        "sensor",
+        "Health",
+        Always,
+        r#"{"device_class":"enum","options":"$HEALTH_OPTIONS","state_topic":"$state","value_template":"{{ value_json.health }}","icon":"mdi:heart-pulse"}"#,
+    ),
+    // SPEC §13: one flag to alert on; the reason as an attribute.
+    EntityDef::new(
+        "problem",
+        "binary_sensor",
+        "Problem",
+        Always,
+        r#"{"device_class":"problem","state_topic":"$state","value_template":"$ON_OFF_PROBLEM","json_attributes_topic":"$state","json_attributes_template":"{{ {'reason': value_json.problem_reason} | tojson }}"}"#,
+    ),
+    EntityDef::new(
+        "power",
+        "switch",
+        "Power",
+        Allows(&["start", "stop"]),
+        r#"{"command_topic":"$set","payload_on":"start","payload_off":"stop","state_topic":"$state","state_on":"ON","state_off":"OFF","value_template":"$ON_OFF_RUNNING","icon":"mdi:power"}"#,
+    ),
+    EntityDef::new(
+        "restart",
+        "button",
+        "Restart",
+        Allows(&["restart"]),
+        r#"{"device_class":"restart","command_topic":"$set","payload_press":"restart"}"#,
+    ),
+    // Rarely wanted: present, disabled until the user enables them.
+    EntityDef::new(
+        "pause",
+        "button",
+        "Pause",
+        Allows(&["pause"]),
+        r#"{"command_topic":"$set","payload_press":"pause","icon":"mdi:pause","enabled_by_default":false}"#,
+    ),
+    EntityDef::new(
+        "unpause",
+        "button",
+        "Unpause",
+        Allows(&["unpause"]),
+        r#"{"command_topic":"$set","payload_press":"unpause","icon":"mdi:play-pause","enabled_by_default":false}"#,
+    ),
+    EntityDef::new(
+        "kill",
+        "button",
+        "Kill",
+        Allows(&["kill"]),
+        r#"{"command_topic":"$set","payload_press":"kill","icon":"mdi:skull-crossbones","enabled_by_default":false}"#,
+    ),
+    // The lines arrive on the container's result topic (an MQTT trigger).
+    EntityDef::new(
+        "logs",
+        "button",
+        "Fetch logs",
+        Allows(&["logs"]),
+        r#"{"command_topic":"$set","payload_press":"logs","icon":"mdi:text-box-search","enabled_by_default":false}"#,
+    ),
+    EntityDef {
+        when_allowed: Some((
+            "update",
+            r#"{"command_topic":"$set","payload_install":"update"}"#,
+        )),
+        ..EntityDef::new(
+            "update",
+            "update",
+            "Image update",
+            Updates,
+            r#"{"state_topic":"$update","value_template":"$UPDATE_TEMPLATE","icon":"mdi:docker"}"#,
+        )
+    },
+    EntityDef::new(
+        "rollback",
+        "button",
+        "Roll back",
+        UpdatesAllows("rollback"),
+        r#"{"command_topic":"$set","payload_press":"rollback","icon":"mdi:undo-variant","enabled_by_default":false}"#,
+    ),
+    EntityDef::new(
+        "last_update",
+        "sensor",
+        "Last update",
+        Updates,
+        r#"{"state_topic":"$history","json_attributes_topic":"$history","value_template":"$LAST_UPDATE_TEMPLATE","json_attributes_template":"$LAST_UPDATE_ATTRIBUTES","device_class":"enum","options":"$LAST_UPDATE_OPTIONS","entity_category":"diagnostic","icon":"mdi:history"}"#,
+    ),
+    EntityDef::new(
+        "check_update",
+        "button",
+        "Check for update",
+        UpdatesAllows("check"),
+        r#"{"command_topic":"$set","payload_press":"check","entity_category":"config","icon":"mdi:update"}"#,
+    ),
+];
+
+/// A container device's entities after its stats sensors, in order.
+const CONTAINER_TAIL_ENTITIES: &[EntityDef] = &[
+    EntityDef::new(
+        "event",
+        "event",
+        "Docker event",
+        Always,
+        r#"{"state_topic":"$event","event_types":"$EVENT_TYPES","icon":"mdi:docker"}"#,
+    ),
+    // The last command's result (SPEC §5), whole as attributes: the lines
+    // of `logs` are read with `state_attr(…, 'logs')`.
+    EntityDef::new(
+        "last_result",
+        "sensor",
+        "Last command",
+        Always,
+        r#"{"state_topic":"$result","json_attributes_topic":"$result","value_template":"$LAST_RESULT_TEMPLATE","json_attributes_template":"$LAST_RESULT_ATTRIBUTES","entity_category":"diagnostic","icon":"mdi:console"}"#,
+    ),
+    EntityDef::new(
+        "image",
+        "sensor",
+        "Image",
+        Always,
+        r#"{"state_topic":"$state","value_template":"{{ value_json.image }}","entity_category":"diagnostic","icon":"mdi:layers"}"#,
+    ),
+    EntityDef::new(
+        "started_at",
+        "sensor",
+        "Started",
+        Always,
+        r#"{"state_topic":"$state","value_template":"{{ value_json.started_at or 'None' }}","entity_category":"diagnostic","device_class":"timestamp"}"#,
+    ),
+    EntityDef::new(
+        "restart_count",
+        "sensor",
+        "Restart count",
+        Always,
+        r#"{"state_topic":"$state","value_template":"{{ value_json.restart_count }}","entity_category":"diagnostic","state_class":"measurement","icon":"mdi:restart"}"#,
+    ),
+    EntityDef::new(
+        "exit_code",
+        "sensor",
+        "Exit code",
+        Always,
+        r#"{"state_topic":"$state","value_template":"{{ value_json.exit_code }}","entity_category":"diagnostic","icon":"mdi:numeric"}"#,
+    ),
+    EntityDef::new(
+        "ip_address",
+        "sensor",
+        "IP address",
+        Always,
+        r#"{"state_topic":"$state","value_template":"{{ value_json.ip_address or 'None' }}","entity_category":"diagnostic","icon":"mdi:ip-network"}"#,
+    ),
+];
+
 fn word_id(w: &str) -> &'static str {
     match w {
         "start" => "start",
@@ -1064,6 +1172,80 @@ mod tests {
             "1048576"
         );
         assert!(!on.absent.iter().any(|(id, _)| *id == "cpu"));
+    }
+
+    /// Every container device form (no words, each word alone, all words;
+    /// with and without updates, stats and a Portainer link; both discovery
+    /// modes) as the discovery messages it sends: pinned byte for byte in
+    /// `testdata/ha_container_golden.txt`, so a change to how entities are
+    /// declared cannot change what Home Assistant receives.
+    fn container_forms() -> String {
+        let mut out = String::new();
+        for mode in [DiscoveryMode::Device, DiscoveryMode::Component] {
+            for updates in [false, true] {
+                let mut c = cfg(mode, crate::command::CONTAINER_WORDS);
+                c.updates.enabled = updates;
+                let d = Discovery::from_config(&c).expect("on");
+                let mut word_sets = vec![Vec::new(), all_words()];
+                word_sets.extend(all_words().into_iter().map(|w| vec![w]));
+                for words in word_sets {
+                    for (stats, url) in [
+                        (false, None),
+                        (true, Some("https://p/#!/1/docker/containers/x".to_string())),
+                    ] {
+                        let f = ContainerFacts {
+                            image: "nginx:1.27".into(),
+                            words: words.clone(),
+                            configuration_url: url,
+                            stats,
+                        };
+                        for (t, b) in d.messages(&d.container("local", "my.app", &f)) {
+                            out.push_str(&format!("{t} {}\n", String::from_utf8_lossy(&b)));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_entity_definition_parses_and_names_only_known_values() {
+        let vars = container_vars(&Topics::new("b"), "ep", "ct");
+        fn no_placeholder(v: &Value) -> bool {
+            match v {
+                Value::String(s) => !s.starts_with('$'),
+                Value::Array(a) => a.iter().all(no_placeholder),
+                Value::Object(m) => m.values().all(no_placeholder),
+                _ => true,
+            }
+        }
+        for d in CONTAINER_ENTITIES.iter().chain(CONTAINER_TAIL_ENTITIES) {
+            let raw = std::iter::once(d.config).chain(d.when_allowed.map(|(_, x)| x));
+            for text in raw {
+                let mut v: Value = serde_json::from_str(text).expect(d.id);
+                assert!(v.is_object(), "{}", d.id);
+                fill(&mut v, &vars);
+                assert!(no_placeholder(&v), "{}: {v}", d.id);
+            }
+        }
+    }
+
+    #[test]
+    fn container_discovery_is_pinned() {
+        let now = container_forms();
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/testdata/ha_container_golden.txt"
+        );
+        if std::env::var_os("DOCKSIDE_WRITE_GOLDEN").is_some() {
+            std::fs::write(path, &now).expect("write the golden file");
+        }
+        let pinned = std::fs::read_to_string(path).expect("testdata/ha_container_golden.txt");
+        assert!(
+            now == pinned,
+            "container discovery changed: regenerate with DOCKSIDE_WRITE_GOLDEN=1 only if intended"
+        );
     }
 
     fn devices(d: &Discovery) -> Vec<Device> {

@@ -568,7 +568,10 @@ async fn a_flood_of_commands_gets_one_result_each_and_bounded_memory() {
     // back. What matters: the flood outran the results, so dockside had to
     // slow its reading — and still answered every command.
     assert!(rate >= 20_000.0, "the flood was only {rate:.0} a second");
-    assert!(a.reads_paused > 0, "the flood never outran the results: {a:?}");
+    assert!(
+        a.reads_paused > 0,
+        "the flood never outran the results: {a:?}"
+    );
     assert_eq!(
         (a.results, a.distinct),
         (a.received, a.received),
