@@ -9,6 +9,8 @@
 //! goes to MQTT, `commands` the commands it runs.
 
 mod commands;
+mod cursor;
+mod disk;
 mod inspects;
 mod publish;
 mod session;
@@ -44,7 +46,7 @@ use crate::mqtt::{MqttHandle, Outbox, Sweep};
 use crate::payloads::{
     ContainerCounts, ContainerState, EndpointInfo, EventMessage, container_event_payload,
 };
-use crate::persist::{Cursor, StateDir, event_key};
+use crate::persist::StateDir;
 use crate::topics::Topics;
 
 /// Inspects run at most this many at a time per endpoint.
@@ -57,24 +59,8 @@ const INSPECT_DRAIN: Duration = Duration::from_millis(300);
 const INFO_DEBOUNCE: Duration = Duration::from_millis(200);
 /// Image/volume counts are re-read at most this often after such events.
 const FACTS_DEBOUNCE: Duration = Duration::from_secs(2);
-/// The cursor is written at most this often (and at the end of a session):
-/// with 1 s healthchecks events never stop, and an SD card wears per write
-/// (one page per save, `persist::StateDir::save_cursor`).
-const CURSOR_SAVE_EVERY: Duration = Duration::from_secs(10);
-/// When only routine events (a healthcheck's `exec_*` runs) moved the cursor
-/// since the last save, it is saved this rarely: replaying them after a
-/// crash changes no state, and 1 s healthchecks never let the stream rest.
-const CURSOR_ROUTINE_SAVE_EVERY: Duration = Duration::from_secs(120);
+use cursor::{CURSOR_SAVE_EVERY, CursorKeeper};
 
-/// Events that change no container state and are replayed harmlessly.
-fn routine_event(action: &str) -> bool {
-    action.starts_with("exec_")
-}
-
-/// Is a periodic cursor save due? Pure policy of the cursor keeper.
-fn cursor_save_due(dirty: bool, routine_only: bool, since_save: Duration) -> bool {
-    dirty && (!routine_only || since_save >= CURSOR_ROUTINE_SAVE_EVERY)
-}
 /// Actions that do not change a container's state: no inspect needed.
 const STATELESS_ACTIONS: &[&str] = &[
     "attach",
@@ -190,14 +176,8 @@ pub struct Endpoint {
     destroyed: VecDeque<String>,
     /// name → when its topics are cleared unless it comes back.
     removals: HashMap<String, Instant>,
-    cursor: Cursor,
-    cursor_dirty: bool,
-    /// Every event since the last save was routine (`routine_event`).
-    cursor_routine_only: bool,
-    cursor_saved_at: Instant,
-    /// A background cursor write is under way / the last one failed (retry).
-    cursor_saving: Arc<std::sync::atomic::AtomicBool>,
-    cursor_failed: Arc<std::sync::atomic::AtomicBool>,
+    /// The last event seen, and when it is written to `state.dir`.
+    cursor: CursorKeeper,
     inflight: HashSet<String>,
     /// Inspects asked so far, and the number of each one in flight: a
     /// command's verdict waits for an inspect asked after the engine answered.
@@ -220,8 +200,6 @@ pub struct Endpoint {
     swept: bool,
     /// Restarted within this run: sweep every known topic, not only leftovers.
     restarted: bool,
-    /// The cursor, for the background stream task (Portainer mode).
-    shared_cursor: Arc<AtomicI64>,
     /// `dockside.follow*` labels per container name, for the image watcher.
     follow_labels: HashMap<String, std::collections::BTreeMap<String, String>>,
     /// Names whose label `dockside.commands=false` refuses commands.
@@ -240,13 +218,8 @@ pub struct Endpoint {
     ops: JoinSet<commands::OpDone>,
     /// Read-only words running (`logs`) and `prune`: (result topic, result).
     reads: JoinSet<(String, crate::command::CommandResult)>,
-    /// The last disk summary, when it may be asked for next (hourly after
-    /// a success, sooner after a failure) and the failures in a row.
-    disk: Option<crate::payloads::DiskUsage>,
-    disk_next: Option<Instant>,
-    disk_failures: u32,
-    /// A `GET /system/df` running off the endpoint task.
-    disk_task: JoinSet<Result<crate::docker::models::SystemDf, DockerError>>,
+    /// `GET /system/df`, off the task (SPEC §13).
+    disk: disk::DiskPoller,
     /// Container stats (SPEC §13).
     stats: stats::StatsState,
     /// Compose and Portainer stacks (SPEC §13).
@@ -273,12 +246,7 @@ impl Endpoint {
         settings: Arc<EndpointSettings>,
         mqtt: MqttHandle,
     ) -> Self {
-        let mut cursor = settings
-            .state_dir
-            .as_ref()
-            .and_then(|d| d.load_cursor(&id))
-            .unwrap_or_default();
-        cursor.rebuild_index();
+        let cursor = CursorKeeper::load(settings.state_dir.as_ref(), &id);
         let history = crate::history::History::load(settings.state_dir.clone(), &id);
         let crashloops = crate::problem::Crashloops::load(
             settings.state_dir.as_ref(),
@@ -301,11 +269,6 @@ impl Endpoint {
             cursor,
             inspect_serial: 0,
             inflight_serial: HashMap::new(),
-            cursor_dirty: false,
-            cursor_routine_only: true,
-            cursor_saved_at: Instant::now(),
-            cursor_saving: Default::default(),
-            cursor_failed: Default::default(),
             inflight: HashSet::new(),
             again: HashSet::new(),
             queued: VecDeque::new(),
@@ -320,7 +283,6 @@ impl Endpoint {
             facts_due: None,
             swept: false,
             restarted: false,
-            shared_cursor: Arc::new(AtomicI64::new(0)),
             no_commands: HashSet::new(),
             no_logs: HashSet::new(),
             prune_running: false,
@@ -331,10 +293,7 @@ impl Endpoint {
             actions: JoinSet::new(),
             ops: JoinSet::new(),
             reads: JoinSet::new(),
-            disk: None,
-            disk_next: None,
-            disk_failures: 0,
-            disk_task: JoinSet::new(),
+            disk: disk::DiskPoller::default(),
             stats: Default::default(),
             stacks: Default::default(),
             history,
@@ -427,16 +386,9 @@ impl Endpoint {
             }
         };
         let nanos = ev.nanos();
-        if !self
-            .cursor
-            .accept(nanos, event_key(nanos, &ev.actor.id, &ev.action))
-        {
+        if !self.cursor.accept(nanos, &ev.actor.id, &ev.action) {
             return; // replayed duplicate
         }
-        self.cursor_dirty = true;
-        self.cursor_routine_only &= routine_event(&ev.action);
-        self.shared_cursor
-            .store(self.cursor.time_nano, Ordering::Relaxed);
         let m = crate::metrics::get();
         m.events_received
             .get_or_create(&crate::metrics::Metrics::endpoint(&self.id))
@@ -552,36 +504,5 @@ impl Endpoint {
                 self.schedule_inspect(id);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_cursor_moved_only_by_healthcheck_runs_is_saved_rarely() {
-        assert!(routine_event("exec_start: /bin/sh -c test -f /ok"));
-        assert!(routine_event("exec_die"));
-        for a in [
-            "start",
-            "die",
-            "health_status: unhealthy",
-            "destroy",
-            "rename",
-        ] {
-            assert!(!routine_event(a), "{a}");
-        }
-        let tick = CURSOR_SAVE_EVERY;
-        assert!(!cursor_save_due(false, false, tick), "nothing new");
-        assert!(
-            cursor_save_due(true, false, tick),
-            "a state event: every tick"
-        );
-        assert!(
-            !cursor_save_due(true, true, tick),
-            "healthchecks only: not yet"
-        );
-        assert!(cursor_save_due(true, true, CURSOR_ROUTINE_SAVE_EVERY));
     }
 }

@@ -256,7 +256,7 @@ impl Endpoint {
             public_url: self.meta.public_url.clone(),
             portainer_id: self.meta.portainer_id,
             services: f.services,
-            disk: self.disk.clone(),
+            disk: self.disk.last.clone(),
             error: self
                 .offline_reason
                 .clone()

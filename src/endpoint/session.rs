@@ -4,18 +4,6 @@
 
 use super::*;
 
-/// The disk summary (`GET /system/df`) is read at most this often (SPEC §13).
-const DISK_EVERY: Duration = Duration::from_secs(3600);
-/// A `system df` slower than this is given up (it walks every layer).
-const DISK_TIMEOUT: Duration = Duration::from_secs(120);
-/// After a failed `system df` it is asked again after 2 s, doubling up to this.
-const DISK_RETRY_MAX: Duration = Duration::from_secs(900);
-/// Docker 20.10 refuses a `system df` while another client's runs ("a disk
-/// usage operation is already running"): not a failure, a queue. Asked again
-/// this soon (plus up to 1 s of jitter, so instances do not stay in step),
-/// however often, so the first summary lands in the first minute.
-const DISK_BUSY_RETRY: Duration = Duration::from_secs(2);
-
 impl Endpoint {
     pub(super) fn types_requested(&self) -> Vec<&str> {
         // Container events drive state; image/volume events keep counts fresh.
@@ -37,13 +25,12 @@ impl Endpoint {
         if let Some(inv) = &self.settings.inventory {
             inv.set_endpoint(&self.id, self.client.clone());
         }
-        if self.cursor.time_nano == 0
+        if self.cursor.is_new()
             && let Some(now) = self.engine_now().await
         {
             // First contact: start from the engine's own clock, to the nanosecond,
             // so a later resume never replays what happened before we listened.
-            self.cursor.time_nano = now;
-            self.cursor_dirty = true;
+            self.cursor.start_if_new(now);
         }
         let types: Vec<String> = self
             .types_requested()
@@ -57,24 +44,19 @@ impl Endpoint {
                 let since = self.cursor.since();
                 let (events, engine_date) =
                     self.client.events(since.as_deref(), None, &refs).await?;
-                if self.cursor.time_nano == 0
-                    && let Some(secs) = engine_date
-                {
+                if let Some(secs) = engine_date {
                     // The engine did not tell its time: the HTTP date (whole seconds) will do.
-                    self.cursor.time_nano = secs.saturating_mul(1_000_000_000);
-                    self.cursor_dirty = true;
+                    self.cursor.start_if_new(secs.saturating_mul(1_000_000_000));
                 }
                 Lines::Stream(events)
             }
             Some(_) => {
                 // Through Portainer the live stream may be held back or cut: it runs
                 // on its own and the session relies on the bounded polls below.
-                self.shared_cursor
-                    .store(self.cursor.time_nano, Ordering::Relaxed);
                 let (tx, rx) = mpsc::channel(4096);
                 let task = tokio::spawn(background_stream(
                     self.client.clone(),
-                    self.shared_cursor.clone(),
+                    self.cursor.shared(),
                     types.clone(),
                     tx,
                     self.id.clone(),
@@ -125,7 +107,7 @@ impl Endpoint {
                 self.facts_due,
                 self.next_command_deadline(),
             );
-            let disk_due = self.disk_next.filter(|_| self.disk_task.is_empty());
+            let disk_due = self.disk.due();
             let stats_due = self.next_stats_due();
             tokio::select! {
                 biased;
@@ -165,7 +147,7 @@ impl Endpoint {
                         }
                     }
                 }
-                Some(res) = self.disk_task.join_next(), if !self.disk_task.is_empty() => {
+                Some(res) = self.disk.answer(), if self.disk.running() => {
                     match res {
                         Ok(r) => self.on_disk(r),
                         Err(e) => tracing::error!(endpoint = %self.id, error = %e, "disk usage task failed"),
@@ -230,62 +212,14 @@ impl Endpoint {
 
     /// Now, on this thread: at the end of a session and at shutdown.
     pub(super) fn save_cursor(&mut self) {
-        if !self.cursor_dirty && !self.cursor_failed.load(Ordering::Acquire) {
-            return;
-        }
-        if let Some(dir) = &self.settings.state_dir
-            && let Err(e) = dir.save_cursor(&self.id, &self.cursor)
-        {
-            tracing::warn!(endpoint = %self.id, error = %e, "cannot save the event cursor");
-            self.cursor_failed.store(true, Ordering::Release);
-            return;
-        }
-        self.cursor_failed.store(false, Ordering::Release);
-        self.cursor_dirty = false;
+        self.cursor
+            .save_now(self.settings.state_dir.as_ref(), &self.id);
     }
 
-    /// Periodic save, off the async workers (fsync can take long on an SD
-    /// card). A failed write (disk full, read-only) is retried next time.
+    /// Periodic save, off the async workers.
     pub(super) fn save_cursor_soon(&mut self) {
-        if self.cursor_saving.load(Ordering::Acquire) {
-            return; // the previous write is still under way
-        }
-        let failed_before = self.cursor_failed.load(Ordering::Acquire);
-        let due = cursor_save_due(
-            self.cursor_dirty,
-            self.cursor_routine_only,
-            self.cursor_saved_at.elapsed(),
-        );
-        if !due && !failed_before {
-            return;
-        }
-        let Some(dir) = self.settings.state_dir.clone() else {
-            return;
-        };
-        self.cursor_dirty = false;
-        self.cursor_routine_only = true;
-        self.cursor_saved_at = Instant::now();
-        let (id, cursor) = (self.id.clone(), self.cursor.persisted());
-        let (saving, failed) = (self.cursor_saving.clone(), self.cursor_failed.clone());
-        saving.store(true, Ordering::Release);
-        tokio::task::spawn_blocking(move || {
-            match dir.save_cursor(&id, &cursor) {
-                Ok(()) => {
-                    if failed.swap(false, Ordering::AcqRel) {
-                        tracing::info!(endpoint = %id, "event cursor saved again");
-                    }
-                }
-                Err(e) => {
-                    if failed_before {
-                        tracing::debug!(endpoint = %id, error = %e, "still cannot save the event cursor");
-                    } else {
-                        tracing::warn!(endpoint = %id, error = %e, "cannot save the event cursor; mirroring goes on, retrying every 10 s");
-                    }
-                    failed.store(true, Ordering::Release);
-                }
-            }
-            saving.store(false, Ordering::Release);
-        });
+        self.cursor
+            .save_soon(self.settings.state_dir.as_ref(), &self.id);
     }
 
     /// A bounded `since`/`until` read of the events (Portainer flushes bounded
@@ -359,42 +293,12 @@ impl Endpoint {
     /// `GET /system/df` in the background when due (or `now`, after a
     /// prune); never two at once. Its answer lands in `on_disk`.
     pub(super) fn ask_disk(&mut self, now: bool) {
-        let due = self.disk_next.is_none_or(|t| Instant::now() >= t);
-        if !self.disk_task.is_empty() || !(now || due) {
-            return;
-        }
-        let client = self.client.clone();
-        self.disk_task.spawn(async move {
-            match tokio::time::timeout(DISK_TIMEOUT, client.system_df(DISK_TIMEOUT)).await {
-                Ok(r) => r,
-                Err(_) => Err(DockerError::Timeout),
-            }
-        });
+        self.disk.ask(&self.client, now);
     }
 
     pub(super) fn on_disk(&mut self, r: Result<crate::docker::models::SystemDf, DockerError>) {
-        match r {
-            Ok(df) => {
-                self.disk_failures = 0;
-                self.disk_next = Some(Instant::now() + DISK_EVERY);
-                self.disk = Some(crate::payloads::DiskUsage::of(
-                    &df,
-                    crate::payloads::now_rfc3339(),
-                ));
-                self.info_changed();
-            }
-            // The last figures stay; asked again soon (see DISK_RETRY_MAX).
-            Err(e) if disk_busy(&e) => {
-                let wait = DISK_BUSY_RETRY + Duration::from_millis(fastrand::u64(0..1000));
-                self.disk_next = Some(Instant::now() + wait);
-                tracing::debug!(endpoint = %self.id, error = %e, "disk usage busy; asking again soon");
-            }
-            Err(e) => {
-                let wait = disk_retry_after(self.disk_failures);
-                self.disk_failures = self.disk_failures.saturating_add(1);
-                self.disk_next = Some(Instant::now() + wait);
-                tracing::warn!(endpoint = %self.id, error = %e, retry_in_s = wait.as_secs(), "cannot read disk usage");
-            }
+        if self.disk.on_answer(&self.id, r) {
+            self.info_changed();
         }
     }
 
@@ -588,31 +492,5 @@ pub(super) fn tolerate<T>(what: &str, e: DockerError, id: &str) -> Result<Option
             Ok(None)
         }
         e => Err(e),
-    }
-}
-
-/// The engine is computing a disk summary for another client (Docker 20.10).
-fn disk_busy(e: &DockerError) -> bool {
-    matches!(e, DockerError::Status { message, .. } if message.contains("disk usage operation is already running"))
-}
-
-/// 2 s, 4 s, 8 s, … up to `DISK_RETRY_MAX`.
-fn disk_retry_after(failures: u32) -> Duration {
-    Duration::from_secs(2)
-        .saturating_mul(1u32 << failures.min(10))
-        .min(DISK_RETRY_MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn disk_retries_back_off_to_the_cap() {
-        assert_eq!(disk_retry_after(0), Duration::from_secs(2));
-        assert_eq!(disk_retry_after(1), Duration::from_secs(4));
-        assert_eq!(disk_retry_after(8), Duration::from_secs(512));
-        assert_eq!(disk_retry_after(9), DISK_RETRY_MAX);
-        assert_eq!(disk_retry_after(u32::MAX), DISK_RETRY_MAX);
     }
 }
