@@ -649,7 +649,7 @@ impl Endpoint {
         match r {
             Ok(_) => {
                 p.engine_done = true;
-                p.confirm_after = self.inspect_serial;
+                p.confirm_after = self.inspects.serial();
                 let id = p.id.clone();
                 // Confirm with an inspect even if the events are slow.
                 self.schedule_inspect(id);

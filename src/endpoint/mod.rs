@@ -49,12 +49,7 @@ use crate::payloads::{
 use crate::persist::StateDir;
 use crate::topics::Topics;
 
-/// Inspects run at most this many at a time per endpoint.
-const INSPECT_CONCURRENCY: usize = 8;
-/// How long a stopping endpoint waits for inspects already asked.
-/// A failed inspect is asked again this many times.
-const INSPECT_RETRIES: u8 = 3;
-const INSPECT_DRAIN: Duration = Duration::from_millis(300);
+use inspects::{INSPECT_CONCURRENCY, InspectQueue};
 /// Coalesces endpoint-info recomputation during bursts.
 const INFO_DEBOUNCE: Duration = Duration::from_millis(200);
 /// Image/volume counts are re-read at most this often after such events.
@@ -178,18 +173,10 @@ pub struct Endpoint {
     removals: HashMap<String, Instant>,
     /// The last event seen, and when it is written to `state.dir`.
     cursor: CursorKeeper,
-    inflight: HashSet<String>,
-    /// Inspects asked so far, and the number of each one in flight: a
-    /// command's verdict waits for an inspect asked after the engine answered.
-    inspect_serial: u64,
-    inflight_serial: HashMap<String, u64>,
-    again: HashSet<String>,
-    queued: VecDeque<String>,
-    inspects: JoinSet<InspectResult>,
+    /// Inspects: single-flight per container, bounded, retried.
+    inspects: InspectQueue,
     /// Transitions published from events that no inspect has confirmed yet.
     overlays: transitions::Overlays,
-    /// id → failed inspects in a row.
-    inspect_failures: HashMap<String, u8>,
     facts: Facts,
     online: Option<bool>,
     /// Why the engine is unreachable, shown in `<ep>/info` until it is back.
@@ -267,14 +254,8 @@ impl Endpoint {
             destroyed: VecDeque::new(),
             removals: HashMap::new(),
             cursor,
-            inspect_serial: 0,
-            inflight_serial: HashMap::new(),
-            inflight: HashSet::new(),
-            again: HashSet::new(),
-            queued: VecDeque::new(),
-            inspects: JoinSet::new(),
+            inspects: InspectQueue::default(),
             overlays: transitions::Overlays::default(),
-            inspect_failures: HashMap::new(),
             facts: Facts::default(),
             online: None,
             offline_reason: None,

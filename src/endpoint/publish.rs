@@ -99,7 +99,7 @@ impl Endpoint {
         }
         self.excluded.remove(id);
         self.overlays.forget(id);
-        self.inspect_failures.remove(id);
+        self.inspects.forget_failures(id);
         if let Some(name) = self.names.remove(id)
             && self.containers.get(&name).is_some_and(|s| s.id == id)
         {

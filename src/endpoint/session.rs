@@ -155,7 +155,7 @@ impl Endpoint {
                 }
                 Some(cmd) = cmds.recv() => self.on_command(cmd).await?,
                 _ = sleep_until_opt(command_due) => self.expire_commands(),
-                Some(res) = self.inspects.join_next(), if !self.inspects.is_empty() => {
+                Some(res) = self.inspects.answer(), if self.inspects.running() => {
                     match res {
                         Ok((id, asked, r)) => self.on_inspect(id, asked, r),
                         Err(e) => tracing::error!(endpoint = %self.id, error = %e, "inspect task failed"),
