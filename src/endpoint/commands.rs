@@ -3,9 +3,11 @@
 //! result, sent when the container's state reaches what the word asks for (as
 //! seen through its events and inspects) or when `commands.timeout` runs out.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::Endpoint;
@@ -166,6 +168,29 @@ fn progress(action: &str, st: &ContainerState, prev_started_at: Option<&str>) ->
     }
 }
 
+/// What the endpoint's command runner holds: the command running on each
+/// container and when the last one ran, the tasks of the three kinds of
+/// words (actions, operations, reads), a batch under way, and `prune`,
+/// which waits for operations (SPEC §16).
+#[derive(Default)]
+pub(super) struct CommandRunner {
+    /// name → the command running on it (one at a time).
+    pub pending: HashMap<String, Pending>,
+    pub last_command: HashMap<String, Instant>,
+    pub actions: JoinSet<ActionResult>,
+    /// `update`/`rollback` outcomes: not aborted with a session (the
+    /// recreate runs to its end), recorded in the history when they land.
+    pub ops: JoinSet<OpDone>,
+    /// Read-only words running (`logs`) and `prune`: (result topic, result).
+    pub reads: JoinSet<(String, CommandResult)>,
+    /// An `update_all` or a stack word under way.
+    pub batch: Option<Batch>,
+    pub next_seq: u64,
+    /// `prune` runs after operations, never beside them.
+    pub prune_running: bool,
+    pub prune_waiting: Option<(Request, std::time::Instant)>,
+}
+
 impl Endpoint {
     pub(super) async fn on_command(&mut self, cmd: EndpointCommand) -> Result<(), DockerError> {
         match cmd {
@@ -233,7 +258,7 @@ impl Endpoint {
             protected: s.protect.is_match(name),
             own: s.own_ids.contains(id),
             in_operation: name.ends_with(crate::filter::OLD_SUFFIX)
-                || self.pending.get(name).is_some_and(|p| p.is_op()),
+                || self.runner.pending.get(name).is_some_and(|p| p.is_op()),
         }
     }
 
@@ -277,7 +302,7 @@ impl Endpoint {
             // Read-only: beside a running command, bounded by MAX_READS.
             return self.start_logs(name, req, received);
         }
-        if self.pending.contains_key(&name) {
+        if self.runner.pending.contains_key(&name) {
             let r = refuse(
                 Code::Busy,
                 "another command is running on this container".into(),
@@ -285,7 +310,7 @@ impl Endpoint {
             return self.send_result(&name, r);
         }
         let now = Instant::now();
-        if let Some(last) = self.last_command.get(&name) {
+        if let Some(last) = self.runner.last_command.get(&name) {
             let since = now.duration_since(*last);
             if since < s.min_interval {
                 let wait = s.min_interval - since;
@@ -304,11 +329,11 @@ impl Endpoint {
             if let Err(r) = self.launch_op(&name, req, received, false) {
                 self.send_result(&name, *r);
             } else {
-                self.last_command.insert(name, now);
+                self.runner.last_command.insert(name, now);
             }
             return;
         }
-        self.last_command.insert(name.clone(), now);
+        self.runner.last_command.insert(name.clone(), now);
         self.launch_word(name, req, received, false);
     }
 
@@ -327,7 +352,7 @@ impl Endpoint {
         tracing::info!(endpoint = %self.id, container = %name, action = %req.action, "running command");
         let client = self.client.clone();
         let action = req.action;
-        self.actions.spawn(async move {
+        self.runner.actions.spawn(async move {
             let r = client
                 .container_action(&id, &action, &[], timeout.max(Duration::from_secs(1)))
                 .await;
@@ -338,7 +363,7 @@ impl Endpoint {
     /// A command's one result: on its container's topic, or into its batch.
     fn finish_pending(&mut self, name: &str, from_all: bool, r: CommandResult) {
         if from_all {
-            if let Some(b) = &mut self.batch {
+            if let Some(b) = &mut self.runner.batch {
                 b.outcomes.push(ContainerOutcome::from((name, &r)));
             }
             self.next_of_batch();
@@ -350,7 +375,7 @@ impl Endpoint {
     /// `logs` (SPEC §13): read-only, so beside any running command; fetched
     /// and decoded off the endpoint task, answered when done.
     fn start_logs(&mut self, name: String, req: Request, received: std::time::Instant) {
-        if self.reads.len() >= MAX_READS {
+        if self.runner.reads.len() >= MAX_READS {
             let r = CommandResult::refused(
                 &req,
                 Code::Busy,
@@ -366,7 +391,7 @@ impl Endpoint {
         let client = self.client.clone();
         let tail = req.lines.unwrap_or(crate::command::DEFAULT_LOG_LINES);
         let timeout = self.settings.command_timeout.max(Duration::from_secs(1));
-        self.reads.spawn(async move {
+        self.runner.reads.spawn(async move {
             let r = match tokio::time::timeout(timeout, client.logs(&id, tail, req.since)).await {
                 Ok(Ok(logs)) => {
                     let mut r = CommandResult::ok(&req, None, received);
@@ -401,9 +426,9 @@ impl Endpoint {
     /// task; one result with the bytes reclaimed, then a fresh disk summary.
     fn start_prune(&mut self, req: Request, received: std::time::Instant) {
         let topic = self.settings.topics.endpoint_result(&self.id);
-        let busy = if self.prune_running || self.prune_waiting.is_some() {
+        let busy = if self.runner.prune_running || self.runner.prune_waiting.is_some() {
             Some("a prune is already running on this endpoint")
-        } else if self.reads.len() >= MAX_READS {
+        } else if self.runner.reads.len() >= MAX_READS {
             Some("too many requests running on this endpoint; retry")
         } else {
             None
@@ -414,7 +439,7 @@ impl Endpoint {
         }
         if self.operations_running() {
             tracing::info!(endpoint = %self.id, "prune waits for the running operations");
-            self.prune_waiting = Some((req, received));
+            self.runner.prune_waiting = Some((req, received));
             return;
         }
         self.launch_prune(req, received);
@@ -422,13 +447,13 @@ impl Endpoint {
 
     /// An update, rollback or batch is under way on this endpoint.
     fn operations_running(&self) -> bool {
-        self.batch.is_some() || self.pending.values().any(Pending::is_op)
+        self.runner.batch.is_some() || self.runner.pending.values().any(Pending::is_op)
     }
 
     /// A waiting `prune` starts once the last operation ended.
     fn after_operation(&mut self) {
         if !self.operations_running()
-            && let Some((req, received)) = self.prune_waiting.take()
+            && let Some((req, received)) = self.runner.prune_waiting.take()
         {
             self.launch_prune(req, received);
         }
@@ -462,8 +487,8 @@ impl Endpoint {
         };
         let client = self.client.clone();
         tracing::info!(endpoint = %self.id, what = ?plan.what, containers = plan.containers.len(), "pruning");
-        self.prune_running = true;
-        self.reads.spawn(async move {
+        self.runner.prune_running = true;
+        self.runner.reads.spawn(async move {
             let r = match client.prune_planned(&plan).await {
                 Ok(n) => {
                     let mut r = CommandResult::ok(&req, None, received);
@@ -496,9 +521,9 @@ impl Endpoint {
             .get(name)
             .map(|s| (s.id.clone(), s.started_at.clone()))
             .unwrap_or_default();
-        self.next_seq += 1;
-        let seq = self.next_seq;
-        self.pending.insert(
+        self.runner.next_seq += 1;
+        let seq = self.runner.next_seq;
+        self.runner.pending.insert(
             name.to_string(),
             Pending {
                 seq,
@@ -529,7 +554,7 @@ impl Endpoint {
     ) -> Result<(), Box<CommandResult>> {
         let refuse =
             |code: Code, msg: String| Box::new(CommandResult::refused(&req, code, msg, received));
-        if self.prune_running {
+        if self.runner.prune_running {
             return Err(refuse(
                 Code::Busy,
                 "a prune is running on this endpoint; retry when it ends".into(),
@@ -622,7 +647,7 @@ impl Endpoint {
             let _ = tx.send((swap, r));
         });
         let name = name.to_string();
-        self.ops.spawn(async move {
+        self.runner.ops.spawn(async move {
             let (swap, result) = rx.await.unwrap_or_else(|_| {
                 (
                     Swap::default(),
@@ -642,7 +667,7 @@ impl Endpoint {
     }
 
     pub(super) fn on_action_done(&mut self, (name, seq, r): super::commands::ActionResult) {
-        let Some(p) = self.pending.get_mut(&name).filter(|p| p.seq == seq) else {
+        let Some(p) = self.runner.pending.get_mut(&name).filter(|p| p.seq == seq) else {
             return; // timed out or failed meanwhile
         };
         let Answer::Engine(r) = r;
@@ -667,7 +692,7 @@ impl Endpoint {
                     DockerError::Status { message, .. } => (Code::EngineError, message),
                     other => (Code::EngineError, other.to_string()),
                 };
-                if let Some(p) = self.pending.remove(&name) {
+                if let Some(p) = self.runner.pending.remove(&name) {
                     let state = self.containers.get(&name).map(|s| s.state.clone());
                     let r = CommandResult::refused(&p.req, code, msg, p.received).with_state(state);
                     self.finish_pending(&name, p.from_all, r);
@@ -703,10 +728,11 @@ impl Endpoint {
         // now (a rollback's renames may not have arrived yet).
         self.publish_history_of(&name);
         let pending = self
+            .runner
             .pending
             .get(&name)
             .is_some_and(|p| p.seq == seq)
-            .then(|| self.pending.remove(&name))
+            .then(|| self.runner.pending.remove(&name))
             .flatten();
         let state = self.containers.get(&name).map(|s| s.state.clone());
         let result = pending.map(|p| match r {
@@ -744,7 +770,7 @@ impl Endpoint {
                     "the update did not end in time",
                 ),
             };
-            if let Some(b) = &mut self.batch {
+            if let Some(b) = &mut self.runner.batch {
                 b.outcomes.push(outcome);
             }
             self.next_of_batch();
@@ -775,7 +801,7 @@ impl Endpoint {
     /// `update_available`, those the policy permits, one after the other.
     fn start_update_all(&mut self, req: Request, received: std::time::Instant) {
         let topic = self.settings.topics.endpoint_result(&self.id);
-        if self.batch.is_some() {
+        if self.runner.batch.is_some() {
             let r = CommandResult::refused(
                 &req,
                 Code::Busy,
@@ -802,7 +828,7 @@ impl Endpoint {
                 .policy()
                 .refusal("update", Some(&who))
                 .or_else(|| {
-                    self.pending.contains_key(&name).then(|| {
+                    self.runner.pending.contains_key(&name).then(|| {
                         (
                             Code::Busy,
                             "another command is running on this container".into(),
@@ -817,14 +843,14 @@ impl Endpoint {
             }
         }
         tracing::info!(endpoint = %self.id, containers = ua.queue.len(), "update_all");
-        self.batch = Some(ua);
+        self.runner.batch = Some(ua);
         self.next_of_batch();
     }
 
     /// Starts the next word of the batch, or sends its one result.
     pub(super) fn next_of_batch(&mut self) {
         loop {
-            let Some(b) = &mut self.batch else {
+            let Some(b) = &mut self.runner.batch else {
                 return;
             };
             if b.stop_on_failure && b.outcomes.iter().any(|o| !o.ok) {
@@ -844,8 +870,8 @@ impl Endpoint {
                 all_volumes: false,
             };
             let received = std::time::Instant::now();
-            if self.pending.contains_key(&name) {
-                if let Some(b) = &mut self.batch {
+            if self.runner.pending.contains_key(&name) {
+                if let Some(b) = &mut self.runner.batch {
                     b.outcomes.push(ContainerOutcome::refused(
                         &name,
                         Code::Busy,
@@ -855,7 +881,7 @@ impl Endpoint {
                 continue;
             }
             if !self.containers.contains_key(&name) {
-                if let Some(b) = &mut self.batch {
+                if let Some(b) = &mut self.runner.batch {
                     b.outcomes.push(ContainerOutcome::refused(
                         &name,
                         Code::NotFound,
@@ -871,14 +897,14 @@ impl Endpoint {
             match self.launch_op(&name, req, received, true) {
                 Ok(()) => return,
                 Err(r) => {
-                    if let Some(b) = &mut self.batch {
+                    if let Some(b) = &mut self.runner.batch {
                         b.outcomes
                             .push(ContainerOutcome::from((name.as_str(), &*r)));
                     }
                 }
             }
         }
-        let Some(b) = self.batch.take() else {
+        let Some(b) = self.runner.batch.take() else {
             return;
         };
         let failed: Vec<&ContainerOutcome> = b.outcomes.iter().filter(|o| !o.ok).collect();
@@ -922,7 +948,7 @@ impl Endpoint {
 
     /// Called whenever a container's state is published.
     pub(super) fn check_pending(&mut self, name: &str) {
-        let (Some(p), Some(st)) = (self.pending.get(name), self.containers.get(name)) else {
+        let (Some(p), Some(st)) = (self.runner.pending.get(name), self.containers.get(name)) else {
             return;
         };
         // An `update`'s outcome is the recreate's own verdict (on_update_done):
@@ -944,7 +970,7 @@ impl Endpoint {
             }
         };
         let from_all = p.from_all;
-        self.pending.remove(name);
+        self.runner.pending.remove(name);
         self.finish_pending(name, from_all, result);
     }
 
@@ -953,6 +979,7 @@ impl Endpoint {
     /// be judged. Returns the container's name when one was confirmed.
     pub(super) fn confirm_command(&mut self, id: &str, serial: u64) -> Option<String> {
         let (name, p) = self
+            .runner
             .pending
             .iter_mut()
             .find(|(_, p)| p.id == id && p.engine_done && !p.confirmed)?;
@@ -964,7 +991,8 @@ impl Endpoint {
     }
 
     pub(super) fn next_command_deadline(&self) -> Option<Instant> {
-        self.pending
+        self.runner
+            .pending
             .values()
             .filter(|p| !p.from_all || !p.is_op())
             .map(|p| p.deadline)
@@ -974,13 +1002,14 @@ impl Endpoint {
     pub(super) fn expire_commands(&mut self) {
         let now = Instant::now();
         let due: Vec<String> = self
+            .runner
             .pending
             .iter()
             .filter(|(_, p)| p.deadline <= now && (!p.from_all || !p.is_op()))
             .map(|(n, _)| n.clone())
             .collect();
         for name in due {
-            if let Some(p) = self.pending.remove(&name) {
+            if let Some(p) = self.runner.pending.remove(&name) {
                 let state = self.containers.get(&name).map(|s| s.state.clone());
                 let what = if p.engine_done {
                     "the container did not reach the requested state in time"
@@ -995,7 +1024,7 @@ impl Endpoint {
     }
 
     pub(super) fn fail_pending(&mut self, name: &str, why: &str) {
-        if let Some(p) = self.pending.remove(name) {
+        if let Some(p) = self.runner.pending.remove(name) {
             let r = CommandResult::refused(&p.req, Code::EngineError, why, p.received);
             self.finish_pending(name, p.from_all, r);
         }
@@ -1004,6 +1033,7 @@ impl Endpoint {
     pub(super) fn fail_all_pending(&mut self, why: &str) {
         // An update or rollback runs on to its end; its outcome still comes.
         let names: Vec<String> = self
+            .runner
             .pending
             .iter()
             .filter(|(_, p)| !matches!(p.req.action.as_str(), "update" | "rollback"))
@@ -1012,7 +1042,7 @@ impl Endpoint {
         for n in names {
             self.fail_pending(&n, why);
         }
-        self.actions.abort_all();
+        self.runner.actions.abort_all();
     }
 
     /// While the engine is unreachable: answer at once instead of queueing.

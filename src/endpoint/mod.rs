@@ -36,7 +36,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 pub use commands::EndpointCommand;
-use commands::Pending;
 
 use crate::docker::models::{ContainerInspect, Event};
 use crate::docker::{DockerClient, DockerError, EventStream};
@@ -193,18 +192,8 @@ pub struct Endpoint {
     no_commands: HashSet<String>,
     /// Containers with the label `dockside.logs=false`.
     no_logs: HashSet<String>,
-    /// `prune` runs after operations, never beside them (SPEC §16).
-    prune_running: bool,
-    prune_waiting: Option<(crate::command::Request, std::time::Instant)>,
-    /// name → the command running on it (one at a time).
-    pending: HashMap<String, Pending>,
-    last_command: HashMap<String, Instant>,
-    actions: JoinSet<commands::ActionResult>,
-    /// `update`/`rollback` outcomes: not aborted with a session (the
-    /// recreate runs to its end), recorded in the history when they land.
-    ops: JoinSet<commands::OpDone>,
-    /// Read-only words running (`logs`) and `prune`: (result topic, result).
-    reads: JoinSet<(String, crate::command::CommandResult)>,
+    /// Commands running and waiting, one at a time per container.
+    runner: commands::CommandRunner,
     /// `GET /system/df`, off the task (SPEC §13).
     disk: disk::DiskPoller,
     /// Container stats (SPEC §13).
@@ -215,9 +204,6 @@ pub struct Endpoint {
     history: crate::history::History,
     /// Restart times, for the crash-loop rule of the problem flag.
     crashloops: crate::problem::Crashloops,
-    /// An `update_all` or a stack word under way.
-    batch: Option<commands::Batch>,
-    next_seq: u64,
     /// What each container's discovery config was last built from.
     ha_containers: HashMap<String, ContainerFacts>,
     ha_endpoint: Option<EndpointFacts>,
@@ -266,21 +252,13 @@ impl Endpoint {
             restarted: false,
             no_commands: HashSet::new(),
             no_logs: HashSet::new(),
-            prune_running: false,
-            prune_waiting: None,
             follow_labels: HashMap::new(),
-            pending: HashMap::new(),
-            last_command: HashMap::new(),
-            actions: JoinSet::new(),
-            ops: JoinSet::new(),
-            reads: JoinSet::new(),
+            runner: commands::CommandRunner::default(),
             disk: disk::DiskPoller::default(),
             stats: Default::default(),
             stacks: Default::default(),
             history,
             crashloops,
-            batch: None,
-            next_seq: 0,
             ha_containers: HashMap::new(),
             ha_endpoint: None,
             portainer: None,

@@ -115,23 +115,23 @@ impl Endpoint {
                     self.drain_inspects().await;
                     return Ok(());
                 }
-                Some(res) = self.actions.join_next(), if !self.actions.is_empty() => {
+                Some(res) = self.runner.actions.join_next(), if !self.runner.actions.is_empty() => {
                     match res {
                         Ok(r) => self.on_action_done(r),
                         Err(e) => tracing::error!(endpoint = %self.id, error = %e, "command task failed"),
                     }
                 }
-                Some(res) = self.ops.join_next(), if !self.ops.is_empty() => {
+                Some(res) = self.runner.ops.join_next(), if !self.runner.ops.is_empty() => {
                     match res {
                         Ok(r) => self.on_op_done(r),
                         Err(e) => tracing::error!(endpoint = %self.id, error = %e, "update task failed"),
                     }
                 }
-                Some(res) = self.reads.join_next(), if !self.reads.is_empty() => {
+                Some(res) = self.runner.reads.join_next(), if !self.runner.reads.is_empty() => {
                     match res {
                         Ok((topic, r)) => {
                             if r.action.as_deref() == Some("prune") {
-                                self.prune_running = false;
+                                self.runner.prune_running = false;
                                 self.ask_disk(true);
                             }
                             if topic.ends_with("/result") && topic.contains("/_stacks/") {
@@ -142,7 +142,7 @@ impl Endpoint {
                         }
                         Err(e) => {
                             // A prune that panicked must not keep updates busy for ever.
-                            self.prune_running = false;
+                            self.runner.prune_running = false;
                             tracing::error!(endpoint = %self.id, error = %e, "logs or prune task failed");
                         }
                     }
@@ -370,7 +370,7 @@ impl Endpoint {
             let Some(base) = c.name().and_then(|n| n.strip_suffix(OLD_SUFFIX)) else {
                 continue;
             };
-            if self.pending.contains_key(base) {
+            if self.runner.pending.contains_key(base) {
                 continue; // that update is running now
             }
             if names.contains(base) || base.is_empty() {

@@ -227,14 +227,18 @@ impl Endpoint {
         if let Some((code, msg)) = self.stack_refusal(&st, &req.action) {
             return self.send_result_to(topic, refuse(code, msg));
         }
-        if self.batch.is_some() {
+        if self.runner.batch.is_some() {
             let r = refuse(
                 Code::Busy,
                 "an update_all or a stack command is already running on this endpoint".into(),
             );
             return self.send_result_to(topic, r);
         }
-        if let Some(n) = st.containers.iter().find(|n| self.pending.contains_key(*n)) {
+        if let Some(n) = st
+            .containers
+            .iter()
+            .find(|n| self.runner.pending.contains_key(*n))
+        {
             let r = refuse(
                 Code::Busy,
                 format!("another command is running on container `{n}`"),
@@ -245,7 +249,7 @@ impl Endpoint {
         if let (Some(id), Some((p, env))) = (st.portainer_id, self.portainer.clone()) {
             let word = req.action.clone();
             let before = st.state;
-            self.reads.spawn(async move {
+            self.runner.reads.spawn(async move {
                 let r = portainer_stack_word(&p, id, env, &word).await;
                 let r = match r {
                     Ok(()) => {
@@ -284,7 +288,7 @@ impl Endpoint {
                     .collect()
             }
         };
-        self.batch = Some(commands::Batch::new(
+        self.runner.batch = Some(commands::Batch::new(
             req,
             received,
             queue,
