@@ -253,8 +253,8 @@ impl Endpoint {
     pub(super) fn subject(&self, name: &str, id: &str) -> crate::command::Subject {
         let s = &self.settings;
         crate::command::Subject {
-            label_off: self.no_commands.contains(name),
-            logs_off: self.no_logs.contains(name),
+            label_off: self.table.no_commands.contains(name),
+            logs_off: self.table.no_logs.contains(name),
             protected: s.protect.is_match(name),
             own: s.own_ids.contains(id),
             in_operation: name.ends_with(crate::filter::OLD_SUFFIX)
@@ -272,7 +272,7 @@ impl Endpoint {
             );
             return self.send_result(&name, r);
         }
-        let Some(state) = self.containers.get(&name) else {
+        let Some(state) = self.table.containers.get(&name) else {
             let r = refuse(
                 Code::NotFound,
                 format!("no container `{name}` on endpoint `{}`", self.id),
@@ -384,7 +384,7 @@ impl Endpoint {
             );
             return self.send_result(&name, r);
         }
-        let Some(id) = self.containers.get(&name).map(|s| s.id.clone()) else {
+        let Some(id) = self.table.containers.get(&name).map(|s| s.id.clone()) else {
             return;
         };
         let topic = self.settings.topics.container_result(&self.id, &name);
@@ -465,6 +465,7 @@ impl Endpoint {
         // The stopped containers the one policy lets go (the table holds only
         // mirrored ones: what the filters exclude is never a candidate).
         let containers = self
+            .table
             .containers
             .iter()
             .filter(|(_, st)| !st.running)
@@ -517,6 +518,7 @@ impl Endpoint {
         from_all: bool,
     ) -> (u64, String) {
         let (id, prev_started_at) = self
+            .table
             .containers
             .get(name)
             .map(|s| (s.id.clone(), s.started_at.clone()))
@@ -560,7 +562,7 @@ impl Endpoint {
                 "a prune is running on this endpoint; retry when it ends".into(),
             ));
         }
-        let Some(state) = self.containers.get(name) else {
+        let Some(state) = self.table.containers.get(name) else {
             return Err(refuse(
                 Code::NotFound,
                 format!("no container `{name}` on endpoint `{}`", self.id),
@@ -693,7 +695,7 @@ impl Endpoint {
                     other => (Code::EngineError, other.to_string()),
                 };
                 if let Some(p) = self.runner.pending.remove(&name) {
-                    let state = self.containers.get(&name).map(|s| s.state.clone());
+                    let state = self.table.containers.get(&name).map(|s| s.state.clone());
                     let r = CommandResult::refused(&p.req, code, msg, p.received).with_state(state);
                     self.finish_pending(&name, p.from_all, r);
                 }
@@ -734,7 +736,7 @@ impl Endpoint {
             .is_some_and(|p| p.seq == seq)
             .then(|| self.runner.pending.remove(&name))
             .flatten();
-        let state = self.containers.get(&name).map(|s| s.state.clone());
+        let state = self.table.containers.get(&name).map(|s| s.state.clone());
         let result = pending.map(|p| match r {
             Ok(Outcome::UpToDate) => {
                 tracing::info!(endpoint = %self.id, container = %name, "update: the image is current");
@@ -782,7 +784,7 @@ impl Endpoint {
 
     /// `<ct>/history` (retained) of a container in the table, on republish.
     pub(super) fn publish_history(&self, name: &str) {
-        if self.containers.contains_key(name) {
+        if self.table.containers.contains_key(name) {
             self.publish_history_of(name);
         }
     }
@@ -819,7 +821,7 @@ impl Endpoint {
         let mut ua = Batch::new(req, received, Default::default(), topic, None);
         let s = &self.settings;
         for name in names {
-            let Some(state) = self.containers.get(&name) else {
+            let Some(state) = self.table.containers.get(&name) else {
                 continue;
             };
             let who = self.subject(&name, &state.id);
@@ -880,7 +882,7 @@ impl Endpoint {
                 }
                 continue;
             }
-            if !self.containers.contains_key(&name) {
+            if !self.table.containers.contains_key(&name) {
                 if let Some(b) = &mut self.runner.batch {
                     b.outcomes.push(ContainerOutcome::refused(
                         &name,
@@ -937,7 +939,7 @@ impl Endpoint {
         if let Some(members) = &b.stack {
             let running = members
                 .iter()
-                .filter(|n| self.containers.get(*n).is_some_and(|s| s.running))
+                .filter(|n| self.table.containers.get(*n).is_some_and(|s| s.running))
                 .count();
             r.state = Some(crate::stacks::state_word(members.len(), running).to_string());
         }
@@ -948,7 +950,10 @@ impl Endpoint {
 
     /// Called whenever a container's state is published.
     pub(super) fn check_pending(&mut self, name: &str) {
-        let (Some(p), Some(st)) = (self.runner.pending.get(name), self.containers.get(name)) else {
+        let (Some(p), Some(st)) = (
+            self.runner.pending.get(name),
+            self.table.containers.get(name),
+        ) else {
             return;
         };
         // An `update`'s outcome is the recreate's own verdict (on_update_done):
@@ -1010,7 +1015,7 @@ impl Endpoint {
             .collect();
         for name in due {
             if let Some(p) = self.runner.pending.remove(&name) {
-                let state = self.containers.get(&name).map(|s| s.state.clone());
+                let state = self.table.containers.get(&name).map(|s| s.state.clone());
                 let what = if p.engine_done {
                     "the container did not reach the requested state in time"
                 } else {

@@ -107,7 +107,7 @@ impl Endpoint {
             return;
         }
         let client = self.client.clone();
-        let asked = self.overlays.generation(&id);
+        let asked = self.table.overlays.generation(&id);
         self.inspects.tasks.spawn(async move {
             let r = client.inspect(&id).await;
             (id, asked, r)
@@ -124,7 +124,7 @@ impl Endpoint {
         let r_failed = r.is_err();
         match r {
             Ok(Some(ins)) => {
-                if !self.destroyed.contains(&id) {
+                if !self.table.destroyed.contains(&id) {
                     let confirmed = self.confirm_command(&id, serial);
                     self.apply_inspect(&id, asked, ins);
                     if let Some(name) = confirmed {
@@ -164,30 +164,30 @@ impl Endpoint {
             // By label: its events are ignored from now on. By name: a rename
             // (e.g. an `update` restoring it) may bring it back.
             if crate::filter::label_excludes(&ins.config.labels) {
-                self.excluded.insert(id.to_string());
+                self.table.excluded.insert(id.to_string());
             }
-            if self.containers.get(&name).is_some_and(|s| s.id == id) {
-                self.containers.remove(&name);
+            if self.table.containers.get(&name).is_some_and(|s| s.id == id) {
+                self.table.containers.remove(&name);
                 self.clear_container(&name);
             }
             return;
         }
         // Renamed while we were not looking: the old name's topics go (after the grace).
-        if let Some(old) = self.names.get(id).cloned()
+        if let Some(old) = self.table.names.get(id).cloned()
             && old != name
-            && self.containers.get(&old).is_some_and(|s| s.id == id)
+            && self.table.containers.get(&old).is_some_and(|s| s.id == id)
         {
-            self.containers.remove(&old);
+            self.table.containers.remove(&old);
             self.schedule_removal(&old);
         }
         // Recreated (e.g. by `update`): the old id no longer names it.
-        if let Some(prev) = self.containers.get(&name)
+        if let Some(prev) = self.table.containers.get(&name)
             && prev.id != id
         {
-            self.names.remove(&prev.id);
+            self.table.names.remove(&prev.id);
         }
-        self.names.insert(id.to_string(), name.clone());
-        self.removals.remove(&name);
+        self.table.names.insert(id.to_string(), name.clone());
+        self.table.removals.remove(&name);
         let follow: std::collections::BTreeMap<String, String> = ins
             .config
             .labels
@@ -198,9 +198,9 @@ impl Endpoint {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         if follow.is_empty() {
-            self.follow_labels.remove(&name);
+            self.table.follow_labels.remove(&name);
         } else {
-            self.follow_labels.insert(name.clone(), follow);
+            self.table.follow_labels.insert(name.clone(), follow);
         }
         match stacks::StackLabels::of(&ins.config.labels) {
             Some(l) => self.stacks.members.insert(name.clone(), l),
@@ -212,17 +212,17 @@ impl Endpoint {
             self.stats.wanted.remove(&name);
         }
         if crate::filter::commands_disabled(&ins.config.labels) {
-            self.no_commands.insert(name.clone());
+            self.table.no_commands.insert(name.clone());
         } else {
-            self.no_commands.remove(&name);
+            self.table.no_commands.remove(&name);
         }
         if crate::filter::logs_disabled(&ins.config.labels) {
-            self.no_logs.insert(name.clone());
+            self.table.no_logs.insert(name.clone());
         } else {
-            self.no_logs.remove(&name);
+            self.table.no_logs.remove(&name);
         }
         let mut state = ContainerState::from_inspect(&self.id, &ins);
-        self.overlays.settle(id, asked, &mut state);
+        self.table.overlays.settle(id, asked, &mut state);
         self.publish_state(&name, state, false);
     }
 

@@ -16,6 +16,7 @@ mod publish;
 mod session;
 mod stacks;
 mod stats;
+mod table;
 pub(crate) mod transitions;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -49,6 +50,7 @@ use crate::persist::StateDir;
 use crate::topics::Topics;
 
 use inspects::{INSPECT_CONCURRENCY, InspectQueue};
+use table::ContainerTable;
 /// Coalesces endpoint-info recomputation during bursts.
 const INFO_DEBOUNCE: Duration = Duration::from_millis(200);
 /// Image/volume counts are re-read at most this often after such events.
@@ -160,22 +162,12 @@ pub struct Endpoint {
     outbox: Arc<Outbox>,
     mqtt: MqttHandle,
     client: Arc<DockerClient>,
-    /// name → last published state.
-    containers: HashMap<String, ContainerState>,
-    /// id → name, for events that only carry an id.
-    names: HashMap<String, String>,
-    /// Containers taken out by the `dockside.enable=false` label.
-    excluded: HashSet<String>,
-    /// Recently destroyed ids: a late inspect answer must not resurrect them.
-    destroyed: VecDeque<String>,
-    /// name → when its topics are cleared unless it comes back.
-    removals: HashMap<String, Instant>,
+    /// The containers as last published, and what events told of them.
+    table: ContainerTable,
     /// The last event seen, and when it is written to `state.dir`.
     cursor: CursorKeeper,
     /// Inspects: single-flight per container, bounded, retried.
     inspects: InspectQueue,
-    /// Transitions published from events that no inspect has confirmed yet.
-    overlays: transitions::Overlays,
     facts: Facts,
     online: Option<bool>,
     /// Why the engine is unreachable, shown in `<ep>/info` until it is back.
@@ -186,12 +178,6 @@ pub struct Endpoint {
     swept: bool,
     /// Restarted within this run: sweep every known topic, not only leftovers.
     restarted: bool,
-    /// `dockside.follow*` labels per container name, for the image watcher.
-    follow_labels: HashMap<String, std::collections::BTreeMap<String, String>>,
-    /// Names whose label `dockside.commands=false` refuses commands.
-    no_commands: HashSet<String>,
-    /// Containers with the label `dockside.logs=false`.
-    no_logs: HashSet<String>,
     /// Commands running and waiting, one at a time per container.
     runner: commands::CommandRunner,
     /// `GET /system/df`, off the task (SPEC §13).
@@ -234,14 +220,9 @@ impl Endpoint {
             mqtt,
             settings,
             client: Arc::new(client),
-            containers: HashMap::new(),
-            names: HashMap::new(),
-            excluded: HashSet::new(),
-            destroyed: VecDeque::new(),
-            removals: HashMap::new(),
+            table: ContainerTable::default(),
             cursor,
             inspects: InspectQueue::default(),
-            overlays: transitions::Overlays::default(),
             facts: Facts::default(),
             online: None,
             offline_reason: None,
@@ -250,9 +231,6 @@ impl Endpoint {
             facts_due: None,
             swept: false,
             restarted: false,
-            no_commands: HashSet::new(),
-            no_logs: HashSet::new(),
-            follow_labels: HashMap::new(),
             runner: commands::CommandRunner::default(),
             disk: disk::DiskPoller::default(),
             stats: Default::default(),
@@ -361,7 +339,7 @@ impl Endpoint {
             ev.actor
                 .attributes
                 .get("container")
-                .is_none_or(|id| self.names.contains_key(id))
+                .is_none_or(|id| self.table.names.contains_key(id))
         };
         if visible && self.settings.event_types.contains(&ev.kind) {
             match serde_json::to_vec(&EventMessage::from_event(&ev)) {
@@ -385,12 +363,12 @@ impl Endpoint {
     }
 
     fn container_visible(&self, ev: &Event) -> bool {
-        if self.excluded.contains(&ev.actor.id) {
+        if self.table.excluded.contains(&ev.actor.id) {
             return false;
         }
         match ev.name() {
             Some(n) => self.settings.filter.allows_name(n),
-            None => self.names.contains_key(&ev.actor.id),
+            None => self.table.names.contains_key(&ev.actor.id),
         }
     }
 
@@ -409,7 +387,7 @@ impl Endpoint {
         let name = ev
             .name()
             .map(String::from)
-            .or_else(|| self.names.get(&id).cloned());
+            .or_else(|| self.table.names.get(&id).cloned());
         if let Some(name) = &name
             && let Some(p) = container_event_payload(ev)
         {
@@ -427,8 +405,8 @@ impl Endpoint {
                 // the grace (a recreate done by renaming, as Portainer's is).
                 if let Some(old) = ev.actor.attributes.get("oldName") {
                     let old = old.trim_start_matches('/');
-                    if self.containers.get(old).is_some_and(|s| s.id == id) {
-                        let moved = self.containers.remove(old);
+                    if self.table.containers.get(old).is_some_and(|s| s.id == id) {
+                        let moved = self.table.containers.remove(old);
                         self.schedule_removal(old);
                         self.info_changed();
                         // The new name shows at once; its inspect fills in the rest.
@@ -437,8 +415,8 @@ impl Endpoint {
                             && self.settings.filter.allows_name(&new)
                         {
                             st.name = new.clone();
-                            self.names.insert(id.clone(), new.clone());
-                            self.removals.remove(&new);
+                            self.table.names.insert(id.clone(), new.clone());
+                            self.table.removals.remove(&new);
                             self.publish_state(&new, st, false);
                         }
                     }
@@ -450,7 +428,7 @@ impl Endpoint {
                 if action == "create"
                     && let Some(n) = &name
                 {
-                    self.removals.remove(n);
+                    self.table.removals.remove(n);
                 }
                 if let Some(n) = &name
                     && let Some(t) =

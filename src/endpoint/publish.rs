@@ -10,8 +10,13 @@ impl Endpoint {
     pub(super) fn publish_transition(&mut self, id: &str, name: &str, t: transitions::Transition) {
         // Recorded even when the container is not known yet: its first inspect
         // may be older than this event (an `oom` right after `start`).
-        let mut state = self.containers.get(name).filter(|s| s.id == id).cloned();
-        if self.overlays.on_event(id, t, state.as_mut())
+        let mut state = self
+            .table
+            .containers
+            .get(name)
+            .filter(|s| s.id == id)
+            .cloned();
+        if self.table.overlays.on_event(id, t, state.as_mut())
             && let Some(state) = state
         {
             self.publish_state(name, state, false);
@@ -20,12 +25,12 @@ impl Endpoint {
 
     pub(super) fn publish_state(&mut self, name: &str, state: ContainerState, force: bool) {
         let state = self.with_problem(name, state);
-        if !force && self.containers.get(name) == Some(&state) {
+        if !force && self.table.containers.get(name) == Some(&state) {
             return;
         }
         // Discovery before state: HA must know the entities the state feeds.
         self.publish_container_device(name, &state, force);
-        let prev = self.containers.get(name);
+        let prev = self.table.containers.get(name);
         let first = prev.is_none();
         let topics = &self.settings.topics;
         match serde_json::to_vec(&state) {
@@ -56,11 +61,16 @@ impl Endpoint {
                 crate::watcher::Watched {
                     config_image: state.image.clone(),
                     image_id: state.image_id.clone(),
-                    follow: self.follow_labels.get(name).cloned().unwrap_or_default(),
+                    follow: self
+                        .table
+                        .follow_labels
+                        .get(name)
+                        .cloned()
+                        .unwrap_or_default(),
                 },
             );
         }
-        self.containers.insert(name.to_string(), state);
+        self.table.containers.insert(name.to_string(), state);
         self.schedule_stats(name);
         if force || first {
             self.publish_history(name);
@@ -84,26 +94,26 @@ impl Endpoint {
     pub(super) fn recheck_problems(&mut self) {
         let names: Vec<String> = self.crashloops.tracked().cloned().collect();
         for name in names {
-            if let Some(state) = self.containers.get(&name).cloned() {
+            if let Some(state) = self.table.containers.get(&name).cloned() {
                 self.publish_state(&name, state, false);
             }
         }
     }
 
     pub(super) fn on_gone(&mut self, id: &str) {
-        if !self.destroyed.iter().any(|d| d == id) {
-            self.destroyed.push_back(id.to_string());
-            if self.destroyed.len() > 1024 {
-                self.destroyed.pop_front();
+        if !self.table.destroyed.iter().any(|d| d == id) {
+            self.table.destroyed.push_back(id.to_string());
+            if self.table.destroyed.len() > 1024 {
+                self.table.destroyed.pop_front();
             }
         }
-        self.excluded.remove(id);
-        self.overlays.forget(id);
+        self.table.excluded.remove(id);
+        self.table.overlays.forget(id);
         self.inspects.forget_failures(id);
-        if let Some(name) = self.names.remove(id)
-            && self.containers.get(&name).is_some_and(|s| s.id == id)
+        if let Some(name) = self.table.names.remove(id)
+            && self.table.containers.get(&name).is_some_and(|s| s.id == id)
         {
-            self.containers.remove(&name);
+            self.table.containers.remove(&name);
             self.schedule_removal(&name);
             self.info_changed();
         }
@@ -113,7 +123,7 @@ impl Endpoint {
         if self.settings.removal_grace.is_zero() {
             self.clear_container(name);
         } else {
-            self.removals.insert(
+            self.table.removals.insert(
                 name.to_string(),
                 Instant::now() + self.settings.removal_grace,
             );
@@ -121,20 +131,13 @@ impl Endpoint {
     }
 
     pub(super) fn next_removal(&self) -> Option<Instant> {
-        self.removals.values().min().copied()
+        self.table.next_removal()
     }
 
     pub(super) fn run_removals(&mut self) {
-        let now = Instant::now();
-        let due: Vec<String> = self
-            .removals
-            .iter()
-            .filter(|(_, t)| **t <= now)
-            .map(|(n, _)| n.clone())
-            .collect();
+        let due = self.table.take_due_removals(Instant::now());
         for name in due {
-            self.removals.remove(&name);
-            if !self.containers.contains_key(&name) {
+            if !self.table.containers.contains_key(&name) {
                 tracing::info!(endpoint = %self.id, container = %name, "container removed: clearing its topics");
                 self.clear_container(&name);
             }
@@ -236,7 +239,7 @@ impl Endpoint {
     }
 
     pub(super) fn build_info(&self) -> EndpointInfo {
-        let (containers, stacks) = ContainerCounts::of(self.containers.values());
+        let (containers, stacks) = ContainerCounts::of(self.table.containers.values());
         let f = &self.facts;
         EndpointInfo {
             id: self.id.clone(),
@@ -290,6 +293,7 @@ impl Endpoint {
         self.publish_info_now();
         self.publish_stacks(true);
         let all: Vec<(String, ContainerState)> = self
+            .table
             .containers
             .iter()
             .map(|(n, s)| (n.clone(), s.clone()))

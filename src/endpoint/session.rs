@@ -73,6 +73,7 @@ impl Endpoint {
             self.swept = true;
             let ep = self.id.clone();
             let live = self
+                .table
                 .containers
                 .keys()
                 .cloned()
@@ -84,7 +85,7 @@ impl Endpoint {
                 Sweep::Endpoint { ep, live }
             });
         }
-        tracing::info!(endpoint = %self.id, containers = self.containers.len(), api = %self.client.api_version(), "endpoint synced");
+        tracing::info!(endpoint = %self.id, containers = self.table.containers.len(), api = %self.client.api_version(), "endpoint synced");
 
         let period = self.settings.reconcile_interval;
         let mut reconcile = tokio::time::interval_at(Instant::now() + period, period);
@@ -332,7 +333,7 @@ impl Endpoint {
             match r {
                 // No event was handled meanwhile: the answer is newer than all of them.
                 Ok(Some(ins)) => {
-                    let asked = self.overlays.generation(&id);
+                    let asked = self.table.overlays.generation(&id);
                     self.apply_inspect(&id, asked, ins)
                 }
                 Ok(None) => {} // removed meanwhile; its destroy event follows
@@ -343,14 +344,15 @@ impl Endpoint {
             }
         }
         let gone: Vec<String> = self
+            .table
             .containers
             .keys()
             .filter(|n| !listed.contains(*n))
             .cloned()
             .collect();
         for name in gone {
-            if let Some(st) = self.containers.remove(&name) {
-                self.names.remove(&st.id);
+            if let Some(st) = self.table.containers.remove(&name) {
+                self.table.names.remove(&st.id);
             }
             self.schedule_removal(&name);
         }

@@ -88,7 +88,7 @@ impl Endpoint {
         self.ask_portainer_stacks(false);
         let updates = self.updates_here();
         let mut projects: BTreeMap<String, Vec<Member>> = BTreeMap::new();
-        for (name, st) in &self.containers {
+        for (name, st) in &self.table.containers {
             if let Some(l) = self.stacks.members.get(name) {
                 projects.entry(l.project.clone()).or_default().push(Member {
                     name: name.clone(),
@@ -114,7 +114,7 @@ impl Endpoint {
             self.schedule_removal(&removal_key(&name));
         }
         for (name, st) in now {
-            self.removals.remove(&removal_key(&name));
+            self.table.removals.remove(&removal_key(&name));
             self.publish_stack_device(&name, &st, force);
             if !force && self.stacks.published.get(&name) == Some(&st) {
                 continue;
@@ -149,6 +149,7 @@ impl Endpoint {
         }
         st.containers.iter().find_map(|name| {
             let id = self
+                .table
                 .containers
                 .get(name)
                 .map(|c| c.id.as_str())

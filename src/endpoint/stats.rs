@@ -42,6 +42,7 @@ impl Endpoint {
     /// figures shown unknown.
     pub(super) fn schedule_stats(&mut self, name: &str) {
         let running = self
+            .table
             .containers
             .get(name)
             .is_some_and(|s| s.running && !s.paused);
@@ -105,7 +106,7 @@ impl Endpoint {
             .collect();
         due.sort();
         for (at, name) in due.into_iter().take(room) {
-            let Some(id) = self.containers.get(&name).map(|s| s.id.clone()) else {
+            let Some(id) = self.table.containers.get(&name).map(|s| s.id.clone()) else {
                 self.stats.due.remove(&name);
                 continue;
             };
@@ -133,7 +134,7 @@ impl Endpoint {
     pub(super) fn on_stats(&mut self, (name, id, r): StatsAnswer) {
         // Stopped, removed or recreated meanwhile: the answer is stale.
         if !self.stats.due.contains_key(&name)
-            || self.containers.get(&name).is_none_or(|s| s.id != id)
+            || self.table.containers.get(&name).is_none_or(|s| s.id != id)
         {
             return;
         }
