@@ -289,22 +289,16 @@ fn spawn_raw_events(engine: Arc<DockerClient>) -> RawArrivals {
             eprintln!("raw /events subscriber: cannot open the stream");
             return;
         };
-        while let Some(Ok(line)) = lines.next().await {
+        while let Some(Ok(item)) = lines.next().await {
             let at = wall_ns();
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            let dockside::docker::EventItem::Event(ev) = item else {
                 continue;
             };
-            let (Some(id), Some(action), Some(t)) = (
-                v["id"].as_str(),
-                v["Action"].as_str(),
-                v["timeNano"].as_i64(),
-            ) else {
-                continue;
-            };
+            let (id, action, t) = (ev.actor.id, ev.action, ev.time_nano);
             if let Ok(mut m) = out.lock()
                 && m.len() < 1_000_000
             {
-                m.insert((id.to_string(), action.to_string(), t as i128), at);
+                m.insert((id, action, t as i128), at);
             }
         }
     });

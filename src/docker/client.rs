@@ -15,8 +15,8 @@ use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::io::StreamReader;
 
 use super::models::{
-    ContainerInspect, ContainerSummary, ImageInspect, PruneReport, SystemDf, SystemInfo, Version,
-    VolumeList,
+    ContainerInspect, ContainerSummary, Event, ImageInspect, PruneReport, SystemDf, SystemInfo,
+    Version, VolumeList,
 };
 use crate::config::{EndpointConfig, EngineUrl, parse_engine_url};
 use crate::http::{ReadError, error_chain};
@@ -71,7 +71,33 @@ impl DockerError {
     }
 }
 
-pub type EventStream = Pin<Box<dyn Stream<Item = Result<String, LinesCodecError>> + Send>>;
+/// One item of `/events`, decoded here (untrusted JSON, SPEC §16): an
+/// event, or a line that is not one — the reader skips it and says so.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventItem {
+    Event(Event),
+    /// Not an event (the JSON error).
+    Malformed(String),
+    /// Over `MAX_EVENT_LINE`: dropped unread.
+    Oversized,
+}
+
+impl EventItem {
+    /// Decodes one line; None for a blank one.
+    pub fn decode(line: &str) -> Option<EventItem> {
+        let line = line.trim();
+        if line.is_empty() {
+            return None;
+        }
+        Some(match serde_json::from_str(line) {
+            Ok(e) => EventItem::Event(e),
+            Err(e) => EventItem::Malformed(e.to_string()),
+        })
+    }
+}
+
+/// `/events` as typed items; an error ends the stream (the connection broke).
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<EventItem, std::io::Error>> + Send>>;
 
 /// Credentials added to every request (Portainer's API key or JWT). Exactly
 /// one header per request; a 401 invalidates it and the request is tried once more.
@@ -870,7 +896,14 @@ impl DockerClient {
         let bytes = resp.bytes_stream().map_err(std::io::Error::other);
         let reader = StreamReader::new(bytes);
         let lines = FramedRead::new(reader, LinesCodec::new_with_max_length(MAX_EVENT_LINE));
-        Ok((lines.boxed(), date))
+        let items = lines.filter_map(|r| {
+            std::future::ready(match r {
+                Ok(line) => EventItem::decode(&line).map(Ok),
+                Err(LinesCodecError::MaxLineLengthExceeded) => Some(Ok(EventItem::Oversized)),
+                Err(LinesCodecError::Io(e)) => Some(Err(e)),
+            })
+        });
+        Ok((items.boxed(), date))
     }
 }
 
@@ -992,6 +1025,28 @@ fn rfc1123_to_rfc3339(v: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_lines_are_decoded_here_and_bad_ones_named() {
+        assert_eq!(EventItem::decode("  \r"), None);
+        assert!(matches!(
+            EventItem::decode("{not json"),
+            Some(EventItem::Malformed(_))
+        ));
+        let line = r#"{"Type":"container","Action":"die","Actor":{"ID":"abc","Attributes":{"exitCode":"137"}},"time":1,"timeNano":1000000001}"#;
+        let Some(EventItem::Event(ev)) = EventItem::decode(line) else {
+            panic!("an event");
+        };
+        assert_eq!(
+            (
+                ev.kind.as_str(),
+                ev.action.as_str(),
+                ev.actor.id.as_str(),
+                ev.time_nano
+            ),
+            ("container", "die", "abc", 1_000_000_001)
+        );
+    }
 
     #[test]
     fn api_versions() {

@@ -8,4 +8,4 @@ pub mod prune;
 pub mod pull;
 pub mod recreate;
 
-pub use client::{DockerClient, DockerError, EventStream};
+pub use client::{DockerClient, DockerError, EventItem, EventStream};

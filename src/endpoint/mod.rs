@@ -30,7 +30,6 @@ use tokio::sync::mpsc;
 use futures_util::{StreamExt, stream};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
-use tokio_util::codec::LinesCodecError;
 
 use crate::clock::sleep_until_opt;
 use tokio_util::sync::CancellationToken;
@@ -39,7 +38,7 @@ use crate::backoff::Backoff;
 pub use commands::EndpointCommand;
 
 use crate::docker::models::{ContainerInspect, Event};
-use crate::docker::{DockerClient, DockerError, EventStream};
+use crate::docker::{DockerClient, DockerError, EventItem, EventStream};
 use crate::filter::ContainerFilter;
 use crate::homeassistant::{ContainerFacts, Discovery, EndpointFacts};
 use crate::mqtt::{MqttHandle, Outbox, Sweep};
@@ -310,18 +309,20 @@ impl Endpoint {
         }
     }
 
-    fn on_line(&mut self, line: &str) {
-        let line = line.trim();
-        if line.is_empty() {
-            return;
-        }
-        let ev: Event = match serde_json::from_str(line) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(endpoint = %self.id, error = %e, "skipping a malformed event");
-                return;
+    /// One item of the event stream (decoded by the Docker client).
+    fn on_item(&mut self, item: EventItem) {
+        match item {
+            EventItem::Event(ev) => self.on_event(ev),
+            EventItem::Malformed(e) => {
+                tracing::warn!(endpoint = %self.id, error = %e, "skipping a malformed event")
             }
-        };
+            EventItem::Oversized => {
+                tracing::warn!(endpoint = %self.id, "skipping an oversized event line")
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
         let nanos = ev.nanos();
         if !self.cursor.accept(nanos, &ev.actor.id, &ev.action) {
             return; // replayed duplicate

@@ -162,13 +162,7 @@ impl Endpoint {
                         Err(e) => tracing::error!(endpoint = %self.id, error = %e, "inspect task failed"),
                     }
                 }
-                line = lines.next() => match line {
-                    Ok(line) => self.on_line(&line),
-                    Err(SessionError::Stream(e)) if e == "oversized" => {
-                        tracing::warn!(endpoint = %self.id, "skipping an oversized event line");
-                    }
-                    Err(e) => return Err(e),
-                },
+                item = lines.next() => self.on_item(item?),
                 _ = tick_opt(&mut poll) => self.poll_events(&types).await?,
                 _ = sleep_until_opt(removal_due) => self.run_removals(),
                 _ = sleep_until_opt(disk_due) => self.ask_disk(false),
@@ -237,12 +231,8 @@ impl Endpoint {
             .client
             .events(since.as_deref(), Some(&until), &refs)
             .await?;
-        while let Some(l) = s.next().await {
-            match l {
-                Ok(l) => self.on_line(&l),
-                Err(LinesCodecError::MaxLineLengthExceeded) => {}
-                Err(LinesCodecError::Io(e)) => return Err(SessionError::Stream(e.to_string())),
-            }
+        while let Some(item) = s.next().await {
+            self.on_item(item.map_err(|e| SessionError::Stream(e.to_string()))?);
         }
         Ok(())
     }
@@ -395,26 +385,23 @@ impl Endpoint {
     }
 }
 
-/// Where a session's event lines come from.
+/// Where a session's events come from.
 pub(super) enum Lines {
     /// Direct engine: the live stream; its end ends the session.
     Stream(EventStream),
     /// Portainer: a background stream that reconnects on its own.
     Background {
-        rx: mpsc::Receiver<String>,
+        rx: mpsc::Receiver<EventItem>,
         task: tokio::task::JoinHandle<()>,
     },
 }
 
 impl Lines {
-    pub(super) async fn next(&mut self) -> Result<String, SessionError> {
+    pub(super) async fn next(&mut self) -> Result<EventItem, SessionError> {
         match self {
             Lines::Stream(s) => match s.next().await {
-                Some(Ok(l)) => Ok(l),
-                Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
-                    Err(SessionError::Stream("oversized".into()))
-                }
-                Some(Err(LinesCodecError::Io(e))) => Err(SessionError::Stream(e.to_string())),
+                Some(Ok(item)) => Ok(item),
+                Some(Err(e)) => Err(SessionError::Stream(e.to_string())),
                 None => Err(SessionError::StreamEnded),
             },
             Lines::Background { rx, .. } => rx.recv().await.ok_or(SessionError::StreamEnded),
@@ -436,7 +423,7 @@ pub(super) async fn background_stream(
     client: Arc<DockerClient>,
     cursor: Arc<AtomicI64>,
     types: Vec<String>,
-    tx: mpsc::Sender<String>,
+    tx: mpsc::Sender<EventItem>,
     id: String,
 ) {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
@@ -446,15 +433,14 @@ pub(super) async fn background_stream(
         let since = since_of(cursor.load(Ordering::Relaxed));
         match client.events(since.as_deref(), None, &refs).await {
             Ok((mut s, _)) => {
-                while let Some(l) = s.next().await {
-                    match l {
-                        Ok(l) => {
-                            if tx.send(l).await.is_err() {
+                while let Some(item) = s.next().await {
+                    match item {
+                        Ok(item) => {
+                            if tx.send(item).await.is_err() {
                                 return;
                             }
                         }
-                        Err(LinesCodecError::MaxLineLengthExceeded) => {}
-                        Err(LinesCodecError::Io(e)) => {
+                        Err(e) => {
                             tracing::debug!(endpoint = %id, error = %e, "live event stream dropped");
                             break;
                         }
