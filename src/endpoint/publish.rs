@@ -23,27 +23,41 @@ impl Endpoint {
         }
     }
 
+    /// A container's state as it is now: published when it changed (or
+    /// `force`), recorded in the table, then its followers learn of it.
     pub(super) fn publish_state(&mut self, name: &str, state: ContainerState, force: bool) {
         let state = self.with_problem(name, state);
         if !force && self.table.containers.get(name) == Some(&state) {
             return;
         }
-        // Discovery before state: HA must know the entities the state feeds.
-        self.publish_container_device(name, &state, force);
-        let prev = self.table.containers.get(name);
-        let first = prev.is_none();
+        if !self.write_state(name, &state, force) {
+            return;
+        }
+        let first = self
+            .table
+            .containers
+            .insert(name.to_string(), state)
+            .is_none();
+        self.on_state_recorded(name, first, force);
+    }
+
+    /// The outbox writes of one state: its discovery first (HA must know the
+    /// entities the state feeds), the state, and the flat keys that changed.
+    /// False when it cannot be encoded (nothing was written).
+    fn write_state(&mut self, name: &str, state: &ContainerState, force: bool) -> bool {
+        self.publish_container_device(name, state, force);
         let topics = &self.settings.topics;
-        match serde_json::to_vec(&state) {
+        match serde_json::to_vec(state) {
             Ok(p) => self
                 .outbox
                 .retain(topics.container_state(&self.id, name), p),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot encode state");
-                return;
+                return false;
             }
         }
         if self.settings.flat_topics {
-            let before: HashMap<String, String> = match (force, prev) {
+            let before: HashMap<String, String> = match (force, self.table.containers.get(name)) {
                 (false, Some(p)) => p.flat_values().into_iter().collect(),
                 _ => HashMap::new(),
             };
@@ -54,7 +68,16 @@ impl Endpoint {
                 }
             }
         }
-        if let Some(inv) = &self.settings.inventory {
+        true
+    }
+
+    /// What follows a recorded state: the image watcher's inventory, the
+    /// stats schedule, the update history (at first sight), the endpoint
+    /// info, and the command waiting for this state.
+    fn on_state_recorded(&mut self, name: &str, first: bool, force: bool) {
+        if let (Some(inv), Some(state)) =
+            (&self.settings.inventory, self.table.containers.get(name))
+        {
             inv.set_container(
                 &self.id,
                 name,
@@ -70,7 +93,6 @@ impl Endpoint {
                 },
             );
         }
-        self.table.containers.insert(name.to_string(), state);
         self.schedule_stats(name);
         if force || first {
             self.publish_history(name);
