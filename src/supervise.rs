@@ -130,19 +130,26 @@ pub async fn stop(name: &str, token: &CancellationToken, join: JoinHandle<()>, g
     }
 }
 
-/// Set once the test-only panic fired: it fires once per process (the
-/// replayed event must not crash the restarted task again).
-pub static TEST_PANICKED: AtomicBool = AtomicBool::new(false);
-
-/// A test-only way to make a task panic (debug builds only): the endpoint
-/// task panics on an event of a container with this name.
-pub fn test_panic_name() -> Option<String> {
-    if cfg!(debug_assertions) {
-        std::env::var("DOCKSIDE_TEST_PANIC_ON").ok()
-    } else {
-        None
+/// Supervision tests make an endpoint task panic on an event of the
+/// container named in `DOCKSIDE_TEST_PANIC_ON`, once per process (the
+/// replayed event must not crash the restarted task again). Debug builds
+/// only: a release build has no such check on its event path.
+#[cfg(debug_assertions)]
+pub fn maybe_test_panic(container: Option<&str>) {
+    static NAME: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    static FIRED: AtomicBool = AtomicBool::new(false);
+    let name = NAME.get_or_init(|| std::env::var("DOCKSIDE_TEST_PANIC_ON").ok());
+    if let (Some(p), Some(n)) = (name, container)
+        && p == n
+        && !FIRED.swap(true, Ordering::SeqCst)
+    {
+        panic!("test-only panic on an event of `{n}` (DOCKSIDE_TEST_PANIC_ON)");
     }
 }
+
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn maybe_test_panic(_container: Option<&str>) {}
 
 #[cfg(test)]
 mod tests {

@@ -109,8 +109,6 @@ pub struct EndpointSettings {
     pub commands: crate::config::CommandsConfig,
     /// Where `check` goes: the image watcher's queue, while it runs.
     pub checks: crate::watcher::CheckQueue,
-    /// Debug builds: panic on an event of this container (supervision tests).
-    pub test_panic_on: Option<String>,
 }
 
 /// What kind of source an endpoint comes from, for its info payload.
@@ -374,12 +372,7 @@ impl Endpoint {
     }
 
     fn on_container_event(&mut self, ev: &Event) {
-        if let (Some(p), Some(n)) = (&self.settings.test_panic_on, ev.name())
-            && p == n
-            && !crate::supervise::TEST_PANICKED.swap(true, Ordering::SeqCst)
-        {
-            panic!("test-only panic on an event of `{n}` (DOCKSIDE_TEST_PANIC_ON)");
-        }
+        crate::supervise::maybe_test_panic(ev.name());
         let id = ev.actor.id.clone();
         if id.is_empty() {
             return;

@@ -178,7 +178,6 @@ fn settings(
         flat_topics: cfg.mqtt.flat_topics,
         state_dir: Some(state_dir.clone()),
         ha: Discovery::from_config(cfg).map(Arc::new),
-        test_panic_on: supervise::test_panic_name(),
         commands: cfg.commands.clone(),
         checks: checks.clone(),
     })
