@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::docker::recreate::Swap;
-use crate::persist::{BackgroundFile, StateDir};
+use crate::persist::{JsonFile, StateDir};
 
 /// Operations kept per container.
 pub const KEEP: usize = 10;
@@ -56,7 +56,7 @@ struct File {
 #[derive(Debug)]
 pub struct History {
     /// `history-<ep>.json`, saved in the background (none without a state dir).
-    file: Option<BackgroundFile>,
+    file: JsonFile,
     data: File,
     /// Operations of this run not ended yet: on disk (as interrupted) but
     /// never published, so the topic only ever shows ended operations.
@@ -65,20 +65,14 @@ pub struct History {
 
 impl History {
     pub fn load(dir: Option<StateDir>, ep: &str) -> Self {
-        let file = dir
-            .as_ref()
-            .map(|d| d.background_file(&format!("history-{ep}.json")));
-        let data = file
-            .as_ref()
-            .and_then(BackgroundFile::read)
-            .and_then(|b| serde_json::from_slice::<File>(&b).ok())
-            .map(|mut f| {
-                for list in f.containers.values_mut() {
-                    list.truncate(KEEP);
-                }
-                f
-            })
-            .unwrap_or_default();
+        let (file, mut data) = JsonFile::load::<File>(
+            dir.as_ref(),
+            &format!("history-{ep}.json"),
+            "update history",
+        );
+        for list in data.containers.values_mut() {
+            list.truncate(KEEP);
+        }
         Self {
             file,
             data,
@@ -205,11 +199,7 @@ impl History {
     }
 
     fn save(&mut self) {
-        let Some(file) = &mut self.file else { return };
-        match serde_json::to_vec(&self.data) {
-            Ok(b) => file.save(b, "update history"),
-            Err(e) => tracing::warn!(error = %e, "cannot encode the update history"),
-        }
+        self.file.save(&self.data);
     }
 }
 

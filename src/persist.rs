@@ -317,6 +317,41 @@ mod tests {
     }
 }
 
+/// A JSON document of `state.dir` (the update history, the crash-loop
+/// record): read once at start, saved whole in the background after each
+/// change. Without a state directory it lives in memory only; an unreadable
+/// or corrupt file starts over empty.
+#[derive(Debug)]
+pub struct JsonFile {
+    file: Option<BackgroundFile>,
+    /// Names the data in the warning a failed write leaves.
+    what: &'static str,
+}
+
+impl JsonFile {
+    pub fn load<T: serde::de::DeserializeOwned + Default>(
+        dir: Option<&StateDir>,
+        name: &str,
+        what: &'static str,
+    ) -> (Self, T) {
+        let file = dir.map(|d| d.background_file(name));
+        let data = file
+            .as_ref()
+            .and_then(BackgroundFile::read)
+            .and_then(|b| serde_json::from_slice::<T>(&b).ok())
+            .unwrap_or_default();
+        (JsonFile { file, what }, data)
+    }
+
+    pub fn save<T: Serialize>(&mut self, data: &T) {
+        let Some(file) = &mut self.file else { return };
+        match serde_json::to_vec(data) {
+            Ok(b) => file.save(b, self.what),
+            Err(e) => tracing::warn!(error = %e, "cannot encode the {}", self.what),
+        }
+    }
+}
+
 /// One small file of `state.dir`, rewritten whole (atomically) off the async
 /// workers: an fsync on an SD card can take a while. Saves run in order of
 /// their snapshots; an older one never overwrites a newer one.

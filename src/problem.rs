@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::payloads::ContainerState;
-use crate::persist::{BackgroundFile, StateDir};
+use crate::persist::{JsonFile, StateDir};
 
 /// Containers remembered per endpoint (a bound on what engines can make us keep).
 const MAX_TRACKED: usize = 4096;
@@ -65,7 +65,7 @@ struct File {
 /// Restart times per container name; owned by its endpoint task.
 #[derive(Debug)]
 pub struct Crashloops {
-    file: Option<BackgroundFile>,
+    file: JsonFile,
     data: File,
     window: Duration,
     threshold: usize,
@@ -73,12 +73,8 @@ pub struct Crashloops {
 
 impl Crashloops {
     pub fn load(dir: Option<&StateDir>, ep: &str, window: Duration, threshold: usize) -> Self {
-        let file = dir.map(|d| d.background_file(&format!("crashloop-{ep}.json")));
-        let data = file
-            .as_ref()
-            .and_then(BackgroundFile::read)
-            .and_then(|b| serde_json::from_slice::<File>(&b).ok())
-            .unwrap_or_default();
+        let (file, data) =
+            JsonFile::load::<File>(dir, &format!("crashloop-{ep}.json"), "crash-loop record");
         Self {
             file,
             data,
@@ -167,11 +163,7 @@ impl Crashloops {
     }
 
     fn save(&mut self) {
-        let Some(file) = &mut self.file else { return };
-        match serde_json::to_vec(&self.data) {
-            Ok(b) => file.save(b, "crash-loop record"),
-            Err(e) => tracing::warn!(error = %e, "cannot encode the crash-loop record"),
-        }
+        self.file.save(&self.data);
     }
 }
 
