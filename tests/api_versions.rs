@@ -37,16 +37,7 @@ fn api(v: &str) -> Option<(u32, u32)> {
 
 impl Engine {
     async fn respond(&self, s: &mut UnixStream, status: &str, body: &str) -> std::io::Result<()> {
-        let header = self
-            .header
-            .map(|h| format!("Api-Version: {h}\r\n"))
-            .unwrap_or_default();
-        let head = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{header}Content-Length: {}\r\n\r\n",
-            body.len()
-        );
-        s.write_all(head.as_bytes()).await?;
-        s.write_all(body.as_bytes()).await
+        respond_json(s, status, body, self.header).await
     }
 
     async fn serve(self, mut s: UnixStream) -> std::io::Result<()> {

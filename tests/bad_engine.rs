@@ -22,12 +22,7 @@ fn inspect(name: &str) -> String {
 }
 
 async fn respond(s: &mut UnixStream, status: &str, body: &str) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nApi-Version: 1.45\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await?;
-    s.write_all(body.as_bytes()).await
+    respond_json(s, status, body, Some("1.45")).await
 }
 
 async fn serve(mut s: UnixStream, name: String, info: &'static str) -> std::io::Result<()> {

@@ -12,44 +12,6 @@ use common::*;
 
 const T: Duration = Duration::from_secs(30);
 
-struct Env {
-    broker: Broker,
-    ct: Containers,
-    base: String,
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Self {
-        Self {
-            ct: Containers::new(&unique("dsc")),
-            broker: Broker::start(),
-            base: unique("t"),
-            dir: tempfile::tempdir().expect("tmp"),
-        }
-    }
-    fn config(&self, commands: &str) -> String {
-        format!(
-            "{}\n[commands]\n{commands}\n",
-            base_config(
-                &self.broker,
-                &self.base,
-                &self.dir.path().join("state"),
-                &self.ct.prefix
-            )
-        )
-    }
-    fn set(&self, ct: &str) -> String {
-        format!("{}/local/{ct}/set", self.base)
-    }
-    fn result(&self, ct: &str) -> String {
-        format!("{}/local/{ct}/result", self.base)
-    }
-    fn state(&self, ct: &str) -> String {
-        format!("{}/local/{ct}/state", self.base)
-    }
-}
-
 /// `--init` so that SIGTERM stops the container at once (busybox as PID 1 ignores it).
 fn run(name: &str, extra: &[&str]) -> String {
     let mut args = vec!["run", "-d", "--init", "--name", name];
@@ -88,13 +50,13 @@ async fn command(c: &Collector, env: &Env, ct: &str, action: &str, rid: &str) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_allowed_word_works_and_yields_one_ok_result() {
-    let env = Env::new();
+    let env = Env::new("dsc");
     let name = env.ct.name("web");
     run(&name, &[]);
     let c = Collector::start(env.broker.port, &format!("{}/#", env.base)).await;
     let _d = Dockside::start(
         env.dir.path(),
-        &env.config("allow = [\"start\",\"stop\",\"restart\",\"pause\",\"unpause\",\"kill\"]\nmin_interval = \"50ms\""),
+        &env.commands_config("allow = [\"start\",\"stop\",\"restart\",\"pause\",\"unpause\",\"kill\"]\nmin_interval = \"50ms\""),
     );
     let first = c
         .wait_state(&env.state(&name), T, |s| s["running"] == true)
@@ -147,7 +109,7 @@ async fn every_allowed_word_works_and_yields_one_ok_result() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_refusal_has_its_code_and_touches_nothing() {
-    let env = Env::new();
+    let env = Env::new("dsc");
     let plain = env.ct.name("plain");
     let labelled = env.ct.name("labelled");
     let guarded = env.ct.name("guarded");
@@ -161,7 +123,7 @@ async fn each_refusal_has_its_code_and_touches_nothing() {
     let c = Collector::start(env.broker.port, &format!("{}/#", env.base)).await;
     let _d = Dockside::start(
         env.dir.path(),
-        &env.config("protect = [\"*-guarded\"]\nmin_interval = \"30s\""),
+        &env.commands_config("protect = [\"*-guarded\"]\nmin_interval = \"30s\""),
     );
     for n in [&plain, &labelled, &guarded, &slow] {
         c.wait_state(&env.state(n), T, |s| s["running"] == true)
@@ -252,7 +214,7 @@ async fn each_refusal_has_its_code_and_touches_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_stop_published_before_start_stops_nothing() {
-    let env = Env::new();
+    let env = Env::new("dsc");
     let name = env.ct.name("keep");
     run(&name, &[]);
     let c = Collector::start(env.broker.port, &format!("{}/#", env.base)).await;
@@ -265,7 +227,7 @@ async fn retained_stop_published_before_start_stops_nothing() {
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = docker(&["inspect", "-f", "{{.State.StartedAt}}", &name]);
-    let _d = Dockside::start(env.dir.path(), &env.config(""));
+    let _d = Dockside::start(env.dir.path(), &env.commands_config(""));
     c.wait_state(&env.state(&name), T, |s| s["running"] == true)
         .await;
     let r = c.wait_latest(&env.result(&name), T, |_| true).await.json();
@@ -289,13 +251,15 @@ async fn retained_stop_published_before_start_stops_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_every_command_topic_is_refused_and_dockside_stays_healthy() {
-    let env = Env::new();
+    let env = Env::new("dsc");
     let name = env.ct.name("x");
     run(&name, &[]);
     let c = Collector::start(env.broker.port, &format!("{}/#", env.base)).await;
     let mut d = Dockside::start(
         env.dir.path(),
-        &env.config("allow = [\"start\",\"stop\",\"restart\",\"pause\",\"unpause\",\"kill\"]"),
+        &env.commands_config(
+            "allow = [\"start\",\"stop\",\"restart\",\"pause\",\"unpause\",\"kill\"]",
+        ),
     );
     c.wait_state(&env.state(&name), T, |s| s["running"] == true)
         .await;
@@ -365,13 +329,16 @@ async fn garbage_on_every_command_topic_is_refused_and_dockside_stays_healthy() 
 /// connection is made again), nothing runs, and commands work after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversize_packet_is_refused_unread_and_dockside_carries_on() {
-    let env = Env::new();
+    let env = Env::new("dsc");
     let name = env.ct.name("big");
     run(&name, &[]);
     // Subscribed to states and results only: the huge message is not theirs.
     let states = Collector::start(env.broker.port, &env.state(&name)).await;
     let results = Collector::start(env.broker.port, &env.result(&name)).await;
-    let mut d = Dockside::start(env.dir.path(), &env.config("allow = [\"stop\",\"pause\"]"));
+    let mut d = Dockside::start(
+        env.dir.path(),
+        &env.commands_config("allow = [\"stop\",\"pause\"]"),
+    );
     states
         .wait_state(&env.state(&name), T, |s| s["running"] == true)
         .await;
@@ -412,11 +379,14 @@ async fn an_oversize_packet_is_refused_unread_and_dockside_carries_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_around_a_broker_reconnect_runs_once() {
-    let mut env = Env::new();
+    let mut env = Env::new("dsc");
     let name = env.ct.name("once");
     run(&name, &[]);
     let c = Collector::start(env.broker.port, &format!("{}/#", env.base)).await;
-    let _d = Dockside::start(env.dir.path(), &env.config("min_interval = \"0s\""));
+    let _d = Dockside::start(
+        env.dir.path(),
+        &env.commands_config("min_interval = \"0s\""),
+    );
     c.wait_state(&env.state(&name), T, |s| s["running"] == true)
         .await;
     let since = docker(&["inspect", "-f", "{{.State.StartedAt}}", &name]);
@@ -459,14 +429,16 @@ async fn a_command_around_a_broker_reconnect_runs_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dockside_never_stops_its_own_container() {
-    let env = Env::new();
+    let env = Env::new("dsc");
     let me = env.ct.name("dockside");
     let state = env.dir.path().join("state");
     std::fs::create_dir_all(&state).expect("state dir");
     let cfg_path = env.dir.path().join("inside.toml");
     std::fs::write(
         &cfg_path,
-        env.config("allow = [\"start\",\"stop\",\"restart\",\"pause\",\"unpause\",\"kill\"]"),
+        env.commands_config(
+            "allow = [\"start\",\"stop\",\"restart\",\"pause\",\"unpause\",\"kill\"]",
+        ),
     )
     .expect("cfg");
     let bin = env!("CARGO_BIN_EXE_dockside");
@@ -525,14 +497,14 @@ async fn dockside_never_stops_its_own_container() {
 async fn a_flood_of_commands_gets_one_result_each_and_bounded_memory() {
     const N: usize = 100_000;
     const RATE: u64 = 80_000;
-    let env = Env::new();
+    let env = Env::new("dsc");
     let name = env.ct.name("flood");
     run(&name, &[]);
     let http = free_port();
     let states = Collector::start(env.broker.port, &format!("{}/#", env.base)).await;
     let d = Dockside::start(
         env.dir.path(),
-        &env.config(&format!(
+        &env.commands_config(&format!(
             "allow = [\"start\", \"stop\"]\nmin_interval = \"0s\"\n[http]\nlisten = \"127.0.0.1:{http}\""
         )),
     );
@@ -613,7 +585,7 @@ async fn a_flood_of_commands_gets_one_result_each_and_bounded_memory() {
 /// same engine), every result is ok and `running`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_a_container_that_exits_0_on_sigterm_is_ok() {
-    let env = Env::new();
+    let env = Env::new("dsc");
     let name = env.ct.name("trap");
     run_container(
         &name,
@@ -628,7 +600,7 @@ async fn restarting_a_container_that_exits_0_on_sigterm_is_ok() {
     let c = Collector::start(env.broker.port, &format!("{}/#", env.base)).await;
     let config = format!(
         "{}\n{}[endpoints.proxied]\nurl = \"tcp://127.0.0.1:{}\"\n",
-        env.config("allow = [\"restart\"]\nmin_interval = \"0s\""),
+        env.commands_config("allow = [\"restart\"]\nmin_interval = \"0s\""),
         engine_endpoint("local"),
         proxy.port
     );

@@ -10,42 +10,6 @@ use common::*;
 
 const T: Duration = Duration::from_secs(20);
 
-struct Env {
-    broker: Broker,
-    ct: Containers,
-    base: String,
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Self {
-        let ct = Containers::new(&unique("dst"));
-        Self {
-            broker: Broker::start(),
-            ct,
-            base: unique("t"),
-            dir: tempfile::tempdir().expect("tmp"),
-        }
-    }
-    fn config(&self) -> String {
-        base_config(
-            &self.broker,
-            &self.base,
-            &self.dir.path().join("state"),
-            &self.ct.prefix,
-        )
-    }
-    fn state(&self, name: &str) -> String {
-        format!("{}/local/{}/state", self.base, name)
-    }
-    fn start(&self) -> Dockside {
-        Dockside::start(self.dir.path(), &self.config())
-    }
-    async fn collector(&self) -> Collector {
-        Collector::start(self.broker.port, &format!("{}/#", self.base)).await
-    }
-}
-
 fn events_for<'a>(msgs: &'a [Msg], topic: &str, id: &str, action: &str) -> Vec<&'a Msg> {
     msgs.iter()
         .filter(|m| {
@@ -59,7 +23,7 @@ fn events_for<'a>(msgs: &'a [Msg], topic: &str, id: &str, action: &str) -> Vec<&
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_container_state_is_mirrored() {
-    let env = Env::new();
+    let env = Env::new("dst");
     let c = env.collector().await;
     let created = env.ct.name("created");
     let running = env.ct.name("running");
@@ -240,7 +204,7 @@ async fn every_container_state_is_mirrored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_are_published_once_with_container_events() {
-    let env = Env::new();
+    let env = Env::new("dst");
     let mut cfg = env.config();
     cfg.push_str("[events]\ntypes = [\"container\"]\n");
     std::fs::create_dir_all(env.dir.path()).expect("dir");
@@ -313,7 +277,7 @@ async fn events_are_published_once_with_container_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removal_after_grace_and_recreate_keeps_topics() {
-    let env = Env::new();
+    let env = Env::new("dst");
     let c = env.collector().await;
     let gone = env.ct.name("gone");
     let again = env.ct.name("again");
@@ -355,7 +319,7 @@ async fn removal_after_grace_and_recreate_keeps_topics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startup_sweep_clears_leftovers_of_this_base_only() {
-    let env = Env::new();
+    let env = Env::new("dst");
     let live = env.ct.name("live");
     run_container(&live, &[], &[]);
     let c = env.collector().await;
@@ -406,7 +370,7 @@ async fn startup_sweep_clears_leftovers_of_this_base_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_with_wiped_store_republishes_everything() {
-    let mut env = Env::new();
+    let mut env = Env::new("dst");
     let name = env.ct.name("web");
     let stop_me = env.ct.name("stopme");
     run_container(&name, &[], &[]);
@@ -455,7 +419,7 @@ async fn broker_restart_with_wiped_store_republishes_everything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dockside_restart_delivers_missed_events_once() {
-    let env = Env::new();
+    let env = Env::new("dst");
     let a = env.ct.name("a");
     let gone = env.ct.name("gone");
     let a_id = run_container(&a, &[], &[]);
@@ -520,7 +484,7 @@ async fn dockside_restart_delivers_missed_events_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_adds_and_removes_an_endpoint_without_touching_the_other() {
-    let env = Env::new();
+    let env = Env::new("dst");
     let name = env.ct.name("web");
     run_container(&name, &[], &[]);
     let c = env.collector().await;
@@ -589,7 +553,7 @@ async fn sighup_adds_and_removes_an_endpoint_without_touching_the_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_publishes_offline_and_exits_within_two_seconds() {
-    let env = Env::new();
+    let env = Env::new("dst");
     run_container(&env.ct.name("x"), &[], &[]);
     let c = env.collector().await;
     let mut d = env.start();
@@ -636,7 +600,7 @@ async fn sigterm_publishes_offline_and_exits_within_two_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_right_after_a_die_leaves_the_stopped_state_retained() {
-    let env = Env::new();
+    let env = Env::new("dst");
     let name = env.ct.name("last");
     let id = run_container(&name, &[], &[]);
     let c = env.collector().await;
@@ -677,7 +641,7 @@ async fn sigterm_right_after_a_die_leaves_the_stopped_state_retained() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_endpoint_task_is_restarted_and_mirrors_again() {
-    let env = Env::new();
+    let env = Env::new("dst");
     let web = env.ct.name("web");
     run_container(&web, &[], &[]);
     let boom = env.ct.name("boom");
@@ -710,7 +674,7 @@ async fn a_panicking_endpoint_task_is_restarted_and_mirrors_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_at_start_then_up() {
-    let env = Env::new();
+    let env = Env::new("dst");
     let name = env.ct.name("x");
     run_container(&name, &[], &[]);
     let port = free_port();
@@ -739,7 +703,7 @@ fn start_broker_on(port: u16, mut b: Broker) -> Broker {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_endpoint_is_offline_and_the_other_carries_on() {
-    let env = Env::new();
+    let env = Env::new("dst");
     let name = env.ct.name("x");
     run_container(&name, &[], &[]);
     let cfg = format!(
@@ -842,7 +806,7 @@ fn unwritable_state_dir_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_restart_only_what_changed_and_bad_ones_are_refused() {
-    let env = Env::new();
+    let env = Env::new("dst");
     let name = env.ct.name("web");
     run_container(&name, &[], &[]);
     let garbage_ca = env.dir.path().join("garbage-ca.pem");

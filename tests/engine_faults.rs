@@ -66,12 +66,7 @@ fn stats_body(n: usize) -> String {
 const STOPPED_STATS: &str = r#"{"read":"0001-01-01T00:00:00Z","preread":"0001-01-01T00:00:00Z","pids_stats":{},"blkio_stats":{},"cpu_stats":{"cpu_usage":{"total_usage":0}},"precpu_stats":{"cpu_usage":{"total_usage":0}},"memory_stats":{}}"#;
 
 async fn respond(s: &mut UnixStream, status: &str, body: &str) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nApi-Version: 1.45\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await?;
-    s.write_all(body.as_bytes()).await
+    respond_json(s, status, body, Some("1.45")).await
 }
 
 #[derive(Default)]

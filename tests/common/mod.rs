@@ -81,6 +81,75 @@ pub fn project_dir() -> PathBuf {
 
 // ---------------------------------------------------------------- stand-ins
 
+/// One test's world: its own Mosquitto, container name prefix, base topic
+/// and state directory.
+pub struct Env {
+    pub broker: Broker,
+    pub ct: Containers,
+    pub base: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// Containers named `<prefix><random>-…`.
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            ct: Containers::new(&unique(prefix)),
+            broker: Broker::start(),
+            base: unique("t"),
+            dir: tempfile::tempdir().expect("tmp"),
+        }
+    }
+    /// dockside's config for this world (`base_config`).
+    pub fn config(&self) -> String {
+        base_config(
+            &self.broker,
+            &self.base,
+            &self.dir.path().join("state"),
+            &self.ct.prefix,
+        )
+    }
+    /// The same with a `[commands]` section.
+    pub fn commands_config(&self, commands: &str) -> String {
+        format!("{}\n[commands]\n{commands}\n", self.config())
+    }
+    pub fn state(&self, ct: &str) -> String {
+        format!("{}/local/{ct}/state", self.base)
+    }
+    pub fn set(&self, ct: &str) -> String {
+        format!("{}/local/{ct}/set", self.base)
+    }
+    pub fn result(&self, ct: &str) -> String {
+        format!("{}/local/{ct}/result", self.base)
+    }
+    pub fn start(&self) -> Dockside {
+        Dockside::start(self.dir.path(), &self.config())
+    }
+    pub async fn collector(&self) -> Collector {
+        Collector::start(self.broker.port, &format!("{}/#", self.base)).await
+    }
+}
+
+/// A stand-in engine's answer: JSON with its length, and the engine's
+/// `Api-Version` header when it sends one.
+pub async fn respond_json<S: tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    status: &str,
+    body: &str,
+    api_version: Option<&str>,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let header = api_version
+        .map(|h| format!("Api-Version: {h}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{header}Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(body.as_bytes()).await
+}
+
 /// Reads one HTTP request head (through the blank line) from a stand-in's
 /// connection; what follows stays in `buf`. `None` when the peer closed.
 pub async fn read_request_head<S: tokio::io::AsyncRead + Unpin>(
