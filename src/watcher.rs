@@ -258,6 +258,39 @@ pub struct UpdateStatus {
     pub error: Option<String>,
 }
 
+/// A container not checked against a registry: pinned by digest, built
+/// here, ignored on purpose, or not checkable (the reason as `error`).
+fn untracked_status(
+    mut s: UpdateStatus,
+    w: &Watched,
+    class: Class,
+    label: Option<String>,
+) -> UpdateStatus {
+    match class {
+        Class::Pinned => {
+            s.status = "pinned";
+            let d = Reference::parse(&w.config_image).and_then(|r| r.digest);
+            s.local_digest = d.clone();
+            s.installed_version = label.clone().or(d.as_deref().map(short));
+            s.latest_version = s.installed_version.clone();
+        }
+        Class::LocalBuild => {
+            s.status = "local_build";
+            s.installed_version = label.clone().or(Some(short(&w.image_id)));
+            s.latest_version = s.installed_version.clone();
+        }
+        Class::Unknown(e) => s.error = Some(e),
+        Class::Ignored => {
+            s.status = "ignored";
+            let tag = Reference::parse(&w.config_image).and_then(|r| r.tag);
+            s.installed_version = label.clone().or(tag).or(Some(short(&w.image_id)));
+            s.latest_version = s.installed_version.clone();
+        }
+        Class::Tracked { .. } => {}
+    }
+    s
+}
+
 fn short(d: &str) -> String {
     let hex = d.trim_start_matches("sha256:");
     format!("sha256:{}", &hex[..hex.len().min(12)])
@@ -551,6 +584,34 @@ impl Watcher {
         force: bool,
     ) -> Result<(), String> {
         let round_started = Instant::now();
+        let classified = self.classify_in_scope(scope, only).await?;
+        if matches!(scope, CheckScope::All) && only.is_none() {
+            self.forget_unused(&classified);
+        }
+        let due = self.due_checks(&classified, force);
+        let checked = due.len();
+        if !due.is_empty() {
+            self.check_references(due).await;
+        }
+        self.publish_statuses(classified).await;
+        if checked > 0 {
+            crate::metrics::get().update_rounds.inc();
+            tracing::info!(
+                references = checked,
+                elapsed_ms = round_started.elapsed().as_millis() as u64,
+                "update round done"
+            );
+        }
+        Ok(())
+    }
+
+    /// The containers in scope with their image facts, classes and whether a
+    /// recreate is pending (the tag names another local image now).
+    async fn classify_in_scope(
+        &mut self,
+        scope: &CheckScope,
+        only: Option<&BTreeSet<Key>>,
+    ) -> Result<Vec<Classified>, String> {
         let (clients, containers) = self.inventory.snapshot();
         let in_scope: Vec<(Key, Watched)> = containers
             .into_iter()
@@ -592,15 +653,21 @@ impl Watcher {
             };
             classified.push(((ep, ct), w, image.ok(), class, pending));
         }
-        if matches!(scope, CheckScope::All) && only.is_none() {
-            self.forget_unused(&classified);
-        }
-        // One check per distinct reference.
+        Ok(classified)
+    }
+
+    /// One check per distinct reference: those whose last answer is stale (a
+    /// local build's "no such tag" daily), asked again, or all when `force`.
+    fn due_checks(
+        &mut self,
+        classified: &[Classified],
+        force: bool,
+    ) -> BTreeMap<String, (Reference, bool)> {
         let stale_before = unix_now().saturating_sub(self.cfg.interval.as_secs() * 9 / 10);
         let mut due: BTreeMap<String, (Reference, bool)> = BTreeMap::new();
         let recheck = self.inventory.take_recheck();
         let unproven_stale_before = unix_now().saturating_sub(UNPROVEN_RECHECK.as_secs());
-        for (key, w, _, class, _) in &classified {
+        for (key, w, _, class, _) in classified {
             if let Class::Tracked {
                 reference,
                 unproven,
@@ -622,72 +689,77 @@ impl Watcher {
                 }
             }
         }
-        let checked = due.len();
-        if !due.is_empty() {
-            tracing::info!(references = due.len(), "checking image references");
-            let registry = &self.registry;
-            type Answer = (String, Result<(Remote, Option<Vec<String>>), RegistryError>);
-            let answers: Vec<Answer> = stream::iter(due)
-                .map(|(k, (r, follows))| async move {
-                    let a = match registry.head(&r).await {
-                        Ok(remote) if follows => registry.tags(&r).await.map(|t| (remote, Some(t))),
-                        Ok(remote) => Ok((remote, None)),
-                        Err(e) => Err(e),
-                    };
-                    (k, a)
-                })
-                .buffer_unordered(GLOBAL_CONCURRENCY)
-                .collect()
-                .await;
-            let (at, unix) = (now_rfc3339(), unix_now());
-            for (k, a) in answers {
-                let mut known = self
-                    .results
-                    .get(&k)
-                    .map(|r| r.known_digests.clone())
-                    .unwrap_or_default();
-                if let Ok((remote, _)) = &a {
-                    known.retain(|d| *d != remote.digest);
-                    known.push(remote.digest.clone());
-                    if known.len() > KNOWN_DIGESTS {
-                        known.remove(0);
-                    }
+        due
+    }
+
+    /// Asks the registries (bounded concurrency) and keeps their answers.
+    async fn check_references(&mut self, due: BTreeMap<String, (Reference, bool)>) {
+        tracing::info!(references = due.len(), "checking image references");
+        let registry = &self.registry;
+        type Answer = (String, Result<(Remote, Option<Vec<String>>), RegistryError>);
+        let answers: Vec<Answer> = stream::iter(due)
+            .map(|(k, (r, follows))| async move {
+                let a = match registry.head(&r).await {
+                    Ok(remote) if follows => registry.tags(&r).await.map(|t| (remote, Some(t))),
+                    Ok(remote) => Ok((remote, None)),
+                    Err(e) => Err(e),
+                };
+                (k, a)
+            })
+            .buffer_unordered(GLOBAL_CONCURRENCY)
+            .collect()
+            .await;
+        let (at, unix) = (now_rfc3339(), unix_now());
+        for (k, a) in answers {
+            let mut known = self
+                .results
+                .get(&k)
+                .map(|r| r.known_digests.clone())
+                .unwrap_or_default();
+            if let Ok((remote, _)) = &a {
+                known.retain(|d| *d != remote.digest);
+                known.push(remote.digest.clone());
+                if known.len() > KNOWN_DIGESTS {
+                    known.remove(0);
                 }
-                let r = match a {
-                    Ok((remote, tags)) => KeyResult {
+            }
+            let r = match a {
+                Ok((remote, tags)) => KeyResult {
+                    known_digests: known,
+                    unreachable: false,
+                    remote: Some(remote.digest),
+                    media_type: Some(remote.media_type),
+                    error: None,
+                    not_found: false,
+                    checked_at: at.clone(),
+                    checked_unix: unix,
+                    tags,
+                },
+                Err(e) => {
+                    tracing::warn!(reference = %k, error = %e, "update check failed");
+                    KeyResult {
                         known_digests: known,
-                        unreachable: false,
-                        remote: Some(remote.digest),
-                        media_type: Some(remote.media_type),
-                        error: None,
-                        not_found: false,
+                        unreachable: matches!(
+                            e,
+                            RegistryError::Connect(_) | RegistryError::Timeout
+                        ),
+                        remote: None,
+                        media_type: None,
+                        not_found: e == RegistryError::NotFound,
+                        error: Some(e.to_string()),
                         checked_at: at.clone(),
                         checked_unix: unix,
-                        tags,
-                    },
-                    Err(e) => {
-                        tracing::warn!(reference = %k, error = %e, "update check failed");
-                        KeyResult {
-                            known_digests: known,
-                            unreachable: matches!(
-                                e,
-                                RegistryError::Connect(_) | RegistryError::Timeout
-                            ),
-                            remote: None,
-                            media_type: None,
-                            not_found: e == RegistryError::NotFound,
-                            error: Some(e.to_string()),
-                            checked_at: at.clone(),
-                            checked_unix: unix,
-                            tags: None,
-                        }
+                        tags: None,
                     }
-                };
-                self.results.insert(k, r);
-            }
-            self.save();
+                }
+            };
+            self.results.insert(k, r);
         }
-        // Statuses.
+        self.save();
+    }
+
+    /// Publishes each container's status when it changed.
+    async fn publish_statuses(&mut self, classified: Vec<Classified>) {
         for (key, w, image, class, pending) in classified {
             let mut status = self.status(&w, image.as_deref(), class, pending).await;
             (status.in_progress, status.progress) = self.inventory.in_progress(&key);
@@ -701,17 +773,9 @@ impl Watcher {
                 self.published.insert(key, status);
             }
         }
-        if checked > 0 {
-            crate::metrics::get().update_rounds.inc();
-            tracing::info!(
-                references = checked,
-                elapsed_ms = round_started.elapsed().as_millis() as u64,
-                "update round done"
-            );
-        }
-        Ok(())
     }
 
+    /// The update status of one watched container, from its class (SPEC §4.3).
     async fn status(
         &self,
         w: &Watched,
@@ -723,7 +787,7 @@ impl Watcher {
             .and_then(|i| i.config.labels.get(VERSION_LABEL))
             .filter(|v| !v.is_empty())
             .cloned();
-        let mut s = UpdateStatus {
+        let s = UpdateStatus {
             status: "unknown",
             update_available: false,
             image: w.config_image.clone(),
@@ -738,149 +802,147 @@ impl Watcher {
             error: None,
         };
         match class {
-            Class::Pinned => {
-                s.status = "pinned";
-                let d = Reference::parse(&w.config_image).and_then(|r| r.digest);
-                s.local_digest = d.clone();
-                s.installed_version = label.clone().or(d.as_deref().map(short));
-                s.latest_version = s.installed_version.clone();
-            }
-            Class::LocalBuild => {
-                s.status = "local_build";
-                s.installed_version = label.clone().or(Some(short(&w.image_id)));
-                s.latest_version = s.installed_version.clone();
-            }
-            Class::Unknown(e) => s.error = Some(e),
-            Class::Ignored => {
-                s.status = "ignored";
-                let tag = Reference::parse(&w.config_image).and_then(|r| r.tag);
-                s.installed_version = label.clone().or(tag).or(Some(short(&w.image_id)));
-                s.latest_version = s.installed_version.clone();
-            }
             Class::Tracked {
                 reference,
                 local_digests,
                 unproven,
             } => {
-                let Some(r) = self.results.get(&key_of(&reference)) else {
-                    s.error = Some("not checked yet".into());
-                    return s;
-                };
-                let proven = r.known_digests.iter().any(|d| local_digests.contains(d));
-                if unproven && !proven && r.error.is_some() {
-                    // Only an unreachable registry leaves the question open; a
-                    // refusal (credentials, rate limit) is reported as it is.
-                    let built_here = r.unreachable && image.is_some_and(|i| !i.parent.is_empty());
-                    let other_names = image.is_some_and(|i| {
-                        i.repo_tags.iter().chain(&i.repo_digests).any(|n| {
-                            let name = n.split('@').next().unwrap_or(n);
-                            Reference::parse(name).is_some_and(|o| o.name() != reference.name())
-                        })
-                    });
-                    if let Some(class) =
-                        unproven_verdict(&reference, r.not_found, built_here, other_names)
-                    {
-                        return Box::pin(self.status(w, image, class, pending)).await;
-                    }
-                }
-                s.checked_at = Some(r.checked_at.clone());
-                s.local_digest = local_digests.iter().next().cloned();
-                let (Some(remote), None) = (&r.remote, &r.error) else {
-                    s.status = if r.not_found { "unknown" } else { "error" };
-                    s.error = r.error.clone();
-                    return s;
-                };
-                s.remote_digest = Some(remote.clone());
-                let follow = match Follow::from_labels(|k| w.follow.get(k).map(String::as_str)) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        s.status = "error";
-                        s.error = Some(e);
-                        return s;
-                    }
-                };
-                let followed_tag = follow.as_ref().and(reference.tag.clone());
-                if let (Some(f), Some(tag)) = (&follow, &followed_tag) {
-                    match r.tags.as_deref().and_then(|t| tagging::newest(tag, t, f)) {
-                        Some(newest) if newest != *tag => {
-                            s.status = "update_available";
-                            s.update_available = true;
-                            s.installed_version = label.clone().or(Some(tag.clone()));
-                            s.latest_version = Some(newest);
-                            return s;
-                        }
-                        Some(_) => {}
-                        None => {
-                            s.error = Some(format!(
-                                "tag `{tag}` has no version shape to follow; checking its digest only"
-                            ));
-                        }
-                    }
-                }
-                let platform = image.map(|i| Platform {
-                    os: i.os.clone(),
-                    architecture: i.architecture.clone(),
-                    variant: i.variant.clone().filter(|v| !v.is_empty()),
-                });
-                let verdict = if local_digests.contains(remote) {
-                    s.local_digest = Some(remote.clone());
-                    Ok((false, remote.clone(), remote.clone()))
-                } else if r.media_type.as_deref().is_some_and(|m| {
-                    Remote {
-                        digest: String::new(),
-                        media_type: m.into(),
-                    }
-                    .is_index()
-                }) {
-                    self.resolve(
-                        &reference,
-                        remote,
-                        &local_digests,
-                        platform.as_ref(),
-                        &w.image_id,
-                    )
+                let tracked = (reference, local_digests, unproven);
+                self.tracked_status(s, w, image, label, tracked, pending)
                     .await
-                } else {
-                    Ok((
-                        true,
-                        s.local_digest.clone().unwrap_or_default(),
-                        remote.clone(),
-                    ))
-                };
-                match verdict {
-                    Ok((update, installed, latest)) => {
-                        s.status = if update {
-                            "update_available"
-                        } else {
-                            "up_to_date"
-                        };
-                        s.update_available = update;
-                        // The label, else the tag when following tags, else the digest.
-                        let version = label.clone().or(followed_tag.clone());
-                        s.installed_version = version.or(Some(short(&installed)));
-                        s.latest_version = if !update {
-                            s.installed_version.clone()
-                        } else if label.is_some() {
-                            // The new image's own version label (one manifest + config
-                            // GET per new digest), else its digest.
-                            match self
-                                .registry
-                                .image_label(&reference, &latest, VERSION_LABEL)
-                                .await
-                            {
-                                Ok(Some(v)) => Some(v),
-                                _ => Some(short(&latest)),
-                            }
-                        } else {
-                            // Same tag, new digest: the digest is what changed.
-                            Some(short(&latest))
-                        };
-                    }
-                    Err(e) => {
-                        s.status = "error";
-                        s.error = Some(e.to_string());
-                    }
+            }
+            class => untracked_status(s, w, class, label),
+        }
+    }
+
+    /// A container checked against its registry: the registry's answer
+    /// (digests, tags when following), this platform's child of an index,
+    /// and the version the new image carries.
+    async fn tracked_status(
+        &self,
+        mut s: UpdateStatus,
+        w: &Watched,
+        image: Option<&ImageInspect>,
+        label: Option<String>,
+        (reference, local_digests, unproven): (Reference, BTreeSet<String>, bool),
+        pending: bool,
+    ) -> UpdateStatus {
+        let Some(r) = self.results.get(&key_of(&reference)) else {
+            s.error = Some("not checked yet".into());
+            return s;
+        };
+        let proven = r.known_digests.iter().any(|d| local_digests.contains(d));
+        if unproven && !proven && r.error.is_some() {
+            // Only an unreachable registry leaves the question open; a
+            // refusal (credentials, rate limit) is reported as it is.
+            let built_here = r.unreachable && image.is_some_and(|i| !i.parent.is_empty());
+            let other_names = image.is_some_and(|i| {
+                i.repo_tags.iter().chain(&i.repo_digests).any(|n| {
+                    let name = n.split('@').next().unwrap_or(n);
+                    Reference::parse(name).is_some_and(|o| o.name() != reference.name())
+                })
+            });
+            if let Some(class) = unproven_verdict(&reference, r.not_found, built_here, other_names)
+            {
+                return Box::pin(self.status(w, image, class, pending)).await;
+            }
+        }
+        s.checked_at = Some(r.checked_at.clone());
+        s.local_digest = local_digests.iter().next().cloned();
+        let (Some(remote), None) = (&r.remote, &r.error) else {
+            s.status = if r.not_found { "unknown" } else { "error" };
+            s.error = r.error.clone();
+            return s;
+        };
+        s.remote_digest = Some(remote.clone());
+        let follow = match Follow::from_labels(|k| w.follow.get(k).map(String::as_str)) {
+            Ok(f) => f,
+            Err(e) => {
+                s.status = "error";
+                s.error = Some(e);
+                return s;
+            }
+        };
+        let followed_tag = follow.as_ref().and(reference.tag.clone());
+        if let (Some(f), Some(tag)) = (&follow, &followed_tag) {
+            match r.tags.as_deref().and_then(|t| tagging::newest(tag, t, f)) {
+                Some(newest) if newest != *tag => {
+                    s.status = "update_available";
+                    s.update_available = true;
+                    s.installed_version = label.clone().or(Some(tag.clone()));
+                    s.latest_version = Some(newest);
+                    return s;
                 }
+                Some(_) => {}
+                None => {
+                    s.error = Some(format!(
+                        "tag `{tag}` has no version shape to follow; checking its digest only"
+                    ));
+                }
+            }
+        }
+        let platform = image.map(|i| Platform {
+            os: i.os.clone(),
+            architecture: i.architecture.clone(),
+            variant: i.variant.clone().filter(|v| !v.is_empty()),
+        });
+        let verdict = if local_digests.contains(remote) {
+            s.local_digest = Some(remote.clone());
+            Ok((false, remote.clone(), remote.clone()))
+        } else if r.media_type.as_deref().is_some_and(|m| {
+            Remote {
+                digest: String::new(),
+                media_type: m.into(),
+            }
+            .is_index()
+        }) {
+            self.resolve(
+                &reference,
+                remote,
+                &local_digests,
+                platform.as_ref(),
+                &w.image_id,
+            )
+            .await
+        } else {
+            Ok((
+                true,
+                s.local_digest.clone().unwrap_or_default(),
+                remote.clone(),
+            ))
+        };
+        match verdict {
+            Ok((update, installed, latest)) => {
+                s.status = if update {
+                    "update_available"
+                } else {
+                    "up_to_date"
+                };
+                s.update_available = update;
+                // The label, else the tag when following tags, else the digest.
+                let version = label.clone().or(followed_tag.clone());
+                s.installed_version = version.or(Some(short(&installed)));
+                s.latest_version = if !update {
+                    s.installed_version.clone()
+                } else if label.is_some() {
+                    // The new image's own version label (one manifest + config
+                    // GET per new digest), else its digest.
+                    match self
+                        .registry
+                        .image_label(&reference, &latest, VERSION_LABEL)
+                        .await
+                    {
+                        Ok(Some(v)) => Some(v),
+                        _ => Some(short(&latest)),
+                    }
+                } else {
+                    // Same tag, new digest: the digest is what changed.
+                    Some(short(&latest))
+                };
+            }
+            Err(e) => {
+                s.status = "error";
+                s.error = Some(e.to_string());
             }
         }
         s
