@@ -42,7 +42,9 @@ impl Supervisor {
         });
     }
 
-    /// An incoming message on a command topic (SPEC §5) or HA's birth topic.
+    /// An incoming message on a command topic (SPEC §5) or HA's birth topic:
+    /// the guards every command passes (retained, parse, duplicate delivery,
+    /// unknown endpoint), then the scope's or the container's dispatch.
     pub(super) fn route(&mut self, msg: Inbound) {
         if self.birth_topic.as_deref() == Some(msg.topic.as_str()) {
             return self.on_birth(&msg);
@@ -63,13 +65,10 @@ impl Supervisor {
             CommandTarget::Container(ep, ct) => (Scope::Container, topics.container_result(ep, ct)),
             CommandTarget::Stack(ep, st) => (Scope::Stack, topics.stack_result(ep, st)),
         };
-        let reply = |r: CommandResult| {
-            if Code::is_routine(r.code) {
-                tracing::debug!(topic = %msg.topic, code = ?r.code, error = ?r.error, "command refused");
-            } else if !r.ok {
-                tracing::warn!(topic = %msg.topic, code = ?r.code, error = ?r.error, "command refused");
-            }
-            self.mqtt.outbox.send(result_topic.clone(), r.to_json());
+        let to = Reply {
+            topic: &msg.topic,
+            result_topic,
+            received,
         };
         if msg.retain {
             // A stale retained `stop` must never fire: refuse it and clear it.
@@ -77,24 +76,28 @@ impl Supervisor {
             self.mqtt
                 .outbox
                 .retain(msg.topic.clone(), bytes::Bytes::new());
-            return reply(CommandResult::failed(
-                None,
-                None,
-                Code::Invalid,
-                "retained messages on command topics are ignored (publish without retain)",
-                received,
-            ));
+            return to.send(
+                self,
+                CommandResult::failed(
+                    None,
+                    None,
+                    Code::Invalid,
+                    "retained messages on command topics are ignored (publish without retain)",
+                    received,
+                ),
+            );
         }
         let req = match command::parse(&msg.payload, scope) {
             Ok(r) => r,
             Err(e) => {
-                return reply(CommandResult::failed(
+                let r = CommandResult::failed(
                     e.action,
                     e.request_id,
                     Code::Invalid,
                     e.message,
                     received,
-                ));
+                );
+                return to.send(self, r);
             }
         };
         if let Some(rid) = &req.request_id
@@ -108,97 +111,118 @@ impl Supervisor {
         if let CommandTarget::Endpoint(ep) = target
             && !self.endpoints.contains_key(ep)
         {
-            return reply(CommandResult::refused(
+            let r = CommandResult::refused(
                 &req,
                 Code::NotFound,
                 format!("no endpoint `{ep}`"),
                 received,
-            ));
+            );
+            return to.send(self, r);
         }
         match target {
-            CommandTarget::Bridge | CommandTarget::Endpoint(_) => {
-                if let Some(wait) = self.scope_limits.check(&msg.topic, &req.action, received) {
-                    return reply(CommandResult::refused(
-                        &req,
-                        Code::RateLimited,
-                        format!(
-                            "one `{}` per {} s here; retry in {} ms",
-                            req.action,
-                            command::SCOPE_MIN_INTERVAL.as_secs(),
-                            wait.as_millis()
-                        ),
-                        received,
-                    ));
-                }
-                if let (CommandTarget::Endpoint(ep), "update_all" | "prune") =
-                    (target, req.action.as_str())
-                {
-                    return self.to_endpoint(ep, req, result_topic, received);
-                }
-                if req.action == "check_updates" {
-                    let scope = match target {
-                        CommandTarget::Endpoint(ep) => CheckScope::Endpoint(ep.to_string()),
-                        _ => CheckScope::All,
-                    };
-                    return self.check_updates(scope, req, result_topic, received);
-                }
-                let eps: Vec<String> = match target {
-                    CommandTarget::Endpoint(ep) => vec![ep.to_string()],
-                    _ => {
-                        // Environments added or removed in Portainer show up too.
-                        for s in self.sources.values() {
-                            let _ = s.resync.try_send(());
-                        }
-                        self.endpoints.keys().cloned().collect()
-                    }
-                };
-                self.resync(eps, req, result_topic, received);
-            }
+            CommandTarget::Bridge | CommandTarget::Endpoint(_) => self.route_scope(target, req, to),
             CommandTarget::Container(ep, ct) | CommandTarget::Stack(ep, ct) => {
-                // The container-independent rules; the endpoint applies the rest.
-                let refusal = self
-                    .commands
-                    .policy()
-                    .refusal(&req.action, None)
-                    .or_else(|| {
-                        (!self.endpoints.contains_key(ep))
-                            .then(|| (Code::NotFound, format!("no endpoint `{ep}`")))
-                    });
-                if let Some((code, msg)) = refusal {
-                    return reply(CommandResult::refused(&req, code, msg, received));
-                }
-                let Some(h) = self.endpoints.get(ep) else {
-                    return;
-                };
-                let cmd = if matches!(target, CommandTarget::Stack(..)) {
-                    EndpointCommand::Stack {
-                        stack: ct.to_string(),
-                        req: req.clone(),
-                        received,
-                    }
-                } else {
-                    EndpointCommand::Container {
-                        name: ct.to_string(),
-                        req: req.clone(),
-                        received,
-                    }
-                };
-                match h.commands.try_send(cmd) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => reply(CommandResult::refused(
-                        &req,
-                        Code::Busy,
-                        format!("endpoint `{ep}` has too many commands waiting"),
-                        received,
-                    )),
-                    Err(mpsc::error::TrySendError::Closed(_)) => reply(CommandResult::refused(
-                        &req,
-                        Code::EngineError,
-                        format!("endpoint `{ep}` is not running (see the log)"),
-                        received,
-                    )),
-                }
+                let stack = matches!(target, CommandTarget::Stack(..));
+                self.route_to_endpoint(ep, ct, stack, req, to)
             }
+        }
+    }
+
+    /// A bridge or endpoint word: rate-limited per scope, then run here or
+    /// handed to the endpoint.
+    fn route_scope(&mut self, target: CommandTarget<'_>, req: Request, to: Reply<'_>) {
+        if let Some(wait) = self.scope_limits.check(to.topic, &req.action, to.received) {
+            return to.send(
+                self,
+                CommandResult::refused(
+                    &req,
+                    Code::RateLimited,
+                    format!(
+                        "one `{}` per {} s here; retry in {} ms",
+                        req.action,
+                        command::SCOPE_MIN_INTERVAL.as_secs(),
+                        wait.as_millis()
+                    ),
+                    to.received,
+                ),
+            );
+        }
+        if let (CommandTarget::Endpoint(ep), "update_all" | "prune") = (target, req.action.as_str())
+        {
+            return self.to_endpoint(ep, req, to.result_topic, to.received);
+        }
+        if req.action == "check_updates" {
+            let scope = match target {
+                CommandTarget::Endpoint(ep) => CheckScope::Endpoint(ep.to_string()),
+                _ => CheckScope::All,
+            };
+            return self.check_updates(scope, req, to.result_topic, to.received);
+        }
+        let eps: Vec<String> = match target {
+            CommandTarget::Endpoint(ep) => vec![ep.to_string()],
+            _ => {
+                // Environments added or removed in Portainer show up too.
+                for s in self.sources.values() {
+                    let _ = s.resync.try_send(());
+                }
+                self.endpoints.keys().cloned().collect()
+            }
+        };
+        self.resync(eps, req, to.result_topic, to.received);
+    }
+
+    /// A container or stack word: the container-independent rules here, the
+    /// rest in the endpoint that owns it.
+    fn route_to_endpoint(&mut self, ep: &str, ct: &str, stack: bool, req: Request, to: Reply<'_>) {
+        // The container-independent rules; the endpoint applies the rest.
+        let refusal = self
+            .commands
+            .policy()
+            .refusal(&req.action, None)
+            .or_else(|| {
+                (!self.endpoints.contains_key(ep))
+                    .then(|| (Code::NotFound, format!("no endpoint `{ep}`")))
+            });
+        if let Some((code, msg)) = refusal {
+            return to.send(self, CommandResult::refused(&req, code, msg, to.received));
+        }
+        let Some(h) = self.endpoints.get(ep) else {
+            return;
+        };
+        let received = to.received;
+        let cmd = if stack {
+            EndpointCommand::Stack {
+                stack: ct.to_string(),
+                req: req.clone(),
+                received,
+            }
+        } else {
+            EndpointCommand::Container {
+                name: ct.to_string(),
+                req: req.clone(),
+                received,
+            }
+        };
+        match h.commands.try_send(cmd) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => to.send(
+                self,
+                CommandResult::refused(
+                    &req,
+                    Code::Busy,
+                    format!("endpoint `{ep}` has too many commands waiting"),
+                    to.received,
+                ),
+            ),
+            Err(mpsc::error::TrySendError::Closed(_)) => to.send(
+                self,
+                CommandResult::refused(
+                    &req,
+                    Code::EngineError,
+                    format!("endpoint `{ep}` is not running (see the log)"),
+                    to.received,
+                ),
+            ),
         }
     }
 
@@ -304,5 +328,23 @@ impl Supervisor {
             };
             outbox.send(result_topic, r.to_json());
         });
+    }
+}
+
+/// Where a command's result goes, and how its refusal is logged.
+struct Reply<'a> {
+    topic: &'a str,
+    result_topic: String,
+    received: std::time::Instant,
+}
+
+impl Reply<'_> {
+    fn send(&self, sup: &Supervisor, r: CommandResult) {
+        if Code::is_routine(r.code) {
+            tracing::debug!(topic = %self.topic, code = ?r.code, error = ?r.error, "command refused");
+        } else if !r.ok {
+            tracing::warn!(topic = %self.topic, code = ?r.code, error = ?r.error, "command refused");
+        }
+        sup.mqtt.outbox.send(self.result_topic.clone(), r.to_json());
     }
 }
