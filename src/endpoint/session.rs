@@ -16,11 +16,21 @@ impl Endpoint {
         t
     }
 
+    /// One session: open the event stream, sync, then the loop until the
+    /// stream ends, an error, or `token`.
     pub(super) async fn session(
         &mut self,
         token: &CancellationToken,
         cmds: &mut mpsc::Receiver<EndpointCommand>,
     ) -> Result<(), SessionError> {
+        let (lines, types) = self.open_events().await?;
+        self.sync_and_sweep().await?;
+        self.run_loop(token, cmds, lines, &types).await
+    }
+
+    /// Negotiates, fixes the cursor's start on first contact, and subscribes
+    /// to the events before anything is listed (nothing falls between).
+    async fn open_events(&mut self) -> Result<(Lines, Vec<String>), SessionError> {
         self.client.negotiate().await?;
         if let Some(inv) = &self.settings.inventory {
             inv.set_endpoint(&self.id, self.client.clone());
@@ -37,7 +47,7 @@ impl Endpoint {
             .into_iter()
             .map(String::from)
             .collect();
-        let mut lines = match self.meta.poll_interval {
+        let lines = match self.meta.poll_interval {
             None => {
                 // Subscribe before listing, so nothing falls between the list and the stream.
                 let refs: Vec<&str> = types.iter().map(String::as_str).collect();
@@ -64,6 +74,12 @@ impl Endpoint {
                 Lines::Background { rx, task }
             }
         };
+        Ok((lines, types))
+    }
+
+    /// Engine facts, the endpoint device, a full list + inspect, online, and
+    /// (once per run) the sweep of leftover topics.
+    async fn sync_and_sweep(&mut self) -> Result<(), SessionError> {
         self.refresh_facts().await?;
         self.publish_endpoint_device(false);
         self.full_sync().await?;
@@ -87,6 +103,17 @@ impl Endpoint {
         }
         tracing::info!(endpoint = %self.id, containers = self.table.containers.len(), api = %self.client.api_version(), "endpoint synced");
 
+        Ok(())
+    }
+
+    /// The loop over events, commands, inspects and timers.
+    async fn run_loop(
+        &mut self,
+        token: &CancellationToken,
+        cmds: &mut mpsc::Receiver<EndpointCommand>,
+        mut lines: Lines,
+        types: &[String],
+    ) -> Result<(), SessionError> {
         let period = self.settings.reconcile_interval;
         let mut reconcile = tokio::time::interval_at(Instant::now() + period, period);
         reconcile.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -128,26 +155,7 @@ impl Endpoint {
                         Err(e) => tracing::error!(endpoint = %self.id, error = %e, "update task failed"),
                     }
                 }
-                Some(res) = self.runner.reads.join_next(), if !self.runner.reads.is_empty() => {
-                    match res {
-                        Ok((topic, r)) => {
-                            if r.action.as_deref() == Some("prune") {
-                                self.runner.prune_running = false;
-                                self.ask_disk(true);
-                            }
-                            if topic.ends_with("/result") && topic.contains("/_stacks/") {
-                                // A Portainer stack word: its status changed.
-                                self.ask_portainer_stacks(true);
-                            }
-                            self.send_result_to(topic, r);
-                        }
-                        Err(e) => {
-                            // A prune that panicked must not keep updates busy for ever.
-                            self.runner.prune_running = false;
-                            tracing::error!(endpoint = %self.id, error = %e, "logs or prune task failed");
-                        }
-                    }
-                }
+                Some(res) = self.runner.reads.join_next(), if !self.runner.reads.is_empty() => self.on_read_done(res),
                 Some(res) = self.disk.answer(), if self.disk.running() => {
                     match res {
                         Ok(r) => self.on_disk(r),
@@ -163,7 +171,7 @@ impl Endpoint {
                     }
                 }
                 item = lines.next() => self.on_item(item?),
-                _ = tick_opt(&mut poll) => self.poll_events(&types).await?,
+                _ = tick_opt(&mut poll) => self.poll_events(types).await?,
                 _ = sleep_until_opt(removal_due) => self.run_removals(),
                 _ = sleep_until_opt(disk_due) => self.ask_disk(false),
                 _ = sleep_until_opt(stats_due) => self.run_due_stats(),
@@ -209,6 +217,32 @@ impl Endpoint {
     pub(super) fn save_cursor(&mut self) {
         self.cursor
             .save_now(self.settings.state_dir.as_ref(), &self.id);
+    }
+
+    /// A read-only word (`logs`) or `prune` ended: its result goes out, a
+    /// prune lets updates run again and refreshes the disk summary.
+    fn on_read_done(
+        &mut self,
+        res: Result<(String, crate::command::CommandResult), tokio::task::JoinError>,
+    ) {
+        match res {
+            Ok((topic, r)) => {
+                if r.action.as_deref() == Some("prune") {
+                    self.runner.prune_running = false;
+                    self.ask_disk(true);
+                }
+                if topic.ends_with("/result") && topic.contains("/_stacks/") {
+                    // A Portainer stack word: its status changed.
+                    self.ask_portainer_stacks(true);
+                }
+                self.send_result_to(topic, r);
+            }
+            Err(e) => {
+                // A prune that panicked must not keep updates busy for ever.
+                self.runner.prune_running = false;
+                tracing::error!(endpoint = %self.id, error = %e, "logs or prune task failed");
+            }
+        }
     }
 
     /// Periodic save, off the async workers.
