@@ -1,0 +1,363 @@
+//! Operations: `update` and `rollback` run detached to their end (a
+//! recreate cut in the middle would leave the container renamed), with
+//! their pull progress, history and verdict (SPEC §14).
+
+use super::*;
+
+/// An `update`/`rollback` that ended (SPEC §14).
+#[derive(Debug)]
+pub struct OpDone {
+    name: String,
+    seq: u64,
+    op_id: String,
+    from_all: bool,
+    swap: Swap,
+    result: Result<Outcome, RecreateError>,
+}
+
+/// Pull progress reaches the `update` topic at most this often.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+impl Endpoint {
+    /// Starts an `update` or `rollback` (the checks of `start_command` done):
+    /// recorded in the history, run detached to its end (a recreate cut in
+    /// the middle would leave the container renamed), its pull progress
+    /// shown on the `update` topic.
+    pub(in crate::endpoint) fn launch_op(
+        &mut self,
+        name: &str,
+        req: Request,
+        received: std::time::Instant,
+        from_all: bool,
+    ) -> Result<(), Box<CommandResult>> {
+        let refuse =
+            |code: Code, msg: String| Box::new(CommandResult::refused(&req, code, msg, received));
+        if self.runner.prune_running {
+            return Err(refuse(
+                Code::Busy,
+                "a prune is running on this endpoint; retry when it ends".into(),
+            ));
+        }
+        let Some(state) = self.table.containers.get(name) else {
+            return Err(refuse(
+                Code::NotFound,
+                format!("no container `{name}` on endpoint `{}`", self.id),
+            ));
+        };
+        let target = match (req.action.as_str(), &req.version) {
+            ("rollback", _) => {
+                let Some(last) = self.history.last_update(name) else {
+                    return Err(refuse(
+                        Code::Invalid,
+                        "nothing to roll back: the history has no successful update of this container"
+                            .into(),
+                    ));
+                };
+                let (Some(image), Some(reference)) = (&last.from_image, &last.from_reference)
+                else {
+                    return Err(refuse(
+                        Code::Invalid,
+                        "the last update did not record the previous image".into(),
+                    ));
+                };
+                if *image == state.image_id {
+                    return Err(refuse(
+                        Code::Invalid,
+                        "the container already runs the image it ran before its last update".into(),
+                    ));
+                }
+                Target::Image {
+                    id: image.clone(),
+                    reference: reference.clone(),
+                }
+            }
+            (_, Some(v)) => Target::Tag(v.clone()),
+            _ => Target::Current,
+        };
+        let s = self.settings.clone();
+        let timeout = s.update_timeout;
+        let auth = registry_auth(&s.registry_credentials, &state.image);
+        let current_image = state.image.clone();
+        let deadline = Instant::now() + timeout + s.verify_for;
+        let (seq, id) = self.add_pending(name, &req, received, deadline, from_all);
+        let op_id = self.history.begin(name, &req.action);
+        tracing::info!(endpoint = %self.id, container = %name, action = %req.action, version = ?req.version, "running command");
+        if let Some(inv) = &s.inventory {
+            inv.set_in_progress(&self.id, name, true);
+        }
+        let (tx, rx) = oneshot::channel();
+        let (client, portainer) = (self.client.clone(), self.portainer.clone());
+        let (ep, n) = (self.id.clone(), name.to_string());
+        tokio::spawn(async move {
+            let last = std::sync::Mutex::new(None::<Instant>);
+            let inv = s.inventory.clone();
+            let on_progress = |p: u8| {
+                let mut l = last.lock().unwrap_or_else(|e| e.into_inner());
+                if p < 100 && l.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
+                    return;
+                }
+                *l = Some(Instant::now());
+                if let Some(inv) = &inv {
+                    inv.set_progress(&ep, &n, p);
+                }
+            };
+            let (swap, r) = match check_tag(&s, &target, &current_image).await {
+                Err(e) => (Swap::default(), Err(e)),
+                Ok(()) => match (portainer, &target) {
+                    (Some((p, env)), Target::Current) => {
+                        via_portainer(&p, env, &client, &id, timeout, s.verify_for).await
+                    }
+                    _ => {
+                        let plan = Plan {
+                            target,
+                            registry_auth: auth.as_deref(),
+                            pull_timeout: timeout,
+                            verify_for: s.verify_for,
+                            progress: &on_progress,
+                        };
+                        recreate::recreate(&client, &id, &n, plan).await
+                    }
+                },
+            };
+            if let Some(inv) = &s.inventory {
+                inv.set_in_progress(&ep, &n, false);
+            }
+            let _ = tx.send((swap, r));
+        });
+        let name = name.to_string();
+        self.runner.ops.spawn(async move {
+            let (swap, result) = rx.await.unwrap_or_else(|_| {
+                (
+                    Swap::default(),
+                    Err(RecreateError::Refused("the update task ended early".into())),
+                )
+            });
+            OpDone {
+                name,
+                seq,
+                op_id,
+                from_all,
+                swap,
+                result,
+            }
+        });
+        Ok(())
+    }
+
+    /// An `update`/`rollback` ended: the new container runs (verified by the
+    /// recreate itself), the image was current, or the old container is back.
+    /// Recorded in the history whether or not its result already timed out.
+    pub(in crate::endpoint) fn on_op_done(&mut self, done: OpDone) {
+        let OpDone {
+            name,
+            seq,
+            op_id,
+            from_all,
+            swap,
+            result: r,
+        } = done;
+        let (status, error) = match &r {
+            Ok(Outcome::UpToDate) => (None, None),
+            Ok(Outcome::Updated { .. }) => (Some("ok"), None),
+            Err(RecreateError::RolledBack(_)) => (Some("rolled_back"), Some(r_err(&r))),
+            Err(_) => (Some("failed"), Some(r_err(&r))),
+        };
+        match status {
+            Some(st) => self.history.finish(&name, &op_id, &swap, st, error),
+            // Nothing changed: not worth a line of history.
+            None => self.history.discard(&name, &op_id),
+        }
+        // Before the result, whether or not the table shows the name right
+        // now (a rollback's renames may not have arrived yet).
+        self.publish_history_of(&name);
+        let pending = self
+            .runner
+            .pending
+            .get(&name)
+            .is_some_and(|p| p.seq == seq)
+            .then(|| self.runner.pending.remove(&name))
+            .flatten();
+        let state = self.table.containers.get(&name).map(|s| s.state.clone());
+        let result = pending.map(|p| match r {
+            Ok(Outcome::UpToDate) => {
+                tracing::info!(endpoint = %self.id, container = %name, "update: the image is current");
+                CommandResult::ok(&p.req, state, p.received)
+            }
+            Ok(Outcome::Updated { id, running }) => {
+                tracing::info!(endpoint = %self.id, container = %name, new_id = %id, action = %p.req.action, "recreated from the new image");
+                self.schedule_inspect(id);
+                let st = if running { "running" } else { "created" };
+                CommandResult::ok(&p.req, Some(st.to_string()), p.received)
+            }
+            Err(RecreateError::Refused(why)) => {
+                CommandResult::refused(&p.req, Code::Invalid, why, p.received).with_state(state)
+            }
+            Err(RecreateError::Engine {
+                err: DockerError::NotFound,
+                ..
+            }) => CommandResult::refused(
+                &p.req,
+                Code::NotFound,
+                "the container no longer exists",
+                p.received,
+            ),
+            Err(e) => CommandResult::refused(&p.req, Code::EngineError, e.to_string(), p.received)
+                .with_state(state),
+        });
+        if from_all {
+            let outcome = match &result {
+                Some(r) => ContainerOutcome::from((name.as_str(), r)),
+                None => ContainerOutcome::refused(
+                    &name,
+                    Code::Timeout,
+                    "the update did not end in time",
+                ),
+            };
+            if let Some(b) = &mut self.runner.batch {
+                b.outcomes.push(outcome);
+            }
+            self.next_of_batch();
+        } else if let Some(r) = result {
+            self.send_result(&name, r);
+        }
+        self.after_operation();
+    }
+
+    /// `<ct>/history` (retained) of a container in the table, on republish.
+    pub(in crate::endpoint) fn publish_history(&self, name: &str) {
+        if self.table.containers.contains_key(name) {
+            self.publish_history_of(name);
+        }
+    }
+
+    /// `<ct>/history` (retained) with every ended operation.
+    pub(in crate::endpoint) fn publish_history_of(&self, name: &str) {
+        if self.history.has_ended(name) {
+            self.outbox.retain(
+                self.settings.topics.container_history(&self.id, name),
+                self.history.payload(name),
+            );
+        }
+    }
+}
+
+fn r_err(r: &Result<Outcome, RecreateError>) -> String {
+    r.as_ref().err().map(|e| e.to_string()).unwrap_or_default()
+}
+
+/// `update` to a version: the tag must exist in the container's repository
+/// (SPEC §14), asked of the registry before anything is pulled or stopped.
+async fn check_tag(
+    s: &crate::endpoint::EndpointSettings,
+    target: &Target,
+    current: &str,
+) -> Result<(), RecreateError> {
+    let Target::Tag(tag) = target else {
+        return Ok(());
+    };
+    let (repo, _) = recreate::split_reference(current)?;
+    let Some(reference) = crate::registry::Reference::parse(&format!("{repo}:{tag}")) else {
+        return Err(RecreateError::Refused(format!(
+            "`{repo}:{tag}` is not an image reference"
+        )));
+    };
+    let Some(registry) = &s.registry else {
+        return Err(RecreateError::Registry(
+            "no registry client (see the log at start)".into(),
+        ));
+    };
+    match registry.head(&reference).await {
+        Ok(_) => Ok(()),
+        Err(crate::registry::RegistryError::NotFound) => Err(RecreateError::Refused(format!(
+            "tag `{tag}` does not exist in {repo}"
+        ))),
+        Err(e) => Err(RecreateError::Registry(e.to_string())),
+    }
+}
+
+/// `update` on a Portainer environment: Portainer's recreate (it pulls with
+/// its own registry credentials and keeps its access controls), then a check
+/// that the new container runs.
+async fn via_portainer(
+    portainer: &crate::portainer::PortainerClient,
+    env: i64,
+    client: &crate::docker::DockerClient,
+    id: &str,
+    timeout: Duration,
+    verify_for: Duration,
+) -> (Swap, Result<Outcome, RecreateError>) {
+    let mut swap = Swap::default();
+    let r = async {
+        let before = client
+            .inspect_raw(id)
+            .await
+            .map_err(|err| RecreateError::Engine {
+                step: "inspecting the container",
+                err,
+            })?;
+        let reference = before["Config"]["Image"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        recreate::split_reference(&reference)?;
+        let old_image = before["Image"].as_str().unwrap_or_default().to_string();
+        let old = client
+            .image_inspect_raw(&old_image)
+            .await
+            .unwrap_or_default();
+        swap.from_image = Some(old_image.clone());
+        swap.from_reference = Some(reference.clone());
+        swap.from_version = recreate::version_of(&old, &reference);
+        swap.to_reference = Some(reference.clone());
+        let was_running = before["State"]["Running"] == serde_json::json!(true);
+        let new_id =
+            portainer
+                .recreate(env, id, timeout)
+                .await
+                .map_err(|e| RecreateError::Engine {
+                    step: "Portainer's recreate",
+                    err: DockerError::Status {
+                        status: 502,
+                        message: e.to_string(),
+                    },
+                })?;
+        let after = client.inspect_raw(&new_id).await.unwrap_or_default();
+        if let Some(img) = after["Image"].as_str() {
+            let new = client.image_inspect_raw(img).await.unwrap_or_default();
+            swap.to_image = Some(img.to_string());
+            swap.to_version = recreate::version_of(&new, &reference);
+        }
+        if was_running {
+            // Portainer removed the old container: nothing to restore.
+            recreate::verify(client, &new_id, verify_for)
+                .await
+                .map_err(|message| RecreateError::Engine {
+                    step: "checking the new container",
+                    err: DockerError::Status {
+                        status: 500,
+                        message,
+                    },
+                })?;
+        }
+        Ok(Outcome::Updated {
+            id: new_id,
+            running: was_running,
+        })
+    }
+    .await;
+    (swap, r)
+}
+
+/// `X-Registry-Auth` for pulling `image`: base64url of the registry's
+/// credentials, when configured.
+fn registry_auth(
+    creds: &std::collections::HashMap<String, crate::registry::client::Credentials>,
+    image: &str,
+) -> Option<String> {
+    use base64::Engine as _;
+    let r = crate::registry::reference::Reference::parse(image)?;
+    let c = creds.get(&r.registry).or_else(|| creds.get(r.api_host()))?;
+    let json = serde_json::json!({"username": c.username, "password": c.password,
+                                  "serveraddress": r.registry});
+    Some(base64::engine::general_purpose::URL_SAFE.encode(json.to_string()))
+}
