@@ -32,11 +32,7 @@ async fn under_a_real_systemd() {
     let m = Machine::start();
 
     // Installed as the README says, from the repository's files.
-    docker(&[
-        "cp",
-        env!("CARGO_BIN_EXE_dockside"),
-        &format!("{}:/usr/local/bin/dockside", m.name),
-    ]);
+    m.install_binary(env!("CARGO_BIN_EXE_dockside"));
     let unit =
         std::fs::read_to_string(project_dir().join("systemd/dockside.service")).expect("unit");
     m.write("/etc/systemd/system/dockside.service", &unit);
@@ -198,11 +194,7 @@ async fn secrets_at_rest_under_systemd() {
     run_sleeper(&a, IMAGE, &[]);
     let base = unique("t");
     let m = Machine::start();
-    docker(&[
-        "cp",
-        env!("CARGO_BIN_EXE_dockside"),
-        &format!("{}:/usr/local/bin/dockside", m.name),
-    ]);
+    m.install_binary(env!("CARGO_BIN_EXE_dockside"));
     let file = |p: &str| std::fs::read_to_string(project_dir().join(p)).expect("repository file");
     m.write(
         "/etc/systemd/system/dockside.service",

@@ -277,12 +277,7 @@ impl MqttTask {
             ..
         } = self;
         let topics = outbox.topics().clone();
-        let (client, mut eventloop) = AsyncClient::new(opts, 256);
-        // Small packets (states, results, acks) must not wait for Nagle + delayed ACK (~40 ms).
-        let mut net = eventloop.network_options();
-        net.set_tcp_nodelay(true);
-        eventloop.set_network_options(net);
-        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+        let (client, mut eventloop, mut backoff) = session(opts, 256);
         let mut connected = false;
         let mut client_full = false;
         let mut first_connect = true;
@@ -381,6 +376,18 @@ impl MqttTask {
             shutdown(client, eventloop, &outbox, qos, &topics).await;
         }
     }
+}
+
+/// One session's client and event loop, and the back-off between its
+/// failed polls (both sessions use this).
+fn session(opts: MqttOptions, cap: usize) -> (AsyncClient, rumqttc::EventLoop, Backoff) {
+    let (client, mut eventloop) = AsyncClient::new(opts, cap);
+    // Small packets (states, results, acks) must not wait for Nagle + delayed ACK (~40 ms).
+    let mut net = eventloop.network_options();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
+    let backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+    (client, eventloop, backoff)
 }
 
 /// A retained topic the start-up read-back found: ours under the base (not a

@@ -14,13 +14,12 @@
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS, SubscribeFilter};
+use rumqttc::{Event, Incoming, MqttOptions, QoS, SubscribeFilter};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::Inbound;
 use super::outbox::Outbox;
-use crate::backoff::Backoff;
 use crate::topics::Topics;
 
 pub(super) struct Reader {
@@ -60,11 +59,7 @@ impl Reader {
             ready,
         } = self;
         let topics = outbox.topics().clone();
-        let (client, mut eventloop) = AsyncClient::new(opts, 16);
-        let mut net = eventloop.network_options();
-        net.set_tcp_nodelay(true);
-        eventloop.set_network_options(net);
-        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+        let (client, mut eventloop, mut backoff) = super::session(opts, 16);
         let mut failures = 0u32;
         let mut overflowed = 0u64;
         loop {

@@ -817,6 +817,13 @@ impl Supervisor {
         self.apply_changes(source, &changes, &wanted).await;
     }
 
+    /// Whether endpoint `id` runs and comes from `source` (None = direct).
+    fn owns(&self, source: Option<&str>, id: &str) -> bool {
+        self.endpoints
+            .get(id)
+            .is_some_and(|h| h.source.as_deref() == source)
+    }
+
     /// Applies a computed diff to the endpoints of `source`: removed ones stop
     /// and lose their topics, changed ones restart, added ones start.
     async fn apply_changes(
@@ -826,11 +833,7 @@ impl Supervisor {
         wanted: &BTreeMap<String, EndpointSpec>,
     ) {
         for id in &changes.removed {
-            if self
-                .endpoints
-                .get(id)
-                .is_none_or(|h| h.source.as_deref() != source)
-            {
+            if !self.owns(source, id) {
                 continue;
             }
             self.stop(id).await;
@@ -847,11 +850,7 @@ impl Supervisor {
         }
         for id in &changes.changed {
             let Some(spec) = wanted.get(id) else { continue };
-            if self
-                .endpoints
-                .get(id)
-                .is_none_or(|h| h.source.as_deref() != source)
-            {
+            if !self.owns(source, id) {
                 continue;
             }
             self.stop(id).await;

@@ -145,6 +145,11 @@ impl Machine {
         m
     }
 
+    /// Installs a dockside binary where the README's unit expects it.
+    pub fn install_binary(&self, bin: &str) {
+        docker(&["cp", bin, &format!("{}:/usr/local/bin/dockside", self.name)]);
+    }
+
     pub fn exec_out(&self, cmd: &[&str]) -> String {
         let out = Command::new("docker")
             .args(["exec", &self.name])
