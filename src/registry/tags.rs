@@ -124,6 +124,23 @@ impl Follow {
     }
 }
 
+/// May a container on `cur` move to tag `t` (version `v`)? Same shape,
+/// no pre-release unless running one, within the pin and the include regex.
+fn fits(cur: &TagVersion, t: &str, v: &TagVersion, follow: &Follow) -> bool {
+    if v.prefix != cur.prefix || v.nums.len() != cur.nums.len() || v.suffix != cur.suffix {
+        return false;
+    }
+    if v.pre.is_some() && cur.pre.is_none() {
+        return false;
+    }
+    let pinned_out = match follow.pin {
+        Some(Pin::Major) => v.nums.first() != cur.nums.first(),
+        Some(Pin::Minor) => v.nums.get(..2) != cur.nums.get(..2),
+        None => false,
+    };
+    !pinned_out && follow.include.as_ref().is_none_or(|re| re.is_match(t))
+}
+
 /// The newest tag of `tags` that `current` may move to (`current` itself when
 /// nothing newer fits); `None` when `current` has no version shape.
 pub fn newest(current: &str, tags: &[String], follow: &Follow) -> Option<String> {
@@ -131,25 +148,35 @@ pub fn newest(current: &str, tags: &[String], follow: &Follow) -> Option<String>
     let mut best: (TagVersion, String) = (cur.clone(), current.to_string());
     for t in tags {
         let Some(v) = parse(t) else { continue };
-        if v.prefix != cur.prefix || v.nums.len() != cur.nums.len() || v.suffix != cur.suffix {
-            continue;
-        }
-        if v.pre.is_some() && cur.pre.is_none() {
-            continue;
-        }
-        match follow.pin {
-            Some(Pin::Major) if v.nums.first() != cur.nums.first() => continue,
-            Some(Pin::Minor) if v.nums.get(..2) != cur.nums.get(..2) => continue,
-            _ => {}
-        }
-        if follow.include.as_ref().is_some_and(|re| !re.is_match(t)) {
-            continue;
-        }
-        if cmp(&v, &best.0) == Ordering::Greater {
+        if fits(&cur, t, &v, follow) && cmp(&v, &best.0) == Ordering::Greater {
             best = (v, t.clone());
         }
     }
     Some(best.1)
+}
+
+/// The most versions `<ct>/versions` lists (SPEC §17).
+pub const MAX_AVAILABLE: usize = 20;
+
+/// The tags `current` may move to, newer or older, newest first, without
+/// `current` itself, at most [`MAX_AVAILABLE`] (`<ct>/versions`, SPEC §17);
+/// `None` when `current` has no version shape.
+pub fn available(current: &str, tags: &[String], follow: &Follow) -> Option<Vec<String>> {
+    let cur = parse(current)?;
+    let mut fit: Vec<(TagVersion, &String)> = tags
+        .iter()
+        .filter(|t| *t != current)
+        .filter_map(|t| parse(t).map(|v| (v, t)))
+        .filter(|(v, t)| fits(&cur, t, v, follow))
+        .collect();
+    fit.sort_by(|a, b| cmp(&b.0, &a.0).then_with(|| b.1.cmp(a.1)));
+    fit.dedup_by(|a, b| a.1 == b.1);
+    Some(
+        fit.into_iter()
+            .take(MAX_AVAILABLE)
+            .map(|(_, t)| t.clone())
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -229,6 +256,27 @@ mod tests {
         assert_eq!(newest("latest", &all, &f), None);
         let rcs = tags(&["1.0.0-rc2", "1.0.0-rc10", "1.0.0-rc9"]);
         assert_eq!(newest("1.0.0-rc2", &rcs, &f).as_deref(), Some("1.0.0-rc10"));
+    }
+
+    #[test]
+    fn available_is_newest_first_same_shape_and_bounded() {
+        let all = tags(&[
+            "1.27.2", "1.28.0", "latest", "1.27.3", "1.26.0", "1.28.0-alpine", "1.29.0-rc1", "2.0",
+        ]);
+        let f = follow(None, None);
+        assert_eq!(
+            available("1.27.2", &all, &f).expect("shape"),
+            tags(&["1.28.0", "1.27.3", "1.26.0"])
+        );
+        assert_eq!(
+            available("1.27.2", &all, &follow(Some(Pin::Minor), None)).expect("shape"),
+            tags(&["1.27.3"])
+        );
+        assert!(available("latest", &all, &f).is_none());
+        let many: Vec<String> = (0..50).map(|i| format!("1.{i}.0")).collect();
+        let a = available("1.3.0", &many, &f).expect("shape");
+        assert_eq!(a.len(), MAX_AVAILABLE);
+        assert_eq!(a[0], "1.49.0");
     }
 
     #[test]
