@@ -548,6 +548,22 @@ pub struct UpdatesConfig {
     /// when it has a healthcheck) this long, or the old one is restored.
     #[serde(with = "humantime_serde")]
     pub verify_for: Duration,
+    /// Container names (globs) updated automatically, like the label
+    /// `dockside.update=auto` (SPEC §17).
+    pub auto: Vec<String>,
+    /// When automatic updates may run: `"Sat,Sun 03:00-05:00"` (local
+    /// time); always when unset.
+    pub window: Option<String>,
+    /// A version is installed automatically only once its image is this old.
+    #[serde(with = "humantime_serde")]
+    pub min_age: Option<Duration>,
+}
+
+impl UpdatesConfig {
+    /// The parsed window (validated at load time; `None` = always).
+    pub fn window(&self) -> Option<crate::watcher::Window> {
+        self.window.as_deref().and_then(|w| w.parse().ok())
+    }
 }
 
 impl Default for UpdatesConfig {
@@ -561,6 +577,9 @@ impl Default for UpdatesConfig {
             registries: BTreeMap::new(),
             ignore: Vec::new(),
             verify_for: Duration::from_secs(10),
+            auto: Vec::new(),
+            window: None,
+            min_age: None,
         }
     }
 }
@@ -1367,6 +1386,11 @@ impl UpdatesConfig {
     /// `[updates]`.
     fn validate(&self) -> Result<(), ConfigError> {
         crate::filter::glob_set("updates.ignore", &self.ignore)?;
+        crate::filter::glob_set("updates.auto", &self.auto)?;
+        if let Some(w) = &self.window {
+            w.parse::<crate::watcher::Window>()
+                .map_err(|e| invalid("updates.window", e))?;
+        }
         if self.verify_for > Duration::from_secs(600) {
             return Err(invalid("updates.verify_for", "must be at most 10m"));
         }

@@ -24,6 +24,9 @@ const INTERRUPTED: &str = "dockside stopped before the operation finished";
 pub struct Entry {
     pub id: String,
     pub action: String,
+    /// `manual` (a command) or `auto` (an automatic update, SPEC §17).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -108,7 +111,7 @@ impl History {
     }
 
     /// An operation starts: on disk at once as interrupted, replaced by [`Self::finish`].
-    pub fn begin(&mut self, ct: &str, action: &str) -> String {
+    pub fn begin(&mut self, ct: &str, action: &str, trigger: &str) -> String {
         let id = format!("{:016x}", fastrand::u64(..));
         if !self.data.containers.contains_key(ct)
             && self.data.containers.len() >= MAX_CONTAINERS
@@ -129,6 +132,7 @@ impl History {
         list.push_front(Entry {
             id: id.clone(),
             action: action.to_string(),
+            trigger: Some(trigger.to_string()),
             from_version: None,
             to_version: None,
             from_image: None,
@@ -212,7 +216,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let dir = StateDir::open(tmp.path()).expect("dir");
         let mut h = History::load(Some(dir.clone()), "local");
-        let id = h.begin("app", "update");
+        let id = h.begin("app", "update", "manual");
         // Saves run in the background: wait for this one (slow disks, busy CI).
         let on_disk = |want: &dyn Fn(&History) -> bool| {
             let dir = dir.clone();
@@ -248,7 +252,7 @@ mod tests {
             Some("2")
         );
         for _ in 0..15 {
-            let id = h.begin("app", "rollback");
+            let id = h.begin("app", "rollback", "manual");
             h.finish("app", &id, &swap, "failed", Some("x".into()));
         }
         assert_eq!(h.get("app").map(|l| l.len()), Some(KEEP));

@@ -37,14 +37,25 @@ pub const UPDATE_TEMPLATE: &str = concat!(
     "{%- if v.installed_version is string and v.installed_version -%}",
     "{%- set ns.o = ns.o + ['\"installed_version\":' ~ (v.installed_version | tojson)] -%}",
     "{%- endif -%}",
-    "{%- if v.latest_version is string and v.latest_version -%}",
+    "{%- if v.status == 'skipped' and v.installed_version is string and v.installed_version -%}",
+    "{%- set ns.o = ns.o + ['\"latest_version\":' ~ (v.installed_version | tojson)] -%}",
+    "{%- elif v.latest_version is string and v.latest_version -%}",
     "{%- set ns.o = ns.o + ['\"latest_version\":' ~ (v.latest_version | tojson)] -%}",
     "{%- endif -%}",
-    "{%- if v.image is string and v.image -%}",
+    "{%- if v.title is string and v.title -%}",
+    "{%- set ns.o = ns.o + ['\"title\":' ~ (v.title | tojson)] -%}",
+    "{%- elif v.image is string and v.image -%}",
     "{%- set ns.o = ns.o + ['\"title\":' ~ (v.image | tojson)] -%}",
+    "{%- endif -%}",
+    "{%- if v.release_url is string and v.release_url -%}",
+    "{%- set ns.o = ns.o + ['\"release_url\":' ~ (v.release_url | tojson)] -%}",
     "{%- endif -%}",
     "{%- if v.error is string and v.error -%}",
     "{%- set ns.o = ns.o + ['\"release_summary\":' ~ (v.error[:255] | tojson)] -%}",
+    "{%- elif v.blocked is string and v.blocked -%}",
+    "{%- set ns.o = ns.o + ['\"release_summary\":' ~ (v.blocked[:255] | tojson)] -%}",
+    "{%- elif v.status == 'skipped' -%}",
+    "{%- set ns.o = ns.o + ['\"release_summary\":' ~ (('Version ' ~ v.latest_version ~ ' is skipped.')[:255] | tojson)] -%}",
     "{%- elif v.status == 'pinned' -%}",
     "{%- set ns.o = ns.o + ['\"release_summary\":\"The image is pinned by digest: not checked for updates.\"'] -%}",
     "{%- elif v.status == 'local_build' -%}",
@@ -57,6 +68,9 @@ pub const UPDATE_TEMPLATE: &str = concat!(
     "{%- endif -%}",
     "{{ '{' ~ (ns.o | join(',')) ~ '}' }}",
 );
+
+/// The "Version" select's choice as an `update` command (SPEC §17).
+const VERSION_COMMAND: &str = r#"{"action":"update","version":{{ value | tojson }}}"#;
 
 /// The newest entry of `<ct>/history` (SPEC §14) as the "Last update" sensor.
 const LAST_UPDATE_TEMPLATE: &str =
@@ -111,6 +125,9 @@ pub struct ContainerFacts {
     pub configuration_url: Option<String>,
     /// Its resource figures are sampled (SPEC §13 stats).
     pub stats: bool,
+    /// Under tag following: the running tag and those it may move to (the
+    /// "Version" select, SPEC §17).
+    pub versions: Vec<String>,
 }
 
 /// An endpoint, as far as its device depends on it.
@@ -414,10 +431,25 @@ impl Discovery {
                 "broker_reconnects",
                 "mdi:connection",
             ),
+            // SPEC §17: totals of every endpoint.
+            ("problems", "Problems", "problems", "mdi:alert-circle"),
+            (
+                "updates_available",
+                "Updates available",
+                "updates_available",
+                "mdi:package-up",
+            ),
         ] {
+            if key == "updates_available" && !self.updates {
+                continue;
+            }
             let mut cfg = json!({"state_topic": t.bridge_info(),
                    "value_template": format!("{{{{ value_json.{field} if value_json.{field} is number else 'None' }}}}"),
                    "entity_category": "diagnostic", "icon": icon});
+            if matches!(key, "problems" | "updates_available") {
+                // What a user watches, not a diagnostic.
+                cfg.as_object_mut().map(|m| m.remove("entity_category"));
+            }
             cfg["state_class"] = json!(if key == "broker_reconnects" {
                 "total_increasing"
             } else {
@@ -517,6 +549,21 @@ impl Discovery {
                        "entity_category": "diagnostic", "icon": "mdi:docker"}),
             ),
         ];
+        // SPEC §17: what needs a look, per endpoint.
+        entities.push(count(
+            "problems",
+            "Problems",
+            "{{ value_json.containers.problems | default(0) }}",
+            "mdi:alert-circle",
+        ));
+        if self.updates {
+            entities.push(count(
+                "updates_available",
+                "Updates available",
+                "{{ value_json.updates_available if value_json.updates_available is number else 'None' }}",
+                "mdi:package-up",
+            ));
+        }
         // SPEC §13 upkeep: services and the disk summary (hourly).
         entities.push(count(
             "services",
@@ -589,7 +636,11 @@ impl Discovery {
             When::Allows(words) => words.iter().all(|w| has(w)),
             When::Updates => self.updates,
             When::UpdatesAllows(w) => self.updates && has(w),
+            When::Versions => self.updates && has("update") && !f.versions.is_empty(),
         };
+        let mut vars = vars;
+        vars.insert("$VERSIONS", json!(f.versions));
+        let vars = vars;
         let mut e = Vec::new();
         let push = |e: &mut Vec<Entity>, defs: &[EntityDef]| {
             for d in defs.iter().filter(|d| wanted(d.when)) {
@@ -768,6 +819,8 @@ enum When {
     Updates,
     /// The image watcher runs and this word is allowed.
     UpdatesAllows(&'static str),
+    /// `update` is allowed and the container follows tags (SPEC §17).
+    Versions,
 }
 
 /// One entity of a container device, as data. In `config`, a JSON string
@@ -831,6 +884,10 @@ fn container_vars(t: &Topics, ep: &str, ct: &str) -> BTreeMap<&'static str, Valu
         ("$set", json!(t.container_set(ep, ct))),
         ("$update", json!(t.container_update(ep, ct))),
         ("$history", json!(t.container_history(ep, ct))),
+        ("$versions", json!(t.container_versions(ep, ct))),
+        // The container's own list replaces it (`Discovery::container`).
+        ("$VERSIONS", json!([])),
+        ("$VERSION_COMMAND", json!(VERSION_COMMAND)),
         ("$event", json!(t.container_event(ep, ct))),
         ("$result", json!(t.container_result(ep, ct))),
         ("$ON_OFF_RUNNING", json!(ON_OFF_RUNNING)),
@@ -847,7 +904,7 @@ fn container_vars(t: &Topics, ep: &str, ct: &str) -> BTreeMap<&'static str, Valu
     ])
 }
 
-use When::{Allows, Always, Updates, UpdatesAllows};
+use When::{Allows, Always, Updates, UpdatesAllows, Versions};
 
 /// A container device's entities before its stats sensors, in order.
 const CONTAINER_ENTITIES: &[EntityDef] = &[
@@ -937,6 +994,14 @@ const CONTAINER_ENTITIES: &[EntityDef] = &[
             r#"{"state_topic":"$update","value_template":"$UPDATE_TEMPLATE","icon":"mdi:docker"}"#,
         )
     },
+    // SPEC §17: choosing a tag updates (or goes back) to it.
+    EntityDef::new(
+        "version",
+        "select",
+        "Version",
+        Versions,
+        r#"{"command_topic":"$set","command_template":"$VERSION_COMMAND","state_topic":"$versions","value_template":"{{ value_json.current }}","options":"$VERSIONS","icon":"mdi:tag-multiple"}"#,
+    ),
     EntityDef::new(
         "rollback",
         "button",
@@ -1129,6 +1194,7 @@ mod tests {
             words,
             configuration_url: None,
             stats: false,
+            versions: Vec::new(),
         }
     }
 
@@ -1198,6 +1264,12 @@ mod tests {
                             words: words.clone(),
                             configuration_url: url,
                             stats,
+                            // The version select where tags are followed.
+                            versions: if stats {
+                                vec!["1.27".into(), "1.28".into()]
+                            } else {
+                                Vec::new()
+                            },
                         };
                         for (t, b) in d.messages(&d.container("local", "my.app", &f)) {
                             out.push_str(&format!("{t} {}\n", String::from_utf8_lossy(&b)));
@@ -1710,6 +1782,7 @@ mod tests {
         let statuses = [
             "up_to_date",
             "update_available",
+            "skipped",
             "pinned",
             "local_build",
             "unknown",
@@ -1762,6 +1835,28 @@ mod tests {
                                    "error":"bad \"thing\"\n"}),
         );
         assert_eq!(m["title"], "a\"b\\c");
+        // SPEC §17: the title and release link; a skipped version shows no
+        // update; a blocked one says why.
+        let m = update_json(json!({"status":"update_available","update_available":true,
+            "image":"ghcr.io/x/app:1.2","title":"App","installed_version":"1.2","latest_version":"1.3",
+            "release_url":"https://github.com/x/app/releases/tag/1.3","in_progress":false,
+            "blocked":"version 1.3 was rolled back: unhealthy"}));
+        assert_eq!(m["title"], "App");
+        assert_eq!(
+            m["release_url"],
+            "https://github.com/x/app/releases/tag/1.3"
+        );
+        assert_eq!(m["latest_version"], "1.3");
+        assert_eq!(
+            m["release_summary"],
+            "version 1.3 was rolled back: unhealthy"
+        );
+        let m = update_json(
+            json!({"status":"skipped","update_available":false,"image":"app:1.2",
+            "installed_version":"1.2","latest_version":"1.3","in_progress":false}),
+        );
+        assert_eq!(m["latest_version"], m["installed_version"]);
+        assert_eq!(m["release_summary"], "Version 1.3 is skipped.");
     }
 
     #[test]
@@ -1769,7 +1864,8 @@ mod tests {
         let d = Discovery::from_config(&cfg(DiscoveryMode::Device, &[])).expect("on");
         let info = json!({"id":"local","name":"local","kind":"docker","reachable":true,
             "docker_version":null,"containers":{"total":12,"running":10,"paused":0,"stopped":2,
-            "healthy":5,"unhealthy":1},"images":null,"volumes":7,"stacks":3});
+            "healthy":5,"unhealthy":1,"problems":2},"images":null,"volumes":7,"stacks":3,
+            "updates_available":4});
         let ep = d.endpoint("local", &EndpointFacts::default());
         for e in &ep.entities {
             let Some(tpl) = e.config.get("value_template").and_then(Value::as_str) else {
@@ -1779,13 +1875,16 @@ mod tests {
             match e.id {
                 "containers_running" => assert_eq!(out, "10"),
                 "containers_total" => assert_eq!(out, "12"),
+                "problems" => assert_eq!(out, "2"),
+                "updates_available" => assert_eq!(out, "4"),
                 "images" | "docker_version" => assert_eq!(out, "None"),
                 _ => assert!(!out.is_empty()),
             }
         }
         let bridge = d.bridge();
         let info = json!({"version":"0.1.0","started_at":"x","endpoints":["a","b"],
-            "endpoints_connected":1,"events_per_minute":42,"outbox_depth":0,"broker_reconnects":3});
+            "endpoints_connected":1,"events_per_minute":42,"outbox_depth":0,"broker_reconnects":3,
+            "problems":1,"updates_available":5});
         let old = json!({"version":"0.1.0","started_at":"x","endpoints":["a","b"]});
         for e in &bridge.entities {
             if let Some(tpl) = e.config.get("value_template").and_then(Value::as_str) {
@@ -1797,6 +1896,8 @@ mod tests {
                     "events_per_minute" => "42",
                     "outbox_depth" => "0",
                     "broker_reconnects" => "3",
+                    "problems" => "1",
+                    "updates_available" => "5",
                     other => panic!("unexpected {other}"),
                 };
                 assert_eq!(out, want, "{}", e.id);

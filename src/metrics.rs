@@ -45,6 +45,10 @@ pub struct Metrics {
     pub commands_received: Counter,
     pub command_reads_paused: Counter,
     pub endpoint_up: Family<EndpointLabel, Gauge>,
+    /// Containers with the problem flag (SPEC §13), per endpoint.
+    pub containers_problem: Family<EndpointLabel, Gauge>,
+    /// Containers with an update available (SPEC §17), per endpoint.
+    pub updates_available: Family<EndpointLabel, Gauge>,
     pub commands: Family<CommandLabels, Counter>,
     pub registry_requests: Family<RegistryLabel, Counter>,
     pub registry_rate_limited: Family<RegistryLabel, Counter>,
@@ -108,6 +112,8 @@ impl Metrics {
             commands_received: Counter::default(),
             command_reads_paused: Counter::default(),
             endpoint_up: Family::default(),
+            containers_problem: Family::default(),
+            updates_available: Family::default(),
             commands: Family::default(),
             registry_requests: Family::default(),
             registry_rate_limited: Family::default(),
@@ -171,6 +177,16 @@ impl Metrics {
             "endpoint_up",
             "1 while the endpoint's engine is reachable",
             m.endpoint_up.clone(),
+        );
+        r.register(
+            "containers_problem",
+            "Containers whose problem flag is on",
+            m.containers_problem.clone(),
+        );
+        r.register(
+            "updates_available",
+            "Containers with an image update available",
+            m.updates_available.clone(),
         );
         r.register(
             "commands",

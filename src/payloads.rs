@@ -191,6 +191,9 @@ pub struct EndpointInfo {
     pub services: Option<i64>,
     /// Disk usage, refreshed at most hourly (SPEC §13).
     pub disk: Option<DiskUsage>,
+    /// Containers with an image update available (with update checks on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updates_available: Option<i64>,
     /// While unreachable: why (engine down, refused credentials, an API
     /// version outside what dockside speaks). Absent when reachable.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -273,6 +276,8 @@ pub struct ContainerCounts {
     pub stopped: i64,
     pub healthy: i64,
     pub unhealthy: i64,
+    /// With the problem flag on (SPEC §13, §17).
+    pub problems: i64,
 }
 
 impl ContainerCounts {
@@ -291,6 +296,7 @@ impl ContainerCounts {
                 "unhealthy" => c.unhealthy += 1,
                 _ => {}
             }
+            c.problems += i64::from(s.problem);
             if let Some(stack) = &s.stack {
                 stacks.insert(stack.clone());
             }
@@ -312,6 +318,11 @@ pub struct BridgeInfo {
     /// messages waiting for the broker, and reconnects since start.
     pub outbox_depth: i64,
     pub broker_reconnects: u64,
+    /// SPEC §17: containers with the problem flag, all endpoints,
+    pub problems: i64,
+    /// and with an update available (with update checks on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updates_available: Option<i64>,
 }
 
 /// RFC 3339 UTC with nanoseconds from Unix nanoseconds.

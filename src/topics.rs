@@ -13,6 +13,7 @@
 //! <base>/<ep>/<ct>/state            container state JSON (retained)
 //! <base>/<ep>/<ct>/state/<key>      one plain value per state key (retained, flat_topics)
 //! <base>/<ep>/<ct>/update           image update status (retained)
+//! <base>/<ep>/<ct>/versions         tags it may move to, under tag following (retained)
 //! <base>/<ep>/<ct>/event            the container's own events (not retained)
 //! <base>/<ep>/<ct>/result           command results (not retained)
 //! <base>/<ep>/<ct>/set              container command in
@@ -88,6 +89,9 @@ impl Topics {
     }
     pub fn container_update(&self, ep: &str, ct: &str) -> String {
         format!("{}/{}/{}/update", self.base, ep, ct)
+    }
+    pub fn container_versions(&self, ep: &str, ct: &str) -> String {
+        format!("{}/{}/{}/versions", self.base, ep, ct)
     }
     pub fn container_history(&self, ep: &str, ct: &str) -> String {
         format!("{}/{}/{}/history", self.base, ep, ct)

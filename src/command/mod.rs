@@ -35,6 +35,7 @@ pub const DEDUP_WINDOW: Duration = Duration::from_secs(60);
 /// Words a container `set` topic takes.
 pub const CONTAINER_WORDS: &[&str] = &[
     "start", "stop", "restart", "pause", "unpause", "kill", "update", "check", "rollback", "logs",
+    "skip", "unskip", "remove",
 ];
 /// Words an endpoint `set` topic takes.
 pub const ENDPOINT_WORDS: &[&str] = &["resync", "check_updates", "update_all", "prune"];
@@ -42,7 +43,13 @@ pub const ENDPOINT_WORDS: &[&str] = &["resync", "check_updates", "update_all", "
 /// (an endpoint word that removes things, so opt-in too).
 pub const ALLOWABLE_WORDS: &[&str] = &[
     "start", "stop", "restart", "pause", "unpause", "kill", "update", "check", "rollback", "logs",
-    "prune",
+    "prune", "remove",
+];
+/// Words allowed whenever another word is (`skip`/`unskip` with `update`, SPEC §17).
+pub const RIDES_ON: &[(&str, &str)] = &[
+    ("update_all", "update"),
+    ("skip", "update"),
+    ("unskip", "update"),
 ];
 /// What a plain `prune` removes; `volumes` only when named (SPEC §13).
 pub const DEFAULT_PRUNE: &[&str] = &["images", "containers", "build_cache"];
@@ -54,7 +61,7 @@ pub const BRIDGE_WORDS: &[&str] = &["resync", "check_updates"];
 pub const DISRUPTIVE: &[&str] = &[
     "stop", "restart", "pause", "kill", "update", "rollback",
     // A stopped container removed by the endpoint word `prune`.
-    "prune",
+    "prune", "remove",
 ];
 /// Longest tag a registry accepts (distribution's reference grammar).
 const MAX_TAG: usize = 128;
@@ -69,6 +76,8 @@ pub enum Code {
     EngineError,
     Timeout,
     Busy,
+    /// The container's pre-update check said no (SPEC §17).
+    Blocked,
 }
 
 impl Code {

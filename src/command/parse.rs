@@ -1,6 +1,6 @@
 use super::*;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Request {
     pub action: String,
     pub request_id: Option<String>,
@@ -16,6 +16,8 @@ pub struct Request {
     pub label: Option<String>,
     /// `prune` with `volumes`: named volumes too (SPEC §16; off by default).
     pub all_volumes: bool,
+    /// `remove` of a running container (SPEC §17).
+    pub force: bool,
 }
 
 /// `logs` without `lines`.
@@ -64,6 +66,7 @@ pub fn parse(payload: &[u8], scope: Scope) -> Result<Request, ParseError> {
         what,
         label,
         all_volumes,
+        force,
     } = extras;
     let words = match scope {
         Scope::Container => CONTAINER_WORDS,
@@ -100,6 +103,13 @@ pub fn parse(payload: &[u8], scope: Scope) -> Result<Request, ParseError> {
             request_id,
         });
     }
+    if force.is_some() && action != "remove" {
+        return Err(ParseError {
+            message: "`force` goes only with `remove`".into(),
+            action: Some(action),
+            request_id,
+        });
+    }
     if (lines.is_some() || since.is_some()) && action != "logs" {
         return Err(ParseError {
             message: "`lines` and `since` go only with `logs`".into(),
@@ -126,6 +136,7 @@ pub fn parse(payload: &[u8], scope: Scope) -> Result<Request, ParseError> {
         what,
         label,
         all_volumes: all_volumes.unwrap_or(false),
+        force: force.unwrap_or(false),
     })
 }
 
@@ -187,6 +198,7 @@ struct Extras {
     what: Option<Vec<String>>,
     label: Option<String>,
     all_volumes: Option<bool>,
+    force: Option<bool>,
 }
 
 type Parsed = (String, Option<String>, Extras);
@@ -236,6 +248,7 @@ fn parse_json(text: &str) -> Result<Parsed, ParseError> {
                 | "what"
                 | "label"
                 | "all_volumes"
+                | "force"
         )
     }) {
         let k: String = k.chars().take(32).collect();
@@ -333,6 +346,17 @@ fn parse_json(text: &str) -> Result<Parsed, ParseError> {
             });
         }
     };
+    let force = match obj.get("force") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Bool(b)) => Some(*b),
+        Some(_) => {
+            return Err(ParseError {
+                message: "`force` is true or false".into(),
+                action: Some(action),
+                request_id,
+            });
+        }
+    };
     Ok((
         action,
         request_id,
@@ -343,6 +367,7 @@ fn parse_json(text: &str) -> Result<Parsed, ParseError> {
             what,
             label,
             all_volumes,
+            force,
         },
     ))
 }

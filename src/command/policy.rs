@@ -54,8 +54,11 @@ fn refusal(
     who: Option<&Subject>,
 ) -> Option<(Code, String)> {
     let forbid = |m: String| Some((Code::Forbidden, m));
-    // An endpoint's `update_all` is `update` on each of its containers.
-    let word = if word == "update_all" { "update" } else { word };
+    // `update_all` is `update` on each container; `skip` decides about updates.
+    let word = RIDES_ON
+        .iter()
+        .find(|(w, _)| *w == word)
+        .map_or(word, |(_, on)| on);
     if !enabled {
         return forbid("commands are disabled (commands.enabled = false)".into());
     }

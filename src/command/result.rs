@@ -29,6 +29,11 @@ pub struct CommandResult {
     /// `prune`: bytes the engine freed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reclaimed_bytes: Option<i64>,
+    /// `update`/`rollback`: the versions it went from and to (SPEC §17).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_version: Option<String>,
     pub duration_ms: u64,
     pub at: String,
 }
@@ -83,6 +88,8 @@ impl CommandResult {
             logs: None,
             truncated: None,
             reclaimed_bytes: None,
+            from_version: None,
+            to_version: None,
             duration_ms: started.elapsed().as_millis() as u64,
             at: crate::payloads::now_rfc3339(),
         }
@@ -106,6 +113,8 @@ impl CommandResult {
             logs: None,
             truncated: None,
             reclaimed_bytes: None,
+            from_version: None,
+            to_version: None,
             duration_ms: started.elapsed().as_millis() as u64,
             at: crate::payloads::now_rfc3339(),
         }

@@ -585,12 +585,7 @@ fn results_leave_out_empty_keys() {
     let req = Request {
         action: "restart".into(),
         request_id: Some("abc".into()),
-        version: None,
-        lines: None,
-        since: None,
-        what: None,
-        label: None,
-        all_volumes: false,
+        ..Default::default()
     };
     let ok = serde_json::to_value(CommandResult::ok(
         &req,

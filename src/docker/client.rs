@@ -30,7 +30,7 @@ pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Caps on what is read from an engine: a list of thousands of containers fits.
 pub(super) const MAX_LIST_BODY: usize = 64 << 20;
-const MAX_OBJECT_BODY: usize = 8 << 20;
+pub(super) const MAX_OBJECT_BODY: usize = 8 << 20;
 /// A prune removes layers from disk: minutes on a Pi with an SD card.
 const PRUNE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Raw log bytes read for one `logs` command (1,000 lines, each cut at 8 KiB
@@ -62,7 +62,7 @@ pub enum DockerError {
 }
 
 impl DockerError {
-    fn from_reqwest(e: reqwest::Error) -> Self {
+    pub(super) fn from_reqwest(e: reqwest::Error) -> Self {
         if e.is_timeout() {
             DockerError::Timeout
         } else {
@@ -186,7 +186,7 @@ impl DockerClient {
     }
 
     /// [`Self::execute`] with a JSON body and one extra header.
-    async fn execute_with(
+    pub(super) async fn execute_with(
         &self,
         method: Method,
         url: Url,
@@ -847,8 +847,14 @@ impl DockerClient {
 
     /// `DELETE /containers/{id}?force=true` (volumes are kept).
     pub async fn remove_container(&self, id: &str) -> Result<(), DockerError> {
+        self.remove_container_with(id, true).await
+    }
+
+    /// `DELETE /containers/{id}`; without `force` the engine refuses a running one.
+    pub async fn remove_container_with(&self, id: &str, force: bool) -> Result<(), DockerError> {
         let mut url = self.url(&["containers", id]);
-        url.query_pairs_mut().append_pair("force", "true");
+        url.query_pairs_mut()
+            .append_pair("force", if force { "true" } else { "false" });
         let resp = self
             .execute(Method::DELETE, url, Some(REQUEST_TIMEOUT))
             .await?;
@@ -945,7 +951,7 @@ fn tls_options(
 }
 
 /// Engine error bodies are `{"message": "..."}`; anything else is shown truncated.
-async fn read_capped(
+pub(super) async fn read_capped(
     resp: reqwest::Response,
     cap: usize,
     what: &'static str,

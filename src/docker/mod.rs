@@ -2,6 +2,7 @@
 //! models dockside reads, and the `/events` line stream.
 
 pub mod client;
+pub mod exec;
 pub mod logs;
 pub mod models;
 pub mod prune;

@@ -42,6 +42,9 @@ pub enum RecreateError {
     ImageGone(String),
     #[error("cannot check the tag in the registry: {0}")]
     Registry(String),
+    /// The pre-update check said no (SPEC §17): nothing stopped or pulled.
+    #[error("the pre-update check failed: {0}")]
+    Blocked(String),
     #[error(
         "the new container did not start ({0}) and restoring the previous one failed ({1}); it is kept as `<name>{OLD_SUFFIX}`"
     )]

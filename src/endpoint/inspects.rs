@@ -188,19 +188,17 @@ impl Endpoint {
         }
         self.table.names.insert(id.to_string(), name.clone());
         self.table.removals.remove(&name);
-        let follow: std::collections::BTreeMap<String, String> = ins
+        let watched: std::collections::BTreeMap<String, String> = ins
             .config
             .labels
             .iter()
-            .filter(|(k, _)| {
-                k.starts_with("dockside.follow") || *k == crate::watcher::UPDATES_LABEL
-            })
+            .filter(|(k, _)| crate::watcher::watched_label(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        if follow.is_empty() {
-            self.table.follow_labels.remove(&name);
+        if watched.is_empty() {
+            self.table.watched_labels.remove(&name);
         } else {
-            self.table.follow_labels.insert(name.clone(), follow);
+            self.table.watched_labels.insert(name.clone(), watched);
         }
         match stacks::StackLabels::of(&ins.config.labels) {
             Some(l) => self.stacks.members.insert(name.clone(), l),

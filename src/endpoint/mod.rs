@@ -192,6 +192,9 @@ pub struct Endpoint {
     ha_endpoint: Option<EndpointFacts>,
     /// Portainer environments: the client and environment id, for Portainer's recreate.
     portainer: Option<(Arc<crate::portainer::PortainerClient>, i64)>,
+    /// Woken when the image watcher has news for this endpoint (an
+    /// automatic update due, versions or counts changed).
+    watcher_news: Arc<tokio::sync::Notify>,
 }
 
 impl Endpoint {
@@ -204,6 +207,11 @@ impl Endpoint {
     ) -> Self {
         let cursor = CursorKeeper::load(settings.state_dir.as_ref(), &id);
         let history = crate::history::History::load(settings.state_dir.clone(), &id);
+        let watcher_news = settings
+            .inventory
+            .as_ref()
+            .map(|inv| inv.news(&id))
+            .unwrap_or_default();
         let crashloops = crate::problem::Crashloops::load(
             settings.state_dir.as_ref(),
             &id,
@@ -237,6 +245,7 @@ impl Endpoint {
             ha_containers: HashMap::new(),
             ha_endpoint: None,
             portainer: None,
+            watcher_news,
         }
     }
 

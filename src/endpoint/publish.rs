@@ -84,9 +84,9 @@ impl Endpoint {
                 crate::watcher::Watched {
                     config_image: state.image.clone(),
                     image_id: state.image_id.clone(),
-                    follow: self
+                    labels: self
                         .table
-                        .follow_labels
+                        .watched_labels
                         .get(name)
                         .cloned()
                         .unwrap_or_default(),
@@ -188,6 +188,12 @@ impl Endpoint {
                 _ => None,
             },
             stats: self.stats.wanted.contains(name),
+            versions: s
+                .inventory
+                .as_ref()
+                .and_then(|inv| inv.facts(&self.id, name))
+                .map(|f| f.versions)
+                .unwrap_or_default(),
         };
         if !force && self.ha_containers.get(name) == Some(&facts) {
             return;
@@ -262,6 +268,19 @@ impl Endpoint {
 
     pub(super) fn build_info(&self) -> EndpointInfo {
         let (containers, stacks) = ContainerCounts::of(self.table.containers.values());
+        let updates_available = self
+            .settings
+            .inventory
+            .as_ref()
+            .map(|inv| inv.updates_available(&self.id).len() as i64);
+        let m = crate::metrics::get();
+        let label = crate::metrics::Metrics::endpoint(&self.id);
+        m.containers_problem
+            .get_or_create(&label)
+            .set(containers.problems);
+        if let Some(n) = updates_available {
+            m.updates_available.get_or_create(&label).set(n);
+        }
         let f = &self.facts;
         EndpointInfo {
             id: self.id.clone(),
@@ -282,6 +301,7 @@ impl Endpoint {
             portainer_id: self.meta.portainer_id,
             services: f.services,
             disk: self.disk.last.clone(),
+            updates_available,
             error: self
                 .offline_reason
                 .clone()

@@ -209,6 +209,7 @@ impl Endpoint {
                     self.publish_stacks(false);
                 }
                 Ok(()) = resync.changed() => self.republish_all(),
+                _ = self.watcher_news.notified() => self.on_watcher_news(),
             }
         }
     }

@@ -26,8 +26,8 @@ pub(super) struct ContainerTable {
     pub removals: HashMap<String, Instant>,
     /// Transitions published from events that no inspect has confirmed yet.
     pub overlays: transitions::Overlays,
-    /// `dockside.follow*` labels per container name, for the image watcher.
-    pub follow_labels: HashMap<String, BTreeMap<String, String>>,
+    /// The labels the image watcher reads, per container name.
+    pub watched_labels: HashMap<String, BTreeMap<String, String>>,
     /// Names whose label `dockside.commands=false` refuses commands.
     pub no_commands: HashSet<String>,
     /// Containers with the label `dockside.logs=false`.

@@ -549,15 +549,27 @@ impl RegistryClient {
         Ok(out)
     }
 
-    /// A label of the image a manifest digest describes (its config blob's
-    /// `config.Labels`); both fetched once per digest.
-    pub async fn image_label(
+    /// The config blob of the image manifest `manifest` (a digest or a
+    /// tag; an index is resolved to `platform`'s child), parsed; `None`
+    /// when there is no such manifest config (an index without platform).
+    async fn image_config(
         &self,
         r: &Reference,
         manifest: &str,
-        label: &str,
-    ) -> Result<Option<String>, RegistryError> {
-        let (_, body) = self.get_manifest(r, manifest).await?;
+        platform: Option<&Platform>,
+    ) -> Result<Option<serde_json::Value>, RegistryError> {
+        let (media, mut body) = self.get_manifest(r, manifest).await?;
+        let is_index = Remote {
+            digest: String::new(),
+            media_type: media,
+        }
+        .is_index();
+        if is_index {
+            let Some(child) = platform.map(|p| child_for(&body, p)).transpose()?.flatten() else {
+                return Ok(None);
+            };
+            body = self.get_manifest(r, &child).await?.1;
+        }
         let v: serde_json::Value = serde_json::from_slice(&body)
             .map_err(|e| RegistryError::Decode(format!("manifest: {e}")))?;
         let Some(config) = v["config"]["digest"]
@@ -591,12 +603,41 @@ impl RegistryClient {
                 b
             }
         };
-        let c: serde_json::Value = serde_json::from_slice(&blob)
-            .map_err(|e| RegistryError::Decode(format!("config: {e}")))?;
-        Ok(c["config"]["Labels"][label]
-            .as_str()
-            .filter(|v| !v.is_empty())
-            .map(String::from))
+        serde_json::from_slice(&blob)
+            .map(Some)
+            .map_err(|e| RegistryError::Decode(format!("config: {e}")))
+    }
+
+    /// A label of the image manifest `manifest` (one manifest and one config
+    /// GET, cached by digest).
+    pub async fn image_label(
+        &self,
+        r: &Reference,
+        manifest: &str,
+        label: &str,
+    ) -> Result<Option<String>, RegistryError> {
+        let c = self.image_config(r, manifest, None).await?;
+        Ok(c.and_then(|c| {
+            c["config"]["Labels"][label]
+                .as_str()
+                .filter(|v| !v.is_empty())
+                .map(String::from)
+        }))
+    }
+
+    /// When the image `manifest` (digest or tag) was created, in Unix
+    /// seconds, for `updates.min_age` (its config's `created`).
+    pub async fn image_created(
+        &self,
+        r: &Reference,
+        manifest: &str,
+        platform: Option<&Platform>,
+    ) -> Result<Option<u64>, RegistryError> {
+        let c = self.image_config(r, manifest, platform).await?;
+        Ok(c.and_then(|c| {
+            let t: jiff::Timestamp = c["created"].as_str()?.parse().ok()?;
+            u64::try_from(t.as_second()).ok()
+        }))
     }
 
     /// The child of an index for this platform.

@@ -261,7 +261,14 @@ mod tests {
     #[test]
     fn available_is_newest_first_same_shape_and_bounded() {
         let all = tags(&[
-            "1.27.2", "1.28.0", "latest", "1.27.3", "1.26.0", "1.28.0-alpine", "1.29.0-rc1", "2.0",
+            "1.27.2",
+            "1.28.0",
+            "latest",
+            "1.27.3",
+            "1.26.0",
+            "1.28.0-alpine",
+            "1.29.0-rc1",
+            "2.0",
         ]);
         let f = follow(None, None);
         assert_eq!(

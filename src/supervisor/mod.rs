@@ -371,7 +371,7 @@ impl Supervisor {
         state_dir: &StateDir,
     ) -> Result<Self, RunError> {
         // Always there (endpoints feed it), so `[updates]` can be switched on by a reload.
-        let inventory = Some(Arc::new(Inventory::default()));
+        let inventory = Some(Arc::new(Inventory::with_state(Some(state_dir))));
         let watcher = start_watcher(config, mqtt, inventory.clone(), state_dir);
         let checks: crate::watcher::CheckQueue = Arc::new(std::sync::RwLock::new(
             watcher.as_ref().map(|w| w.checks.clone()),
@@ -957,6 +957,8 @@ impl Supervisor {
             events_per_minute,
             outbox_depth: m.outbox_depth.get(),
             broker_reconnects: m.reconnects_total.load(Relaxed),
+            problems: self.sum_over_endpoints(&m.containers_problem).unwrap_or(0),
+            updates_available: self.sum_over_endpoints(&m.updates_available),
         };
         match serde_json::to_vec(&info) {
             Ok(p) if self.last_info.as_deref() != Some(&p[..]) => {
@@ -966,6 +968,25 @@ impl Supervisor {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot encode bridge info"),
         }
+    }
+
+    /// A per-endpoint gauge summed over the endpoints running now; `None`
+    /// when none of them set it.
+    fn sum_over_endpoints(
+        &self,
+        family: &prometheus_client::metrics::family::Family<
+            crate::metrics::EndpointLabel,
+            prometheus_client::metrics::gauge::Gauge,
+        >,
+    ) -> Option<i64> {
+        self.endpoints
+            .keys()
+            .filter_map(|ep| {
+                family
+                    .get(&crate::metrics::Metrics::endpoint(ep))
+                    .map(|g| g.get())
+            })
+            .reduce(|a, b| a + b)
     }
 
     /// Samples the event count every second (a minute kept) and says when the

@@ -24,7 +24,10 @@ use crate::mqtt::Outbox;
 use crate::payloads::now_rfc3339;
 use crate::persist::StateDir;
 use crate::registry::tags::{self as tagging, Follow};
+mod auto;
+mod decisions;
 mod inventory;
+pub mod release;
 
 use crate::registry::{
     Class, Credentials, Platform, Reference, RegistryClient, RegistryError, Remote, classify,
@@ -40,22 +43,38 @@ const GLOBAL_CONCURRENCY: usize = 8;
 const UNPROVEN_RECHECK: Duration = Duration::from_secs(24 * 3600);
 /// New or changed containers are looked at together after this quiet time.
 const INVENTORY_DEBOUNCE: Duration = Duration::from_secs(2);
+/// How often statuses whose automatic update waits (the window, the
+/// minimum age) are looked at again; no registry request unless due.
+const AUTO_RECHECK: Duration = Duration::from_secs(60);
+/// Image creation times remembered (`updates.min_age`).
+const MAX_CREATED: usize = 1024;
 
 /// What the watcher needs of one container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Watched {
     pub config_image: String,
     pub image_id: String,
-    /// The container's `dockside.follow*` labels (tag following) and
-    /// `dockside.updates`.
-    pub follow: BTreeMap<String, String>,
+    /// The container's labels the watcher reads ([`watched_label`]).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// The label that turns update checks off for one container.
 pub const UPDATES_LABEL: &str = "dockside.updates";
 
-pub use inventory::Inventory;
+/// The container labels the watcher reads: `dockside.*` (tag following,
+/// `dockside.updates`, automatic updates, the release link), the OCI
+/// source and title, and compose's project labels.
+pub fn watched_label(k: &str) -> bool {
+    k.starts_with("dockside.")
+        || k == release::SOURCE_LABEL
+        || k == release::TITLE_LABEL
+        || k.starts_with("com.docker.compose.")
+}
+
+pub use auto::{AUTO_LABEL, CHECK_LABEL, Window};
+use decisions::Verdict;
 use inventory::Key;
+pub use inventory::{AutoJob, Facts, Inventory};
 
 /// What a check request covers.
 #[derive(Debug, Clone)]
@@ -120,6 +139,28 @@ pub struct UpdateStatus {
     pub pending_recreate: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The release notes of the version shown (SPEC §17).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Why `latest_version` is not installed automatically, or why an update
+    /// of this container is refused (its pre-update check failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<String>,
+    /// The container updates itself (label or `updates.auto`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub auto: bool,
+    /// Why a due automatic update waits (the window, `min_age`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_waits: Option<String>,
+}
+
+/// `<ct>/versions` (SPEC §17): the running tag and the tags it may move to.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Versions {
+    pub current: String,
+    pub available: Vec<String>,
 }
 
 /// A container not checked against a registry: pinned by digest, built
@@ -300,8 +341,15 @@ pub struct Watcher {
     images: HashMap<(String, String), Result<Arc<ImageInspect>, String>>,
     results: BTreeMap<String, KeyResult>,
     published: HashMap<Key, UpdateStatus>,
+    published_versions: HashMap<Key, Versions>,
     /// `updates.ignore`: names never checked.
     ignore: globset::GlobSet,
+    /// `updates.auto`: names updated automatically.
+    auto: globset::GlobSet,
+    /// Image creation times by `name@manifest` (`updates.min_age`).
+    created: HashMap<String, Option<u64>>,
+    /// When statuses whose automatic update waits are looked at again.
+    auto_recheck: Option<Instant>,
 }
 
 impl Watcher {
@@ -328,9 +376,14 @@ impl Watcher {
             images: HashMap::new(),
             results,
             published: HashMap::new(),
+            published_versions: HashMap::new(),
             // Validated at load time.
             ignore: crate::filter::glob_set("updates.ignore", &cfg.updates.ignore)
                 .unwrap_or_else(|_| globset::GlobSet::empty()),
+            auto: crate::filter::glob_set("updates.auto", &cfg.updates.auto)
+                .unwrap_or_else(|_| globset::GlobSet::empty()),
+            created: HashMap::new(),
+            auto_recheck: None,
         })
     }
 
@@ -381,6 +434,16 @@ impl Watcher {
                     let _ = reply.send(r);
                 }
                 Ok(()) = resync.changed() => self.republish(),
+                _ = sleep_until_opt(self.auto_recheck) => {
+                    self.auto_recheck = None;
+                    let waiting: BTreeSet<Key> = self
+                        .published
+                        .iter()
+                        .filter(|(_, s)| s.auto_waits.is_some())
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    let _ = self.round(&CheckScope::All, Some(&waiting), false).await;
+                }
             }
         }
     }
@@ -423,6 +486,7 @@ impl Watcher {
         self.results.retain(|k, _| refs.contains(k));
         self.images.retain(|k, _| images.contains(k));
         self.published.retain(|k, _| keys.contains(k));
+        self.published_versions.retain(|k, _| keys.contains(k));
         if self.results.len() != before {
             self.save();
         }
@@ -431,6 +495,13 @@ impl Watcher {
     /// After a broker reconnect (or HA's birth): every status again, for the
     /// containers that still exist.
     fn republish(&self) {
+        for (key, v) in &self.published_versions {
+            let topic = self.topics.container_versions(&key.0, &key.1);
+            let payload = serde_json::to_vec(v).unwrap_or_default();
+            let outbox = self.outbox.clone();
+            self.inventory
+                .publish_if_present(key, || outbox.retain(topic, payload));
+        }
         for (key, status) in &self.published {
             let topic = self.topics.container_update(&key.0, &key.1);
             let payload = serde_json::to_vec(status).unwrap_or_default();
@@ -498,7 +569,7 @@ impl Watcher {
                 continue;
             };
             let image = self.image(&ep, &client, &w.image_id).await;
-            let ignored = w.follow.get(UPDATES_LABEL).is_some_and(|v| v == "false")
+            let ignored = w.labels.get(UPDATES_LABEL).is_some_and(|v| v == "false")
                 || self.ignore.is_match(&ct);
             let class = match &image {
                 _ if ignored => Class::Ignored,
@@ -539,7 +610,7 @@ impl Watcher {
             } = class
             {
                 let k = key_of(reference);
-                let follows = w.follow.contains_key(tagging::FOLLOW_LABEL);
+                let follows = w.labels.contains_key(tagging::FOLLOW_LABEL);
                 let fresh = self.results.get(&k).is_some_and(|r| {
                     // A tag the registry does not have, on an image that never
                     // proved it came from one: a local build, asked again daily.
@@ -622,12 +693,35 @@ impl Watcher {
         self.save();
     }
 
-    /// Publishes each container's status when it changed.
+    /// Publishes each container's status (and versions) when it changed,
+    /// and tells the endpoints which automatic updates are due.
     async fn publish_statuses(&mut self, classified: Vec<Classified>) {
+        let keys: BTreeSet<Key> = classified.iter().map(|c| c.0.clone()).collect();
+        let mut due = BTreeMap::new();
+        let in_window = self.cfg.window().is_none_or(|w| w.contains_now());
         for (key, w, image, class, pending) in classified {
+            let versions = self.versions(&w, &class);
+            let tracked = match &class {
+                Class::Tracked { reference, .. } => Some(reference.clone()),
+                _ => None,
+            };
+            let platform = image.as_deref().map(platform_of);
             let mut status = self.status(&w, image.as_deref(), class, pending).await;
             (status.in_progress, status.progress) = self.inventory.in_progress(&key);
+            self.decide(&key, &w, &mut status);
+            let facts = facts_of(&status, versions.as_ref());
+            if let (Some(r), true) = (&tracked, status.auto && status.update_available) {
+                let tag = facts.latest_is_tag;
+                if let Some(job) = self
+                    .auto_job(r, &mut status, platform.as_ref(), in_window, tag)
+                    .await
+                {
+                    due.insert(key.clone(), job);
+                }
+            }
             self.inventory.set_available(&key, status.update_available);
+            self.inventory.set_facts(&key, facts);
+            self.publish_versions(&key, versions);
             if self.published.get(&key) != Some(&status) {
                 let topic = self.topics.container_update(&key.0, &key.1);
                 let payload = serde_json::to_vec(&status).unwrap_or_default();
@@ -637,6 +731,135 @@ impl Watcher {
                 self.published.insert(key, status);
             }
         }
+        self.inventory.set_auto_due(&keys, due);
+        self.auto_recheck = self
+            .published
+            .values()
+            .any(|s| s.auto_waits.is_some())
+            .then(|| Instant::now() + AUTO_RECHECK);
+    }
+
+    /// The user's and past updates' decisions, the release link and title,
+    /// and whether the container updates itself (SPEC §17).
+    fn decide(&self, key: &Key, w: &Watched, s: &mut UpdateStatus) {
+        s.title = release::title(&w.labels, &w.config_image);
+        s.auto = auto::wanted(&w.labels, &key.1, &self.auto);
+        if let Some(line) = self.inventory.check_failed(key) {
+            s.blocked = Some(format!("the pre-update check failed: {line}"));
+        }
+        if let (true, Some(latest)) = (s.update_available, s.latest_version.clone()) {
+            match self.inventory.judge(key, &latest) {
+                Verdict::Skipped => {
+                    s.status = "skipped";
+                    s.update_available = false;
+                }
+                Verdict::Blocked(why) => {
+                    s.blocked.get_or_insert(why);
+                }
+                Verdict::None => {}
+            }
+        }
+        let shown = if s.update_available {
+            s.latest_version.as_deref()
+        } else {
+            s.installed_version.as_deref()
+        };
+        s.release_url = release::release_url(&w.labels, shown);
+    }
+
+    /// An automatic update of a container whose status offers one: due now,
+    /// or why it waits (in the status).
+    async fn auto_job(
+        &mut self,
+        reference: &Reference,
+        s: &mut UpdateStatus,
+        platform: Option<&Platform>,
+        in_window: bool,
+        latest_is_tag: bool,
+    ) -> Option<AutoJob> {
+        if s.blocked.is_some() || s.in_progress {
+            return None;
+        }
+        let latest = s.latest_version.clone()?;
+        // Under tag following the new version is a tag; else the same tag's new digest.
+        let tag = latest_is_tag.then(|| latest.clone());
+        let created = match self.cfg.min_age {
+            Some(_) if in_window => {
+                let manifest = tag.clone().or_else(|| s.remote_digest.clone())?;
+                self.created(reference, &manifest, platform).await
+            }
+            _ => None,
+        };
+        s.auto_waits = auto::waits(in_window, self.cfg.min_age, created, unix_now());
+        s.auto_waits.is_none().then_some(AutoJob {
+            version: latest,
+            tag,
+        })
+    }
+
+    /// The creation time of an image manifest (tag or digest), asked of
+    /// the registry once per manifest.
+    async fn created(
+        &mut self,
+        reference: &Reference,
+        manifest: &str,
+        platform: Option<&Platform>,
+    ) -> Option<u64> {
+        let key = format!("{}@{manifest}", reference.name());
+        if let Some(c) = self.created.get(&key) {
+            return *c;
+        }
+        let r = self
+            .registry
+            .image_created(reference, manifest, platform)
+            .await;
+        let c = match r {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(reference = %key, error = %e, "cannot read the new image's creation time");
+                return None;
+            }
+        };
+        if self.created.len() >= MAX_CREATED {
+            self.created.clear();
+        }
+        self.created.insert(key, c);
+        c
+    }
+
+    /// `<ct>/versions` of a container that follows tags, when it changed;
+    /// cleared when it no longer follows.
+    fn publish_versions(&mut self, key: &Key, versions: Option<Versions>) {
+        if self.published_versions.get(key) == versions.as_ref() {
+            return;
+        }
+        let topic = self.topics.container_versions(&key.0, &key.1);
+        let payload = versions
+            .as_ref()
+            .map(|v| serde_json::to_vec(v).unwrap_or_default())
+            .unwrap_or_default();
+        let outbox = self.outbox.clone();
+        self.inventory
+            .publish_if_present(key, || outbox.retain(topic, payload));
+        match versions {
+            Some(v) => self.published_versions.insert(key.clone(), v),
+            None => self.published_versions.remove(key),
+        };
+    }
+
+    /// The tags a container under tag following may move to (SPEC §17).
+    fn versions(&self, w: &Watched, class: &Class) -> Option<Versions> {
+        let Class::Tracked { reference, .. } = class else {
+            return None;
+        };
+        let tag = reference.tag.as_ref()?;
+        let follow = Follow::from_labels(|k| w.labels.get(k).map(String::as_str)).ok()??;
+        let tags = self.results.get(&key_of(reference))?.tags.as_ref()?;
+        let available = tagging::available(tag, tags, &follow)?;
+        Some(Versions {
+            current: tag.clone(),
+            available,
+        })
     }
 
     /// The update status of one watched container, from its class (SPEC §4.3).
@@ -664,6 +887,11 @@ impl Watcher {
             progress: None,
             pending_recreate: pending,
             error: None,
+            release_url: None,
+            title: None,
+            blocked: None,
+            auto: false,
+            auto_waits: None,
         };
         match class {
             Class::Tracked {
@@ -719,7 +947,7 @@ impl Watcher {
             return s;
         };
         s.remote_digest = Some(remote.clone());
-        let follow = match Follow::from_labels(|k| w.follow.get(k).map(String::as_str)) {
+        let follow = match Follow::from_labels(|k| w.labels.get(k).map(String::as_str)) {
             Ok(f) => f,
             Err(e) => {
                 s.status = "error";
@@ -745,11 +973,7 @@ impl Watcher {
                 }
             }
         }
-        let platform = image.map(|i| Platform {
-            os: i.os.clone(),
-            architecture: i.architecture.clone(),
-            variant: i.variant.clone().filter(|v| !v.is_empty()),
-        });
+        let platform = image.map(platform_of);
         let verdict = if local_digests.contains(remote) {
             s.local_digest = Some(remote.clone());
             Ok((false, remote.clone(), remote.clone()))
@@ -865,6 +1089,35 @@ impl Watcher {
     }
 }
 
+/// What the inventory keeps of a published status.
+fn facts_of(s: &UpdateStatus, versions: Option<&Versions>) -> Facts {
+    Facts {
+        status: s.status,
+        installed: s.installed_version.clone(),
+        latest: s.latest_version.clone(),
+        latest_is_tag: versions.is_some_and(|v| {
+            s.latest_version
+                .as_ref()
+                .is_some_and(|l| *l == v.current || v.available.contains(l))
+        }),
+        versions: versions
+            .map(|v| {
+                std::iter::once(v.current.clone())
+                    .chain(v.available.clone())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+fn platform_of(i: &ImageInspect) -> Platform {
+    Platform {
+        os: i.os.clone(),
+        architecture: i.architecture.clone(),
+        variant: i.variant.clone().filter(|v| !v.is_empty()),
+    }
+}
+
 fn key_of(r: &Reference) -> String {
     format!("{}:{}", r.name(), r.tag.as_deref().unwrap_or("latest"))
 }
@@ -929,6 +1182,11 @@ mod tests {
             progress: None,
             pending_recreate: false,
             error: None,
+            release_url: None,
+            title: None,
+            blocked: None,
+            auto: false,
+            auto_waits: None,
         };
         let v = serde_json::to_value(&s).expect("json");
         let mut keys: Vec<&str> = v

@@ -111,12 +111,7 @@ impl Endpoint {
             let req = Request {
                 action: word.clone(),
                 request_id: b.req.request_id.clone(),
-                version: None,
-                lines: None,
-                since: None,
-                what: None,
-                label: None,
-                all_volumes: false,
+                ..Default::default()
             };
             let received = std::time::Instant::now();
             if self.runner.pending.contains_key(&name) {

@@ -6,6 +6,7 @@
 mod batch;
 mod ops;
 mod reads;
+mod updates;
 
 pub use batch::Batch;
 pub use ops::OpDone;
@@ -250,6 +251,10 @@ impl Endpoint {
             // Read-only: beside a running command, bounded by MAX_READS.
             return self.start_logs(name, req, received);
         }
+        if matches!(req.action.as_str(), "skip" | "unskip") {
+            // A decision about versions: nothing runs on the container.
+            return self.skip_word(&name, req, received);
+        }
         if self.runner.pending.contains_key(&name) {
             let r = refuse(
                 Code::Busy,
@@ -282,6 +287,9 @@ impl Endpoint {
             return;
         }
         self.runner.last_command.insert(name.clone(), now);
+        if req.action == "remove" {
+            return self.launch_remove(name, req, received);
+        }
         self.launch_word(name, req, received, false);
     }
     /// The engine call of a plain word (the checks done); its result comes

@@ -11,9 +11,32 @@ pub struct OpDone {
     seq: u64,
     op_id: String,
     from_all: bool,
+    /// The version it meant to install, when the status named one.
+    version: Option<String>,
+    trigger: Trigger,
     swap: Swap,
     result: Result<Outcome, RecreateError>,
 }
+
+/// Who started an operation (the history's `trigger`, SPEC §17).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Manual,
+    /// An automatic update: no requester, so no result message.
+    Auto,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Manual => "manual",
+            Trigger::Auto => "auto",
+        }
+    }
+}
+
+/// How long a pre-update check may run (SPEC §17).
+const CHECK_BOUND: Duration = Duration::from_secs(60);
 
 /// Pull progress reaches the `update` topic at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
@@ -29,6 +52,18 @@ impl Endpoint {
         req: Request,
         received: std::time::Instant,
         from_all: bool,
+    ) -> Result<(), Box<CommandResult>> {
+        self.launch_op_as(name, req, received, from_all, Trigger::Manual)
+    }
+
+    /// [`Self::launch_op`], started by a command or by the automatic updates.
+    pub(in crate::endpoint) fn launch_op_as(
+        &mut self,
+        name: &str,
+        req: Request,
+        received: std::time::Instant,
+        from_all: bool,
+        trigger: Trigger,
     ) -> Result<(), Box<CommandResult>> {
         let refuse =
             |code: Code, msg: String| Box::new(CommandResult::refused(&req, code, msg, received));
@@ -72,15 +107,27 @@ impl Endpoint {
                 }
             }
             (_, Some(v)) => Target::Tag(v.clone()),
-            _ => Target::Current,
+            _ => self.latest_target(name),
         };
+        let version = match (&target, req.action.as_str()) {
+            (_, "rollback") => None,
+            (Target::Tag(v), _) => Some(v.clone()),
+            _ => self.offered_version(name),
+        };
+        let check = self
+            .table
+            .watched_labels
+            .get(name)
+            .and_then(|l| l.get(crate::watcher::CHECK_LABEL))
+            .filter(|c| !c.trim().is_empty())
+            .cloned();
         let s = self.settings.clone();
         let timeout = s.update_timeout;
         let auth = registry_auth(&s.registry_credentials, &state.image);
         let current_image = state.image.clone();
         let deadline = Instant::now() + timeout + s.verify_for;
         let (seq, id) = self.add_pending(name, &req, received, deadline, from_all);
-        let op_id = self.history.begin(name, &req.action);
+        let op_id = self.history.begin(name, &req.action, trigger.as_str());
         tracing::info!(endpoint = %self.id, container = %name, action = %req.action, version = ?req.version, "running command");
         if let Some(inv) = &s.inventory {
             inv.set_in_progress(&self.id, name, true);
@@ -101,7 +148,17 @@ impl Endpoint {
                     inv.set_progress(&ep, &n, p);
                 }
             };
-            let (swap, r) = match check_tag(&s, &target, &current_image).await {
+            let ready = async {
+                if let Some(cmd) = &check {
+                    let checked = pre_update_check(&client, &id, cmd).await;
+                    if let Some(inv) = &s.inventory {
+                        inv.set_check_failed(&ep, &n, checked.as_ref().err().cloned());
+                    }
+                    checked.map_err(RecreateError::Blocked)?;
+                }
+                check_tag(&s, &target, &current_image).await
+            };
+            let (swap, r) = match ready.await {
                 Err(e) => (Swap::default(), Err(e)),
                 Ok(()) => match (portainer, &target) {
                     (Some((p, env)), Target::Current) => {
@@ -137,11 +194,38 @@ impl Endpoint {
                 seq,
                 op_id,
                 from_all,
+                version,
+                trigger,
                 swap,
                 result,
             }
         });
         Ok(())
+    }
+
+    /// `update` without a version installs what the status offers (SPEC
+    /// §17): under tag following the newest tag, else the same tag re-pulled.
+    fn latest_target(&self, name: &str) -> Target {
+        let facts = self
+            .settings
+            .inventory
+            .as_ref()
+            .and_then(|inv| inv.facts(&self.id, name));
+        match facts {
+            Some(f) if f.latest_is_tag && f.latest != f.versions.first().cloned() => {
+                f.latest.map_or(Target::Current, Target::Tag)
+            }
+            _ => Target::Current,
+        }
+    }
+
+    /// The version an `update` without a version installs, when the status
+    /// offers one (a rolled-back one is then blocked for automatic updates).
+    fn offered_version(&self, name: &str) -> Option<String> {
+        let f = self.settings.inventory.as_ref()?.facts(&self.id, name)?;
+        matches!(f.status, "update_available" | "skipped")
+            .then_some(f.latest)
+            .flatten()
     }
 
     /// An `update`/`rollback` ended: the new container runs (verified by the
@@ -153,19 +237,34 @@ impl Endpoint {
             seq,
             op_id,
             from_all,
+            version,
+            trigger,
             swap,
             result: r,
         } = done;
         let (status, error) = match &r {
-            Ok(Outcome::UpToDate) => (None, None),
+            // Nothing changed: not worth a line of history.
+            Ok(Outcome::UpToDate) | Err(RecreateError::Blocked(_)) => (None, None),
             Ok(Outcome::Updated { .. }) => (Some("ok"), None),
             Err(RecreateError::RolledBack(_)) => (Some("rolled_back"), Some(r_err(&r))),
             Err(_) => (Some("failed"), Some(r_err(&r))),
         };
         match status {
-            Some(st) => self.history.finish(&name, &op_id, &swap, st, error),
-            // Nothing changed: not worth a line of history.
+            Some(st) => self.history.finish(&name, &op_id, &swap, st, error.clone()),
             None => self.history.discard(&name, &op_id),
+        }
+        if let (Some("rolled_back"), Some(v), Some(inv)) =
+            (status, &version, &self.settings.inventory)
+        {
+            // SPEC §17: never installed automatically again.
+            let why = format!(
+                "version {v} was rolled back: {}",
+                error.as_deref().unwrap_or_default()
+            );
+            inv.block(&self.id, &name, v, &why);
+        }
+        if trigger == Trigger::Auto {
+            tracing::info!(endpoint = %self.id, container = %name, version = ?version, outcome = status.unwrap_or("unchanged"), error = ?error, "automatic update ended");
         }
         // Before the result, whether or not the table shows the name right
         // now (a rollback's renames may not have arrived yet).
@@ -176,33 +275,15 @@ impl Endpoint {
             .get(&name)
             .is_some_and(|p| p.seq == seq)
             .then(|| self.runner.pending.remove(&name))
-            .flatten();
+            .flatten()
+            .filter(|_| trigger == Trigger::Manual);
         let state = self.table.containers.get(&name).map(|s| s.state.clone());
-        let result = pending.map(|p| match r {
-            Ok(Outcome::UpToDate) => {
-                tracing::info!(endpoint = %self.id, container = %name, "update: the image is current");
-                CommandResult::ok(&p.req, state, p.received)
-            }
-            Ok(Outcome::Updated { id, running }) => {
-                tracing::info!(endpoint = %self.id, container = %name, new_id = %id, action = %p.req.action, "recreated from the new image");
+        let result = pending.map(|p| {
+            let (result, new_id) = op_result(&self.id, &name, &p, r, state, &swap);
+            if let Some(id) = new_id {
                 self.schedule_inspect(id);
-                let st = if running { "running" } else { "created" };
-                CommandResult::ok(&p.req, Some(st.to_string()), p.received)
             }
-            Err(RecreateError::Refused(why)) => {
-                CommandResult::refused(&p.req, Code::Invalid, why, p.received).with_state(state)
-            }
-            Err(RecreateError::Engine {
-                err: DockerError::NotFound,
-                ..
-            }) => CommandResult::refused(
-                &p.req,
-                Code::NotFound,
-                "the container no longer exists",
-                p.received,
-            ),
-            Err(e) => CommandResult::refused(&p.req, Code::EngineError, e.to_string(), p.received)
-                .with_state(state),
+            result
         });
         if from_all {
             let outcome = match &result {
@@ -241,8 +322,81 @@ impl Endpoint {
     }
 }
 
+/// The one result of an ended operation (SPEC §5, §14, §17), with the
+/// versions it went from and to, and the new container to inspect.
+fn op_result(
+    ep: &str,
+    name: &str,
+    p: &Pending,
+    r: Result<Outcome, RecreateError>,
+    state: Option<String>,
+    swap: &Swap,
+) -> (CommandResult, Option<String>) {
+    let (mut result, new_id) = match r {
+        Ok(Outcome::UpToDate) => {
+            tracing::info!(endpoint = %ep, container = %name, "update: the image is current");
+            (CommandResult::ok(&p.req, state, p.received), None)
+        }
+        Ok(Outcome::Updated { id, running }) => {
+            tracing::info!(endpoint = %ep, container = %name, new_id = %id, action = %p.req.action, "recreated from the new image");
+            let st = if running { "running" } else { "created" };
+            let r = CommandResult::ok(&p.req, Some(st.to_string()), p.received);
+            (r, Some(id))
+        }
+        Err(RecreateError::Refused(why)) => (
+            CommandResult::refused(&p.req, Code::Invalid, why, p.received).with_state(state),
+            None,
+        ),
+        Err(e @ RecreateError::Blocked(_)) => (
+            CommandResult::refused(&p.req, Code::Blocked, e.to_string(), p.received)
+                .with_state(state),
+            None,
+        ),
+        Err(RecreateError::Engine {
+            err: DockerError::NotFound,
+            ..
+        }) => (
+            CommandResult::refused(
+                &p.req,
+                Code::NotFound,
+                "the container no longer exists",
+                p.received,
+            ),
+            None,
+        ),
+        Err(e) => (
+            CommandResult::refused(&p.req, Code::EngineError, e.to_string(), p.received)
+                .with_state(state),
+            None,
+        ),
+    };
+    result.from_version = swap.from_version.clone();
+    result.to_version = swap.to_version.clone();
+    (result, new_id)
+}
+
 fn r_err(r: &Result<Outcome, RecreateError>) -> String {
     r.as_ref().err().map(|e| e.to_string()).unwrap_or_default()
+}
+
+/// The pre-update check (SPEC §17): `Err` with the command's last output
+/// line when it exits non-zero, cannot run, or outlives [`CHECK_BOUND`].
+async fn pre_update_check(
+    client: &crate::docker::DockerClient,
+    id: &str,
+    command: &str,
+) -> Result<(), String> {
+    use crate::docker::exec::CheckOutcome;
+    match client.exec_check(id, command, CHECK_BOUND).await {
+        Ok(CheckOutcome::Exited(0, _)) => Ok(()),
+        Ok(CheckOutcome::Exited(code, line)) if line.is_empty() => Err(format!("exit code {code}")),
+        Ok(CheckOutcome::Exited(code, line)) => Err(format!("exit code {code}: {line}")),
+        Ok(CheckOutcome::TimedOut) => Err(format!(
+            "still running after {}; killed",
+            humantime::format_duration(CHECK_BOUND)
+        )),
+        Err(e) => Err(format!("cannot run it: {e}")),
+    }
 }
 
 /// `update` to a version: the tag must exist in the container's repository

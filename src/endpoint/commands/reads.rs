@@ -97,6 +97,8 @@ impl Endpoint {
         {
             self.launch_prune(req, received);
         }
+        // One automatic update at a time per endpoint (SPEC §17).
+        self.start_auto_update();
     }
 
     pub(in crate::endpoint) fn launch_prune(&mut self, req: Request, received: std::time::Instant) {

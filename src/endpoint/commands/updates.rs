@@ -1,0 +1,148 @@
+//! The words and automatic updates of SPEC §17 on one endpoint: `skip` /
+//! `unskip` (decisions kept by the image watcher's inventory), `remove`,
+//! and the automatic updates the watcher finds due, run one at a time as
+//! normal `update` operations.
+
+use super::*;
+use crate::command::Policy;
+use ops::Trigger;
+
+impl Endpoint {
+    /// `skip` / `unskip`: the update the status offers now is skipped (or
+    /// offered again); the status follows at once.
+    pub(in crate::endpoint) fn skip_word(
+        &mut self,
+        name: &str,
+        req: Request,
+        received: std::time::Instant,
+    ) {
+        let Some(inv) = &self.settings.inventory else {
+            let r = CommandResult::refused(
+                &req,
+                Code::Invalid,
+                "update checks are off (updates.enabled = false)",
+                received,
+            );
+            return self.send_result(name, r);
+        };
+        let done = if req.action == "skip" {
+            inv.skip(&self.id, name)
+        } else {
+            inv.unskip(&self.id, name)
+        };
+        let r = match done {
+            Ok(version) => {
+                tracing::info!(endpoint = %self.id, container = %name, action = %req.action, %version, "update decision");
+                let mut r = CommandResult::ok(&req, None, received);
+                r.to_version = Some(version);
+                r
+            }
+            Err(why) => CommandResult::refused(&req, Code::Invalid, why, received),
+        };
+        self.send_result(name, r);
+    }
+
+    /// `remove` (opt-in, SPEC §17): a stopped container, a running one only
+    /// with `force`; the policy already refused protected ones. Its topics
+    /// are cleared when the engine's `destroy` event arrives.
+    pub(in crate::endpoint) fn launch_remove(
+        &mut self,
+        name: String,
+        req: Request,
+        received: std::time::Instant,
+    ) {
+        let Some((id, running)) = self
+            .table
+            .containers
+            .get(&name)
+            .map(|s| (s.id.clone(), s.running))
+        else {
+            return;
+        };
+        if running && !req.force {
+            let r = CommandResult::refused(
+                &req,
+                Code::Invalid,
+                "the container is running: stop it first, or send {\"action\":\"remove\",\"force\":true}",
+                received,
+            )
+            .with_state(Some("running".into()));
+            return self.send_result(&name, r);
+        }
+        tracing::info!(endpoint = %self.id, container = %name, force = req.force, "removing the container");
+        let topic = self.settings.topics.container_result(&self.id, &name);
+        let client = self.client.clone();
+        self.runner.reads.spawn(async move {
+            let r = match client.remove_container_with(&id, req.force).await {
+                Ok(()) => CommandResult::ok(&req, Some("removed".into()), received),
+                Err(DockerError::NotFound) => {
+                    CommandResult::refused(&req, Code::NotFound, "the container is gone", received)
+                }
+                Err(e) => CommandResult::refused(&req, Code::EngineError, e.to_string(), received),
+            };
+            (topic, r)
+        });
+    }
+
+    /// The image watcher has news: HA's version selects and the counts
+    /// follow, and a due automatic update starts.
+    pub(in crate::endpoint) fn on_watcher_news(&mut self) {
+        let all: Vec<(String, crate::payloads::ContainerState)> = self
+            .table
+            .containers
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect();
+        for (name, state) in all {
+            self.publish_container_device(&name, &state, false);
+        }
+        self.info_changed();
+        self.start_auto_update();
+    }
+
+    /// Starts the next automatic update the watcher found due, unless an
+    /// operation or a prune runs here (one at a time per endpoint). The
+    /// command policy's container rules hold (never dockside's own
+    /// container, `commands.protect`, `dockside.commands=false`); the word
+    /// itself need not be in `commands.allow`, the label or
+    /// `updates.auto` asked for it.
+    pub(in crate::endpoint) fn start_auto_update(&mut self) {
+        if self.operations_running() || self.runner.prune_running {
+            return;
+        }
+        let Some(inv) = self.settings.inventory.clone() else {
+            return;
+        };
+        let update = ["update".to_string()];
+        let policy = Policy {
+            enabled: true,
+            allow: &update,
+        };
+        while let Some((name, job)) = inv.take_auto(&self.id) {
+            let Some(state) = self.table.containers.get(&name) else {
+                continue;
+            };
+            let who = self.subject(&name, &state.id);
+            if let Some((_, why)) = policy.refusal("update", Some(&who)) {
+                tracing::info!(endpoint = %self.id, container = %name, %why, "automatic update not run");
+                continue;
+            }
+            if self.runner.pending.contains_key(&name) {
+                continue; // a command runs on it: offered again later
+            }
+            let req = Request {
+                action: "update".into(),
+                request_id: Some(format!("auto-{:08x}", fastrand::u32(..))),
+                version: job.tag.clone(),
+                ..Default::default()
+            };
+            tracing::info!(endpoint = %self.id, container = %name, version = %job.version, "automatic update");
+            match self.launch_op_as(&name, req, std::time::Instant::now(), false, Trigger::Auto) {
+                Ok(()) => return,
+                Err(r) => {
+                    tracing::warn!(endpoint = %self.id, container = %name, error = ?r.error, "automatic update refused")
+                }
+            }
+        }
+    }
+}
