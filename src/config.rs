@@ -557,6 +557,10 @@ pub struct UpdatesConfig {
     /// A version is installed automatically only once its image is this old.
     #[serde(with = "humantime_serde")]
     pub min_age: Option<Duration>,
+    /// How long a pre-update check (`dockside.update.check`) may run
+    /// before it is killed and the update blocked.
+    #[serde(with = "humantime_serde")]
+    pub check_timeout: Duration,
 }
 
 impl UpdatesConfig {
@@ -580,6 +584,7 @@ impl Default for UpdatesConfig {
             auto: Vec::new(),
             window: None,
             min_age: None,
+            check_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -1393,6 +1398,14 @@ impl UpdatesConfig {
         }
         if self.verify_for > Duration::from_secs(600) {
             return Err(invalid("updates.verify_for", "must be at most 10m"));
+        }
+        if self.check_timeout < Duration::from_secs(1)
+            || self.check_timeout > Duration::from_secs(600)
+        {
+            return Err(invalid(
+                "updates.check_timeout",
+                "must be between 1s and 10m",
+            ));
         }
         if let Some(ca) = &self.ca_file {
             let pem = std::fs::read(ca).map_err(|e| {

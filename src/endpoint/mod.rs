@@ -101,6 +101,8 @@ pub struct EndpointSettings {
     pub registry: Option<Arc<crate::registry::RegistryClient>>,
     /// `updates.verify_for`: how long a recreated container must prove itself.
     pub verify_for: Duration,
+    /// `updates.check_timeout`: the bound of a pre-update check.
+    pub check_timeout: Duration,
     /// Where the image watcher learns which containers run which image.
     pub inventory: Option<Arc<crate::watcher::Inventory>>,
     /// Home Assistant discovery, when on.

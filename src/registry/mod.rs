@@ -2,6 +2,7 @@
 //! registry client (HEAD checks, auth, platform resolution, cooldowns).
 
 pub mod client;
+pub mod helpers;
 pub mod reference;
 pub mod tags;
 

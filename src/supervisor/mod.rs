@@ -166,6 +166,7 @@ fn settings(
             }
         },
         verify_for: cfg.updates.verify_for,
+        check_timeout: cfg.updates.check_timeout,
         inventory,
         topics: Topics::new(cfg.mqtt.base_topic.clone()),
         filter: ContainerFilter::new(&cfg.containers.include, &cfg.containers.exclude)?,

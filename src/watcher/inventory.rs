@@ -206,6 +206,13 @@ impl Inventory {
             f();
         }
     }
+    /// Every container counts as changed (a watcher started by a reload
+    /// looks at all of them, reusing fresh results).
+    pub(super) fn mark_all_changed(&self) {
+        let mut g = self.lock();
+        let all: Vec<Key> = g.containers.keys().cloned().collect();
+        g.changed.extend(all);
+    }
     pub(super) fn take_changed(&self) -> BTreeSet<Key> {
         std::mem::take(&mut self.lock().changed)
     }

@@ -213,52 +213,12 @@ pub fn registry_client(cfg: &UpdatesConfig) -> Result<RegistryClient, RegistryEr
     RegistryClient::new(credentials(cfg), cfg.insecure_registries.clone(), roots)
 }
 
-/// Credentials from `[updates.registries]`, then a Docker `config.json` (`auths`).
+/// Credentials from `[updates.registries]`, then a Docker `config.json`
+/// (`auths`, `credHelpers`, `credsStore`).
 pub fn credentials(cfg: &UpdatesConfig) -> HashMap<String, Credentials> {
-    let mut out = HashMap::new();
-    if let Some(path) = &cfg.docker_config {
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-                if let Some(auths) = v.get("auths").and_then(|a| a.as_object()) {
-                    for (host, entry) in auths {
-                        let Some(raw) = entry.get("auth").and_then(|a| a.as_str()) else {
-                            continue;
-                        };
-                        use base64::Engine as _;
-                        let Ok(dec) = base64::engine::general_purpose::STANDARD.decode(raw.trim())
-                        else {
-                            tracing::warn!(host = %host, "docker_config: unreadable auth entry");
-                            continue;
-                        };
-                        let text = String::from_utf8_lossy(&dec).to_string();
-                        let Some((u, p)) = text.split_once(':') else {
-                            continue;
-                        };
-                        let host = match host.as_str() {
-                            "https://index.docker.io/v1/"
-                            | "index.docker.io"
-                            | "registry-1.docker.io" => "docker.io".to_string(),
-                            h => h
-                                .trim_start_matches("https://")
-                                .trim_start_matches("http://")
-                                .trim_end_matches('/')
-                                .to_string(),
-                        };
-                        out.insert(
-                            host,
-                            Credentials {
-                                username: u.to_string(),
-                                password: p.to_string(),
-                            },
-                        );
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot read updates.docker_config")
-            }
-        }
+    let (mut out, problems) = docker_config(cfg);
+    for (host, why) in &problems {
+        tracing::warn!(registry = %host, error = %why, "docker_config: no credentials for this registry");
     }
     for (host, c) in &cfg.registries {
         if let (Some(u), Some(p)) = (&c.username, &c.password) {
@@ -272,6 +232,90 @@ pub fn credentials(cfg: &UpdatesConfig) -> HashMap<String, Credentials> {
         }
     }
     out
+}
+
+/// Registries whose credential helper failed, with why (shown in their
+/// containers' update status).
+pub fn credential_problems(cfg: &UpdatesConfig) -> HashMap<String, String> {
+    docker_config(cfg).1
+}
+
+/// `docker.io` for Docker Hub's many names; scheme and slashes dropped.
+fn registry_host(key: &str) -> String {
+    match key {
+        "https://index.docker.io/v1/" | "index.docker.io" | "registry-1.docker.io" => {
+            "docker.io".to_string()
+        }
+        h => h
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string(),
+    }
+}
+
+/// What a Docker `config.json` gives: credentials per registry, and the
+/// registries whose helper failed. Helpers are asked per registry named in
+/// `credHelpers`, and `credsStore` for every `auths` entry without `auth`
+/// (as `docker login` leaves them).
+fn docker_config(cfg: &UpdatesConfig) -> (HashMap<String, Credentials>, HashMap<String, String>) {
+    use base64::Engine as _;
+    let (mut out, mut problems) = (HashMap::new(), HashMap::new());
+    let Some(path) = &cfg.docker_config else {
+        return (out, problems);
+    };
+    let v: serde_json::Value = match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read updates.docker_config");
+            return (out, problems);
+        }
+    };
+    let mut helpers: Vec<(String, String, String)> = Vec::new();
+    let store = v["credsStore"].as_str().filter(|s| !s.is_empty());
+    if let Some(auths) = v.get("auths").and_then(|a| a.as_object()) {
+        for (key, entry) in auths {
+            let host = registry_host(key);
+            let Some(raw) = entry.get("auth").and_then(|a| a.as_str()) else {
+                if let Some(s) = store {
+                    helpers.push((host, key.clone(), s.to_string()));
+                }
+                continue;
+            };
+            let Ok(dec) = base64::engine::general_purpose::STANDARD.decode(raw.trim()) else {
+                tracing::warn!(host = %host, "docker_config: unreadable auth entry");
+                continue;
+            };
+            let text = String::from_utf8_lossy(&dec).to_string();
+            if let Some((u, p)) = text.split_once(':') {
+                let c = Credentials {
+                    username: u.to_string(),
+                    password: p.to_string(),
+                };
+                out.insert(host, c);
+            }
+        }
+    }
+    if let Some(map) = v.get("credHelpers").and_then(|h| h.as_object()) {
+        for (key, helper) in map {
+            if let Some(h) = helper.as_str() {
+                helpers.retain(|(host, _, _)| *host != registry_host(key));
+                helpers.push((registry_host(key), key.clone(), h.to_string()));
+            }
+        }
+    }
+    for (host, server, helper) in helpers.into_iter().take(64) {
+        match crate::registry::helpers::get(&helper, &server) {
+            Ok(Some(c)) => {
+                out.insert(host, c);
+            }
+            Ok(None) => {}
+            Err(why) => {
+                problems.insert(host, format!("credential helper `{helper}`: {why}"));
+            }
+        }
+    }
+    (out, problems)
 }
 
 /// The image watcher's request queue, shared by everyone who asks for checks;
@@ -350,6 +394,8 @@ pub struct Watcher {
     created: HashMap<String, Option<u64>>,
     /// When statuses whose automatic update waits are looked at again.
     auto_recheck: Option<Instant>,
+    /// Registries whose credential helper failed, with why.
+    credential_problems: HashMap<String, String>,
 }
 
 impl Watcher {
@@ -384,6 +430,7 @@ impl Watcher {
                 .unwrap_or_else(|_| globset::GlobSet::empty()),
             created: HashMap::new(),
             auto_recheck: None,
+            credential_problems: credential_problems(&cfg.updates),
         })
     }
 
@@ -408,7 +455,10 @@ impl Watcher {
     ) {
         resync.mark_unchanged();
         let mut next_round = Instant::now() + jitter(self.cfg.interval);
-        let mut debounce: Option<Instant> = None;
+        // Started by a reload: the containers already known get statuses
+        // under the new settings at once (fresh results reused).
+        self.inventory.mark_all_changed();
+        let mut debounce: Option<Instant> = Some(Instant::now());
         loop {
             tokio::select! {
                 _ = token.cancelled() => return,
@@ -631,7 +681,11 @@ impl Watcher {
     async fn check_references(&mut self, due: BTreeMap<String, (Reference, bool)>) {
         tracing::info!(references = due.len(), "checking image references");
         let registry = &self.registry;
-        type Answer = (String, Result<(Remote, Option<Vec<String>>), RegistryError>);
+        type Answer = (
+            String,
+            String,
+            Result<(Remote, Option<Vec<String>>), RegistryError>,
+        );
         let answers: Vec<Answer> = stream::iter(due)
             .map(|(k, (r, follows))| async move {
                 let a = match registry.head(&r).await {
@@ -639,13 +693,13 @@ impl Watcher {
                     Ok(remote) => Ok((remote, None)),
                     Err(e) => Err(e),
                 };
-                (k, a)
+                (k, r.registry.clone(), a)
             })
             .buffer_unordered(GLOBAL_CONCURRENCY)
             .collect()
             .await;
         let (at, unix) = (now_rfc3339(), unix_now());
-        for (k, a) in answers {
+        for (k, host, a) in answers {
             let mut known = self
                 .results
                 .get(&k)
@@ -672,6 +726,11 @@ impl Watcher {
                 },
                 Err(e) => {
                     tracing::warn!(reference = %k, error = %e, "update check failed");
+                    // A credential helper that failed is the likely cause: said first.
+                    let error = match self.credential_problems.get(&host) {
+                        Some(p) => format!("{p}; {e}"),
+                        None => e.to_string(),
+                    };
                     KeyResult {
                         known_digests: known,
                         unreachable: matches!(
@@ -681,7 +740,7 @@ impl Watcher {
                         remote: None,
                         media_type: None,
                         not_found: e == RegistryError::NotFound,
-                        error: Some(e.to_string()),
+                        error: Some(error),
                         checked_at: at.clone(),
                         checked_unix: unix,
                         tags: None,

@@ -35,9 +35,6 @@ impl Trigger {
     }
 }
 
-/// How long a pre-update check may run (SPEC §17).
-const CHECK_BOUND: Duration = Duration::from_secs(60);
-
 /// Pull progress reaches the `update` topic at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
@@ -150,7 +147,7 @@ impl Endpoint {
             };
             let ready = async {
                 if let Some(cmd) = &check {
-                    let checked = pre_update_check(&client, &id, cmd).await;
+                    let checked = pre_update_check(&client, &id, cmd, s.check_timeout).await;
                     if let Some(inv) = &s.inventory {
                         inv.set_check_failed(&ep, &n, checked.as_ref().err().cloned());
                     }
@@ -380,20 +377,21 @@ fn r_err(r: &Result<Outcome, RecreateError>) -> String {
 }
 
 /// The pre-update check (SPEC §17): `Err` with the command's last output
-/// line when it exits non-zero, cannot run, or outlives [`CHECK_BOUND`].
+/// line when it exits non-zero, cannot run, or outlives `bound`.
 async fn pre_update_check(
     client: &crate::docker::DockerClient,
     id: &str,
     command: &str,
+    bound: Duration,
 ) -> Result<(), String> {
     use crate::docker::exec::CheckOutcome;
-    match client.exec_check(id, command, CHECK_BOUND).await {
+    match client.exec_check(id, command, bound).await {
         Ok(CheckOutcome::Exited(0, _)) => Ok(()),
         Ok(CheckOutcome::Exited(code, line)) if line.is_empty() => Err(format!("exit code {code}")),
         Ok(CheckOutcome::Exited(code, line)) => Err(format!("exit code {code}: {line}")),
         Ok(CheckOutcome::TimedOut) => Err(format!(
             "still running after {}; killed",
-            humantime::format_duration(CHECK_BOUND)
+            humantime::format_duration(bound)
         )),
         Err(e) => Err(format!("cannot run it: {e}")),
     }
