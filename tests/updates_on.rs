@@ -383,7 +383,7 @@ async fn automatic_updates_wait_for_window_and_age_and_never_retry_a_rolled_back
 
     // Outside the window: it waits, and says so.
     let window = window_elsewhere();
-    let mut ds = Dockside::start_with_env(
+    let ds = Dockside::start_with_env(
         dir.path(),
         &with(&format!("window = \"{window}\"")),
         &[("TZ", "UTC")],
