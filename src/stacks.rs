@@ -71,6 +71,21 @@ pub fn parse_depends_on(label: &str) -> Vec<String> {
         .collect()
 }
 
+/// The services a container must be restarted after, once they are
+/// updated: compose v2's `depends_on` entries with `restart: true`
+/// (`db:service_started:true`, SPEC §17).
+pub fn restart_after(label: &str) -> Vec<String> {
+    label
+        .split(',')
+        .filter_map(|d| {
+            let mut parts = d.trim().split(':');
+            let service = parts.next()?.trim();
+            let restart = parts.nth(1)?.trim();
+            (restart == "true" && !service.is_empty()).then(|| service.to_string())
+        })
+        .collect()
+}
+
 /// Members in start order: every service after the ones it depends on,
 /// ties by name; a cycle or a dependency on a service that is not there
 /// does not block the rest (the remainder follows in name order).
@@ -204,6 +219,11 @@ mod tests {
             vec!["db", "cache"]
         );
         assert_eq!(parse_depends_on("db, cache"), vec!["db", "cache"]);
+        assert_eq!(
+            restart_after("db:service_started:false,cache:service_healthy:true, q:x:true"),
+            vec!["cache", "q"]
+        );
+        assert!(restart_after("db,cache").is_empty());
         assert!(parse_depends_on("").is_empty());
     }
 

@@ -569,3 +569,80 @@ printf '{"ServerURL":"%s","Username":"bob","Secret":"s3cret"}' "$host""#,
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_services_depending_with_restart_true_restart_after_an_update() {
+    require_docker();
+    let broker = Broker::start();
+    let reg = Registry::start();
+    let ct = Containers::new(&unique("dsud"));
+    let dir = tempfile::tempdir().expect("tmp");
+    let base = unique("t");
+    let db_image = format!("{}/{}/db:1", reg.host(), ct.prefix);
+    push(&db_image, "");
+    let compose = |service: &str, depends: &str| -> Vec<String> {
+        let mut l = vec![
+            format!("com.docker.compose.project={}", ct.prefix),
+            format!("com.docker.compose.service={service}"),
+            "com.docker.compose.container-number=1".to_string(),
+        ];
+        if !depends.is_empty() {
+            l.push(format!("com.docker.compose.depends_on={depends}"));
+        }
+        l
+    };
+    let run = |name: &str, image: &str, labels: Vec<String>| {
+        let mut opts: Vec<&str> = Vec::new();
+        for l in &labels {
+            opts.extend(["--label", l.as_str()]);
+        }
+        run_sleeper(name, image, &opts);
+    };
+    let (db, web, worker) = (ct.name("db"), ct.name("web"), ct.name("worker"));
+    run(&db, &db_image, compose("db", ""));
+    run(&web, IMAGE, compose("web", "db:service_started:true"));
+    run(
+        &worker,
+        IMAGE,
+        compose("worker", "db:service_started:false"),
+    );
+    push(&db_image, "");
+    let started = |n: &str| inspect(n)["State"]["StartedAt"].clone();
+    let (web_before, worker_before) = (started(&web), started(&worker));
+
+    let cfg = config(&broker, &base, dir.path(), &ct.prefix, "");
+    let _ds = Dockside::start(dir.path(), &cfg);
+    let c = Collector::start(broker.port, &format!("{base}/#")).await;
+    update_status(&c, &format!("{base}/local/{db}/update"), "offered", |s| {
+        s["status"] == "update_available"
+    })
+    .await;
+    let r = c
+        .command(
+            &format!("{base}/local/{db}/set"),
+            r#"{"action":"update","request_id":"d1"}"#,
+            "d1",
+            T,
+        )
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let rr = c
+        .wait_latest(&format!("{base}/local/{web}/result"), T, |m| {
+            m.json()["request_id"] == "after-update-db"
+        })
+        .await
+        .json();
+    assert_eq!(
+        (rr["ok"].clone(), rr["action"].clone()),
+        (true.into(), "restart".into()),
+        "{rr}"
+    );
+    assert_ne!(started(&web), web_before, "web restarted");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        started(&worker),
+        worker_before,
+        "worker (restart: false) left alone"
+    );
+    assert!(c.on(&format!("{base}/local/{worker}/result")).is_empty());
+}

@@ -260,6 +260,9 @@ impl Endpoint {
             );
             inv.block(&self.id, &name, v, &why);
         }
+        if matches!(r, Ok(Outcome::Updated { .. })) {
+            self.restart_dependents(&name);
+        }
         if trigger == Trigger::Auto {
             tracing::info!(endpoint = %self.id, container = %name, version = ?version, outcome = status.unwrap_or("unchanged"), error = ?error, "automatic update ended");
         }

@@ -145,4 +145,65 @@ impl Endpoint {
             }
         }
     }
+
+    /// After `name` (a compose service) was updated: the containers of its
+    /// project that depend on it with `restart: true` are restarted (SPEC
+    /// §17), under the command policy's container rules; each gets the
+    /// result of its restart on its own topic.
+    pub(in crate::endpoint) fn restart_dependents(&mut self, name: &str) {
+        const PROJECT: &str = "com.docker.compose.project";
+        let Some(labels) = self.table.watched_labels.get(name) else {
+            return;
+        };
+        let (Some(project), Some(service)) = (
+            labels.get(PROJECT).cloned(),
+            labels.get(crate::stacks::COMPOSE_SERVICE).cloned(),
+        ) else {
+            return;
+        };
+        let dependents: Vec<String> = self
+            .table
+            .watched_labels
+            .iter()
+            .filter(|(n, l)| {
+                *n != name
+                    && l.get(PROJECT) == Some(&project)
+                    && l.get(crate::stacks::COMPOSE_DEPENDS_ON)
+                        .is_some_and(|d| crate::stacks::restart_after(d).contains(&service))
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        let restart = ["restart".to_string()];
+        let policy = Policy {
+            enabled: true,
+            allow: &restart,
+        };
+        for d in dependents {
+            let Some(state) = self.table.containers.get(&d) else {
+                continue;
+            };
+            let who = self.subject(&d, &state.id);
+            let why = if !state.running {
+                Some("not running".to_string())
+            } else if self.runner.pending.contains_key(&d) {
+                Some("another command is running on it".to_string())
+            } else {
+                policy.refusal("restart", Some(&who)).map(|(_, w)| w)
+            };
+            if let Some(why) = why {
+                tracing::info!(endpoint = %self.id, container = %d, %why, "not restarted after its dependency's update");
+                continue;
+            }
+            tracing::info!(endpoint = %self.id, container = %d, dependency = %service, "restarting after its dependency's update");
+            let req = Request {
+                action: "restart".into(),
+                request_id: Some(format!("after-update-{service}")),
+                ..Default::default()
+            };
+            self.runner
+                .last_command
+                .insert(d.clone(), tokio::time::Instant::now());
+            self.launch_word(d, req, std::time::Instant::now(), false);
+        }
+    }
 }
