@@ -390,6 +390,21 @@ async fn home_assistant_sees_and_drives_containers() {
     build_image(&tag);
     docker(&["push", &tag]);
     run_sleeper(&upd, &tag, &[]);
+    // SPEC §17: a container following tags, its source on GitHub.
+    let fol = ct.name("fol");
+    let fol_repo = format!("{}/dsh/fol", registry.host());
+    for v in ["1.0.0", "1.1.0"] {
+        build_image_with(
+            &format!("{fol_repo}:{v}"),
+            "LABEL org.opencontainers.image.source=https://github.com/example/fol",
+        );
+        docker(&["push", &format!("{fol_repo}:{v}")]);
+    }
+    run_sleeper(
+        &fol,
+        &format!("{fol_repo}:1.0.0"),
+        &["--label", "dockside.follow=semver"],
+    );
 
     let allow = r#""start","stop","restart","check","update","logs""#;
     let mut ds = Dockside::start(
@@ -614,7 +629,8 @@ async fn home_assistant_sees_and_drives_containers() {
         u["attributes"]["installed_version"], u["attributes"]["latest_version"],
         "{u}"
     );
-    assert_eq!(u["attributes"]["title"], tag.as_str(), "{u}");
+    // SPEC §17: the title is the software's name (the repository's last part here).
+    assert_eq!(u["attributes"]["title"], "app", "{u}");
     assert_eq!(u["attributes"]["in_progress"], false, "{u}");
 
     // Install from HA: pull + recreate; the entity turns `off`.
@@ -645,6 +661,59 @@ async fn home_assistant_sees_and_drives_containers() {
     ha.wait_state(&update, "off").await;
     ha.wait_state(&ent("binary_sensor", &upd, "running"), "on")
         .await;
+
+    // SPEC §17, a followed tag: the update entity offers the newest tag with
+    // its release page, Install installs that tag, and the Version select
+    // goes back to the older one.
+    let fol_update = ent("update", &fol, "update");
+    let u = ha.wait_state(&fol_update, "on").await;
+    assert_eq!(
+        (
+            u["attributes"]["installed_version"].as_str(),
+            u["attributes"]["latest_version"].as_str()
+        ),
+        (Some("1.0.0"), Some("1.1.0")),
+        "{u}"
+    );
+    assert_eq!(
+        u["attributes"]["release_url"], "https://github.com/example/fol/releases/tag/1.1.0",
+        "{u}"
+    );
+    let version = ent("select", &fol, "version");
+    let v = ha.wait_state(&version, "1.0.0").await;
+    let options = v["attributes"]["options"].clone();
+    assert_eq!(options, json!(["1.0.0", "1.1.0"]), "{v}");
+    ha.wait(
+        "updates available counted",
+        "sensor.dockside_local_updates_available",
+        |s| s.is_some_and(|s| s["state"].as_str().and_then(|n| n.parse::<u32>().ok()) >= Some(1)),
+    )
+    .await;
+    ha.call("update", "install", &fol_update).await;
+    let r = ok_result(&c, &format!("dockside/local/{fol}/result"), "update").await;
+    assert_eq!(r["to_version"], "1.1.0", "{r}");
+    assert_eq!(
+        inspect(&fol, "{{.Config.Image}}"),
+        format!("{fol_repo}:1.1.0")
+    );
+    ha.wait_state(&fol_update, "off").await;
+    ha.wait_state(&version, "1.1.0").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // commands.min_interval
+    ha.post(
+        "/api/services/select/select_option",
+        json!({"entity_id": version, "option": "1.0.0"}),
+    )
+    .await;
+    c.wait_latest(&format!("dockside/local/{fol}/result"), T, |m| {
+        m.json()["to_version"] == "1.0.0" && m.json()["ok"] == true
+    })
+    .await;
+    assert_eq!(
+        inspect(&fol, "{{.Config.Image}}"),
+        format!("{fol_repo}:1.0.0")
+    );
+    ha.wait_state(&version, "1.0.0").await;
+    ha.wait_state(&fol_update, "on").await;
 
     // The allow list shrinks (SIGHUP): the entities of words no longer allowed go.
     ds.rewrite_config(&config(

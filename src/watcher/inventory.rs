@@ -340,15 +340,81 @@ impl Inventory {
         drop(g);
         wake.iter().for_each(|n| n.notify_one());
     }
-    /// The next automatic update due on `ep`, taken (the endpoint runs it).
-    pub fn take_auto(&self, ep: &str) -> Option<(String, AutoJob)> {
+    /// The next automatic update due on `ep`, taken (the endpoint runs it):
+    /// the lowest `rank` first (a stack's start order), then by name.
+    pub fn take_auto(&self, ep: &str, rank: impl Fn(&str) -> usize) -> Option<(String, AutoJob)> {
         let mut g = self.lock();
-        let key = g.auto_due.keys().find(|(e, _)| e == ep).cloned()?;
+        let key = g
+            .auto_due
+            .keys()
+            .filter(|(e, _)| e == ep)
+            .min_by_key(|(_, c)| (rank(c), c.clone()))
+            .cloned()?;
         let job = g.auto_due.remove(&key)?;
         g.auto_tried.insert(
             key.clone(),
             (job.version.clone(), std::time::Instant::now()),
         );
         Some((key.1, job))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(ct: &str) -> Key {
+        ("ep".to_string(), ct.to_string())
+    }
+
+    fn job(v: &str) -> AutoJob {
+        AutoJob {
+            version: v.to_string(),
+            tag: Some(v.to_string()),
+        }
+    }
+
+    #[test]
+    fn automatic_updates_go_in_rank_order_and_a_tried_version_waits() {
+        let inv = Inventory::default();
+        let keys: BTreeSet<Key> = [key("a-web"), key("b-db")].into();
+        let due = BTreeMap::from([(key("a-web"), job("2")), (key("b-db"), job("5"))]);
+        inv.set_auto_due(&keys, due.clone());
+        // The database starts first in its stack: it goes first.
+        let rank = |n: &str| usize::from(n != "b-db");
+        assert_eq!(
+            inv.take_auto("ep", rank).map(|(c, _)| c).as_deref(),
+            Some("b-db")
+        );
+        assert_eq!(inv.take_auto("other", rank), None);
+        // Offered again in the next round: the version just tried is not.
+        inv.set_auto_due(&keys, due);
+        assert_eq!(
+            inv.take_auto("ep", rank).map(|(c, _)| c).as_deref(),
+            Some("a-web")
+        );
+        assert_eq!(inv.take_auto("ep", rank), None);
+        // A newer version is offered at once.
+        inv.set_auto_due(&keys, BTreeMap::from([(key("b-db"), job("6"))]));
+        assert_eq!(
+            inv.take_auto("ep", rank).map(|(_, j)| j.version).as_deref(),
+            Some("6")
+        );
+    }
+
+    #[test]
+    fn skip_needs_an_offered_update() {
+        let inv = Inventory::default();
+        assert!(inv.skip("ep", "app").is_err());
+        let facts = Facts {
+            status: "update_available",
+            latest: Some("2".into()),
+            ..Default::default()
+        };
+        inv.set_facts(&key("app"), facts);
+        assert_eq!(inv.skip("ep", "app").as_deref(), Ok("2"));
+        assert_eq!(inv.judge(&key("app"), "2"), Verdict::Skipped);
+        assert_eq!(inv.unskip("ep", "app").as_deref(), Ok("2"));
+        assert!(inv.unskip("ep", "app").is_err());
     }
 }

@@ -118,7 +118,10 @@ impl Endpoint {
             enabled: true,
             allow: &update,
         };
-        while let Some((name, job)) = inv.take_auto(&self.id) {
+        let rank = self.start_ranks();
+        while let Some((name, job)) =
+            inv.take_auto(&self.id, |n| rank.get(n).copied().unwrap_or(usize::MAX))
+        {
             let Some(state) = self.table.containers.get(&name) else {
                 continue;
             };
@@ -144,6 +147,29 @@ impl Endpoint {
                 }
             }
         }
+    }
+
+    /// Each compose container's place in its project's start order (SPEC
+    /// §17: a stack's automatic updates go in the order the stack word uses).
+    fn start_ranks(&self) -> HashMap<String, usize> {
+        let mut projects: HashMap<&str, Vec<crate::stacks::Member>> = HashMap::new();
+        for (name, l) in &self.stacks.members {
+            projects
+                .entry(l.project.as_str())
+                .or_default()
+                .push(crate::stacks::Member {
+                    name: name.clone(),
+                    service: l.service.clone(),
+                    depends_on: l.depends_on.clone(),
+                    running: false,
+                    update_available: false,
+                });
+        }
+        projects
+            .values()
+            .flat_map(|m| crate::stacks::start_order(m).into_iter().enumerate())
+            .map(|(i, n)| (n, i))
+            .collect()
     }
 
     /// After `name` (a compose service) was updated: the containers of its
