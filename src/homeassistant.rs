@@ -54,6 +54,8 @@ pub const UPDATE_TEMPLATE: &str = concat!(
     "{%- set ns.o = ns.o + ['\"release_summary\":' ~ (v.error[:255] | tojson)] -%}",
     "{%- elif v.blocked is string and v.blocked -%}",
     "{%- set ns.o = ns.o + ['\"release_summary\":' ~ (v.blocked[:255] | tojson)] -%}",
+    "{%- elif v.compose_image is string and v.compose_image -%}",
+    "{%- set ns.o = ns.o + ['\"release_summary\":' ~ (('The compose file names ' ~ v.compose_image ~ '.')[:255] | tojson)] -%}",
     "{%- elif v.status == 'skipped' -%}",
     "{%- set ns.o = ns.o + ['\"release_summary\":' ~ (('Version ' ~ v.latest_version ~ ' is skipped.')[:255] | tojson)] -%}",
     "{%- elif v.status == 'pinned' -%}",
@@ -176,7 +178,11 @@ impl Device {
     }
 }
 
-const SCOPE_OPTIONAL: &[(&str, &str)] = &[("check_updates", "button"), ("prune", "button")];
+const SCOPE_OPTIONAL: &[(&str, &str)] = &[
+    ("check_updates", "button"),
+    ("prune", "button"),
+    ("updates_available", "sensor"),
+];
 const CONTAINER_OPTIONAL: &[(&str, &str)] = &[
     ("power", "switch"),
     ("restart", "button"),
@@ -186,6 +192,8 @@ const CONTAINER_OPTIONAL: &[(&str, &str)] = &[
     ("update", "update"),
     ("check_update", "button"),
     ("rollback", "button"),
+    ("version", "select"),
+    ("sync", "button"),
     ("last_update", "sensor"),
     ("cpu", "sensor"),
     ("memory", "sensor"),
@@ -1001,6 +1009,14 @@ const CONTAINER_ENTITIES: &[EntityDef] = &[
         "Version",
         Versions,
         r#"{"command_topic":"$set","command_template":"$VERSION_COMMAND","state_topic":"$versions","value_template":"{{ value_json.current }}","options":"$VERSIONS","icon":"mdi:tag-multiple"}"#,
+    ),
+    // SPEC §17 compose drift: onto the image the compose file names.
+    EntityDef::new(
+        "sync",
+        "button",
+        "Sync with compose file",
+        UpdatesAllows("sync"),
+        r#"{"command_topic":"$set","payload_press":"sync","icon":"mdi:file-sync","enabled_by_default":false}"#,
     ),
     EntityDef::new(
         "rollback",

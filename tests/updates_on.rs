@@ -646,3 +646,95 @@ async fn compose_services_depending_with_restart_true_restart_after_an_update() 
     );
     assert!(c.on(&format!("{base}/local/{worker}/result")).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_drift_is_shown_and_sync_moves_the_container_onto_the_file_s_image() {
+    require_docker();
+    let broker = Broker::start();
+    let reg = Registry::start();
+    let ct = Containers::new(&unique("dsuy"));
+    let dir = tempfile::tempdir().expect("tmp");
+    let base = unique("t");
+    let repo = format!("{}/{}/web", reg.host(), ct.prefix);
+    push(&format!("{repo}:1"), "");
+    push(&format!("{repo}:2"), "");
+    // The project's files: web names tag ${WEB_TAG} from .env; app is build-only.
+    let project = tempfile::tempdir().expect("project");
+    let file = project.path().join("compose.yaml");
+    std::fs::write(
+        &file,
+        format!("services:\n  web:\n    image: {repo}:${{WEB_TAG:-1}}\n  app:\n    build: .\n"),
+    )
+    .expect("compose.yaml");
+    std::fs::write(project.path().join(".env"), "WEB_TAG=2\n").expect(".env");
+    let labels = |service: &str| -> Vec<String> {
+        vec![
+            format!("com.docker.compose.project={}", ct.prefix),
+            format!("com.docker.compose.service={service}"),
+            format!("com.docker.compose.project.config_files={}", file.display()),
+            format!(
+                "com.docker.compose.project.working_dir={}",
+                project.path().display()
+            ),
+        ]
+    };
+    let run = |name: &str, image: &str, labels: Vec<String>| {
+        let mut opts: Vec<&str> = Vec::new();
+        for l in &labels {
+            opts.extend(["--label", l.as_str()]);
+        }
+        run_sleeper(name, image, &opts);
+    };
+    let (web, app) = (ct.name("web"), ct.name("app"));
+    run(&web, &format!("{repo}:1"), labels("web"));
+    run(&app, &format!("{repo}:1"), labels("app"));
+
+    let cfg = config(&broker, &base, dir.path(), &ct.prefix, "");
+    let _ds = Dockside::start(dir.path(), &cfg);
+    let c = Collector::start(broker.port, &format!("{base}/#")).await;
+    let s = update_status(&c, &format!("{base}/local/{web}/update"), "drift", |s| {
+        s["compose_image"].is_string()
+    })
+    .await;
+    assert_eq!(s["compose_image"], format!("{repo}:2"), "{s}");
+    let s = update_status(
+        &c,
+        &format!("{base}/local/{app}/update"),
+        "build-only",
+        |s| s["status"].is_string(),
+    )
+    .await;
+    assert!(
+        s["compose_image"].is_null(),
+        "a build-only service is no drift: {s}"
+    );
+    // A container with no drift is refused `sync`, and nothing happens.
+    let r = c
+        .command(
+            &format!("{base}/local/{app}/set"),
+            r#"{"action":"sync","request_id":"y0"}"#,
+            "y0",
+            T,
+        )
+        .await;
+    assert_eq!(r["code"], "invalid", "{r}");
+
+    let r = c
+        .command(
+            &format!("{base}/local/{web}/set"),
+            r#"{"action":"sync","request_id":"y1"}"#,
+            "y1",
+            T,
+        )
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(inspect(&web)["Config"]["Image"], format!("{repo}:2"));
+    assert_eq!(
+        inspect(&web)["Config"]["Labels"]["com.docker.compose.service"],
+        "web"
+    );
+    update_status(&c, &format!("{base}/local/{web}/update"), "in step", |s| {
+        s["compose_image"].is_null() && s["status"] == "up_to_date"
+    })
+    .await;
+}

@@ -35,7 +35,7 @@ pub const DEDUP_WINDOW: Duration = Duration::from_secs(60);
 /// Words a container `set` topic takes.
 pub const CONTAINER_WORDS: &[&str] = &[
     "start", "stop", "restart", "pause", "unpause", "kill", "update", "check", "rollback", "logs",
-    "skip", "unskip", "remove",
+    "skip", "unskip", "remove", "sync",
 ];
 /// Words an endpoint `set` topic takes.
 pub const ENDPOINT_WORDS: &[&str] = &["resync", "check_updates", "update_all", "prune"];
@@ -50,6 +50,7 @@ pub const RIDES_ON: &[(&str, &str)] = &[
     ("update_all", "update"),
     ("skip", "update"),
     ("unskip", "update"),
+    ("sync", "update"),
 ];
 /// What a plain `prune` removes; `volumes` only when named (SPEC §13).
 pub const DEFAULT_PRUNE: &[&str] = &["images", "containers", "build_cache"];
@@ -61,8 +62,13 @@ pub const BRIDGE_WORDS: &[&str] = &["resync", "check_updates"];
 pub const DISRUPTIVE: &[&str] = &[
     "stop", "restart", "pause", "kill", "update", "rollback",
     // A stopped container removed by the endpoint word `prune`.
-    "prune", "remove",
+    "prune", "remove", "sync",
 ];
+/// Words that recreate a container (run detached to their end, SPEC §14, §17).
+pub fn is_operation(word: &str) -> bool {
+    matches!(word, "update" | "rollback" | "sync")
+}
+
 /// Longest tag a registry accepts (distribution's reference grammar).
 const MAX_TAG: usize = 128;
 

@@ -218,6 +218,8 @@ pub enum Target {
     Tag(String),
     /// An image already on the engine, by ID, under this reference (`rollback`).
     Image { id: String, reference: String },
+    /// Another image reference, pulled (`sync`: what the compose file names).
+    Reference(String),
 }
 
 /// How one `update`/`rollback` runs.
@@ -361,7 +363,7 @@ async fn recreate_inner(
             let (repo, _) = split_reference(&current)?;
             format!("{repo}:{tag}")
         }
-        Target::Image { reference, .. } => reference.clone(),
+        Target::Image { reference, .. } | Target::Reference(reference) => reference.clone(),
     };
     swap.to_reference = Some(reference.clone());
     let (repo, tag) = split_reference(&reference)?;

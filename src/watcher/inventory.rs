@@ -63,6 +63,8 @@ pub struct Facts {
     pub latest_is_tag: bool,
     /// The tags `<ct>/versions` offers (current first), for HA's select.
     pub versions: Vec<String>,
+    /// Compose drift: the image the compose file names instead.
+    pub compose_image: Option<String>,
 }
 
 /// An automatic update the watcher found due (SPEC §17).

@@ -25,6 +25,7 @@ use crate::payloads::now_rfc3339;
 use crate::persist::StateDir;
 use crate::registry::tags::{self as tagging, Follow};
 mod auto;
+mod compose;
 mod decisions;
 mod inventory;
 pub mod release;
@@ -154,6 +155,10 @@ pub struct UpdateStatus {
     /// Why a due automatic update waits (the window, `min_age`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_waits: Option<String>,
+    /// The image the container's compose file names for its service, when
+    /// it is another one (the word `sync` moves the container onto it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compose_image: Option<String>,
 }
 
 /// `<ct>/versions` (SPEC §17): the running tag and the tags it may move to.
@@ -803,6 +808,7 @@ impl Watcher {
     fn decide(&self, key: &Key, w: &Watched, s: &mut UpdateStatus) {
         s.title = release::title(&w.labels, &w.config_image);
         s.auto = auto::wanted(&w.labels, &key.1, &self.auto);
+        s.compose_image = compose::drift(&w.labels, &w.config_image);
         if let Some(line) = self.inventory.check_failed(key) {
             s.blocked = Some(format!("the pre-update check failed: {line}"));
         }
@@ -951,6 +957,7 @@ impl Watcher {
             blocked: None,
             auto: false,
             auto_waits: None,
+            compose_image: None,
         };
         match class {
             Class::Tracked {
@@ -1166,6 +1173,7 @@ fn facts_of(s: &UpdateStatus, versions: Option<&Versions>) -> Facts {
                     .collect()
             })
             .unwrap_or_default(),
+        compose_image: s.compose_image.clone(),
     }
 }
 
@@ -1246,6 +1254,7 @@ mod tests {
             blocked: None,
             auto: false,
             auto_waits: None,
+            compose_image: None,
         };
         let v = serde_json::to_value(&s).expect("json");
         let mut keys: Vec<&str> = v

@@ -57,7 +57,7 @@ pub enum EndpointCommand {
 impl Pending {
     /// An `update`/`rollback`: bounded by its own timers, not `deadline`.
     fn is_op(&self) -> bool {
-        matches!(self.req.action.as_str(), "update" | "rollback")
+        crate::command::is_operation(&self.req.action)
     }
 }
 
@@ -278,7 +278,7 @@ impl Endpoint {
                 return self.send_result(&name, r);
             }
         }
-        if matches!(req.action.as_str(), "update" | "rollback") {
+        if crate::command::is_operation(&req.action) {
             if let Err(r) = self.launch_op(&name, req, received, false) {
                 self.send_result(&name, *r);
             } else {
@@ -407,7 +407,7 @@ impl Endpoint {
         if !p.engine_done
             || !p.confirmed
             || st.id != p.id
-            || matches!(p.req.action.as_str(), "update" | "rollback")
+            || crate::command::is_operation(&p.req.action)
         {
             return;
         }
@@ -482,7 +482,7 @@ impl Endpoint {
             .runner
             .pending
             .iter()
-            .filter(|(_, p)| !matches!(p.req.action.as_str(), "update" | "rollback"))
+            .filter(|(_, p)| !crate::command::is_operation(&p.req.action))
             .map(|(n, _)| n.clone())
             .collect();
         for n in names {

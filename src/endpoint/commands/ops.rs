@@ -103,11 +103,27 @@ impl Endpoint {
                     reference: reference.clone(),
                 }
             }
+            ("sync", _) => {
+                let drift = self
+                    .settings
+                    .inventory
+                    .as_ref()
+                    .and_then(|inv| inv.facts(&self.id, name))
+                    .and_then(|f| f.compose_image);
+                let Some(image) = drift else {
+                    return Err(refuse(
+                        Code::Invalid,
+                        "no compose drift: the compose file names the image the container runs, or is not readable here"
+                            .into(),
+                    ));
+                };
+                Target::Reference(image)
+            }
             (_, Some(v)) => Target::Tag(v.clone()),
             _ => self.latest_target(name),
         };
         let version = match (&target, req.action.as_str()) {
-            (_, "rollback") => None,
+            (_, "rollback" | "sync") => None,
             (Target::Tag(v), _) => Some(v.clone()),
             _ => self.offered_version(name),
         };
@@ -120,7 +136,11 @@ impl Endpoint {
             .cloned();
         let s = self.settings.clone();
         let timeout = s.update_timeout;
-        let auth = registry_auth(&s.registry_credentials, &state.image);
+        let pulled = match &target {
+            Target::Reference(r) => r.as_str(),
+            _ => state.image.as_str(),
+        };
+        let auth = registry_auth(&s.registry_credentials, pulled);
         let current_image = state.image.clone();
         let deadline = Instant::now() + timeout + s.verify_for;
         let (seq, id) = self.add_pending(name, &req, received, deadline, from_all);
