@@ -28,7 +28,7 @@ pub fn drift(labels: &BTreeMap<String, String>, running: &str) -> Option<String>
         .map(str::trim)
         .filter(|f| !f.is_empty())
         .take(MAX_FILES)
-        .map(|f| read(f))
+        .map(read)
         .collect::<Option<_>>()?;
     let env = labels
         .get(WORKING_DIR_LABEL)
