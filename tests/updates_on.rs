@@ -354,7 +354,7 @@ fn window_elsewhere() -> String {
 async fn automatic_updates_wait_for_window_and_age_and_never_retry_a_rolled_back_version() {
     require_docker();
     let broker = Broker::start();
-    let reg = Registry::start();
+    let mut reg = Registry::start();
     let ct = Containers::new(&unique("dsua"));
     let dir = tempfile::tempdir().expect("tmp");
     let base = unique("t");
@@ -439,6 +439,22 @@ async fn automatic_updates_wait_for_window_and_age_and_never_retry_a_rolled_back
         .latest(&hist)
         .map(|m| m.json().as_array().map_or(0, Vec::len));
     assert_eq!(runs, Some(1), "the rolled-back version was not tried again");
+
+    // The registry down during a round: nothing is updated, the status says why.
+    reg.stop();
+    let r = c
+        .command(&set, r#"{"action":"check","request_id":"c9"}"#, "c9", T)
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let s = update_status(&c, &upd, "registry down", |s| s["status"] == "error").await;
+    assert!(
+        s["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot reach")),
+        "{s}"
+    );
+    assert_eq!(inspect(&app)["Config"]["Image"], format!("{repo}:1"));
+    reg.restart();
 
     // A newer version ends the block and installs itself.
     push(&format!("{repo}:3"), healthy);
