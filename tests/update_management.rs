@@ -14,18 +14,7 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(90);
 
-/// Builds an image FROM the test busybox with `extra` lines, tags and pushes it.
-fn push(tag: &str, extra: &str) -> String {
-    let id = build_image_with(tag, extra);
-    docker(&["push", tag]);
-    id
-}
-
-fn inspect(name: &str) -> Value {
-    let out = docker(&["inspect", name]);
-    let v: Value = serde_json::from_str(&out).expect("inspect json");
-    v[0].clone()
-}
+use common::{inspect_json as inspect, push_image_with as push};
 
 fn image_id(name: &str) -> String {
     inspect(name)["Image"]

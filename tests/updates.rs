@@ -485,25 +485,7 @@ async fn basic_auth_registry_and_a_registry_that_goes_away() {
     // Push with credentials through a private docker config.
     let cfgdir = tempfile::tempdir().expect("tmp");
     let cfg = cfgdir.path().display().to_string();
-    let login = std::process::Command::new("docker")
-        .args([
-            "--config",
-            &cfg,
-            "login",
-            "-u",
-            "bob",
-            "--password-stdin",
-            &h,
-        ])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut ch| {
-            use std::io::Write;
-            ch.stdin.take().expect("stdin").write_all(b"s3cret")?;
-            ch.wait()
-        })
-        .expect("docker login");
-    assert!(login.success());
+    docker_login(&cfg, &h, "bob", "s3cret");
     docker(&["--config", &cfg, "push", &img]);
     let n = s.ct.name("priv");
     docker(&["run", "-d", "--name", &n, &img]);

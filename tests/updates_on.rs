@@ -14,17 +14,7 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(90);
 
-fn push(tag: &str, extra: &str) -> String {
-    let id = build_image_with(tag, extra);
-    docker(&["push", tag]);
-    id
-}
-
-fn inspect(name: &str) -> Value {
-    let out = docker(&["inspect", name]);
-    let v: Value = serde_json::from_str(&out).expect("inspect json");
-    v[0].clone()
-}
+use common::{inspect_json as inspect, push_image_with as push};
 
 fn config(broker: &Broker, base: &str, dir: &std::path::Path, prefix: &str, extra: &str) -> String {
     format!(
@@ -503,25 +493,7 @@ async fn credential_helpers_give_credentials_and_a_broken_one_says_why() {
     build_image_with(&img, "");
     let login_dir = tempfile::tempdir().expect("tmp");
     let login_cfg = login_dir.path().display().to_string();
-    let login = std::process::Command::new("docker")
-        .args([
-            "--config",
-            &login_cfg,
-            "login",
-            "-u",
-            "bob",
-            "--password-stdin",
-            &h,
-        ])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut ch| {
-            use std::io::Write;
-            ch.stdin.take().expect("stdin").write_all(b"s3cret")?;
-            ch.wait()
-        })
-        .expect("docker login");
-    assert!(login.success());
+    docker_login(&login_cfg, &h, "bob", "s3cret");
     docker(&["--config", &login_cfg, "push", &img]);
     let n = ct.name("priv");
     run_sleeper(&n, &img, &[]);

@@ -10,6 +10,22 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// The longest `update round done … elapsed_ms=N` in dockside's log.
+fn longest_round_ms(log: &str) -> u64 {
+    log.lines()
+        .filter(|l| l.contains("update round done"))
+        .filter_map(|l| {
+            l.split("elapsed_ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: cargo test --release --test updates_scale -- --ignored --nocapture"]
 async fn one_round_over_200_distinct_images() {
@@ -62,20 +78,7 @@ async fn one_round_over_200_distinct_images() {
     let total = started.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (heads, gets) = reg.manifest_requests();
-    let log = d.log_text();
-    let round_ms = log
-        .lines()
-        .filter(|l| l.contains("update round done"))
-        .filter_map(|l| {
-            l.split("elapsed_ms=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .max()
-        .unwrap_or(0);
+    let round_ms = longest_round_ms(&d.log_text());
     println!(
         "\nupdate watcher: {n} distinct images, one round from cold: {round_ms} ms (all {n} statuses published {:.2} s after start, including the initial sync and the 2 s inventory debounce); registry saw {heads} manifest HEADs and {gets} manifest GETs",
         total.as_secs_f64()
@@ -153,20 +156,7 @@ async fn one_round_over_50_followed_images() {
         .iter()
         .filter(|r| r.contains("/tags/list"))
         .count();
-    let round_ms = d
-        .log_text()
-        .lines()
-        .filter(|l| l.contains("update round done"))
-        .filter_map(|l| {
-            l.split("elapsed_ms=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .max()
-        .unwrap_or(0);
+    let round_ms = longest_round_ms(&d.log_text());
     println!(
         "\ntag following: {n} followed images, one round from cold: {round_ms} ms (all {n} statuses published {:.2} s after start); registry saw {heads} manifest HEADs, {lists} tag lists, {gets} manifest GETs ({:.1} requests per image)",
         total.as_secs_f64(),

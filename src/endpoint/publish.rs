@@ -334,13 +334,7 @@ impl Endpoint {
         self.last_info = None;
         self.publish_info_now();
         self.publish_stacks(true);
-        let all: Vec<(String, ContainerState)> = self
-            .table
-            .containers
-            .iter()
-            .map(|(n, s)| (n.clone(), s.clone()))
-            .collect();
-        for (name, state) in all {
+        for (name, state) in self.table.snapshot() {
             self.publish_state(&name, state, true);
         }
     }

@@ -35,6 +35,14 @@ pub(super) struct ContainerTable {
 }
 
 impl ContainerTable {
+    /// A copy of every container's state (to republish while the table changes).
+    pub fn snapshot(&self) -> Vec<(String, ContainerState)> {
+        self.containers
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect()
+    }
+
     /// When the next pending removal falls due.
     pub fn next_removal(&self) -> Option<Instant> {
         self.removals.values().min().copied()

@@ -117,7 +117,7 @@ struct Persisted {
 }
 
 /// SPEC §4.3. Keys with no value are left out.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct UpdateStatus {
     pub status: &'static str,
     pub update_available: bool,
@@ -941,23 +941,9 @@ impl Watcher {
             .cloned();
         let s = UpdateStatus {
             status: "unknown",
-            update_available: false,
             image: w.config_image.clone(),
-            installed_version: None,
-            latest_version: None,
-            local_digest: None,
-            remote_digest: None,
-            checked_at: None,
-            in_progress: false,
-            progress: None,
             pending_recreate: pending,
-            error: None,
-            release_url: None,
-            title: None,
-            blocked: None,
-            auto: false,
-            auto_waits: None,
-            compose_image: None,
+            ..Default::default()
         };
         match class {
             Class::Tracked {
@@ -1242,19 +1228,7 @@ mod tests {
             image: "app:dev".into(),
             installed_version: Some("sha256:0123456789ab".into()),
             latest_version: Some("sha256:0123456789ab".into()),
-            local_digest: None,
-            remote_digest: None,
-            checked_at: None,
-            in_progress: false,
-            progress: None,
-            pending_recreate: false,
-            error: None,
-            release_url: None,
-            title: None,
-            blocked: None,
-            auto: false,
-            auto_waits: None,
-            compose_image: None,
+            ..Default::default()
         };
         let v = serde_json::to_value(&s).expect("json");
         let mut keys: Vec<&str> = v

@@ -1038,6 +1038,47 @@ pub fn build_image(tag: &str) -> String {
     build_image_with(tag, "")
 }
 
+/// [`build_image_with`], then `docker push`; returns the image ID.
+pub fn push_image_with(tag: &str, extra: &str) -> String {
+    let id = build_image_with(tag, extra);
+    docker(&["push", tag]);
+    id
+}
+
+/// `docker inspect` of one object, as JSON.
+pub fn inspect_json(name: &str) -> serde_json::Value {
+    let out = docker(&["inspect", name]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("inspect json");
+    v[0].clone()
+}
+
+/// `docker login` into a private client config directory (for pushing to
+/// a registry with Basic auth).
+pub fn docker_login(config_dir: &str, host: &str, user: &str, password: &str) {
+    let login = Command::new("docker")
+        .args([
+            "--config",
+            config_dir,
+            "login",
+            "-u",
+            user,
+            "--password-stdin",
+            host,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut ch| {
+            use std::io::Write;
+            ch.stdin
+                .take()
+                .expect("stdin")
+                .write_all(password.as_bytes())?;
+            ch.wait()
+        })
+        .expect("docker login");
+    assert!(login.success());
+}
+
 /// [`build_image`] with more Dockerfile lines.
 pub fn build_image_with(tag: &str, extra: &str) -> String {
     let dir = tempfile::tempdir().expect("tmp");

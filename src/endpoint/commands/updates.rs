@@ -87,13 +87,7 @@ impl Endpoint {
     /// The image watcher has news: HA's version selects and the counts
     /// follow, and a due automatic update starts.
     pub(in crate::endpoint) fn on_watcher_news(&mut self) {
-        let all: Vec<(String, crate::payloads::ContainerState)> = self
-            .table
-            .containers
-            .iter()
-            .map(|(n, s)| (n.clone(), s.clone()))
-            .collect();
-        for (name, state) in all {
+        for (name, state) in self.table.snapshot() {
             self.publish_container_device(&name, &state, false);
         }
         self.info_changed();
