@@ -23,6 +23,9 @@ command -v musl-gcc >/dev/null || need+=(musl-tools)
 command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
 command -v file >/dev/null || need+=(file)
 command -v dpkg-deb >/dev/null || need+=(dpkg)
+# The panel's browser tests (tests/panel.rs): headless Chromium through ChromeDriver.
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test-env: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -1527,6 +1527,17 @@ mod tests {
         let cfg = load_str(text, &[]).expect("config/dockside.example.toml");
         assert_eq!(cfg.mqtt.embedded_max_connections_per_ip, 16);
         assert!(!cfg.mqtt.embedded);
+        // Every section a user may write is in the example (SPEC §18, item 6).
+        let sections = serde_json::to_value(Config::default()).expect("json");
+        for key in sections.as_object().expect("object").keys() {
+            if key == "docker_host" {
+                continue; // a legacy top-level key, not a section
+            }
+            assert!(
+                text.contains(&format!("[{key}]")) || text.contains(&format!("[{key}.")),
+                "config/dockside.example.toml has no [{key}] section"
+            );
+        }
     }
 
     #[test]

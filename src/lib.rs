@@ -25,6 +25,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod mqtt;
+pub mod panel;
 pub mod payloads;
 pub mod persist;
 pub mod portainer;

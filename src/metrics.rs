@@ -54,6 +54,12 @@ pub struct Metrics {
     pub registry_rate_limited: Family<RegistryLabel, Counter>,
     pub registry_remaining: Family<RegistryLabel, Gauge>,
     pub update_rounds: Counter,
+    /// Unix time of the last image update round that asked a registry.
+    pub update_last_round: Gauge,
+    /// Image references whose last registry check failed.
+    pub update_round_errors: Gauge,
+    /// Unix time of the last Docker event, per endpoint (the health page).
+    pub last_event: Family<EndpointLabel, Gauge>,
     pub stats_calls: Counter,
     pub task_restarts: Counter,
     health: Mutex<Health>,
@@ -119,6 +125,9 @@ impl Metrics {
             registry_rate_limited: Family::default(),
             registry_remaining: Family::default(),
             update_rounds: Counter::default(),
+            update_last_round: Gauge::default(),
+            update_round_errors: Gauge::default(),
+            last_event: Family::default(),
             stats_calls: Counter::default(),
             task_restarts: Counter::default(),
             health: Mutex::new(Health::default()),
@@ -212,6 +221,21 @@ impl Metrics {
             "update_rounds",
             "Image update rounds run",
             m.update_rounds.clone(),
+        );
+        r.register(
+            "update_last_round_seconds",
+            "Unix time of the last image update round that asked a registry",
+            m.update_last_round.clone(),
+        );
+        r.register(
+            "update_round_errors",
+            "Image references whose last registry check failed",
+            m.update_round_errors.clone(),
+        );
+        r.register(
+            "last_event_seconds",
+            "Unix time of the endpoint's last Docker event",
+            m.last_event.clone(),
         );
         r.register(
             "stats_calls",

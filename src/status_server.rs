@@ -1,7 +1,8 @@
-//! `[http] listen` (SPEC §12): `GET /healthz` (200 `ok`, or 503 with why) and
-//! `GET /metrics` (Prometheus/OpenMetrics text). Both read what the rest of
-//! dockside already recorded (`metrics`), so they answer at once whatever
-//! the engines or the broker are doing.
+//! `[http] listen` (SPEC §12, §18): `GET /healthz` (200 `ok`, or 503 with
+//! why), `GET /metrics` (Prometheus/OpenMetrics text), and the panel
+//! (`panel`: `/`, `/health`). All read what the rest of dockside already
+//! recorded, so they answer at once whatever the engines or the broker are
+//! doing.
 
 use std::net::SocketAddr;
 
@@ -22,14 +23,23 @@ pub struct BindError {
 
 /// Binds now (a port in use is a clear error before anything starts) and
 /// serves until `shutdown`.
-pub async fn start(addr: SocketAddr, shutdown: CancellationToken) -> Result<(), BindError> {
+pub async fn start(
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    panel: crate::panel::PanelHandle,
+) -> Result<(), BindError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|err| BindError { addr, err })?;
-    tracing::info!(listen = %addr, "serving /healthz and /metrics");
+    tracing::info!(listen = %addr, "serving the panel (/, /health), /healthz and /metrics");
     let app = Router::new()
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_text));
+        .route("/metrics", get(metrics_text))
+        .merge(crate::panel::routes(panel))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .layer(axum::middleware::map_response(
+            |r: axum::response::Response| async move { crate::panel::secure(r) },
+        ));
     tokio::spawn(async move {
         let r = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

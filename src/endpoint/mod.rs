@@ -337,9 +337,11 @@ impl Endpoint {
             return; // replayed duplicate
         }
         let m = crate::metrics::get();
-        m.events_received
-            .get_or_create(&crate::metrics::Metrics::endpoint(&self.id))
-            .inc();
+        let label = crate::metrics::Metrics::endpoint(&self.id);
+        m.events_received.get_or_create(&label).inc();
+        m.last_event
+            .get_or_create(&label)
+            .set(nanos / 1_000_000_000);
         m.events_total.fetch_add(1, Ordering::Relaxed);
         let is_container = ev.kind == "container";
         let visible = if is_container {

@@ -84,7 +84,16 @@ struct Inner {
     stale_owned: Vec<String>,
     /// Clears that wait until HA has dropped the entities reading those topics.
     deferred: IndexMap<String, Instant>,
+    /// What is published under the base now (retained), for the panel
+    /// (SPEC §18): a read-only copy, bounded by [`MAX_VIEW`].
+    view: BTreeMap<String, Bytes>,
+    /// Bumped on every change of `view`.
+    view_version: u64,
+    view_prefix: String,
 }
+
+/// Retained topics under the base the panel's copy holds at most.
+const MAX_VIEW: usize = 100_000;
 
 #[derive(Debug)]
 pub struct Outbox {
@@ -98,6 +107,7 @@ pub struct Outbox {
 
 impl Outbox {
     pub fn new(topics: Topics, stream_cap: usize) -> Self {
+        let view_prefix = format!("{}/", topics.base());
         Self {
             topics,
             inner: Mutex::new(Inner {
@@ -112,6 +122,9 @@ impl Outbox {
                 owner_of: HashMap::new(),
                 stale_owned: Vec::new(),
                 deferred: IndexMap::new(),
+                view: BTreeMap::new(),
+                view_version: 0,
+                view_prefix,
             }),
             notify: Notify::new(),
             room: Notify::new(),
@@ -185,6 +198,19 @@ impl Outbox {
         inner.owned.insert(owner.to_string(), now);
         drop(inner);
         self.notify.notify_one();
+    }
+
+    /// How many times what is published under the base changed (the panel
+    /// renders again only when this moved).
+    pub fn view_version(&self) -> u64 {
+        self.lock().view_version
+    }
+
+    /// What is published under the base now, with its version.
+    pub fn view(&self) -> (u64, Vec<(String, Bytes)>) {
+        let g = self.lock();
+        let v = g.view.iter().map(|(t, p)| (t.clone(), p.clone())).collect();
+        (g.view_version, v)
     }
 
     /// Clears every retained topic we hold under `prefix` (e.g. `<base>/<ep>/<ct>/`),
@@ -455,6 +481,14 @@ impl Inner {
             }
         } else {
             self.known.insert(topic.clone());
+        }
+        if topic.starts_with(&self.view_prefix) {
+            if payload.is_empty() {
+                self.view.remove(&topic);
+            } else if self.view.len() < MAX_VIEW || self.view.contains_key(&topic) {
+                self.view.insert(topic.clone(), payload.clone());
+            }
+            self.view_version += 1;
         }
         self.retained.insert(topic, payload);
     }

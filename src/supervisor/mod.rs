@@ -88,8 +88,9 @@ pub async fn run(
     } else {
         None
     };
+    let panel = crate::panel::PanelHandle::default();
     if let Some(addr) = config.http.socket_addr()? {
-        crate::status_server::start(addr, shutdown.clone()).await?;
+        crate::status_server::start(addr, shutdown.clone(), panel.clone()).await?;
     }
     // `dockside health` asks here; the state dir is checked (exit 73) first.
     StateDir::open(&config.state.dir)?;
@@ -97,7 +98,7 @@ pub async fn run(
         tracing::warn!(error = %e, "no health socket: `dockside health` cannot ask this instance");
     }
     loop {
-        match run_instance(&config, &started_at, &shutdown, &mut reloads).await? {
+        match run_instance(&config, &started_at, &shutdown, &mut reloads, &panel).await? {
             Outcome::Shutdown => return Ok(()),
             Outcome::Restart(new) => {
                 tracing::info!("MQTT or state settings changed: restarting all tasks");
@@ -528,11 +529,13 @@ async fn run_instance(
     started_at: &str,
     shutdown: &CancellationToken,
     reloads: &mut mpsc::Receiver<Config>,
+    panel: &crate::panel::PanelHandle,
 ) -> Result<Outcome, RunError> {
     let state_dir = StateDir::open(&config.state.dir)?;
     warn_if_commands_are_open(config);
     let topics = Topics::new(config.mqtt.base_topic.clone());
     let (mqtt_run, mqtt, mut inbound) = start_mqtt(config, &topics)?;
+    panel.set(mqtt.outbox.clone());
     let mut sup = Supervisor::new(config, started_at, &mqtt, &state_dir)?;
     let (source_tx, mut source_rx) = mpsc::channel::<SourceUpdate>(16);
     sup.start_all(config, &source_tx);

@@ -585,7 +585,11 @@ impl Watcher {
         }
         self.publish_statuses(classified).await;
         if checked > 0 {
-            crate::metrics::get().update_rounds.inc();
+            let m = crate::metrics::get();
+            m.update_rounds.inc();
+            m.update_last_round.set(unix_now() as i64);
+            let errors = self.results.values().filter(|r| r.error.is_some()).count();
+            m.update_round_errors.set(errors as i64);
             tracing::info!(
                 references = checked,
                 elapsed_ms = round_started.elapsed().as_millis() as u64,

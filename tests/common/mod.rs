@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 
+pub mod browser;
 pub mod fake_engine;
 pub mod machine;
 pub mod raw;
