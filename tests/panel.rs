@@ -250,3 +250,85 @@ async fn the_panel_in_a_real_browser() {
     let (s, _, _) = http("GET", &format!("{root}/panel/fragment?v=%ff%00<x>")).await;
     assert_eq!(s, 200, "a junk version gets the whole fragment");
 }
+
+/// Benchmark (SPEC §18 item 4): what the panel costs dockside at 100
+/// containers and 40 state changes a second (pause/unpause), with no
+/// browser, then with two browsers on `/`. Prints dockside's CPU (% of one
+/// core) over `PANEL_BENCH_SECS` (default 60) in each phase.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: cargo test --release --test panel -- --ignored --nocapture"]
+async fn panel_cost_at_100_containers() {
+    require_docker();
+    let secs: u64 = std::env::var("PANEL_BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let broker = Broker::start();
+    let ct = Containers::new(&unique("dspb"));
+    let dir = tempfile::tempdir().expect("tmp");
+    let base = unique("t");
+    let names: Vec<String> = (0..100).map(|i| ct.name(&format!("c{i:03}"))).collect();
+    std::thread::scope(|s| {
+        for chunk in names.chunks(25) {
+            s.spawn(move || chunk.iter().for_each(|n| drop(run_sleeper(n, IMAGE, &[]))));
+        }
+    });
+    let port = free_port();
+    let cfg = format!(
+        "{}\n[http]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"info\"\n",
+        base_config(&broker, &base, &dir.path().join("state"), &ct.prefix)
+            .replace("[log]\nlevel = \"debug\"\n", "")
+    );
+    let ds = Dockside::start(dir.path(), &cfg);
+    let pid = ds.pid().expect("pid");
+    let c = Collector::start(broker.port, &format!("{base}/+/+/state")).await;
+    c.wait_until("100 states", T, |all| all.len() >= 100).await;
+
+    // 40 state changes a second: 20 pause/unpause pairs, from 4 threads
+    // (a docker CLI call takes tens of ms), each on its own containers.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = names
+        .chunks(25)
+        .map(|chunk| {
+            let (stop, chunk) = (stop.clone(), chunk.to_vec());
+            std::thread::spawn(move || {
+                let mut i = 0usize;
+                let mut next = Instant::now();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let n = &chunk[i % chunk.len()];
+                    docker_quiet(&["pause", n]);
+                    docker_quiet(&["unpause", n]);
+                    i += 1;
+                    next += Duration::from_millis(200);
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                }
+                i
+            })
+        })
+        .collect();
+    let measure = |label: &'static str| {
+        let (t0, c0) = (Instant::now(), cpu_ticks(pid));
+        async move {
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            let used = (cpu_ticks(pid) - c0) as f64 / 100.0;
+            let pct = 100.0 * used / t0.elapsed().as_secs_f64();
+            eprintln!("panel bench: {label}: dockside used {pct:.2} % of one core");
+            pct
+        }
+    };
+    let base_cpu = measure("no browser").await;
+    let b1 = Browser::start(1200, 800).await;
+    let b2 = Browser::start(390, 844).await;
+    for b in [&b1, &b2] {
+        b.goto(&format!("http://127.0.0.1:{port}/")).await;
+    }
+    let with = measure("two browsers on /").await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let pairs: usize = load.into_iter().map(|t| t.join().expect("load")).sum();
+    let rate = 2.0 * pairs as f64 / (2 * secs) as f64;
+    eprintln!(
+        "panel bench: {rate:.1} state changes a second; the panel costs {:.2} % of one core",
+        with - base_cpu
+    );
+    assert!(b1.errors().await.is_empty() && b2.errors().await.is_empty());
+}
