@@ -158,12 +158,36 @@ pub struct Config {
     pub docker_host: Option<String>,
 }
 
-/// `/healthz` and `/metrics` (SPEC §12); off unless `listen` is set.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `/healthz`, `/metrics` and the panel (SPEC §12, §18); off unless
+/// `listen` is set.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     /// `127.0.0.1:9847`; anything but loopback exposes the metrics to the network.
     pub listen: Option<String>,
+    /// `[[http.users]]`: who may sign in to the panel, `read` or `control`
+    /// (its buttons). None: the panel is open and read-only.
+    pub users: Vec<EmbeddedUser>,
+}
+
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let json = serde_json::to_string(&self.redacted()).map_err(|_| std::fmt::Error)?;
+        write!(f, "HttpConfig {json}")
+    }
+}
+
+impl HttpConfig {
+    /// A copy with every password replaced (Debug, check-config).
+    pub fn redacted(&self) -> Self {
+        let mut c = self.clone();
+        for u in &mut c.users {
+            if u.password.is_some() {
+                u.password = Some(REDACTED.into());
+            }
+        }
+        c
+    }
 }
 
 impl HttpConfig {
@@ -774,7 +798,20 @@ impl Config {
         if self.mqtt.embedded {
             self.use_embedded_broker()?;
         }
+        self.resolve_http_users()?;
         self.validate()
+    }
+
+    /// `[[http.users]]`: passwords from their files.
+    fn resolve_http_users(&mut self) -> Result<(), ConfigError> {
+        resolve_users("http.users", &mut self.http.users, None)?;
+        if !self.http.users.is_empty() && self.http.listen.is_none() {
+            return Err(invalid(
+                "http.users",
+                "needs http.listen (the panel is off without it)",
+            ));
+        }
+        Ok(())
     }
 
     /// `mqtt.embedded`: dockside's own client connects to the embedded
@@ -801,37 +838,11 @@ impl Config {
                 ));
             }
         }
-        let mut seen = std::collections::HashSet::new();
-        for (i, u) in m.embedded_users.iter_mut().enumerate() {
-            let key = format!("mqtt.embedded_users[{i}]");
-            if u.username.is_empty() || u.username.contains(['\0', ':']) {
-                return Err(invalid(&key, "username must be a non-empty name"));
-            }
-            if !seen.insert(u.username.clone())
-                || m.embedded_username.as_deref() == Some(&u.username)
-            {
-                return Err(invalid(
-                    &key,
-                    format!("username `{}` is given twice", u.username),
-                ));
-            }
-            match (&u.password, &u.password_file) {
-                (Some(_), Some(_)) => {
-                    return Err(invalid(
-                        &key,
-                        "set either password or password_file, not both",
-                    ));
-                }
-                (None, None) => return Err(invalid(&key, "set password or password_file")),
-                (None, Some(f)) => {
-                    u.password = Some(read_secret(&format!("{key}.password_file"), f)?)
-                }
-                (Some(_), None) => {}
-            }
-            if u.password.as_deref().is_some_and(str::is_empty) {
-                return Err(invalid(&key, "the password is empty"));
-            }
-        }
+        resolve_users(
+            "mqtt.embedded_users",
+            &mut m.embedded_users,
+            m.embedded_username.as_deref(),
+        )?;
         if !m.embedded_users.is_empty() && m.embedded_username.is_none() {
             return Err(invalid(
                 "mqtt.embedded_users",
@@ -1029,6 +1040,7 @@ impl Config {
     pub fn redacted_toml(&self) -> String {
         let mut copy = self.clone();
         copy.mqtt = self.mqtt.redacted();
+        copy.http = self.http.redacted();
         for r in copy.updates.registries.values_mut() {
             if r.password.is_some() {
                 r.password = Some(REDACTED.into());
@@ -1387,6 +1399,43 @@ impl CommandsConfig {
     }
 }
 
+/// Users with a role (the embedded broker's, the panel's): a name given
+/// once (and not `reserved`), a password inline or from its file, never empty.
+fn resolve_users(
+    section: &str,
+    users: &mut [EmbeddedUser],
+    reserved: Option<&str>,
+) -> Result<(), ConfigError> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, u) in users.iter_mut().enumerate() {
+        let key = format!("{section}[{i}]");
+        if u.username.is_empty() || u.username.contains(['\0', ':']) {
+            return Err(invalid(&key, "username must be a non-empty name"));
+        }
+        if !seen.insert(u.username.clone()) || reserved == Some(u.username.as_str()) {
+            return Err(invalid(
+                &key,
+                format!("username `{}` is given twice", u.username),
+            ));
+        }
+        match (&u.password, &u.password_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    &key,
+                    "set either password or password_file, not both",
+                ));
+            }
+            (None, None) => return Err(invalid(&key, "set password or password_file")),
+            (None, Some(f)) => u.password = Some(read_secret(&format!("{key}.password_file"), f)?),
+            (Some(_), None) => {}
+        }
+        if u.password.as_deref().is_some_and(str::is_empty) {
+            return Err(invalid(&key, "the password is empty"));
+        }
+    }
+    Ok(())
+}
+
 impl UpdatesConfig {
     /// `[updates]`.
     fn validate(&self) -> Result<(), ConfigError> {
@@ -1519,6 +1568,45 @@ mod tests {
         )
         .expect_err("users without dockside's own credential");
         assert!(e.to_string().contains("mqtt.embedded_users"), "{e}");
+    }
+
+    #[test]
+    fn panel_users_have_roles_and_their_passwords_never_show() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "from-file-secret\n").expect("pw");
+        let text = format!(
+            "[http]\nlisten = \"127.0.0.1:9847\"\n[[http.users]]\nusername = \"alice\"\npassword = \"inline-secret\"\nrole = \"control\"\n[[http.users]]\nusername = \"bob\"\npassword_file = \"{}\"\nrole = \"read\"\n",
+            pw.display()
+        );
+        let cfg = load_str(&text, &[]).expect("config");
+        assert_eq!(
+            cfg.http.users[1].password.as_deref(),
+            Some("from-file-secret")
+        );
+        assert_eq!(cfg.http.users[0].role, EmbeddedRole::Control);
+        let shown = format!("{:?} {}", cfg, cfg.redacted_toml());
+        assert!(
+            !shown.contains("inline-secret") && !shown.contains("from-file-secret"),
+            "{shown}"
+        );
+        for (bad, key) in [
+            (
+                "[[http.users]]\nusername = \"a\"\npassword = \"p\"\nrole = \"read\"\n",
+                "http.users",
+            ),
+            (
+                "[http]\nlisten = \"127.0.0.1:1\"\n[[http.users]]\nusername = \"a\"\nrole = \"read\"\n",
+                "http.users[0]",
+            ),
+            (
+                "[http]\nlisten = \"127.0.0.1:1\"\n[[http.users]]\nusername = \"a\"\npassword = \"p\"\nrole = \"admin\"\n",
+                "role",
+            ),
+        ] {
+            let e = load_str(bad, &[]).expect_err(bad);
+            assert!(e.to_string().contains(key), "{e}");
+        }
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub async fn start(
     addr: SocketAddr,
     shutdown: CancellationToken,
     panel: crate::panel::PanelHandle,
+    auth: Option<std::sync::Arc<crate::panel::auth::Auth>>,
 ) -> Result<(), BindError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -35,12 +36,13 @@ pub async fn start(
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
-        .merge(crate::panel::routes(panel))
+        .merge(crate::panel::routes(panel, auth))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .layer(axum::middleware::map_response(
             |r: axum::response::Response| async move { crate::panel::secure(r) },
         ));
     tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let r = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;

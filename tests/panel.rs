@@ -332,3 +332,208 @@ async fn panel_cost_at_100_containers() {
     );
     assert!(b1.errors().await.is_empty() && b2.errors().await.is_empty());
 }
+
+/// `application/x-www-form-urlencoded` of simple ASCII fields.
+fn form(fields: &[(&str, &str)]) -> String {
+    fields
+        .iter()
+        .map(|(k, v)| {
+            let enc: String = v
+                .bytes()
+                .map(|b| match b {
+                    b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            format!("{k}={enc}")
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_roles_and_a_button_that_restarts() {
+    require_docker();
+    let broker = Broker::start();
+    let ct = Containers::new(&unique("dsps"));
+    let dir = tempfile::tempdir().expect("tmp");
+    let base = unique("t");
+    let web = ct.name("web");
+    run_sleeper(&web, IMAGE, &[]);
+    let port = free_port();
+    let pw_file = dir.path().join("bob-password");
+    std::fs::write(&pw_file, "bob-secret-pw\n").expect("pw");
+    let cfg = format!(
+        "{}\n[commands]\nallow = [\"start\",\"stop\",\"restart\"]\nmin_interval = \"0s\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[[http.users]]\nusername = \"alice\"\npassword = \"alice-secret-pw\"\nrole = \"control\"\n[[http.users]]\nusername = \"bob\"\npassword_file = \"{}\"\nrole = \"read\"\n",
+        base_config(&broker, &base, &dir.path().join("state"), &ct.prefix),
+        pw_file.display()
+    );
+    let ds = Dockside::start(dir.path(), &cfg);
+    let c = Collector::start(broker.port, &format!("{base}/#")).await;
+    c.wait_state(&format!("{base}/local/{web}/state"), T, |s| {
+        s["running"] == true
+    })
+    .await;
+    let root = format!("http://127.0.0.1:{port}");
+
+    // Nothing without signing in.
+    assert_eq!(http("GET", &format!("{root}/panel/fragment")).await.0, 401);
+    let b = Browser::start(1000, 800).await;
+    b.goto(&format!("{root}/")).await;
+    assert_eq!(
+        b.eval("return location.pathname;", json!([])).await,
+        "/login"
+    );
+    let sign_in = |user: &str, pw: &str| {
+        format!(
+            "document.querySelector('input[name=username]').value = '{user}'; \
+             document.querySelector('input[name=password]').value = '{pw}'; \
+             document.querySelector('form.login').submit(); return 1;"
+        )
+    };
+    // A wrong password: refused, and slowed.
+    let started = Instant::now();
+    b.eval(&sign_in("alice", "wrong"), json!([])).await;
+    b.wait_for(
+        "refusal shown",
+        "return document.body.innerText.indexOf('Wrong user name or password') >= 0;",
+        T,
+    )
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // bob may look, not touch.
+    b.eval(&sign_in("bob", "bob-secret-pw"), json!([])).await;
+    let web_state = format!(
+        "var e = document.querySelector('.ct[data-name=\"{web}\"]'); return e && e.getAttribute('data-state');"
+    );
+    b.wait_for("panel as bob", &web_state, T).await;
+    assert_eq!(
+        b.eval(
+            "return document.querySelectorAll('button[data-action]').length;",
+            json!([])
+        )
+        .await,
+        0
+    );
+    b.eval(
+        "document.querySelector('form.who').submit(); return 1;",
+        json!([]),
+    )
+    .await;
+    b.wait_for("signed out", "return location.pathname === '/login';", T)
+        .await;
+
+    // alice presses restart: the container restarts, the result is shown.
+    b.eval(&sign_in("alice", "alice-secret-pw"), json!([]))
+        .await;
+    b.wait_for("panel as alice", &web_state, T).await;
+    let before = inspect_json(&web)["State"]["StartedAt"].clone();
+    b.eval(
+        &format!(
+            "document.querySelector('.ct[data-name=\"{web}\"] button[data-action=restart]').click(); return 1;"
+        ),
+        json!([]),
+    )
+    .await;
+    let (flash, _) = b
+        .wait_for(
+            "result shown",
+            "var f = document.getElementById('flash'); return f && f.textContent;",
+            T,
+        )
+        .await;
+    assert_eq!(flash, format!("restart {web}: ok (running)"), "{flash}");
+    assert_ne!(
+        inspect_json(&web)["State"]["StartedAt"],
+        before,
+        "restarted"
+    );
+    save_screenshot("panel-signed-in.png", &b.screenshot().await);
+    // The refused sign-in was a 401 page, which the console notes; nothing else.
+    let errors: Vec<String> = b
+        .errors()
+        .await
+        .into_iter()
+        .filter(|m| !(m.contains("/login - Failed to load resource") && m.contains("401")))
+        .collect();
+    assert_eq!(errors, Vec::<String>::new(), "no JavaScript errors");
+
+    // Outside the browser: the cookie's flags, and a command without the
+    // CSRF token (or with a wrong one) refused with nothing done.
+    let client = dockside::http::client_builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let r = client
+        .post(format!("{root}/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("username", "alice"),
+            ("password", "alice-secret-pw"),
+        ]))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status().as_u16(), 303);
+    let set_cookie = r
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+        "{set_cookie}"
+    );
+    let cookie = set_cookie.split(';').next().unwrap_or_default().to_string();
+    let before = inspect_json(&web)["State"]["StartedAt"].clone();
+    for csrf in [None, Some("0000")] {
+        let mut fields = vec![
+            ("endpoint", "local"),
+            ("container", web.as_str()),
+            ("action", "restart"),
+        ];
+        if let Some(t) = csrf {
+            fields.push(("csrf", t));
+        }
+        let r = client
+            .post(format!("{root}/command"))
+            .header("cookie", &cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&fields))
+            .send()
+            .await
+            .expect("command");
+        assert_eq!(r.status().as_u16(), 403, "csrf {csrf:?}");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        inspect_json(&web)["State"]["StartedAt"],
+        before,
+        "nothing restarted"
+    );
+    // An oversize form is refused unread.
+    let r = client
+        .post(format!("{root}/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("username", "alice"),
+            ("password", &"x".repeat(10_000)),
+        ]))
+        .send()
+        .await
+        .expect("big");
+    assert_eq!(r.status().as_u16(), 413);
+    let log = ds.log_text();
+    assert!(
+        !log.contains("alice-secret-pw") && !log.contains("bob-secret-pw"),
+        "passwords in the log"
+    );
+}

@@ -103,6 +103,8 @@ pub struct Outbox {
     /// Wakes the paused command session once the stream is short again.
     room: Notify,
     stream_cap: usize,
+    /// Command results as they are sent, for the panel's buttons (SPEC §18).
+    results: tokio::sync::broadcast::Sender<(String, Bytes)>,
 }
 
 impl Outbox {
@@ -129,6 +131,7 @@ impl Outbox {
             notify: Notify::new(),
             room: Notify::new(),
             stream_cap: stream_cap.max(1),
+            results: tokio::sync::broadcast::channel(256).0,
         }
     }
 
@@ -150,12 +153,22 @@ impl Outbox {
         self.notify.notify_one();
     }
 
+    /// Command results from now on, as they are sent (a slow receiver
+    /// misses some; it never holds anything up).
+    pub fn subscribe_results(&self) -> tokio::sync::broadcast::Receiver<(String, Bytes)> {
+        self.results.subscribe()
+    }
+
     /// Non-retained publish (events, results).
     pub fn send(&self, topic: impl Into<String>, payload: impl Into<Bytes>) {
+        let (topic, payload) = (topic.into(), payload.into());
+        if self.results.receiver_count() > 0 && topic.ends_with("/result") {
+            let _ = self.results.send((topic.clone(), payload.clone()));
+        }
         let mut inner = self.lock();
         inner.stream.push_back(Message {
-            topic: topic.into(),
-            payload: payload.into(),
+            topic,
+            payload,
             retain: false,
         });
         if inner.stream.len() > self.stream_cap {

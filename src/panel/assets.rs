@@ -24,6 +24,12 @@ ul{list-style:none;margin:0;padding:0}
 .banner{padding:.5rem .8rem;border:1px solid currentColor;border-radius:.4rem}
 table{border-collapse:collapse;width:100%}
 th,td{text-align:left;padding:.3rem .4rem;border-bottom:1px solid #8882;vertical-align:top}
+.buttons{display:inline-flex;gap:.3rem;flex-wrap:wrap}
+.buttons form,.who{display:inline;margin:0}
+button{font:inherit;padding:.15rem .6rem}
+.login{display:grid;gap:.6rem;max-width:20rem;margin-top:1rem}
+.login input{width:100%;font:inherit;padding:.35rem}
+#flash,#stale{margin:.5rem 1rem}
 [hidden]{display:none!important}
 "#;
 
@@ -52,6 +58,7 @@ pub const JS: &str = r#"
       .then(function (r) {
         stale.hidden = true;
         if (r.status === 204) { return null; }
+        if (r.status === 401) { location.href = '/login'; return null; }
         if (!r.ok) { throw new Error(r.status); }
         var nv = r.headers.get('X-Panel-Version');
         return r.text().then(function (html) {

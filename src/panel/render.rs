@@ -24,21 +24,51 @@ pub fn esc(s: &str) -> String {
     out
 }
 
+/// A `control` user's buttons: the words they may send, and the session's
+/// CSRF token every form carries.
+#[derive(Debug, Clone, Default)]
+pub struct Controls {
+    pub csrf: String,
+    pub words: Vec<String>,
+}
+
+/// The page around the content: who is signed in (name, role, CSRF token
+/// for the sign-out form) and a message from the last command.
+#[derive(Debug, Clone, Default)]
+pub struct Chrome {
+    pub user: Option<(String, &'static str, String)>,
+    pub flash: Option<String>,
+}
+
 fn str_of<'a>(v: &'a Value, k: &str) -> &'a str {
     v[k].as_str().unwrap_or("")
 }
 
 /// The whole page: a shell around [`fragment`], which the page's script
 /// replaces when dockside publishes something new.
-pub fn page(title: &str, body: &str, version: u64, live: &str) -> String {
+pub fn page(title: &str, body: &str, version: u64, live: &str, chrome: &Chrome) -> String {
+    let user = match &chrome.user {
+        Some((name, role, csrf)) => format!(
+            "<form class=\"who\" method=\"post\" action=\"/logout\">{} ({}) <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button>Sign out</button></form>",
+            esc(name),
+            role,
+            esc(csrf)
+        ),
+        None => String::new(),
+    };
+    let flash = chrome
+        .flash
+        .as_deref()
+        .map(|f| format!("<p class=\"banner\" id=\"flash\">{}</p>", esc(f)))
+        .unwrap_or_default();
     format!(
         concat!(
             "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">",
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
             "<title>{title}</title><link rel=\"icon\" href=\"/favicon.svg\"><link rel=\"stylesheet\" href=\"/panel.css\"></head><body>",
             "<header><h1>dockside</h1><nav><a href=\"/\">Panel</a> <a href=\"/health\">Health</a></nav>",
-            "{filter}",
-            "</header><p id=\"stale\" class=\"banner bad\" hidden>dockside is not answering: what follows may be out of date.</p>",
+            "{filter}{user}",
+            "</header>{flash}<p id=\"stale\" class=\"banner bad\" hidden>dockside is not answering: what follows may be out of date.</p>",
             "<main id=\"panel\" data-version=\"{version}\" data-live=\"{live}\">{body}</main>",
             "<script src=\"/panel.js\"></script></body></html>"
         ),
@@ -49,6 +79,8 @@ pub fn page(title: &str, body: &str, version: u64, live: &str) -> String {
         } else {
             ""
         },
+        user = user,
+        flash = flash,
         body = body,
         version = version,
         live = esc(live)
@@ -56,7 +88,7 @@ pub fn page(title: &str, body: &str, version: u64, live: &str) -> String {
 }
 
 /// Every endpoint with its stacks and containers.
-pub fn fragment(m: &Model, broker_connected: bool) -> String {
+pub fn fragment(m: &Model, broker_connected: bool, controls: Option<&Controls>) -> String {
     let mut out = String::new();
     if !broker_connected {
         out.push_str("<p class=\"banner bad\">The MQTT broker is not connected: this is the last known state; Home Assistant sees nothing new.</p>");
@@ -65,12 +97,12 @@ pub fn fragment(m: &Model, broker_connected: bool) -> String {
         out.push_str("<p class=\"empty\">No endpoint has reported yet.</p>");
     }
     for (id, ep) in &m.endpoints {
-        endpoint(&mut out, id, ep);
+        endpoint(&mut out, id, ep, controls);
     }
     out
 }
 
-fn endpoint(out: &mut String, id: &str, ep: &EndpointView) {
+fn endpoint(out: &mut String, id: &str, ep: &EndpointView, controls: Option<&Controls>) {
     let info = ep.info.clone().unwrap_or(Value::Null);
     let name = Some(str_of(&info, "name"))
         .filter(|n| !n.is_empty())
@@ -119,6 +151,10 @@ fn endpoint(out: &mut String, id: &str, ep: &EndpointView) {
     out.push_str("<ul class=\"containers\">");
     for (name, ct) in &ep.containers {
         container(out, name, ct);
+        if let Some(c) = controls {
+            buttons(out, id, name, ct, c);
+        }
+        out.push_str("</li>");
     }
     out.push_str("</ul></section>");
 }
@@ -158,7 +194,57 @@ fn container(out: &mut String, name: &str, ct: &ContainerView) {
     if let Some(st) = &ct.stats {
         stats(out, st);
     }
-    out.push_str("</li>");
+}
+
+/// The words that make sense for the container's state, of those allowed;
+/// the command policy decides again when one is pressed.
+fn buttons(out: &mut String, ep: &str, name: &str, ct: &ContainerView, c: &Controls) {
+    let running = ct.state["running"] == true || ct.state["state"] == "running";
+    let update = ct
+        .update
+        .as_ref()
+        .is_some_and(|u| u["update_available"] == true);
+    let fits = |w: &str| match w {
+        "start" => !running,
+        "stop" | "restart" => running,
+        "update" => update,
+        _ => false,
+    };
+    let words: Vec<&String> = c.words.iter().filter(|w| fits(w)).collect();
+    if words.is_empty() {
+        return;
+    }
+    out.push_str(" <span class=\"buttons\">");
+    for w in words {
+        let _ = write!(
+            out,
+            "<form method=\"post\" action=\"/command\"><input type=\"hidden\" name=\"endpoint\" value=\"{}\"><input type=\"hidden\" name=\"container\" value=\"{}\"><input type=\"hidden\" name=\"action\" value=\"{w}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><button data-action=\"{w}\">{w}</button></form>",
+            esc(ep),
+            esc(name),
+            esc(&c.csrf),
+            w = esc(w)
+        );
+    }
+    out.push_str("</span>");
+}
+
+/// The sign-in page (`error`: why the last attempt failed).
+pub fn login(error: Option<&str>) -> String {
+    let error = error
+        .map(|e| format!("<p class=\"banner bad\">{}</p>", esc(e)))
+        .unwrap_or_default();
+    format!(
+        concat!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">",
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
+            "<title>dockside: sign in</title><link rel=\"icon\" href=\"/favicon.svg\"><link rel=\"stylesheet\" href=\"/panel.css\"></head><body>",
+            "<header><h1>dockside</h1></header><main>{error}<form class=\"login\" method=\"post\" action=\"/login\">",
+            "<label>User <input name=\"username\" autocomplete=\"username\" required></label>",
+            "<label>Password <input name=\"password\" type=\"password\" autocomplete=\"current-password\" required></label>",
+            "<button>Sign in</button></form></main></body></html>"
+        ),
+        error = error
+    )
 }
 
 fn update(out: &mut String, u: &Value) {
@@ -266,12 +352,12 @@ mod tests {
             ("d/local/<b>x/state", r#"{"state":"running","health":"healthy","image":"<script>alert(1)</script>"}"#.to_string()),
             ("d/local/<b>x/update", r#"{"status":"update_available","installed_version":"1","latest_version":"2","release_url":"javascript:alert(1)"}"#.to_string()),
             ("d/local/app/state", r#"{"state":"exited","problem":true,"problem_reason":"exited with 1"}"#.to_string()),
-            ("d/local/app/update", r#"{"status":"update_available","installed_version":"1.0","latest_version":"1.1","release_url":"https://github.com/a/b/releases/tag/1.1"}"#.to_string()),
+            ("d/local/app/update", r#"{"status":"update_available","update_available":true,"installed_version":"1.0","latest_version":"1.1","release_url":"https://github.com/a/b/releases/tag/1.1"}"#.to_string()),
         ]
         .iter()
         .map(|(t, p)| (t.to_string(), bytes::Bytes::from(p.clone())))
         .collect();
-        let html = fragment(&build("d", &view), false);
+        let html = fragment(&build("d", &view), false, None);
         assert!(
             !html.contains("<script>") && !html.contains("<b>x"),
             "{html}"
@@ -281,7 +367,19 @@ mod tests {
         assert!(html.contains("href=\"https://github.com/a/b/releases/tag/1.1\""));
         assert!(html.contains("problem: exited with 1"));
         assert!(html.contains("The MQTT broker is not connected"));
-        let page = page("dockside", &html, 7, "/panel/fragment");
+        let page = page("dockside", &html, 7, "/panel/fragment", &Chrome::default());
         assert!(page.contains("data-version=\"7\""));
+        assert!(!html.contains("<form"), "no buttons without controls");
+        let c = Controls {
+            csrf: "tok\"en".into(),
+            words: vec!["restart".into(), "start".into(), "update".into()],
+        };
+        let html = fragment(&build("d", &view), true, Some(&c));
+        // <b>x runs, app has exited with an update: restart and start, update.
+        assert!(html.contains("value=\"restart\""), "{html}");
+        assert!(html.contains("value=\"tok&quot;en\""), "{html}");
+        assert!(html.contains("value=\"&lt;b&gt;x\""), "{html}");
+        assert_eq!(html.matches("data-action=\"update\"").count(), 1, "{html}");
+        assert_eq!(html.matches("data-action=\"start\"").count(), 1, "{html}");
     }
 }

@@ -90,7 +90,8 @@ pub async fn run(
     };
     let panel = crate::panel::PanelHandle::default();
     if let Some(addr) = config.http.socket_addr()? {
-        crate::status_server::start(addr, shutdown.clone(), panel.clone()).await?;
+        let auth = crate::panel::auth::Auth::new(&config.http.users).map(Arc::new);
+        crate::status_server::start(addr, shutdown.clone(), panel.clone(), auth).await?;
     }
     // `dockside health` asks here; the state dir is checked (exit 73) first.
     StateDir::open(&config.state.dir)?;
@@ -273,7 +274,7 @@ fn preflight(new: &Config, current: &Config) -> Result<(), String> {
         );
     }
     if new.http != current.http {
-        return Err("http.listen takes effect at the next start, not on reload".into());
+        return Err("[http] (listen, users) takes effect at the next start, not on reload".into());
     }
     if new.state.dir != current.state.dir {
         StateDir::open(&new.state.dir).map_err(|e| e.to_string())?;
@@ -340,11 +341,16 @@ struct MqttRun {
 
 /// Starts the MQTT task (its own supervised task: its last will tells the
 /// broker we are gone while it restarts); commands arrive on the receiver.
-fn start_mqtt(
-    config: &Config,
-    topics: &Topics,
-) -> Result<(MqttRun, MqttHandle, mpsc::Receiver<Inbound>), RunError> {
+type Started = (
+    MqttRun,
+    MqttHandle,
+    mpsc::Receiver<Inbound>,
+    mpsc::Sender<Inbound>,
+);
+
+fn start_mqtt(config: &Config, topics: &Topics) -> Result<Started, RunError> {
     let (inbound_tx, inbound) = mpsc::channel::<Inbound>(256);
+    let panel_tx = inbound_tx.clone();
     let mut subscriptions = topics.command_filters().to_vec();
     if config.homeassistant.enabled {
         subscriptions.push(config.homeassistant.birth_topic());
@@ -362,7 +368,7 @@ fn start_mqtt(
             move || Ok(mqtt_task.clone().run(token.clone())),
         )
     };
-    Ok((MqttRun { token, join, live }, mqtt, inbound))
+    Ok((MqttRun { token, join, live }, mqtt, inbound, panel_tx))
 }
 
 impl Supervisor {
@@ -534,8 +540,8 @@ async fn run_instance(
     let state_dir = StateDir::open(&config.state.dir)?;
     warn_if_commands_are_open(config);
     let topics = Topics::new(config.mqtt.base_topic.clone());
-    let (mqtt_run, mqtt, mut inbound) = start_mqtt(config, &topics)?;
-    panel.set(mqtt.outbox.clone());
+    let (mqtt_run, mqtt, mut inbound, panel_tx) = start_mqtt(config, &topics)?;
+    panel.set(mqtt.outbox.clone(), panel_tx, &config.commands);
     let mut sup = Supervisor::new(config, started_at, &mqtt, &state_dir)?;
     let (source_tx, mut source_rx) = mpsc::channel::<SourceUpdate>(16);
     sup.start_all(config, &source_tx);
@@ -557,6 +563,7 @@ async fn run_instance(
                 if let Some(o) = sup.on_reload(new, &mut current, &source_tx).await {
                     break o;
                 }
+                panel.set_commands(&current.commands);
             }
             Ok(()) = resync.changed() => {
                 sup.publish_bridge_device();
