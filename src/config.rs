@@ -1609,6 +1609,69 @@ mod tests {
         }
     }
 
+    /// Every key of every section, with its section (`updates.window`).
+    fn all_keys(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+        if let Some(m) = v.as_object() {
+            for (k, x) in m {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match x {
+                    serde_json::Value::Object(_) if prefix.is_empty() => all_keys(x, &path, out),
+                    _ => out.push(path),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_example_config_names_every_key() {
+        // One of each keyed table, so their keys are listed too.
+        let cfg = load_str(
+            "[endpoints.x]\nurl = \"unix:///x.sock\"\n[portainer.p]\nurl = \"https://p\"\napi_key = \"k\"\n",
+            &[],
+        )
+        .expect("config");
+        let mut keys = Vec::new();
+        all_keys(&serde_json::to_value(&cfg).expect("json"), "", &mut keys);
+        for table in ["endpoints.x", "portainer.p"] {
+            let v = serde_json::to_value(&cfg).expect("json");
+            let (a, b) = table.split_once('.').expect("dot");
+            if let Some(m) = v[a][b].as_object() {
+                keys.extend(m.keys().map(|k| format!("{a}.{k}")));
+            }
+        }
+        let text = include_str!("../config/dockside.example.toml");
+        // Secrets are shown by their `_file` form; tables of tables by their header.
+        let shown_otherwise = [
+            "password",
+            "api_key",
+            "embedded_password",
+            "embedded_users",
+            "users",
+            "registries",
+            "docker_host",
+        ];
+        let missing: Vec<&String> = keys
+            .iter()
+            .filter(|k| {
+                let key = k.rsplit('.').next().unwrap_or(k);
+                !shown_otherwise.contains(&key)
+                    && !["endpoints.x", "portainer.p"].contains(&k.as_str())
+                    && !text.lines().any(|l| {
+                        let l = l.trim_start_matches('#').trim_start();
+                        l.starts_with(&format!("{key} ")) || l.starts_with(&format!("{key}="))
+                    })
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "config/dockside.example.toml does not name: {missing:?}"
+        );
+    }
+
     #[test]
     fn the_example_config_loads() {
         let text = include_str!("../config/dockside.example.toml");
