@@ -76,64 +76,15 @@ impl Endpoint {
                 format!("no container `{name}` on endpoint `{}`", self.id),
             ));
         };
-        let target = match (req.action.as_str(), &req.version) {
-            ("rollback", _) => {
-                let Some(last) = self.history.last_update(name) else {
-                    return Err(refuse(
-                        Code::Invalid,
-                        "nothing to roll back: the history has no successful update of this container"
-                            .into(),
-                    ));
-                };
-                let (Some(image), Some(reference)) = (&last.from_image, &last.from_reference)
-                else {
-                    return Err(refuse(
-                        Code::Invalid,
-                        "the last update did not record the previous image".into(),
-                    ));
-                };
-                if *image == state.image_id {
-                    return Err(refuse(
-                        Code::Invalid,
-                        "the container already runs the image it ran before its last update".into(),
-                    ));
-                }
-                Target::Image {
-                    id: image.clone(),
-                    reference: reference.clone(),
-                }
-            }
-            ("sync", _) => {
-                let drift = self
-                    .settings
-                    .inventory
-                    .as_ref()
-                    .and_then(|inv| inv.facts(&self.id, name))
-                    .and_then(|f| f.compose_image);
-                let Some(image) = drift else {
-                    return Err(refuse(
-                        Code::Invalid,
-                        "no compose drift: the compose file names the image the container runs, or is not readable here"
-                            .into(),
-                    ));
-                };
-                Target::Reference(image)
-            }
-            (_, Some(v)) => Target::Tag(v.clone()),
-            _ => self.latest_target(name),
-        };
+        let target = self
+            .op_target(name, &req, &state.image_id)
+            .map_err(|(code, why)| refuse(code, why))?;
         let version = match (&target, req.action.as_str()) {
             (_, "rollback" | "sync") => None,
             (Target::Tag(v), _) => Some(v.clone()),
             _ => self.offered_version(name),
         };
-        let check = self
-            .table
-            .watched_labels
-            .get(name)
-            .and_then(|l| l.get(crate::watcher::CHECK_LABEL))
-            .filter(|c| !c.trim().is_empty())
-            .cloned();
+        let check = self.check_command(name);
         let s = self.settings.clone();
         let timeout = s.update_timeout;
         let pulled = match &target {
@@ -218,6 +169,72 @@ impl Endpoint {
             }
         });
         Ok(())
+    }
+
+    /// What an `update`, `rollback` or `sync` recreates the container from,
+    /// or why it cannot (SPEC §14, §17).
+    fn op_target(
+        &self,
+        name: &str,
+        req: &Request,
+        image_id: &str,
+    ) -> Result<Target, (Code, String)> {
+        Ok(match (req.action.as_str(), &req.version) {
+            ("rollback", _) => {
+                let Some(last) = self.history.last_update(name) else {
+                    return Err((
+                        Code::Invalid,
+                        "nothing to roll back: the history has no successful update of this container"
+                            .into(),
+                    ));
+                };
+                let (Some(image), Some(reference)) = (&last.from_image, &last.from_reference)
+                else {
+                    return Err((
+                        Code::Invalid,
+                        "the last update did not record the previous image".into(),
+                    ));
+                };
+                if image == image_id {
+                    return Err((
+                        Code::Invalid,
+                        "the container already runs the image it ran before its last update".into(),
+                    ));
+                }
+                Target::Image {
+                    id: image.clone(),
+                    reference: reference.clone(),
+                }
+            }
+            ("sync", _) => {
+                let drift = self
+                    .settings
+                    .inventory
+                    .as_ref()
+                    .and_then(|inv| inv.facts(&self.id, name))
+                    .and_then(|f| f.compose_image);
+                let Some(image) = drift else {
+                    return Err((
+                        Code::Invalid,
+                        "no compose drift: the compose file names the image the container runs, or is not readable here"
+                            .into(),
+                    ));
+                };
+                Target::Reference(image)
+            }
+            (_, Some(v)) => Target::Tag(v.clone()),
+            _ => self.latest_target(name),
+        })
+    }
+
+    /// The container's pre-update check (`dockside.update.check`), if any.
+    fn check_command(&self, name: &str) -> Option<String> {
+        self.table
+            .watched_labels
+            .get(name)
+            .and_then(|l| l.get(crate::watcher::CHECK_LABEL))
+            .filter(|c| !c.trim().is_empty())
+            .cloned()
     }
 
     /// `update` without a version installs what the status offers (SPEC
