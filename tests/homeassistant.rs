@@ -48,6 +48,8 @@ struct Ha {
     dir: PathBuf,
     http: reqwest::Client,
     token: String,
+    /// The onboarding's tokens as HA's frontend keeps them (a browser signs in with them).
+    tokens: Value,
 }
 
 impl Ha {
@@ -69,6 +71,7 @@ impl Ha {
                 .build()
                 .expect("http client"),
             token: String::new(),
+            tokens: Value::Null,
         }
     }
 
@@ -158,7 +161,15 @@ impl Ha {
             .await
             .expect("token answer");
         self.token = t["access_token"].as_str().expect("access_token").into();
+        self.tokens = t.clone();
         self.post("/api/onboarding/analytics", json!({})).await;
+        // The remaining steps, so HA's frontend opens on its pages, not onboarding.
+        self.post("/api/onboarding/core_config", json!({})).await;
+        self.post(
+            "/api/onboarding/integration",
+            json!({"client_id": client_id, "redirect_uri": format!("{client_id}?auth_callback=1")}),
+        )
+        .await;
         let flow = self
             .post(
                 "/api/config/config_entries/flow",
@@ -242,6 +253,70 @@ impl Ha {
             json!({"entity_id": entity}),
         )
         .await;
+    }
+
+    /// A screenshot of HA's own page of the device an entity belongs to,
+    /// taken in Chromium signed in with the onboarding's tokens (SPEC §18:
+    /// the README's picture of Home Assistant).
+    async fn screenshot_device(&self, entity: &str, name: &str) {
+        let device = self
+            .http
+            .post(self.url("/api/template"))
+            .bearer_auth(&self.token)
+            .json(&json!({"template": format!("{{{{ device_id('{entity}') }}}}")}))
+            .send()
+            .await
+            .expect("template")
+            .text()
+            .await
+            .unwrap_or_default();
+        assert!(
+            !device.trim().is_empty() && device.trim() != "None",
+            "no device for {entity}"
+        );
+        let b = common::browser::Browser::start(1280, 1000).await;
+        let origin = self.url("").trim_end_matches('/').to_string();
+        b.goto(&format!("{origin}/auth/authorize")).await;
+        let mut t = self.tokens.clone();
+        t["hassUrl"] = json!(origin);
+        t["clientId"] = json!(format!("{origin}/"));
+        t["expires"] = json!(i64::MAX / 2);
+        b.eval(
+            "localStorage.setItem('hassTokens', JSON.stringify(arguments[0])); return 1;",
+            json!([t]),
+        )
+        .await;
+        b.goto(&format!("{origin}/config/devices/device/{}", device.trim()))
+            .await;
+        // HA's frontend renders in shadow roots: wait until the entities show.
+        let shown = "function text(n){let s='';if(n.shadowRoot){s+=text(n.shadowRoot);}for(const c of n.childNodes){s+=c.nodeType===3?c.textContent:text(c);}return s;} \
+                     return text(document.body).indexOf('Image update') >= 0;";
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut ok = false;
+        while Instant::now() < deadline && !ok {
+            ok = b.eval(shown, json!([])).await == json!(true);
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        // HA 2026.11 asks to confirm the HTTP settings our HA harness gave it
+        // (port, loopback): confirmed, so the picture shows the device only.
+        b.eval(
+            "function find(n){if(n.shadowRoot){const r=find(n.shadowRoot);if(r)return r;} \
+             for(const c of (n.children||[])){if(['HA-BUTTON','MWC-BUTTON','BUTTON'].includes(c.tagName) \
+             && c.textContent.trim()==='Confirm')return c;const r=find(c);if(r)return r;}return null;} \
+             const b=find(document.body); if(b){b.click();} return !!b;",
+            json!([]),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(2)).await; // icons and fonts settle
+        let png = b.screenshot().await;
+        if !ok {
+            common::browser::save_screenshot("ha-failed.png", &png);
+            let url = b.eval("return location.href;", json!([])).await;
+            panic!(
+                "HA's device page did not show the entities (at {url}; target/screenshots/ha-failed.png)"
+            );
+        }
+        common::browser::save_screenshot(name, &png);
     }
 
     /// Lines where HA's MQTT integration complains.
@@ -714,6 +789,9 @@ async fn home_assistant_sees_and_drives_containers() {
     );
     ha.wait_state(&version, "1.0.0").await;
     ha.wait_state(&fol_update, "on").await;
+    // The README's picture: HA's page of this container's device.
+    ha.screenshot_device(&fol_update, "home-assistant-device.png")
+        .await;
 
     // The allow list shrinks (SIGHUP): the entities of words no longer allowed go.
     ds.rewrite_config(&config(

@@ -11,22 +11,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::browser::Browser;
+use common::browser::{Browser, save_screenshot};
 use common::*;
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(60);
-
-fn save_screenshot(name: &str, png: &[u8]) {
-    let dir = project_dir().join("target/screenshots");
-    std::fs::create_dir_all(&dir).expect("screenshots dir");
-    std::fs::write(dir.join(name), png).expect("screenshot");
-    if std::env::var_os("DOCKSIDE_WRITE_SCREENSHOTS").is_some() {
-        let docs = project_dir().join("docs/images");
-        std::fs::create_dir_all(&docs).expect("docs/images");
-        std::fs::write(docs.join(name), png).expect("screenshot");
-    }
-}
 
 async fn http(method: &str, url: &str) -> (u16, reqwest::header::HeaderMap, String) {
     let c = dockside::http::client_builder().build().expect("client");

@@ -8,6 +8,19 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+/// Writes a screenshot to `target/screenshots/` and, with
+/// `DOCKSIDE_WRITE_SCREENSHOTS=1`, to `docs/images/` (the README's).
+pub fn save_screenshot(name: &str, png: &[u8]) {
+    let dir = super::project_dir().join("target/screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshots dir");
+    std::fs::write(dir.join(name), png).expect("screenshot");
+    if std::env::var_os("DOCKSIDE_WRITE_SCREENSHOTS").is_some() {
+        let docs = super::project_dir().join("docs/images");
+        std::fs::create_dir_all(&docs).expect("docs/images");
+        std::fs::write(docs.join(name), png).expect("screenshot");
+    }
+}
+
 pub struct Browser {
     driver: Child,
     port: u16,
