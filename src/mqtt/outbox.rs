@@ -496,9 +496,13 @@ impl Inner {
             self.known.insert(topic.clone());
         }
         if topic.starts_with(&self.view_prefix) {
+            // On the event path: a known topic's payload is replaced in place
+            // (no copy of the topic); only a new topic is copied in.
             if payload.is_empty() {
                 self.view.remove(&topic);
-            } else if self.view.len() < MAX_VIEW || self.view.contains_key(&topic) {
+            } else if let Some(v) = self.view.get_mut(&topic) {
+                *v = payload.clone();
+            } else if self.view.len() < MAX_VIEW {
                 self.view.insert(topic.clone(), payload.clone());
             }
             self.view_version += 1;
