@@ -33,6 +33,15 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# cargo-deny for the dependency gate (scripts/test.sh), built once from crates.io
+# into a cache outside the clone (about 2.5 min), pinned so the gate does not move.
+deny_root=/var/cache/dockside-tools
+if ! "$deny_root/bin/cargo-deny" --version 2>/dev/null | grep -qx 'cargo-deny 0.20.2'; then
+  echo "test-env: building cargo-deny 0.20.2"
+  CARGO_TARGET_DIR="$deny_root/target" cargo install --quiet --locked --force \
+    --root "$deny_root" --version 0.20.2 cargo-deny
+fi
+
 "$here/dockerd.sh" start
 
 "$here/test-image.sh"

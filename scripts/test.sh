@@ -14,6 +14,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/dockside-ci/target}"
 mkdir -p "$CARGO_TARGET_DIR"
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
+# Licences, crate sources and duplicated majors (deny.toml says why each allowed one is).
+/var/cache/dockside-tools/bin/cargo-deny check bans licenses sources
 # dist/ (SPEC §15); the sidecar test runs its host image as dockside:local.
 scripts/release.sh
 scripts/build-image.sh
