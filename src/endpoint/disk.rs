@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::{JoinError, JoinSet};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::docker::models::SystemDf;
@@ -61,8 +61,9 @@ impl DiskPoller {
 
     /// The running ask's answer (pending forever when none runs: guard the
     /// `select!` arm with [`running`](Self::running)).
-    pub async fn answer(&mut self) -> Option<Result<Result<SystemDf, DockerError>, JoinError>> {
-        self.task.join_next().await
+    /// The running ask, for the loop to collect its answer.
+    pub fn tasks(&mut self) -> &mut JoinSet<Result<SystemDf, DockerError>> {
+        &mut self.task
     }
 
     /// Takes an answer in; true when the figures changed (publish the info).

@@ -94,10 +94,15 @@ impl InspectQueue {
         !self.tasks.is_empty()
     }
 
-    /// The next answer (pending forever when none runs: guard the `select!`
-    /// arm with [`running`](Self::running)).
+    /// The next answer (pending forever when none runs: check
+    /// [`running`](Self::running) first).
     pub async fn answer(&mut self) -> Option<Result<InspectResult, tokio::task::JoinError>> {
         self.tasks.join_next().await
+    }
+
+    /// The inspects in flight, for the loop to collect their answers.
+    pub fn tasks(&mut self) -> &mut JoinSet<InspectResult> {
+        &mut self.tasks
     }
 }
 
@@ -126,13 +131,13 @@ impl Endpoint {
             Ok(Some(ins)) => {
                 if !self.table.destroyed.contains(&id) {
                     let confirmed = self.confirm_command(&id, serial);
-                    self.apply_inspect(&id, asked, ins);
+                    self.apply_inspect(&id, asked, Some(&ins));
                     if let Some(name) = confirmed {
                         self.check_pending(&name);
                     }
                 }
             }
-            Ok(None) => self.on_gone(&id),
+            Ok(None) => self.apply_inspect(&id, asked, None),
             Err(e) => {
                 // A slow engine (a mass stop's clean-up) is asked again, a few times.
                 if self.inspects.failed(&id) {
@@ -153,75 +158,14 @@ impl Endpoint {
         }
     }
 
-    /// An inspect answer, asked at event generation `asked`.
-    pub(super) fn apply_inspect(&mut self, id: &str, asked: u64, ins: ContainerInspect) {
-        let name = ins.name.trim_start_matches('/').to_string();
-        if name.is_empty() || name.contains('/') {
-            tracing::warn!(endpoint = %self.id, container = %id, "skipping a container without a usable name");
-            return;
-        }
-        if !self.settings.filter.allows(&name, &ins.config.labels) {
-            // By label: its events are ignored from now on. By name: a rename
-            // (e.g. an `update` restoring it) may bring it back.
-            if crate::filter::label_excludes(&ins.config.labels) {
-                self.table.excluded.insert(id.to_string());
-            }
-            if self.table.containers.get(&name).is_some_and(|s| s.id == id) {
-                self.table.containers.remove(&name);
-                self.clear_container(&name);
-            }
-            return;
-        }
-        // Renamed while we were not looking: the old name's topics go (after the grace).
-        if let Some(old) = self.table.names.get(id).cloned()
-            && old != name
-            && self.table.containers.get(&old).is_some_and(|s| s.id == id)
-        {
-            self.table.containers.remove(&old);
-            self.schedule_removal(&old);
-        }
-        // Recreated (e.g. by `update`): the old id no longer names it.
-        if let Some(prev) = self.table.containers.get(&name)
-            && prev.id != id
-        {
-            self.table.names.remove(&prev.id);
-        }
-        self.table.names.insert(id.to_string(), name.clone());
-        self.table.removals.remove(&name);
-        let watched: std::collections::BTreeMap<String, String> = ins
-            .config
-            .labels
-            .iter()
-            .filter(|(k, _)| crate::watcher::watched_label(k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        if watched.is_empty() {
-            self.table.watched_labels.remove(&name);
-        } else {
-            self.table.watched_labels.insert(name.clone(), watched);
-        }
-        match stacks::StackLabels::of(&ins.config.labels) {
-            Some(l) => self.stacks.members.insert(name.clone(), l),
-            None => self.stacks.members.remove(&name),
-        };
-        if crate::stats::wanted(self.settings.stats.enabled, &ins.config.labels) {
-            self.stats.wanted.insert(name.clone());
-        } else {
-            self.stats.wanted.remove(&name);
-        }
-        if crate::filter::commands_disabled(&ins.config.labels) {
-            self.table.no_commands.insert(name.clone());
-        } else {
-            self.table.no_commands.remove(&name);
-        }
-        if crate::filter::logs_disabled(&ins.config.labels) {
-            self.table.no_logs.insert(name.clone());
-        } else {
-            self.table.no_logs.remove(&name);
-        }
-        let mut state = ContainerState::from_inspect(&self.id, &ins);
-        self.table.overlays.settle(id, asked, &mut state);
-        self.publish_state(&name, state, false);
+    /// An inspect answer (`None`: the container is gone), asked at event
+    /// generation `asked`.
+    pub(super) fn apply_inspect(&mut self, id: &str, asked: u64, ins: Option<&ContainerInspect>) {
+        let filter = &self.settings.filter;
+        let effects = self
+            .table
+            .apply_inspect(&self.id, id, asked, ins, |n, l| filter.allows(n, l));
+        self.carry_out(effects);
     }
 
     /// At shutdown: the answers already on their way are applied (part of

@@ -11,6 +11,7 @@
 mod commands;
 mod cursor;
 mod disk;
+mod finished;
 mod inspects;
 mod publish;
 mod session;
@@ -49,29 +50,12 @@ use crate::persist::StateDir;
 use crate::topics::Topics;
 
 use inspects::{INSPECT_CONCURRENCY, InspectQueue};
-use table::ContainerTable;
+use table::{ContainerTable, Effect};
 /// Coalesces endpoint-info recomputation during bursts.
 const INFO_DEBOUNCE: Duration = Duration::from_millis(200);
 /// Image/volume counts are re-read at most this often after such events.
 const FACTS_DEBOUNCE: Duration = Duration::from_secs(2);
 use cursor::{CURSOR_SAVE_EVERY, CursorKeeper};
-
-/// Actions that do not change a container's state: no inspect needed.
-const STATELESS_ACTIONS: &[&str] = &[
-    "attach",
-    "detach",
-    "resize",
-    "top",
-    "copy",
-    "export",
-    "commit",
-    "archive-path",
-    "extract-to-dir",
-    "exec_create",
-    "exec_start",
-    "exec_die",
-    "exec_detach",
-];
 
 /// Settings every endpoint task shares (from the config's global sections).
 #[derive(Debug)]
@@ -345,7 +329,8 @@ impl Endpoint {
         m.events_total.fetch_add(1, Ordering::Relaxed);
         let is_container = ev.kind == "container";
         let visible = if is_container {
-            self.container_visible(&ev)
+            let filter = &self.settings.filter;
+            self.table.visible(&ev, |n| filter.allows_name(n))
         } else {
             // Network (dis)connects name a container: hide those of filtered-out ones.
             ev.actor
@@ -374,27 +359,20 @@ impl Endpoint {
         }
     }
 
-    fn container_visible(&self, ev: &Event) -> bool {
-        if self.table.excluded.contains(&ev.actor.id) {
-            return false;
-        }
-        match ev.name() {
-            Some(n) => self.settings.filter.allows_name(n),
-            None => self.table.names.contains_key(&ev.actor.id),
-        }
-    }
-
     fn on_container_event(&mut self, ev: &Event) {
         crate::supervise::maybe_test_panic(ev.name());
-        let id = ev.actor.id.clone();
-        if id.is_empty() {
-            return;
-        }
-        let action = ev.action.split(':').next().unwrap_or("").trim();
+        self.publish_container_event(ev);
+        let filter = &self.settings.filter;
+        let effects = self.table.apply(ev, |n| filter.allows_name(n));
+        self.carry_out(effects);
+    }
+
+    /// The event on the container's own events topic (SPEC §4).
+    fn publish_container_event(&self, ev: &Event) {
         let name = ev
             .name()
             .map(String::from)
-            .or_else(|| self.table.names.get(&id).cloned());
+            .or_else(|| self.table.names.get(&ev.actor.id).cloned());
         if let Some(name) = &name
             && let Some(p) = container_event_payload(ev)
         {
@@ -403,49 +381,6 @@ impl Endpoint {
                     .outbox
                     .send(self.settings.topics.container_event(&self.id, name), p),
                 Err(e) => tracing::warn!(error = %e, "cannot encode event"),
-            }
-        }
-        match action {
-            "destroy" => self.on_gone(&id),
-            "rename" => {
-                // The old name's topics go unless the name is taken again within
-                // the grace (a recreate done by renaming, as Portainer's is).
-                if let Some(old) = ev.actor.attributes.get("oldName") {
-                    let old = old.trim_start_matches('/');
-                    if self.table.containers.get(old).is_some_and(|s| s.id == id) {
-                        let moved = self.table.containers.remove(old);
-                        self.schedule_removal(old);
-                        self.info_changed();
-                        // The new name shows at once; its inspect fills in the rest.
-                        if let (Some(mut st), Some(new)) = (moved, name.clone())
-                            && new != old
-                            && self.settings.filter.allows_name(&new)
-                        {
-                            st.name = new.clone();
-                            self.table.names.insert(id.clone(), new.clone());
-                            self.table.removals.remove(&new);
-                            self.publish_state(&new, st, false);
-                        }
-                    }
-                }
-                self.schedule_inspect(id);
-            }
-            a if STATELESS_ACTIONS.contains(&a) => {}
-            _ => {
-                if action == "create"
-                    && let Some(n) = &name
-                {
-                    self.table.removals.remove(n);
-                }
-                if let Some(n) = &name
-                    && let Some(t) =
-                        transitions::transition_of(&ev.action, &ev.actor.attributes, ev.nanos())
-                {
-                    self.publish_transition(&id, n, t);
-                    // What users see: from the engine's clock to the state leaving us.
-                    crate::metrics::get().observe_since(ev.nanos());
-                }
-                self.schedule_inspect(id);
             }
         }
     }

@@ -5,21 +5,38 @@
 use super::*;
 
 impl Endpoint {
-    /// SPEC §10: what the event tells is published now; the inspect it
-    /// triggers confirms or corrects it.
-    pub(super) fn publish_transition(&mut self, id: &str, name: &str, t: transitions::Transition) {
-        // Recorded even when the container is not known yet: its first inspect
-        // may be older than this event (an `oom` right after `start`).
-        let mut state = self
-            .table
-            .containers
-            .get(name)
-            .filter(|s| s.id == id)
-            .cloned();
-        if self.table.overlays.on_event(id, t, state.as_mut())
-            && let Some(state) = state
-        {
-            self.publish_state(name, state, false);
+    /// Carries out what the table decided (an event or an inspect answer).
+    pub(super) fn carry_out(&mut self, effects: Vec<Effect>) {
+        for e in effects {
+            match e {
+                Effect::State { name, state } => self.publish_state(&name, *state, false),
+                // What users see: from the engine's clock to the state leaving us.
+                Effect::Mirrored { event_nanos } => {
+                    crate::metrics::get().observe_since(event_nanos)
+                }
+                Effect::Remove { name } => self.schedule_removal(&name),
+                Effect::Clear { name } => self.clear_container(&name),
+                Effect::Inspect { id } => self.schedule_inspect(id),
+                Effect::Destroyed { id } => self.inspects.forget_failures(&id),
+                Effect::Counts => self.info_changed(),
+                Effect::Labels { name, labels } => self.note_labels(&name, &labels),
+                Effect::Unusable { id } => {
+                    tracing::warn!(endpoint = %self.id, container = %id, "skipping a container without a usable name")
+                }
+            }
+        }
+    }
+
+    /// The labels stacks and stats read, of a mirrored container.
+    fn note_labels(&mut self, name: &str, labels: &HashMap<String, String>) {
+        match stacks::StackLabels::of(labels) {
+            Some(l) => self.stacks.members.insert(name.to_string(), l),
+            None => self.stacks.members.remove(name),
+        };
+        if crate::stats::wanted(self.settings.stats.enabled, labels) {
+            self.stats.wanted.insert(name.to_string());
+        } else {
+            self.stats.wanted.remove(name);
         }
     }
 
@@ -119,25 +136,6 @@ impl Endpoint {
             if let Some(state) = self.table.containers.get(&name).cloned() {
                 self.publish_state(&name, state, false);
             }
-        }
-    }
-
-    pub(super) fn on_gone(&mut self, id: &str) {
-        if !self.table.destroyed.iter().any(|d| d == id) {
-            self.table.destroyed.push_back(id.to_string());
-            if self.table.destroyed.len() > 1024 {
-                self.table.destroyed.pop_front();
-            }
-        }
-        self.table.excluded.remove(id);
-        self.table.overlays.forget(id);
-        self.inspects.forget_failures(id);
-        if let Some(name) = self.table.names.remove(id)
-            && self.table.containers.get(&name).is_some_and(|s| s.id == id)
-        {
-            self.table.containers.remove(&name);
-            self.schedule_removal(&name);
-            self.info_changed();
         }
     }
 

@@ -106,7 +106,7 @@ impl Endpoint {
         Ok(())
     }
 
-    /// The loop over events, commands, inspects and timers.
+    /// The loop over events, commands, finished work and timers.
     async fn run_loop(
         &mut self,
         token: &CancellationToken,
@@ -114,12 +114,7 @@ impl Endpoint {
         mut lines: Lines,
         types: &[String],
     ) -> Result<(), SessionError> {
-        let period = self.settings.reconcile_interval;
-        let mut reconcile = tokio::time::interval_at(Instant::now() + period, period);
-        reconcile.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut save =
-            tokio::time::interval_at(Instant::now() + CURSOR_SAVE_EVERY, CURSOR_SAVE_EVERY);
-        save.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut ticks = finished::Ticks::new(self.settings.reconcile_interval);
         let mut resync = self.mqtt.resync_signal();
         resync.mark_unchanged();
         let mut poll = self.meta.poll_interval.map(|p| {
@@ -127,89 +122,22 @@ impl Endpoint {
             i.set_missed_tick_behavior(MissedTickBehavior::Delay);
             i
         });
-
+        let news = self.watcher_news.clone();
         loop {
-            let (removal_due, info_due, facts_due, command_due) = (
-                self.next_removal(),
-                self.info_due,
-                self.facts_due,
-                self.next_command_deadline(),
-            );
-            let disk_due = self.disk.due();
-            let stats_due = self.next_stats_due();
+            let due = self.next_due(&ticks);
             tokio::select! {
                 biased;
                 _ = token.cancelled() => {
                     self.drain_inspects().await;
                     return Ok(());
                 }
-                Some(res) = self.runner.actions.join_next(), if !self.runner.actions.is_empty() => {
-                    match res {
-                        Ok(r) => self.on_action_done(r),
-                        Err(e) => tracing::error!(endpoint = %self.id, error = %e, "command task failed"),
-                    }
-                }
-                Some(res) = self.runner.ops.join_next(), if !self.runner.ops.is_empty() => {
-                    match res {
-                        Ok(r) => self.on_op_done(r),
-                        Err(e) => tracing::error!(endpoint = %self.id, error = %e, "update task failed"),
-                    }
-                }
-                Some(res) = self.runner.reads.join_next(), if !self.runner.reads.is_empty() => self.on_read_done(res),
-                Some(res) = self.disk.answer(), if self.disk.running() => {
-                    match res {
-                        Ok(r) => self.on_disk(r),
-                        Err(e) => tracing::error!(endpoint = %self.id, error = %e, "disk usage task failed"),
-                    }
-                }
+                done = self.next_finished() => self.on_finished(done),
                 Some(cmd) = cmds.recv() => self.on_command(cmd).await?,
-                _ = sleep_until_opt(command_due) => self.expire_commands(),
-                Some(res) = self.inspects.answer(), if self.inspects.running() => {
-                    match res {
-                        Ok((id, asked, r)) => self.on_inspect(id, asked, r),
-                        Err(e) => tracing::error!(endpoint = %self.id, error = %e, "inspect task failed"),
-                    }
-                }
                 item = lines.next() => self.on_item(item?),
                 _ = tick_opt(&mut poll) => self.poll_events(types).await?,
-                _ = sleep_until_opt(removal_due) => self.run_removals(),
-                _ = sleep_until_opt(disk_due) => self.ask_disk(false),
-                _ = sleep_until_opt(stats_due) => self.run_due_stats(),
-                Some(res) = self.stacks.portainer_task.join_next(), if !self.stacks.portainer_task.is_empty() => {
-                    match res {
-                        Ok(r) => self.on_portainer_stacks(r),
-                        Err(e) => tracing::error!(endpoint = %self.id, error = %e, "Portainer stack list task failed"),
-                    }
-                }
-                Some(res) = self.stats.calls.join_next(), if !self.stats.calls.is_empty() => {
-                    match res {
-                        Ok(a) => self.on_stats(a),
-                        Err(e) => tracing::error!(endpoint = %self.id, error = %e, "stats task failed"),
-                    }
-                }
-                _ = sleep_until_opt(info_due) => {
-                    self.info_due = None;
-                    self.publish_info_now();
-                }
-                _ = sleep_until_opt(facts_due) => {
-                    self.facts_due = None;
-                    self.refresh_facts().await?;
-                    self.info_changed();
-                }
-                _ = reconcile.tick() => {
-                    self.refresh_facts().await?;
-                    self.publish_endpoint_device(false);
-                    self.full_sync().await?;
-                    self.publish_info_now();
-                }
-                _ = save.tick() => {
-                    self.save_cursor_soon();
-                    self.recheck_problems();
-                    // Update statuses change without a container event.
-                    self.publish_stacks(false);
-                }
+                _ = tokio::time::sleep_until(due) => self.on_due(&mut ticks).await?,
                 Ok(()) = resync.changed() => self.republish_all(),
-                _ = self.watcher_news.notified() => self.on_watcher_news(),
+                _ = news.notified() => self.on_watcher_news(),
             }
         }
     }
@@ -222,7 +150,7 @@ impl Endpoint {
 
     /// A read-only word (`logs`) or `prune` ended: its result goes out, a
     /// prune lets updates run again and refreshes the disk summary.
-    fn on_read_done(
+    pub(super) fn on_read_done(
         &mut self,
         res: Result<(String, crate::command::CommandResult), tokio::task::JoinError>,
     ) {
@@ -359,7 +287,7 @@ impl Endpoint {
                 // No event was handled meanwhile: the answer is newer than all of them.
                 Ok(Some(ins)) => {
                     let asked = self.table.overlays.generation(&id);
-                    self.apply_inspect(&id, asked, ins)
+                    self.apply_inspect(&id, asked, Some(&ins))
                 }
                 Ok(None) => {} // removed meanwhile; its destroy event follows
                 Err(DockerError::Decode { what, message }) => {

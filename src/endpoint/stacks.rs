@@ -43,7 +43,7 @@ impl StackLabels {
     }
 }
 
-type PortainerStacksAnswer = Result<Vec<PortainerStack>, PortainerError>;
+pub(super) type PortainerStacksAnswer = Result<Vec<PortainerStack>, PortainerError>;
 
 #[derive(Default)]
 pub(super) struct StacksState {
