@@ -382,6 +382,41 @@ impl Discovery {
         v
     }
 
+    /// The entities of `defs` that `wanted` keeps, their `$` values filled
+    /// from `vars`: `when_allowed` keys where `has` allows the word, and the
+    /// engine's availability on those bound to it.
+    fn entities(
+        &self,
+        device_id: &str,
+        defs: &[EntityDef],
+        vars: &BTreeMap<&'static str, Value>,
+        wanted: &dyn Fn(When) -> bool,
+        has: &dyn Fn(&str) -> bool,
+        engine: &Map<String, Value>,
+    ) -> Vec<Entity> {
+        defs.iter()
+            .filter(|d| wanted(d.when))
+            .map(|d| {
+                let mut config = d.config(vars);
+                if let Value::Object(m) = &mut config {
+                    if let Some((word, extra)) = d.when_allowed
+                        && has(word)
+                        && let Ok(mut x) = serde_json::from_str::<Value>(extra)
+                    {
+                        fill(&mut x, vars);
+                        if let Value::Object(x) = x {
+                            m.extend(x);
+                        }
+                    }
+                    if d.engine_bound {
+                        m.extend(engine.clone());
+                    }
+                }
+                self.entity(device_id, d.id, d.platform, d.name, config)
+            })
+            .collect()
+    }
+
     /// The bridge device: connectivity, version, and the bridge commands.
     pub fn bridge(&self) -> Device {
         let id = self.bridge_id();
@@ -487,126 +522,33 @@ impl Discovery {
         .finish(SCOPE_OPTIONAL)
     }
 
-    /// An endpoint device: reachability, counts, engine version, commands.
+    /// An endpoint device: reachability, counts, engine version, commands
+    /// (those of `ENDPOINT_ENTITIES` its settings call for).
     pub fn endpoint(&self, ep: &str, f: &EndpointFacts) -> Device {
         let id = self.endpoint_id(ep);
         let t = &self.topics;
-        let info = t.endpoint_info(ep);
-        // Counts are stale while the engine is away: unavailable then.
-        let both = Value::Object(self.availability(Some(ep)));
-        let count = |key: &'static str, name: &str, tpl: &str, icon: &str| {
-            let mut v = json!({"state_topic": info, "value_template": tpl,
-                               "state_class": "measurement", "icon": icon});
-            if let (Value::Object(m), Value::Object(a)) = (&mut v, &both) {
-                m.extend(a.clone());
-            }
-            self.entity(&id, key, "sensor", name, v)
+        let vars = BTreeMap::from([
+            ("$info", json!(t.endpoint_info(ep))),
+            ("$status", json!(t.endpoint_status(ep))),
+            ("$set", json!(t.endpoint_set(ep))),
+        ]);
+        let words: &[String] = if self.commands.enabled {
+            &self.commands.allow
+        } else {
+            &[]
         };
-        let mut entities = vec![
-            self.entity(
-                &id,
-                "reachable",
-                "binary_sensor",
-                "Reachable",
-                json!({"device_class": "connectivity", "state_topic": t.endpoint_status(ep),
-                       "payload_on": "online", "payload_off": "offline"}),
-            ),
-            count(
-                "containers_running",
-                "Containers running",
-                "{{ value_json.containers.running }}",
-                "mdi:play-circle",
-            ),
-            count(
-                "containers_stopped",
-                "Containers stopped",
-                "{{ value_json.containers.stopped }}",
-                "mdi:stop-circle",
-            ),
-            count(
-                "containers_paused",
-                "Containers paused",
-                "{{ value_json.containers.paused }}",
-                "mdi:pause-circle",
-            ),
-            count(
-                "containers_total",
-                "Containers",
-                "{{ value_json.containers.total }}",
-                "mdi:docker",
-            ),
-            count(
-                "containers_unhealthy",
-                "Containers unhealthy",
-                "{{ value_json.containers.unhealthy }}",
-                "mdi:heart-broken",
-            ),
-            count(
-                "images",
-                "Images",
-                "{{ value_json.images if value_json.images is number else 'None' }}",
-                "mdi:layers",
-            ),
-            self.entity(
-                &id,
-                "docker_version",
-                "sensor",
-                "Docker version",
-                json!({"state_topic": info,
-                       "value_template": "{{ value_json.docker_version or 'None' }}",
-                       "entity_category": "diagnostic", "icon": "mdi:docker"}),
-            ),
-        ];
-        // SPEC §17: what needs a look, per endpoint.
-        entities.push(count(
-            "problems",
-            "Problems",
-            "{{ value_json.containers.problems | default(0) }}",
-            "mdi:alert-circle",
-        ));
-        if self.updates {
-            entities.push(count(
-                "updates_available",
-                "Updates available",
-                "{{ value_json.updates_available if value_json.updates_available is number else 'None' }}",
-                "mdi:package-up",
-            ));
-        }
-        // SPEC §13 upkeep: services and the disk summary (hourly).
-        entities.push(count(
-            "services",
-            "Swarm services",
-            "{{ value_json.services if value_json.services is number else 'None' }}",
-            "mdi:lan",
-        ));
-        for (key, name, field) in [
-            ("disk_images", "Disk used by images", "images_bytes"),
-            ("disk_reclaimable", "Disk reclaimable", "reclaimable_bytes"),
-        ] {
-            entities.push(self.entity(
-                &id,
-                key,
-                "sensor",
-                name,
-                json!({"state_topic": info,
-                       "value_template": format!("{{{{ value_json.disk.{field} if value_json.disk else 'None' }}}}"),
-                       "device_class": "data_size", "unit_of_measurement": "B",
-                       "suggested_unit_of_measurement": "GB", "state_class": "measurement",
-                       "entity_category": "diagnostic"}),
-            ));
-        }
+        let has = |w: &str| Self::allows(words, w);
+        let wanted = |when: When| match when {
+            When::Always => true,
+            When::Allows(w) => w.iter().all(|w| has(w)),
+            When::Updates => self.updates,
+            When::UpdatesAllows(w) => self.updates && has(w),
+            When::Versions => false,
+        };
+        let engine = self.availability(Some(ep));
+        let mut entities = self.entities(&id, ENDPOINT_ENTITIES, &vars, &wanted, &has, &engine);
         entities.extend(self.scope_buttons(&id, &t.endpoint_set(ep)));
-        if self.commands.enabled && self.commands.allow.iter().any(|w| w == "prune") {
-            // Removes things: present, disabled until the user enables it.
-            entities.push(self.entity(
-                &id,
-                "prune",
-                "button",
-                "Prune",
-                json!({"command_topic": t.endpoint_set(ep), "payload_press": "prune",
-                       "icon": "mdi:broom", "entity_category": "config", "enabled_by_default": false}),
-            ));
-        }
+        entities.extend(self.entities(&id, ENDPOINT_TAIL_ENTITIES, &vars, &wanted, &has, &engine));
         let mut device = json!({
             "identifiers": [id],
             "name": if f.name.is_empty() { ep } else { &f.name },
@@ -649,25 +591,8 @@ impl Discovery {
         let mut vars = vars;
         vars.insert("$VERSIONS", json!(f.versions));
         let vars = vars;
-        let mut e = Vec::new();
-        let push = |e: &mut Vec<Entity>, defs: &[EntityDef]| {
-            for d in defs.iter().filter(|d| wanted(d.when)) {
-                let mut config = d.config(&vars);
-                if let Some((word, extra)) = d.when_allowed
-                    && has(word)
-                    && let (Value::Object(m), Ok(Value::Object(x))) =
-                        (&mut config, serde_json::from_str::<Value>(extra))
-                {
-                    let mut x = Value::Object(x);
-                    fill(&mut x, &vars);
-                    if let Value::Object(x) = x {
-                        m.extend(x);
-                    }
-                }
-                e.push(self.entity(&id, d.id, d.platform, d.name, config));
-            }
-        };
-        push(&mut e, CONTAINER_ENTITIES);
+        let engine = self.availability(Some(ep));
+        let mut e = self.entities(&id, CONTAINER_ENTITIES, &vars, &wanted, &has, &engine);
         if f.stats {
             let topic = self.topics.container_stats(ep, ct);
             for (cid, key, name, opts) in STATS_SENSORS {
@@ -678,7 +603,7 @@ impl Discovery {
                 e.push(self.entity(&id, cid, "sensor", name, v));
             }
         }
-        push(&mut e, CONTAINER_TAIL_ENTITIES);
+        e.extend(self.entities(&id, CONTAINER_TAIL_ENTITIES, &vars, &wanted, &has, &engine));
         let mut device = json!({
             "identifiers": [id],
             "name": ct,
@@ -841,6 +766,8 @@ struct EntityDef {
     when: When,
     config: &'static str,
     when_allowed: Option<(&'static str, &'static str)>,
+    /// Unavailable while the engine is away (an endpoint's counts).
+    engine_bound: bool,
 }
 
 impl EntityDef {
@@ -858,6 +785,7 @@ impl EntityDef {
             when,
             config,
             when_allowed: None,
+            engine_bound: false,
         }
     }
 
@@ -913,6 +841,131 @@ fn container_vars(t: &Topics, ep: &str, ct: &str) -> BTreeMap<&'static str, Valu
 }
 
 use When::{Allows, Always, Updates, UpdatesAllows, Versions};
+
+/// An endpoint count from its info, unavailable while the engine is away.
+macro_rules! count {
+    ($id:literal, $name:literal, $tpl:literal, $icon:literal) => {
+        EntityDef {
+            engine_bound: true,
+            ..EntityDef::new(
+                $id,
+                "sensor",
+                $name,
+                Always,
+                concat!(
+                    r#"{"state_topic":"$info","value_template":""#,
+                    $tpl,
+                    r#"","state_class":"measurement","icon":""#,
+                    $icon,
+                    r#""}"#
+                ),
+            )
+        }
+    };
+}
+
+/// An endpoint device's entities before the scope buttons, in order.
+const ENDPOINT_ENTITIES: &[EntityDef] = &[
+    EntityDef::new(
+        "reachable",
+        "binary_sensor",
+        "Reachable",
+        Always,
+        r#"{"device_class":"connectivity","state_topic":"$status","payload_on":"online","payload_off":"offline"}"#,
+    ),
+    count!(
+        "containers_running",
+        "Containers running",
+        "{{ value_json.containers.running }}",
+        "mdi:play-circle"
+    ),
+    count!(
+        "containers_stopped",
+        "Containers stopped",
+        "{{ value_json.containers.stopped }}",
+        "mdi:stop-circle"
+    ),
+    count!(
+        "containers_paused",
+        "Containers paused",
+        "{{ value_json.containers.paused }}",
+        "mdi:pause-circle"
+    ),
+    count!(
+        "containers_total",
+        "Containers",
+        "{{ value_json.containers.total }}",
+        "mdi:docker"
+    ),
+    count!(
+        "containers_unhealthy",
+        "Containers unhealthy",
+        "{{ value_json.containers.unhealthy }}",
+        "mdi:heart-broken"
+    ),
+    count!(
+        "images",
+        "Images",
+        "{{ value_json.images if value_json.images is number else 'None' }}",
+        "mdi:layers"
+    ),
+    EntityDef::new(
+        "docker_version",
+        "sensor",
+        "Docker version",
+        Always,
+        r#"{"state_topic":"$info","value_template":"{{ value_json.docker_version or 'None' }}","entity_category":"diagnostic","icon":"mdi:docker"}"#,
+    ),
+    // SPEC §17: what needs a look, per endpoint.
+    count!(
+        "problems",
+        "Problems",
+        "{{ value_json.containers.problems | default(0) }}",
+        "mdi:alert-circle"
+    ),
+    EntityDef {
+        when: Updates,
+        ..count!(
+            "updates_available",
+            "Updates available",
+            "{{ value_json.updates_available if value_json.updates_available is number else 'None' }}",
+            "mdi:package-up"
+        )
+    },
+    // SPEC §13 upkeep: services and the disk summary (hourly).
+    count!(
+        "services",
+        "Swarm services",
+        "{{ value_json.services if value_json.services is number else 'None' }}",
+        "mdi:lan"
+    ),
+    EntityDef::new(
+        "disk_images",
+        "sensor",
+        "Disk used by images",
+        Always,
+        r#"{"state_topic":"$info","value_template":"{{ value_json.disk.images_bytes if value_json.disk else 'None' }}","device_class":"data_size","unit_of_measurement":"B","suggested_unit_of_measurement":"GB","state_class":"measurement","entity_category":"diagnostic"}"#,
+    ),
+    EntityDef::new(
+        "disk_reclaimable",
+        "sensor",
+        "Disk reclaimable",
+        Always,
+        r#"{"state_topic":"$info","value_template":"{{ value_json.disk.reclaimable_bytes if value_json.disk else 'None' }}","device_class":"data_size","unit_of_measurement":"B","suggested_unit_of_measurement":"GB","state_class":"measurement","entity_category":"diagnostic"}"#,
+    ),
+];
+
+/// An endpoint device's entities after the scope buttons.
+const ENDPOINT_TAIL_ENTITIES: &[EntityDef] = &[
+    // Removes things: present, disabled until the user enables it.
+    EntityDef::new(
+        "prune",
+        "button",
+        "Prune",
+        Allows(&["prune"]),
+        r#"{"command_topic":"$set","payload_press":"prune","icon":"mdi:broom","entity_category":"config","enabled_by_default":false}"#,
+    ),
+];
 
 /// A container device's entities before its stats sensors, in order.
 const CONTAINER_ENTITIES: &[EntityDef] = &[
@@ -1297,6 +1350,64 @@ mod tests {
         out
     }
 
+    /// Every endpoint device form (commands off, on, with prune; with and
+    /// without updates; Docker and Portainer facts; both modes), pinned in
+    /// `testdata/ha_endpoint_golden.txt` like the container forms.
+    fn endpoint_forms() -> String {
+        let mut out = String::new();
+        for mode in [DiscoveryMode::Device, DiscoveryMode::Component] {
+            for updates in [false, true] {
+                for (enabled, allow) in [
+                    (false, vec!["prune"]),
+                    (true, vec!["start", "stop"]),
+                    (true, vec!["prune"]),
+                ] {
+                    let mut c = cfg(mode, &allow);
+                    c.commands.enabled = enabled;
+                    c.updates.enabled = updates;
+                    let d = Discovery::from_config(&c).expect("on");
+                    let facts = [
+                        EndpointFacts {
+                            name: String::new(),
+                            kind: "docker".into(),
+                            docker_version: None,
+                            configuration_url: None,
+                        },
+                        EndpointFacts {
+                            name: "NAS".into(),
+                            kind: "portainer".into(),
+                            docker_version: Some("28.5.1".into()),
+                            configuration_url: Some("https://p/#!/2/docker/dashboard".into()),
+                        },
+                    ];
+                    for f in &facts {
+                        for (t, b) in d.messages(&d.endpoint("nas", f)) {
+                            out.push_str(&format!("{t} {}\n", String::from_utf8_lossy(&b)));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn endpoint_discovery_is_pinned() {
+        let now = endpoint_forms();
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/testdata/ha_endpoint_golden.txt"
+        );
+        if std::env::var_os("DOCKSIDE_WRITE_GOLDEN").is_some() {
+            std::fs::write(path, &now).expect("write the golden file");
+        }
+        let pinned = std::fs::read_to_string(path).expect("testdata/ha_endpoint_golden.txt");
+        assert!(
+            now == pinned,
+            "endpoint discovery changed: regenerate with DOCKSIDE_WRITE_GOLDEN=1 only if intended"
+        );
+    }
+
     #[test]
     fn every_entity_definition_parses_and_names_only_known_values() {
         let vars = container_vars(&Topics::new("b"), "ep", "ct");
@@ -1308,13 +1419,23 @@ mod tests {
                 _ => true,
             }
         }
-        for d in CONTAINER_ENTITIES.iter().chain(CONTAINER_TAIL_ENTITIES) {
-            let raw = std::iter::once(d.config).chain(d.when_allowed.map(|(_, x)| x));
-            for text in raw {
-                let mut v: Value = serde_json::from_str(text).expect(d.id);
-                assert!(v.is_object(), "{}", d.id);
-                fill(&mut v, &vars);
-                assert!(no_placeholder(&v), "{}: {v}", d.id);
+        let endpoint_vars: BTreeMap<&'static str, Value> =
+            ["$info", "$status", "$set"].map(|k| (k, json!("t"))).into();
+        let tables = [
+            (CONTAINER_ENTITIES, &vars),
+            (CONTAINER_TAIL_ENTITIES, &vars),
+            (ENDPOINT_ENTITIES, &endpoint_vars),
+            (ENDPOINT_TAIL_ENTITIES, &endpoint_vars),
+        ];
+        for (defs, vars) in tables {
+            for d in defs {
+                let raw = std::iter::once(d.config).chain(d.when_allowed.map(|(_, x)| x));
+                for text in raw {
+                    let mut v: Value = serde_json::from_str(text).expect(d.id);
+                    assert!(v.is_object(), "{}", d.id);
+                    fill(&mut v, vars);
+                    assert!(no_placeholder(&v), "{}: {v}", d.id);
+                }
             }
         }
     }
