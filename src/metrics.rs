@@ -101,6 +101,13 @@ impl Default for Health {
     }
 }
 
+/// `register!(m, "name", "help" => field; …)`: each metric under its name.
+macro_rules! register {
+    ($m:ident, $($name:literal, $help:literal => $field:ident;)*) => {
+        $( $m.registry.register($name, $help, $m.$field.clone()); )*
+    };
+}
+
 impl Metrics {
     fn new() -> Self {
         let m = Self {
@@ -136,116 +143,29 @@ impl Metrics {
             registries_seen: Mutex::default(),
         };
         let mut m = m;
-        let r = &mut m.registry;
-        r.register(
-            "events_received",
-            "Docker events received, per endpoint",
-            m.events_received.clone(),
-        );
-        r.register(
-            "events_published",
-            "Docker events published to MQTT, per endpoint",
-            m.events_published.clone(),
-        );
-        r.register(
-            "state_publish_latency_seconds",
-            "Engine event time to its container state being handed to the MQTT client",
-            m.state_latency.clone(),
-        );
-        r.register(
-            "outbox_messages",
-            "Messages waiting in the outbox for the broker",
-            m.outbox_depth.clone(),
-        );
-        r.register(
-            "outbox_dropped",
-            "Messages dropped because the outbox was full",
-            m.outbox_dropped.clone(),
-        );
-        r.register(
-            "mqtt_connected",
-            "1 while connected to the MQTT broker",
-            m.mqtt_connected.clone(),
-        );
-        r.register(
-            "mqtt_reconnects",
-            "Connections to the MQTT broker after the first",
-            m.mqtt_reconnects.clone(),
-        );
-        r.register(
-            "commands_received",
-            "Messages that arrived on the command topics",
-            m.commands_received.clone(),
-        );
-        r.register(
-            "command_reads_paused",
-            "Times the reading of commands paused until results went out (flow control)",
-            m.command_reads_paused.clone(),
-        );
-        r.register(
-            "endpoint_up",
-            "1 while the endpoint's engine is reachable",
-            m.endpoint_up.clone(),
-        );
-        r.register(
-            "containers_problem",
-            "Containers whose problem flag is on",
-            m.containers_problem.clone(),
-        );
-        r.register(
-            "updates_available",
-            "Containers with an image update available",
-            m.updates_available.clone(),
-        );
-        r.register(
-            "commands",
-            "Command results sent, by action and result code",
-            m.commands.clone(),
-        );
-        r.register(
-            "registry_requests",
-            "Requests to image registries, per registry host",
-            m.registry_requests.clone(),
-        );
-        r.register(
-            "registry_rate_limited",
-            "Registry answers 429/503 or a rate-limit remaining of 0, per registry host",
-            m.registry_rate_limited.clone(),
-        );
-        r.register(
-            "registry_rate_limit_remaining",
-            "The last ratelimit-remaining a registry announced",
-            m.registry_remaining.clone(),
-        );
-        r.register(
-            "update_rounds",
-            "Image update rounds run",
-            m.update_rounds.clone(),
-        );
-        r.register(
-            "update_last_round_seconds",
-            "Unix time of the last image update round that asked a registry",
-            m.update_last_round.clone(),
-        );
-        r.register(
-            "update_round_errors",
-            "Image references whose last registry check failed",
-            m.update_round_errors.clone(),
-        );
-        r.register(
-            "last_event_seconds",
-            "Unix time of the endpoint's last Docker event",
-            m.last_event.clone(),
-        );
-        r.register(
-            "stats_calls",
-            "One-shot container stats calls made",
-            m.stats_calls.clone(),
-        );
-        r.register(
-            "task_restarts",
-            "Supervised tasks restarted after a panic or an unexpected end",
-            m.task_restarts.clone(),
+        register!(m,
+            "events_received", "Docker events received, per endpoint" => events_received;
+            "events_published", "Docker events published to MQTT, per endpoint" => events_published;
+            "state_publish_latency_seconds", "Engine event time to its container state being handed to the MQTT client" => state_latency;
+            "outbox_messages", "Messages waiting in the outbox for the broker" => outbox_depth;
+            "outbox_dropped", "Messages dropped because the outbox was full" => outbox_dropped;
+            "mqtt_connected", "1 while connected to the MQTT broker" => mqtt_connected;
+            "mqtt_reconnects", "Connections to the MQTT broker after the first" => mqtt_reconnects;
+            "commands_received", "Messages that arrived on the command topics" => commands_received;
+            "command_reads_paused", "Times the reading of commands paused until results went out (flow control)" => command_reads_paused;
+            "endpoint_up", "1 while the endpoint's engine is reachable" => endpoint_up;
+            "containers_problem", "Containers whose problem flag is on" => containers_problem;
+            "updates_available", "Containers with an image update available" => updates_available;
+            "commands", "Command results sent, by action and result code" => commands;
+            "registry_requests", "Requests to image registries, per registry host" => registry_requests;
+            "registry_rate_limited", "Registry answers 429/503 or a rate-limit remaining of 0, per registry host" => registry_rate_limited;
+            "registry_rate_limit_remaining", "The last ratelimit-remaining a registry announced" => registry_remaining;
+            "update_rounds", "Image update rounds run" => update_rounds;
+            "update_last_round_seconds", "Unix time of the last image update round that asked a registry" => update_last_round;
+            "update_round_errors", "Image references whose last registry check failed" => update_round_errors;
+            "last_event_seconds", "Unix time of the endpoint's last Docker event" => last_event;
+            "stats_calls", "One-shot container stats calls made" => stats_calls;
+            "task_restarts", "Supervised tasks restarted after a panic or an unexpected end" => task_restarts;
         );
         m
     }

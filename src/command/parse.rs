@@ -203,171 +203,138 @@ struct Extras {
 
 type Parsed = (String, Option<String>, Extras);
 
+/// Every key a JSON command may carry.
+const KEYS: &[&str] = &[
+    "action",
+    "request_id",
+    "version",
+    "lines",
+    "since",
+    "what",
+    "label",
+    "all_volumes",
+    "force",
+];
+
+type Object = serde_json::Map<String, serde_json::Value>;
+
 fn parse_json(text: &str) -> Result<Parsed, ParseError> {
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| perr(format!("bad JSON: {e}")))?;
     let obj = value
         .as_object()
         .ok_or_else(|| perr("JSON payload must be an object"))?;
-    let request_id = match obj.get("request_id") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(s)) if s.len() <= MAX_REQUEST_ID => Some(s.clone()),
-        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-        Some(serde_json::Value::String(_)) => {
-            return Err(perr(format!(
-                "request_id is longer than {MAX_REQUEST_ID} characters"
-            )));
-        }
-        Some(_) => return Err(perr("request_id must be a string")),
+    let request_id = request_id_of(obj)?;
+    // Past the request id, every refusal carries it (and the action once known).
+    let fail = |message: String, action: Option<String>| ParseError {
+        message,
+        action,
+        request_id: request_id.clone(),
     };
     let action = match obj.get("action") {
         Some(serde_json::Value::String(a)) => a.trim().to_ascii_lowercase(),
-        Some(_) => {
-            return Err(ParseError {
-                message: "action must be a string".into(),
-                action: None,
-                request_id,
-            });
-        }
-        None => {
-            return Err(ParseError {
-                message: "missing `action`".into(),
-                action: None,
-                request_id,
-            });
-        }
+        Some(_) => return Err(fail("action must be a string".into(), None)),
+        None => return Err(fail("missing `action`".into(), None)),
     };
-    if let Some(k) = obj.keys().find(|k| {
-        !matches!(
-            k.as_str(),
-            "action"
-                | "request_id"
-                | "version"
-                | "lines"
-                | "since"
-                | "what"
-                | "label"
-                | "all_volumes"
-                | "force"
-        )
-    }) {
+    if let Some(k) = obj.keys().find(|k| !KEYS.contains(&k.as_str())) {
         let k: String = k.chars().take(32).collect();
-        return Err(ParseError {
-            message: format!("unknown key `{k}`"),
-            action: None,
-            request_id,
-        });
+        return Err(fail(format!("unknown key `{k}`"), None));
     }
-    let version = match obj.get("version") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(v)) => Some(v.clone()),
-        Some(_) => {
-            return Err(ParseError {
-                message: "`version` must be a string (a tag)".into(),
-                action: Some(action),
-                request_id,
-            });
-        }
+    let extras = Extras::of(obj).map_err(|m| fail(m, Some(action.clone())))?;
+    Ok((action, request_id, extras))
+}
+
+fn request_id_of(obj: &Object) -> Result<Option<String>, ParseError> {
+    match obj.get("request_id") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) if s.len() <= MAX_REQUEST_ID => Ok(Some(s.clone())),
+        Some(serde_json::Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(serde_json::Value::String(_)) => Err(perr(format!(
+            "request_id is longer than {MAX_REQUEST_ID} characters"
+        ))),
+        Some(_) => Err(perr("request_id must be a string")),
+    }
+}
+
+/// A key that may be absent or null; when present, `read` must accept it.
+fn optional<T>(
+    obj: &Object,
+    key: &str,
+    read: impl Fn(&serde_json::Value) -> Result<T, String>,
+) -> Result<Option<T>, String> {
+    match obj.get(key) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => read(v).map(Some),
+    }
+}
+
+fn or_refuse<T>(v: Option<T>, message: &str) -> Result<T, String> {
+    v.ok_or_else(|| message.to_string())
+}
+
+impl Extras {
+    /// The keys beyond `action` and `request_id`, each checked in turn.
+    fn of(obj: &Object) -> Result<Self, String> {
+        Ok(Extras {
+            version: optional(obj, "version", |v| {
+                or_refuse(
+                    v.as_str().map(String::from),
+                    "`version` must be a string (a tag)",
+                )
+            })?,
+            lines: optional(obj, "lines", lines_of)?,
+            since: obj.get("since").filter(|v| !v.is_null()).cloned(),
+            what: optional(obj, "what", what_of)?,
+            label: optional(obj, "label", label_of)?,
+            all_volumes: optional(obj, "all_volumes", |v| {
+                or_refuse(v.as_bool(), "`all_volumes` is true or false")
+            })?,
+            force: optional(obj, "force", |v| {
+                or_refuse(v.as_bool(), "`force` is true or false")
+            })?,
+        })
+    }
+}
+
+/// More than the most is the most (SPEC §13: at most 1,000).
+fn lines_of(v: &serde_json::Value) -> Result<u32, String> {
+    match v.as_u64() {
+        Some(l) if l >= 1 => Ok(l.min(u64::from(MAX_LOG_LINES)) as u32),
+        _ => Err(format!(
+            "`lines` must be a whole number from 1 to {MAX_LOG_LINES}"
+        )),
+    }
+}
+
+fn what_of(v: &serde_json::Value) -> Result<Vec<String>, String> {
+    let items = match v.as_array() {
+        Some(items) if !items.is_empty() && items.len() <= PRUNABLE.len() => items,
+        _ => return Err(format!("`what` is a list of {}", PRUNABLE.join(", "))),
     };
-    let lines = match obj.get("lines") {
-        None | Some(serde_json::Value::Null) => None,
-        // More than the most is the most (SPEC §13: at most 1,000).
-        Some(serde_json::Value::Number(n)) if n.as_u64().is_some_and(|l| l >= 1) => Some(
-            n.as_u64()
-                .map_or(MAX_LOG_LINES, |l| l.min(u64::from(MAX_LOG_LINES)) as u32),
-        ),
-        Some(_) => {
-            return Err(ParseError {
-                message: format!("`lines` must be a whole number from 1 to {MAX_LOG_LINES}"),
-                action: Some(action),
-                request_id,
-            });
-        }
-    };
-    let since = obj.get("since").filter(|v| !v.is_null()).cloned();
-    let what = match obj.get("what") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::Array(items))
-            if !items.is_empty() && items.len() <= PRUNABLE.len() =>
-        {
-            let mut out: Vec<String> = Vec::new();
-            for i in items {
-                match i.as_str() {
-                    Some(w) if PRUNABLE.contains(&w) => {
-                        if !out.iter().any(|o| o == w) {
-                            out.push(w.to_string());
-                        }
-                    }
-                    _ => {
-                        return Err(ParseError {
-                            message: format!("`what` names {} only", PRUNABLE.join(", ")),
-                            action: Some(action),
-                            request_id,
-                        });
-                    }
+    let mut out: Vec<String> = Vec::new();
+    for i in items {
+        match i.as_str() {
+            Some(w) if PRUNABLE.contains(&w) => {
+                if !out.iter().any(|o| o == w) {
+                    out.push(w.to_string());
                 }
             }
-            Some(out)
+            _ => return Err(format!("`what` names {} only", PRUNABLE.join(", "))),
         }
-        Some(_) => {
-            return Err(ParseError {
-                message: format!("`what` is a list of {}", PRUNABLE.join(", ")),
-                action: Some(action),
-                request_id,
-            });
-        }
-    };
-    let label = match obj.get("label") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(l))
+    }
+    Ok(out)
+}
+
+fn label_of(v: &serde_json::Value) -> Result<String, String> {
+    match v.as_str() {
+        Some(l)
             if !l.is_empty()
                 && l.len() <= 256
                 && !l.starts_with('=')
                 && l.chars().all(|c| !c.is_control()) =>
         {
-            Some(l.clone())
+            Ok(l.to_string())
         }
-        Some(_) => {
-            return Err(ParseError {
-                message: "`label` is `key` or `key=value` (at most 256 characters)".into(),
-                action: Some(action),
-                request_id,
-            });
-        }
-    };
-    let all_volumes = match obj.get("all_volumes") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::Bool(b)) => Some(*b),
-        Some(_) => {
-            return Err(ParseError {
-                message: "`all_volumes` is true or false".into(),
-                action: Some(action),
-                request_id,
-            });
-        }
-    };
-    let force = match obj.get("force") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::Bool(b)) => Some(*b),
-        Some(_) => {
-            return Err(ParseError {
-                message: "`force` is true or false".into(),
-                action: Some(action),
-                request_id,
-            });
-        }
-    };
-    Ok((
-        action,
-        request_id,
-        Extras {
-            version,
-            lines,
-            since,
-            what,
-            label,
-            all_volumes,
-            force,
-        },
-    ))
+        _ => Err("`label` is `key` or `key=value` (at most 256 characters)".into()),
+    }
 }

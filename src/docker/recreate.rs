@@ -338,111 +338,210 @@ async fn recreate_inner(
     plan: Plan<'_>,
     swap: &mut Swap,
 ) -> Result<Outcome, RecreateError> {
-    let inspect = client
-        .inspect_raw(id)
-        .await
-        .map_err(engine("inspecting the container"))?;
-    let current = inspect["Config"]["Image"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let old_image_id = inspect["Image"].as_str().unwrap_or_default().to_string();
-    let old_image = client
-        .image_inspect_raw(&old_image_id)
-        .await
-        .unwrap_or(Value::Null);
-    swap.from_image = Some(old_image_id.clone()).filter(|s| !s.is_empty());
-    swap.from_reference = Some(current.clone());
-    swap.from_version = version_of(&old_image, &current);
-    let reference = match &plan.target {
-        Target::Current => {
-            split_reference(&current)?;
-            current.clone()
-        }
-        Target::Tag(tag) => {
-            let (repo, _) = split_reference(&current)?;
-            format!("{repo}:{tag}")
-        }
-        Target::Image { reference, .. } | Target::Reference(reference) => reference.clone(),
-    };
+    let old = Current::read(client, id, swap).await?;
+    let reference = target_reference(&plan.target, &old.reference)?;
     swap.to_reference = Some(reference.clone());
-    let (repo, tag) = split_reference(&reference)?;
-    let new_image = match &plan.target {
-        Target::Image { id: image_id, .. } => {
-            let img = match client.image_inspect_raw(image_id).await {
-                Ok(i) => i,
-                Err(DockerError::NotFound) => {
-                    return Err(RecreateError::ImageGone(image_id.clone()));
-                }
-                Err(e) => return Err(engine("inspecting the previous image")(e)),
-            };
-            // The reference names the old image again, so the container
-            // keeps a name (not a bare ID) the watcher can check.
-            client
-                .tag_image(image_id, &repo, &tag)
-                .await
-                .map_err(engine("tagging the previous image"))?;
-            img
-        }
-        _ => {
-            client
-                .pull(
-                    &repo,
-                    &tag,
-                    plan.registry_auth,
-                    plan.pull_timeout,
-                    plan.progress,
-                )
-                .await
-                .map_err(engine("pulling the image"))?;
-            client
-                .image_inspect_raw(&reference)
-                .await
-                .map_err(engine("inspecting the pulled image"))?
-        }
-    };
+    let new_image = new_image(client, &plan, &reference).await?;
     let new_image_id = new_image["Id"].as_str().unwrap_or_default().to_string();
     swap.to_image = Some(new_image_id.clone()).filter(|s| !s.is_empty());
     swap.to_version = version_of(&new_image, &reference);
-    if new_image_id == old_image_id && reference == current {
+    if new_image_id == old.image_id && reference == old.reference {
         return Ok(Outcome::UpToDate);
     }
-    let (mut body, networks) = create_body(&inspect, &old_image, &reference);
+    let (mut body, networks) = create_body(&old.inspect, &old.image, &reference);
     if let Some(Value::Object(labels)) = body.get_mut("Labels")
         && labels.contains_key(COMPOSE_IMAGE_LABEL)
     {
         labels.insert(COMPOSE_IMAGE_LABEL.into(), json!(new_image_id));
     }
-    let was_running = inspect["State"]["Running"] == json!(true);
-    let action = |what: &'static str, target: String, query: Vec<(&'static str, String)>| async move {
-        let q: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        client
-            .container_action(&target, what, &q, STOP_TIMEOUT + Duration::from_secs(5))
-            .await
-    };
+    let swapped = Replace {
+        client,
+        id,
+        name,
+        was_running: old.inspect["State"]["Running"] == json!(true),
+        verify_for: plan.verify_for,
+    }
+    .run(&body, &networks)
+    .await;
+    // A rollback moved the tag: when the swap was undone, point it back.
+    if matches!(
+        swapped,
+        Err(RecreateError::RolledBack(_) | RecreateError::RestoreFailed(..))
+    ) && let (Target::Image { .. }, Ok((r, t))) = (&plan.target, split_reference(&old.reference))
+        && !old.image_id.is_empty()
+    {
+        let _ = client.tag_image(&old.image_id, &r, &t).await;
+    }
+    swapped
+}
 
-    if was_running {
-        action("stop", id.to_string(), vec![])
+/// The container as it is before the recreate, and its image.
+struct Current {
+    inspect: Value,
+    /// `Config.Image`: the reference it was created from.
+    reference: String,
+    image_id: String,
+    image: Value,
+}
+
+impl Current {
+    async fn read(client: &DockerClient, id: &str, swap: &mut Swap) -> Result<Self, RecreateError> {
+        let inspect = client
+            .inspect_raw(id)
             .await
-            .map_err(engine("stopping the container"))?;
+            .map_err(engine("inspecting the container"))?;
+        let reference = inspect["Config"]["Image"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let image_id = inspect["Image"].as_str().unwrap_or_default().to_string();
+        let image = client
+            .image_inspect_raw(&image_id)
+            .await
+            .unwrap_or(Value::Null);
+        swap.from_image = Some(image_id.clone()).filter(|s| !s.is_empty());
+        swap.from_reference = Some(reference.clone());
+        swap.from_version = version_of(&image, &reference);
+        Ok(Self {
+            inspect,
+            reference,
+            image_id,
+            image,
+        })
     }
-    let old_name = format!("{name}{OLD_SUFFIX}");
-    if let Err(e) = action("rename", id.to_string(), vec![("name", old_name.clone())]).await {
-        if was_running {
-            let _ = action("start", id.to_string(), vec![]).await;
+}
+
+/// The reference the new container is created from.
+fn target_reference(target: &Target, current: &str) -> Result<String, RecreateError> {
+    Ok(match target {
+        Target::Current => {
+            split_reference(current)?;
+            current.to_string()
         }
-        return Err(RecreateError::Engine {
-            step: "renaming the old container",
-            err: e,
-        });
+        Target::Tag(tag) => {
+            let (repo, _) = split_reference(current)?;
+            format!("{repo}:{tag}")
+        }
+        Target::Image { reference, .. } | Target::Reference(reference) => reference.clone(),
+    })
+}
+
+/// The new image: pulled, or (a rollback) the previous one tagged again.
+async fn new_image(
+    client: &DockerClient,
+    plan: &Plan<'_>,
+    reference: &str,
+) -> Result<Value, RecreateError> {
+    let (repo, tag) = split_reference(reference)?;
+    if let Target::Image { id: image_id, .. } = &plan.target {
+        let img = match client.image_inspect_raw(image_id).await {
+            Ok(i) => i,
+            Err(DockerError::NotFound) => return Err(RecreateError::ImageGone(image_id.clone())),
+            Err(e) => return Err(engine("inspecting the previous image")(e)),
+        };
+        // The reference names the old image again, so the container
+        // keeps a name (not a bare ID) the watcher can check.
+        client
+            .tag_image(image_id, &repo, &tag)
+            .await
+            .map_err(engine("tagging the previous image"))?;
+        return Ok(img);
     }
-    let started = async {
-        let new_id = client
-            .create_container(name, &body)
+    client
+        .pull(
+            &repo,
+            &tag,
+            plan.registry_auth,
+            plan.pull_timeout,
+            plan.progress,
+        )
+        .await
+        .map_err(engine("pulling the image"))?;
+    client
+        .image_inspect_raw(reference)
+        .await
+        .map_err(engine("inspecting the pulled image"))
+}
+
+/// The swap itself: stop the old container, rename it aside, create, start
+/// and verify the new one; on failure the old one is put back.
+struct Replace<'a> {
+    client: &'a DockerClient,
+    id: &'a str,
+    name: &'a str,
+    was_running: bool,
+    verify_for: Duration,
+}
+
+impl Replace<'_> {
+    async fn action(
+        &self,
+        what: &'static str,
+        target: &str,
+        query: &[(&str, &str)],
+    ) -> Result<(), DockerError> {
+        self.client
+            .container_action(target, what, query, STOP_TIMEOUT + Duration::from_secs(5))
+            .await
+            .map(|_| ())
+    }
+
+    async fn run(
+        self,
+        body: &Value,
+        networks: &[(String, Value)],
+    ) -> Result<Outcome, RecreateError> {
+        let id = self.id;
+        if self.was_running {
+            self.action("stop", id, &[])
+                .await
+                .map_err(engine("stopping the container"))?;
+        }
+        let old_name = format!("{}{OLD_SUFFIX}", self.name);
+        if let Err(e) = self.action("rename", id, &[("name", &old_name)]).await {
+            if self.was_running {
+                let _ = self.action("start", id, &[]).await;
+            }
+            return Err(RecreateError::Engine {
+                step: "renaming the old container",
+                err: e,
+            });
+        }
+        match self.create_and_start(body, networks).await {
+            Ok(new_id) => {
+                if let Err(e) = self.client.remove_container(id).await {
+                    tracing::warn!(container = %self.name, error = %e, "updated, but the old container could not be removed");
+                }
+                Ok(Outcome::Updated {
+                    id: new_id,
+                    running: self.was_running,
+                })
+            }
+            Err((new_id, why)) => {
+                if let Some(n) = new_id {
+                    let _ = self.client.remove_container(&n).await;
+                }
+                match self.restore().await {
+                    Ok(()) => Err(RecreateError::RolledBack(why)),
+                    Err(e) => Err(RecreateError::RestoreFailed(why, e.to_string())),
+                }
+            }
+        }
+    }
+
+    /// The new container; on failure its id (when created) and why.
+    async fn create_and_start(
+        &self,
+        body: &Value,
+        networks: &[(String, Value)],
+    ) -> Result<String, (Option<String>, String)> {
+        let new_id = self
+            .client
+            .create_container(self.name, body)
             .await
             .map_err(|e| (None, format!("create: {e}")))?;
-        for (net, b) in &networks {
-            client
+        for (net, b) in networks {
+            self.client
                 .network_connect(
                     net,
                     &json!({"Container": new_id, "EndpointConfig": b["EndpointConfig"]}),
@@ -450,50 +549,25 @@ async fn recreate_inner(
                 .await
                 .map_err(|e| (Some(new_id.clone()), format!("network {net}: {e}")))?;
         }
-        if was_running {
-            action("start", new_id.clone(), vec![])
+        if self.was_running {
+            self.action("start", &new_id, &[])
                 .await
                 .map_err(|e| (Some(new_id.clone()), format!("start: {e}")))?;
-            verify(client, &new_id, plan.verify_for)
+            verify(self.client, &new_id, self.verify_for)
                 .await
                 .map_err(|e| (Some(new_id.clone()), e))?;
         }
-        Ok::<String, (Option<String>, String)>(new_id)
+        Ok(new_id)
     }
-    .await;
-    match started {
-        Ok(new_id) => {
-            if let Err(e) = client.remove_container(id).await {
-                tracing::warn!(container = %name, error = %e, "updated, but the old container could not be removed");
-            }
-            Ok(Outcome::Updated {
-                id: new_id,
-                running: was_running,
-            })
+
+    /// The old container back under its name, running if it was.
+    async fn restore(&self) -> Result<(), DockerError> {
+        self.action("rename", self.id, &[("name", self.name)])
+            .await?;
+        if self.was_running {
+            self.action("start", self.id, &[]).await?;
         }
-        Err((new_id, why)) => {
-            if let Some(n) = new_id {
-                let _ = client.remove_container(&n).await;
-            }
-            let restore = async {
-                action("rename", id.to_string(), vec![("name", name.to_string())]).await?;
-                if was_running {
-                    action("start", id.to_string(), vec![]).await?;
-                }
-                Ok::<(), DockerError>(())
-            }
-            .await;
-            // A rollback moved the tag: point it back where it was.
-            if let (Target::Image { .. }, Ok((r, t))) = (&plan.target, split_reference(&current))
-                && !old_image_id.is_empty()
-            {
-                let _ = client.tag_image(&old_image_id, &r, &t).await;
-            }
-            match restore {
-                Ok(()) => Err(RecreateError::RolledBack(why)),
-                Err(e) => Err(RecreateError::RestoreFailed(why, e.to_string())),
-            }
-        }
+        Ok(())
     }
 }
 
