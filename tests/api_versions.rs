@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::stand_in::{Conn, serve_unix};
 use common::*;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 
 const ID: &str = "3333333333333333333333333333333333333333333333333333333333333333";
 
@@ -36,18 +36,18 @@ fn api(v: &str) -> Option<(u32, u32)> {
 }
 
 impl Engine {
-    async fn respond(&self, s: &mut UnixStream, status: &str, body: &str) -> std::io::Result<()> {
-        respond_json(s, status, body, self.header).await
+    async fn respond(
+        &self,
+        s: &mut Conn<UnixStream>,
+        status: &str,
+        body: &str,
+    ) -> std::io::Result<()> {
+        s.json_with(status, body, self.header).await
     }
 
-    async fn serve(self, mut s: UnixStream) -> std::io::Result<()> {
-        let mut buf = Vec::new();
-        loop {
-            let Some(head) = read_request_head(&mut s, &mut buf).await? else {
-                return Ok(());
-            };
-            let path = head.split_whitespace().nth(1).unwrap_or("/");
-            let path = path.split('?').next().unwrap_or("").to_string();
+    async fn serve(self, mut s: Conn<UnixStream>) -> std::io::Result<()> {
+        while let Some(req) = s.next_request().await? {
+            let path = req.path;
             let (min, max) = (self.min, self.max);
             let fmt = |v: (u32, u32)| format!("{}.{}", v.0, v.1);
             // Versioned paths outside the engine's range are refused as Docker does.
@@ -128,17 +128,14 @@ impl Engine {
                     self.respond(&mut s, "200 OK", &body).await?
                 }
                 "/events" => {
-                    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
-                        .await?;
+                    s.start_chunked("application/json", None).await?;
                     // An action a newer engine may send: ignored, never an error.
                     let l = format!(
                         "{{\"Type\":\"container\",\"Action\":\"future-action\",\"Actor\":{{\"ID\":\"{ID}\",\"Attributes\":{{\"name\":\"{}\"}}}},\"time\":1,\"timeNano\":1000000000,\"scope\":\"local\"}}\n",
                         self.name
                     );
-                    s.write_all(format!("{:x}\r\n{l}\r\n", l.len()).as_bytes()).await?;
-                    s.flush().await?;
-                    tokio::time::sleep(Duration::from_secs(3600)).await;
-                    return Ok(());
+                    s.chunk(&l).await?;
+                    return s.hold().await;
                 }
                 _ => {
                     self.respond(&mut s, "404 Not Found", r#"{"message":"page not found"}"#)
@@ -146,17 +143,13 @@ impl Engine {
                 }
             }
         }
+        Ok(())
     }
 }
 
 fn engine(dir: &std::path::Path, file: &str, e: Engine) -> std::path::PathBuf {
     let sock = dir.join(file);
-    let listener = UnixListener::bind(&sock).expect("bind");
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            tokio::spawn(e.clone().serve(s));
-        }
-    });
+    serve_unix(&sock, move |c| e.clone().serve(c));
     sock
 }
 

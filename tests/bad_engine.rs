@@ -6,9 +6,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::stand_in::{Conn, serve_unix};
 use common::*;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 
 const GOOD_ID: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 const BAD_ID: &str = "2222222222222222222222222222222222222222222222222222222222222222";
@@ -21,46 +21,35 @@ fn inspect(name: &str) -> String {
     )
 }
 
-async fn respond(s: &mut UnixStream, status: &str, body: &str) -> std::io::Result<()> {
-    respond_json(s, status, body, Some("1.45")).await
-}
-
-async fn serve(mut s: UnixStream, name: String, info: &'static str) -> std::io::Result<()> {
-    let mut buf = Vec::new();
-    loop {
-        // One request head (no request here has a body).
-        let Some(head) = read_request_head(&mut s, &mut buf).await? else {
-            return Ok(());
-        };
-        let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-        let path = path.split('?').next().unwrap_or("").to_string();
-        match path.as_str() {
-            "/_ping" => respond(&mut s, "200 OK", "OK").await?,
+async fn serve(mut s: Conn<UnixStream>, name: String, info: &'static str) -> std::io::Result<()> {
+    while let Some(req) = s.next_request().await? {
+        match req.path.as_str() {
+            "/_ping" => s.json_api("200 OK", "OK", "1.45").await?,
             p if p.ends_with("/version") => {
-                respond(
-                    &mut s,
+                s.json_api(
                     "200 OK",
                     r#"{"Version":"99.0","ApiVersion":"1.45","Os":"linux","Arch":"amd64"}"#,
+                    "1.45",
                 )
                 .await?
             }
-            p if p.ends_with("/info") => respond(&mut s, "200 OK", info).await?,
+            p if p.ends_with("/info") => s.json_api("200 OK", info, "1.45").await?,
             p if p.ends_with("/volumes") => {
-                respond(&mut s, "200 OK", r#"{"Volumes":null}"#).await?
+                s.json_api("200 OK", r#"{"Volumes":null}"#, "1.45").await?
             }
             p if p.ends_with("/containers/json") => {
                 let body = format!(
                     r#"[{{"Id":"{GOOD_ID}","Names":["/{name}"],"State":"running"}},{{"Id":5,"Names":"nope"}},{{"Id":"{BAD_ID}","Names":["/{name}-bad"]}},{{"Names":null}}]"#
                 );
-                respond(&mut s, "200 OK", &body).await?
+                s.json_api("200 OK", &body, "1.45").await?
             }
-            p if p.contains(GOOD_ID) => respond(&mut s, "200 OK", &inspect(&name)).await?,
+            p if p.contains(GOOD_ID) => s.json_api("200 OK", &inspect(&name), "1.45").await?,
             p if p.contains(BAD_ID) => {
-                respond(&mut s, "200 OK", "<html>proxy error</html>").await?
+                s.json_api("200 OK", "<html>proxy error</html>", "1.45")
+                    .await?
             }
             p if p.ends_with("/events") => {
-                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
-                    .await?;
+                s.start_chunked("application/json", None).await?;
                 let lines = [
                     "this is not json\n".to_string(),
                     "{\"Type\":5,\"Action\":[]}\n".to_string(),
@@ -76,18 +65,19 @@ async fn serve(mut s: UnixStream, name: String, info: &'static str) -> std::io::
                     ),
                 ];
                 for l in lines {
-                    s.write_all(format!("{:x}\r\n{l}\r\n", l.len()).as_bytes())
-                        .await?;
-                    s.flush().await?;
+                    s.chunk(&l).await?;
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 // Keep the stream open, like a quiet engine.
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-                return Ok(());
+                return s.hold().await;
             }
-            _ => respond(&mut s, "404 Not Found", r#"{"message":"page not found"}"#).await?,
+            _ => {
+                s.json_api("404 Not Found", r#"{"message":"page not found"}"#, "1.45")
+                    .await?
+            }
         }
     }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,14 +85,11 @@ async fn malformed_engine_json_is_skipped_and_the_stream_carries_on() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().expect("tmp");
     let sock = dir.path().join("engine.sock");
-    let listener = UnixListener::bind(&sock).expect("bind");
     let name = unique("fake-");
     let n2 = name.clone();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            // Even /info is malformed (a string where a number belongs).
-            tokio::spawn(serve(s, n2.clone(), r#"{"NCPU":"not a number"}"#));
-        }
+    // Even /info is malformed (a string where a number belongs).
+    serve_unix(&sock, move |c| {
+        serve(c, n2.clone(), r#"{"NCPU":"not a number"}"#)
     });
     let base = unique("t");
     let cfg = format!(

@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::stand_in::{Conn, serve_unix};
 use common::*;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 
 const T: Duration = Duration::from_secs(60);
 /// Busy answers to `system df` before the first summary.
@@ -65,8 +65,8 @@ fn stats_body(n: usize) -> String {
 
 const STOPPED_STATS: &str = r#"{"read":"0001-01-01T00:00:00Z","preread":"0001-01-01T00:00:00Z","pids_stats":{},"blkio_stats":{},"cpu_stats":{"cpu_usage":{"total_usage":0}},"precpu_stats":{"cpu_usage":{"total_usage":0}},"memory_stats":{}}"#;
 
-async fn respond(s: &mut UnixStream, status: &str, body: &str) -> std::io::Result<()> {
-    respond_json(s, status, body, Some("1.45")).await
+async fn respond(s: &mut Conn<UnixStream>, status: &str, body: &str) -> std::io::Result<()> {
+    s.json_api(status, body, "1.45").await
 }
 
 #[derive(Default)]
@@ -76,14 +76,13 @@ struct Counts {
     hang_stats: AtomicUsize,
 }
 
-async fn serve(mut s: UnixStream, prefix: String, counts: Arc<Counts>) -> std::io::Result<()> {
-    let mut buf = Vec::new();
-    loop {
-        let Some(head) = read_request_head(&mut s, &mut buf).await? else {
-            return Ok(());
-        };
-        let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-        let path = path.split('?').next().unwrap_or("").to_string();
+async fn serve(
+    mut s: Conn<UnixStream>,
+    prefix: String,
+    counts: Arc<Counts>,
+) -> std::io::Result<()> {
+    while let Some(req) = s.next_request().await? {
+        let path = req.path;
         let who = CONTAINERS.iter().find(|(id, _)| path.contains(id));
         match (path.as_str(), who) {
             ("/_ping", _) => respond(&mut s, "200 OK", "OK").await?,
@@ -129,8 +128,7 @@ async fn serve(mut s: UnixStream, prefix: String, counts: Arc<Counts>) -> std::i
             }
             (p, Some(_)) if p.ends_with("/stats") && p.contains("b2b2") => {
                 counts.hang_stats.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-                return Ok(());
+                return s.hold().await;
             }
             (p, Some((_, "gone"))) if p.ends_with("/stats") => {
                 respond(&mut s, "200 OK", STOPPED_STATS).await?
@@ -141,7 +139,7 @@ async fn serve(mut s: UnixStream, prefix: String, counts: Arc<Counts>) -> std::i
             (p, Some(_)) if p.ends_with("/logs") => {
                 // Two whole stdout frames, then a frame header promising 100
                 // bytes of stderr and 10 of them; then the connection ends.
-                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.docker.multiplexed-stream\r\nConnection: close\r\n\r\n").await?;
+                s.raw(b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.docker.multiplexed-stream\r\nConnection: close\r\n\r\n").await?;
                 for line in [
                     "2026-12-01T10:00:00.000000001Z first\n",
                     "2026-12-01T10:00:01.000000001Z second\n",
@@ -149,27 +147,24 @@ async fn serve(mut s: UnixStream, prefix: String, counts: Arc<Counts>) -> std::i
                     let mut f = vec![1u8, 0, 0, 0];
                     f.extend_from_slice(&(line.len() as u32).to_be_bytes());
                     f.extend_from_slice(line.as_bytes());
-                    s.write_all(&f).await?;
+                    s.raw(&f).await?;
                 }
                 let mut f = vec![2u8, 0, 0, 0];
                 f.extend_from_slice(&100u32.to_be_bytes());
                 f.extend_from_slice(b"2026-12-01");
-                s.write_all(&f).await?;
-                s.flush().await?;
+                s.raw(&f).await?;
                 return Ok(());
             }
             (_, Some((id, n))) => respond(&mut s, "200 OK", &inspect(id, &format!("{prefix}-{n}"))).await?,
             (p, _) if p.ends_with("/events") => {
-                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
-                    .await?;
-                s.flush().await?;
+                s.start_chunked("application/json", None).await?;
                 // A quiet engine.
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-                return Ok(());
+                return s.hold().await;
             }
             _ => respond(&mut s, "404 Not Found", r#"{"message":"page not found"}"#).await?,
         }
     }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,15 +172,10 @@ async fn stats_logs_and_disk_survive_a_misbehaving_engine() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().expect("tmp");
     let sock = dir.path().join("engine.sock");
-    let listener = UnixListener::bind(&sock).expect("bind");
     let prefix = unique("ef");
     let counts = Arc::new(Counts::default());
     let (p2, c2) = (prefix.clone(), counts.clone());
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            tokio::spawn(serve(s, p2.clone(), c2.clone()));
-        }
-    });
+    serve_unix(&sock, move |c| serve(c, p2.clone(), c2.clone()));
     let base = unique("t");
     let cfg = format!(
         "[mqtt]\nurl = \"{}\"\nbase_topic = \"{base}\"\n[state]\ndir = \"{}/s\"\n[endpoints.fake]\nurl = \"unix://{}\"\n[stats]\nenabled = true\ninterval = \"5s\"\nconcurrency = 1\n[commands]\nallow = [\"start\", \"stop\", \"logs\"]\n[log]\nlevel = \"debug\"\n",

@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
+
+use super::stand_in::{Conn, serve_unix};
 use tokio::sync::broadcast;
 
 #[derive(Debug, Clone)]
@@ -48,7 +49,6 @@ fn now_parts() -> (i64, i64, String) {
 impl FakeEngine {
     pub fn start(dir: &Path) -> Self {
         let sock = dir.join("engine.sock");
-        let listener = UnixListener::bind(&sock).expect("bind the fake engine's socket");
         let (events, _) = broadcast::channel(4096);
         let engine = FakeEngine {
             sock,
@@ -56,14 +56,7 @@ impl FakeEngine {
             events,
         };
         let e = engine.clone();
-        tokio::spawn(async move {
-            while let Ok((s, _)) = listener.accept().await {
-                let e = e.clone();
-                tokio::spawn(async move {
-                    let _ = e.serve(s).await;
-                });
-            }
-        });
+        serve_unix(&engine.sock, move |c| e.clone().serve(c));
         engine
     }
 
@@ -221,14 +214,9 @@ impl FakeEngine {
         serde_json::Value::Array(all).to_string()
     }
 
-    async fn serve(self, mut s: UnixStream) -> std::io::Result<()> {
-        let mut buf = Vec::new();
-        loop {
-            let Some(head) = super::read_request_head(&mut s, &mut buf).await? else {
-                return Ok(());
-            };
-            let target = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-            let path = target.split('?').next().unwrap_or("");
+    async fn serve(self, mut s: Conn<UnixStream>) -> std::io::Result<()> {
+        while let Some(req) = s.next_request().await? {
+            let path = req.path.as_str();
             // `/v1.51/containers/json` → `/containers/json`
             let path = match path.strip_prefix("/v") {
                 Some(rest) => rest.find('/').map(|i| &rest[i..]).unwrap_or(path),
@@ -236,65 +224,55 @@ impl FakeEngine {
             };
             let api = Some("1.51");
             match path {
-                "/_ping" => super::respond_json(&mut s, "200 OK", "OK", api).await?,
+                "/_ping" => s.json_with("200 OK", "OK", api).await?,
                 "/version" => {
                     let v = r#"{"Version":"28.5.2","ApiVersion":"1.51","MinAPIVersion":"1.24","Os":"linux","Arch":"amd64"}"#;
-                    super::respond_json(&mut s, "200 OK", v, api).await?
+                    s.json_with("200 OK", v, api).await?
                 }
                 "/info" => {
                     let (_, _, now) = now_parts();
                     let v =
                         format!(r#"{{"NCPU":2,"MemTotal":1000,"Images":1,"SystemTime":"{now}"}}"#);
-                    super::respond_json(&mut s, "200 OK", &v, api).await?
+                    s.json_with("200 OK", &v, api).await?
                 }
-                "/volumes" => {
-                    super::respond_json(&mut s, "200 OK", r#"{"Volumes":[]}"#, api).await?
-                }
-                "/containers/json" => {
-                    super::respond_json(&mut s, "200 OK", &self.list(), api).await?
-                }
+                "/volumes" => s.json_with("200 OK", r#"{"Volumes":[]}"#, api).await?,
+                "/containers/json" => s.json_with("200 OK", &self.list(), api).await?,
                 "/events" => return self.stream_events(s).await,
-                p if head.starts_with("POST ") && p.starts_with("/containers/") => {
+                p if req.method == "POST" && p.starts_with("/containers/") => {
                     let rest = &p["/containers/".len()..];
                     let (id, word) = rest.split_once('/').unwrap_or((rest, ""));
                     let (status, body) = self.act(id, word);
-                    super::respond_json(&mut s, status, body, api).await?
+                    s.json_with(status, body, api).await?
                 }
                 p if p.starts_with("/containers/") && p.ends_with("/json") => {
                     let id = &p["/containers/".len()..p.len() - "/json".len()];
                     match self.inspect(id) {
-                        Some(body) => super::respond_json(&mut s, "200 OK", &body, api).await?,
+                        Some(body) => s.json_with("200 OK", &body, api).await?,
                         None => {
                             let m = format!(r#"{{"message":"No such container: {id}"}}"#);
-                            super::respond_json(&mut s, "404 Not Found", &m, api).await?
+                            s.json_with("404 Not Found", &m, api).await?
                         }
                     }
                 }
                 "/services" => {
                     let m = r#"{"message":"This node is not a swarm manager."}"#;
-                    super::respond_json(&mut s, "503 Service Unavailable", m, api).await?
+                    s.json_with("503 Service Unavailable", m, api).await?
                 }
                 _ => {
                     let m = r#"{"message":"page not found"}"#;
-                    super::respond_json(&mut s, "404 Not Found", m, api).await?
+                    s.json_with("404 Not Found", m, api).await?
                 }
             }
         }
+        Ok(())
     }
 
     /// `/events`: chunked, one JSON line per event, until the test ends.
-    async fn stream_events(self, mut s: UnixStream) -> std::io::Result<()> {
+    async fn stream_events(self, mut s: Conn<UnixStream>) -> std::io::Result<()> {
         let mut rx = self.events.subscribe();
-        s.write_all(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nApi-Version: 1.51\r\nTransfer-Encoding: chunked\r\n\r\n",
-        )
-        .await?;
-        s.flush().await?;
+        s.start_chunked("application/json", Some("1.51")).await?;
         while let Ok(line) = rx.recv().await {
-            let chunk = format!("{}\n", line);
-            s.write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes())
-                .await?;
-            s.flush().await?;
+            s.chunk(&format!("{line}\n")).await?;
         }
         Ok(())
     }

@@ -18,6 +18,7 @@ pub mod browser;
 pub mod fake_engine;
 pub mod machine;
 pub mod raw;
+pub mod stand_in;
 
 pub const IMAGE: &str = "dockside-test/busybox:latest";
 
