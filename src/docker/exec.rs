@@ -86,7 +86,13 @@ impl DockerClient {
         Ok(CheckOutcome::Exited(code, out.last_line()))
     }
 
-    async fn exec_create(&self, id: &str, body: &serde_json::Value) -> Result<String, DockerError> {
+    /// `POST /containers/{id}/exec`: an exec instance, not started (the engine
+    /// sends `exec_create`); returns its id.
+    pub async fn exec_create(
+        &self,
+        id: &str,
+        body: &serde_json::Value,
+    ) -> Result<String, DockerError> {
         let url = self.url(&["containers", id, "exec"]);
         let resp = self
             .execute_with(Method::POST, url, Some(REQUEST_TIMEOUT), Some(body), None)

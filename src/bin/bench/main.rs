@@ -180,13 +180,12 @@ fn state_files(dir: &std::path::Path) -> HashMap<String, (u64, i128, u64)> {
 }
 
 fn count_events(all: &[Arrival], topic: &str, ids: &[String], action: &str) -> usize {
+    let ids: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
     all.iter()
         .filter(|a| {
             a.topic == topic
                 && a.json["action"] == action
-                && a.json["id"]
-                    .as_str()
-                    .is_some_and(|id| ids.iter().any(|i| i == id))
+                && a.json["id"].as_str().is_some_and(|id| ids.contains(id))
         })
         .count()
 }
@@ -204,14 +203,15 @@ async fn act(engine: &DockerClient, id: &str, action: &str) -> Result<(), String
         &[]
     };
     engine
-        .container_action(id, action, q, Duration::from_secs(30))
+        // Long enough for an engine working through a thousand requests.
+        .container_action(id, action, q, Duration::from_secs(600))
         .await
         .map(|_| ())
         .map_err(|e| format!("{action} {id}: {e}"))
 }
 
 /// Runs `action` on every container at once, at most `limit` requests in flight.
-async fn burst_limited(
+pub async fn burst_limited(
     engine: &Arc<DockerClient>,
     ids: &[String],
     action: &'static str,
