@@ -14,9 +14,16 @@
 //! <base>/<ep>/<ct>/state/<key>      one plain value per state key (retained, flat_topics)
 //! <base>/<ep>/<ct>/update           image update status (retained)
 //! <base>/<ep>/<ct>/versions         tags it may move to, under tag following (retained)
+//! <base>/<ep>/<ct>/history          its last updates and rollbacks (retained)
+//! <base>/<ep>/<ct>/stats            CPU, memory, network, block I/O (retained, [stats])
+//! <base>/<ep>/<ct>/stats/<key>      one plain value per stats key (retained, flat_topics)
 //! <base>/<ep>/<ct>/event            the container's own events (not retained)
 //! <base>/<ep>/<ct>/result           command results (not retained)
 //! <base>/<ep>/<ct>/set              container command in
+//! <base>/<ep>/_stacks/<stack>/state  a compose stack's state (retained)
+//! <base>/<ep>/_stacks/<stack>/set    stack command in
+//! <base>/<ep>/_stacks/<stack>/result stack command results (not retained)
+//! <base>/.sync/<nonce>              the start-up read-back marker (QoS 0, not retained)
 //! ```
 //!
 //! Home Assistant discovery (SPEC §7), outside the base, under the discovery prefix:

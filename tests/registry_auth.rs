@@ -10,11 +10,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::read_request_head;
+use common::stand_in::{Conn, serve_tcp};
 use dockside::registry::{Credentials, Reference, RegistryClient, RegistryError};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const BODY: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{"digest":"sha256:c"},"layers":[]}"#;
 
@@ -27,22 +26,12 @@ struct State {
     token_auth_headers: Vec<Option<String>>,
 }
 
-async fn serve(mut s: TcpStream, port: u16, st: Arc<Mutex<State>>) -> std::io::Result<()> {
-    let mut buf = Vec::new();
-    let Some(head) = read_request_head(&mut s, &mut buf).await? else {
+async fn serve(mut s: Conn<TcpStream>, port: u16, st: Arc<Mutex<State>>) -> std::io::Result<()> {
+    let Some(req) = s.next_request().await? else {
         return Ok(());
     };
-    let mut first = head.lines().next().unwrap_or("").split_whitespace();
-    let method = first.next().unwrap_or("").to_string();
-    let target = first.next().unwrap_or("").to_string();
-    let auth = head
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("authorization: ")
-                .or_else(|| l.strip_prefix("Authorization: "))
-        })
-        .map(|v| v.trim().to_string());
-    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let (method, path, query) = (req.method.as_str(), req.path.as_str(), req.query.as_str());
+    let auth = req.header("authorization").map(String::from);
     st.lock()
         .expect("lock")
         .requests
@@ -54,12 +43,8 @@ async fn serve(mut s: TcpStream, port: u16, st: Arc<Mutex<State>>) -> std::io::R
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     );
-    let reply = |status: &str, headers: &str, body: &str| {
-        format!(
-            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n{body}",
-            body.len()
-        )
-    };
+    // One request per connection, as the registry client's pool may not reuse it.
+    let close = |headers: &str| format!("Connection: close\r\n{headers}");
     if path == "/token" {
         if query.contains("hang") {
             tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -85,7 +70,11 @@ async fn serve(mut s: TcpStream, port: u16, st: Arc<Mutex<State>>) -> std::io::R
         };
         let body = format!(r#"{{"token":"{tok}","expires_in":300}}"#);
         return s
-            .write_all(reply("200 OK", "Content-Type: application/json\r\n", &body).as_bytes())
+            .reply(
+                "200 OK",
+                &close("Content-Type: application/json\r\n"),
+                body.as_bytes(),
+            )
             .await;
     }
     if let Some(repo) = path
@@ -105,18 +94,15 @@ async fn serve(mut s: TcpStream, port: u16, st: Arc<Mutex<State>>) -> std::io::R
             )
         };
         return s
-            .write_all(
-                reply(
-                    "200 OK",
-                    &format!("Content-Type: application/json\r\n{link}"),
-                    &body,
-                )
-                .as_bytes(),
+            .reply(
+                "200 OK",
+                &close(&format!("Content-Type: application/json\r\n{link}")),
+                body.as_bytes(),
             )
             .await;
     }
     let Some(rest) = path.strip_prefix("/v2/") else {
-        return s.write_all(reply("404 Not Found", "", "").as_bytes()).await;
+        return s.reply("404 Not Found", &close(""), b"").await;
     };
     let repo = rest.split("/manifests/").next().unwrap_or("").to_string();
     let realm = if repo.starts_with("hang") {
@@ -134,19 +120,16 @@ async fn serve(mut s: TcpStream, port: u16, st: Arc<Mutex<State>>) -> std::io::R
         .is_some_and(|(r, exp)| r == repo && exp > Instant::now());
     if !valid {
         return s
-            .write_all(
-                reply(
-                    "401 Unauthorized",
-                    &challenge,
-                    r#"{"errors":[{"code":"UNAUTHORIZED"}]}"#,
-                )
-                .as_bytes(),
+            .reply(
+                "401 Unauthorized",
+                &close(&challenge),
+                br#"{"errors":[{"code":"UNAUTHORIZED"}]}"#,
             )
             .await;
     }
     if repo.starts_with("limited") {
         return s
-            .write_all(reply("429 Too Many Requests", "Retry-After: 120\r\n", "").as_bytes())
+            .reply("429 Too Many Requests", &close("Retry-After: 120\r\n"), b"")
             .await;
     }
     let ctype = "Content-Type: application/vnd.docker.distribution.manifest.v2+json\r\n";
@@ -161,26 +144,21 @@ async fn serve(mut s: TcpStream, port: u16, st: Arc<Mutex<State>>) -> std::io::R
     } else {
         BODY.to_string()
     };
+    // A HEAD answer says the length of the body it does not send.
     let msg = format!(
         "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n{body}",
         BODY.len()
     );
-    s.write_all(msg.as_bytes()).await
+    s.raw(msg.as_bytes()).await
 }
 
 async fn double(token_ttl: Duration) -> (u16, Arc<Mutex<State>>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = l.local_addr().expect("addr").port();
     let st = Arc::new(Mutex::new(State {
         token_ttl,
         ..Default::default()
     }));
     let st2 = st.clone();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(serve(s, port, st2.clone()));
-        }
-    });
+    let port = serve_tcp(move |c, port| serve(c, port, st2.clone())).await;
     (port, st)
 }
 

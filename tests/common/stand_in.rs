@@ -24,6 +24,16 @@ pub struct Request {
 }
 
 impl Request {
+    /// Every header, names in lower case.
+    pub fn headers(&self) -> Vec<(String, String)> {
+        self.head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect()
+    }
+
     /// A header's value (name compared without case).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.head.lines().skip(1).find_map(|l| {

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::common::stand_in::{Conn, Request, serve_tcp};
 
 pub const API_KEY: &str = "ptr_testkey0123";
 pub const USER: &str = "admin";
@@ -91,22 +93,13 @@ pub struct FakePortainer {
 
 impl FakePortainer {
     pub async fn start(envs: Vec<Env>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
         let state = Arc::new(Mutex::new(State {
             envs,
             jwt_lifetime: Duration::from_secs(8 * 3600),
             ..Default::default()
         }));
         let st = state.clone();
-        tokio::spawn(async move {
-            while let Ok((s, _)) = listener.accept().await {
-                let st = st.clone();
-                tokio::spawn(async move {
-                    let _ = handle(s, st).await;
-                });
-            }
-        });
+        let port = serve_tcp(move |c, _| handle(c, st.clone())).await;
         Self { port, state }
     }
 
@@ -178,70 +171,14 @@ impl FakePortainer {
     }
 }
 
-struct Request {
-    method: String,
-    path: String,
-    query: String,
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
-}
-
-async fn read_request(s: &mut TcpStream) -> std::io::Result<Option<Request>> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let end = loop {
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p + 4;
-        }
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).to_string();
-    let mut lines = head.split("\r\n");
-    let first = lines.next().unwrap_or("");
-    let mut parts = first.split_whitespace();
-    let method = parts.next().unwrap_or("").to_string();
-    let target = parts.next().unwrap_or("/").to_string();
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p.to_string(), q.to_string()),
-        None => (target, String::new()),
-    };
-    let headers: HashMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let len: usize = headers
-        .get("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = buf[end..].to_vec();
-    while body.len() < len {
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    Ok(Some(Request {
-        method,
-        path,
-        query,
-        headers,
-        body,
-    }))
-}
-
-async fn respond(s: &mut TcpStream, status: &str, extra: &str, body: &str) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await?;
-    s.write_all(body.as_bytes()).await?;
-    s.flush().await
+async fn respond(
+    s: &mut Conn<TcpStream>,
+    status: &str,
+    extra: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let extra = format!("Content-Type: application/json\r\nConnection: close\r\n{extra}");
+    s.reply(status, &extra, body.as_bytes()).await
 }
 
 fn err(message: &str, details: &str) -> String {
@@ -282,8 +219,8 @@ fn param(query: &str, key: &str) -> Option<usize> {
         .find_map(|kv| kv.strip_prefix(&format!("{key}="))?.parse().ok())
 }
 
-async fn handle(mut s: TcpStream, st: Arc<Mutex<State>>) -> std::io::Result<()> {
-    let Some(req) = read_request(&mut s).await? else {
+async fn handle(mut s: Conn<TcpStream>, st: Arc<Mutex<State>>) -> std::io::Result<()> {
+    let Some(req) = s.next_request().await? else {
         return Ok(());
     };
     if req.path == "/api/auth" && req.method == "POST" {
@@ -336,8 +273,8 @@ async fn handle(mut s: TcpStream, st: Arc<Mutex<State>>) -> std::io::Result<()> 
     // Everything else needs exactly one credential.
     let auth_err = {
         let g = st.lock().expect("lock");
-        let key = req.headers.get("x-api-key");
-        let bearer = req.headers.get("authorization");
+        let key = req.header("x-api-key");
+        let bearer = req.header("authorization");
         match (key, bearer) {
             (Some(_), Some(_)) => Some((
                 "403 Forbidden",
@@ -386,8 +323,8 @@ async fn handle(mut s: TcpStream, st: Arc<Mutex<State>>) -> std::io::Result<()> 
                 "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
             );
-            s.write_all(head.as_bytes()).await?;
-            return s.write_all(body.as_bytes()).await;
+            s.raw(head.as_bytes()).await?;
+            return s.raw(body.as_bytes()).await;
         }
         let body = serde_json::Value::Array(page).to_string();
         return respond(
@@ -488,7 +425,7 @@ async fn handle(mut s: TcpStream, st: Arc<Mutex<State>>) -> std::io::Result<()> 
 
 /// `/api/stacks…` (reference/portainer.md §8).
 async fn stacks(
-    mut s: TcpStream,
+    mut s: Conn<TcpStream>,
     req: &Request,
     rest: &str,
     st: Arc<Mutex<State>>,
@@ -770,7 +707,7 @@ async fn recreate(id: &str, pull: bool) -> Result<serde_json::Value, String> {
 
 /// Forwards one request to the engine socket and streams the answer back.
 async fn forward(
-    mut client: TcpStream,
+    mut client: Conn<TcpStream>,
     req: &Request,
     path: &str,
     buffer_events: bool,
@@ -785,7 +722,7 @@ async fn forward(
         "{} {} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n",
         req.method, target
     );
-    for (k, v) in &req.headers {
+    for (k, v) in &req.headers() {
         if !matches!(
             k.as_str(),
             "host" | "connection" | "x-api-key" | "authorization"
@@ -804,17 +741,16 @@ async fn forward(
     loop {
         let n = engine.read(&mut chunk).await?;
         if n == 0 {
-            client.write_all(&pending).await?;
-            return client.flush().await;
+            return client.raw(&pending).await;
         }
         if hold_back {
             pending.extend_from_slice(&chunk[..n]);
             if pending.len() >= 4096 {
-                client.write_all(&pending).await?;
+                client.raw(&pending).await?;
                 pending.clear();
             }
         } else {
-            client.write_all(&chunk[..n]).await?;
+            client.raw(&chunk[..n]).await?;
         }
     }
 }
