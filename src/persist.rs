@@ -170,6 +170,7 @@ impl StateDir {
             dir: self.clone(),
             name: name.to_string(),
             written: Arc::default(),
+            latest: Arc::default(),
             seq: 0,
         }
     }
@@ -354,12 +355,15 @@ impl JsonFile {
 
 /// One small file of `state.dir`, rewritten whole (atomically) off the async
 /// workers: an fsync on an SD card can take a while. Saves run in order of
-/// their snapshots; an older one never overwrites a newer one.
+/// their snapshots; an older one never overwrites a newer one, and one that a
+/// newer snapshot already follows is skipped (a burst of changes is one write).
 #[derive(Debug)]
 pub struct BackgroundFile {
     dir: StateDir,
     name: String,
     written: Arc<std::sync::Mutex<u64>>,
+    /// The newest snapshot handed over so far.
+    latest: Arc<std::sync::atomic::AtomicU64>,
     seq: u64,
 }
 
@@ -370,16 +374,19 @@ impl BackgroundFile {
 
     /// `what` names the data in the warning a failed write leaves.
     pub fn save(&mut self, bytes: Vec<u8>, what: &'static str) {
+        use std::sync::atomic::Ordering;
         self.seq += 1;
-        let (seq, written, dir, name) = (
+        self.latest.store(self.seq, Ordering::SeqCst);
+        let (seq, written, latest, dir, name) = (
             self.seq,
             self.written.clone(),
+            self.latest.clone(),
             self.dir.clone(),
             self.name.clone(),
         );
         tokio::task::spawn_blocking(move || {
             let mut last = written.lock().unwrap_or_else(|e| e.into_inner());
-            if *last > seq {
+            if *last > seq || latest.load(Ordering::SeqCst) > seq {
                 return;
             }
             if let Err(e) = dir.write_atomic(&name, &bytes) {

@@ -155,9 +155,15 @@ impl Crashloops {
             .map(|(k, _)| k)
     }
 
-    /// The container is gone for good.
+    /// The container is gone for good. Written only when it had restarts on
+    /// record: removing a thousand quiet containers writes nothing (SD cards).
     pub fn forget(&mut self, name: &str) {
-        if self.data.containers.remove(name).is_some() {
+        if self
+            .data
+            .containers
+            .remove(name)
+            .is_some_and(|t| !t.restarts.is_empty())
+        {
             self.save();
         }
     }
