@@ -268,6 +268,9 @@ pub struct Big {
     pub rss_max_kb: u64,
     pub start_secs: f64,
     pub stop_secs: f64,
+    /// Calls the engine refused or failed, and the first error.
+    pub start_failed: (usize, Option<String>),
+    pub stop_failed: (usize, Option<String>),
 }
 
 impl Bench {
@@ -294,13 +297,13 @@ impl Bench {
         // 16 requests in flight: the engine works through them in turn either way,
         // and a thousand at once would only time out in its queue.
         let t = Instant::now();
-        burst_limited(&self.engine, &ids, "start", 16).await;
+        let start_failed = burst_limited(&self.engine, &ids, "start", 16).await;
         let start_secs = t.elapsed().as_secs_f64();
         self.wait_events(&ids, "start").await;
         tokio::time::sleep(Duration::from_secs(5)).await;
         let mid = wall_ns();
         let t = Instant::now();
-        burst_limited(&self.engine, &ids, "stop", 16).await;
+        let stop_failed = burst_limited(&self.engine, &ids, "stop", 16).await;
         let stop_secs = t.elapsed().as_secs_f64();
         self.wait_events(&ids, "die").await;
         tokio::time::sleep(Duration::from_secs(8)).await;
@@ -346,6 +349,8 @@ impl Bench {
             rss_max_kb,
             start_secs,
             stop_secs,
+            start_failed,
+            stop_failed,
         })
     }
 }
@@ -451,5 +456,17 @@ pub fn print_big(b: &Big) {
         b.rss_max_kb as f64 / 1024.0,
         b.start_secs,
         b.stop_secs,
+    );
+    for (what, (n, e)) in [("start", &b.start_failed), ("stop", &b.stop_failed)] {
+        if *n > 0 {
+            println!(
+                "{n} {what} calls failed at the engine (not dockside's): the first: {}",
+                e.as_deref().unwrap_or("?")
+            );
+        }
+    }
+    crate::measure::report_overhead(
+        &format!("overhead, {} containers", b.n),
+        std::slice::from_ref(&b.rows),
     );
 }

@@ -210,13 +210,14 @@ async fn act(engine: &DockerClient, id: &str, action: &str) -> Result<(), String
         .map_err(|e| format!("{action} {id}: {e}"))
 }
 
-/// Runs `action` on every container at once, at most `limit` requests in flight.
+/// Runs `action` on every container at once, at most `limit` requests in
+/// flight; returns how many the engine refused or failed, and the first error.
 pub async fn burst_limited(
     engine: &Arc<DockerClient>,
     ids: &[String],
     action: &'static str,
     limit: usize,
-) {
+) -> (usize, Option<String>) {
     let gate = Arc::new(Semaphore::new(limit.max(1)));
     let tasks: Vec<_> = ids
         .iter()
@@ -228,14 +229,22 @@ pub async fn burst_limited(
             })
         })
         .collect();
+    let (mut failed, mut first) = (0, None);
     for t in tasks {
-        let _ = t.await;
+        let r = t.await.map_err(|e| e.to_string()).and_then(|r| r);
+        if let Err(e) = r {
+            failed += 1;
+            first.get_or_insert(e);
+        }
     }
+    (failed, first)
 }
 
 /// Every request at once (the engine queues them).
 async fn burst(engine: &Arc<DockerClient>, ids: &[String], action: &'static str) {
-    burst_limited(engine, ids, action, ids.len()).await
+    if let (n @ 1.., Some(e)) = burst_limited(engine, ids, action, ids.len()).await {
+        eprintln!("{n} of {} {action} calls failed, the first: {e}", ids.len());
+    }
 }
 
 /// A burst run's rows and how many containers did not end `exited`.
