@@ -233,9 +233,11 @@ async fn a_failing_or_hanging_pre_update_check_blocks_the_update() {
     run_sleeper(
         &busy,
         &format!("{repo}:1"),
+        // The engine copies stdout and stderr on two goroutines: their lines
+        // reach the exec stream in the order written only when apart in time.
         &[
             "--label",
-            "dockside.update.check=echo checking; echo plex is streaming to 2 clients >&2; exit 3",
+            "dockside.update.check=echo checking; sleep 0.3; echo plex is streaming to 2 clients >&2; exit 3",
         ],
     );
     run_sleeper(
