@@ -393,17 +393,13 @@ async fn create_all(engine: &Arc<DockerClient>, names: &[String]) -> Result<Vec<
 }
 
 async fn remove_all(engine: &Arc<DockerClient>, ids: &[String]) {
-    let gate = Arc::new(Semaphore::new(16));
-    let tasks: Vec<_> = ids
-        .iter()
-        .map(|id| {
-            let (engine, id, gate) = (engine.clone(), id.clone(), gate.clone());
-            tokio::spawn(async move {
-                let _p = gate.acquire_owned().await;
-                let _ = engine.remove_container(&id).await;
-            })
-        })
-        .collect();
+    let engine = engine.clone();
+    let tasks = crate::each_limited(ids, 16, move |id| {
+        let engine = engine.clone();
+        async move {
+            let _ = engine.remove_container(&id).await;
+        }
+    });
     for t in tasks {
         let _ = t.await;
     }

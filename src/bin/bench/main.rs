@@ -218,17 +218,11 @@ pub async fn burst_limited(
     action: &'static str,
     limit: usize,
 ) -> (usize, Option<String>) {
-    let gate = Arc::new(Semaphore::new(limit.max(1)));
-    let tasks: Vec<_> = ids
-        .iter()
-        .map(|id| {
-            let (engine, id, gate) = (engine.clone(), id.clone(), gate.clone());
-            tokio::spawn(async move {
-                let _p = gate.acquire_owned().await;
-                act(&engine, &id, action).await
-            })
-        })
-        .collect();
+    let engine = engine.clone();
+    let tasks = each_limited(ids, limit, move |id| {
+        let engine = engine.clone();
+        async move { act(&engine, &id, action).await }
+    });
     let (mut failed, mut first) = (0, None);
     for t in tasks {
         let r = t.await.map_err(|e| e.to_string()).and_then(|r| r);
@@ -238,6 +232,29 @@ pub async fn burst_limited(
         }
     }
     (failed, first)
+}
+
+/// Spawns `f` for every id, at most `limit` running at once; the handles in order.
+pub fn each_limited<T, F, Fut>(
+    ids: &[String],
+    limit: usize,
+    f: F,
+) -> Vec<tokio::task::JoinHandle<T>>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let gate = Arc::new(Semaphore::new(limit.max(1)));
+    ids.iter()
+        .map(|id| {
+            let (gate, work) = (gate.clone(), f(id.clone()));
+            tokio::spawn(async move {
+                let _p = gate.acquire_owned().await;
+                work.await
+            })
+        })
+        .collect()
 }
 
 /// Every request at once (the engine queues them).
