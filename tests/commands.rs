@@ -536,10 +536,12 @@ async fn a_flood_of_commands_gets_one_result_each_and_bounded_memory() {
         "flood: {N} commands sent in {sent_in:?} ({rate:.0}/s); {a:?}: {ok} ok, {busy} busy; RSS {rss_before} kB -> {rss_after} kB"
     );
     // Paced at 80,000 a second; on two shared cores Mosquitto's own reading
-    // (55,000–63,000 a second here, less beside other tests) holds the client
-    // back. What matters: the flood outran the results, so dockside had to
-    // slow its reading — and still answered every command.
-    assert!(rate >= 20_000.0, "the flood was only {rate:.0} a second");
+    // (55,000–63,000 a second alone, 21,000 beside two busy processes, lower
+    // in CI beside other tests) holds the client back. The floor only says it
+    // was a flood (five times the 2,000 a second that once hid lost results);
+    // what matters is that it outran the results, so dockside had to slow its
+    // reading — and still answered every command.
+    assert!(rate >= 10_000.0, "the flood was only {rate:.0} a second");
     assert!(
         a.reads_paused > 0,
         "the flood never outran the results: {a:?}"

@@ -706,6 +706,7 @@ impl Dockside {
     pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Self {
         let cfg = dir.join("dockside.toml");
         std::fs::write(&cfg, config).expect("write config");
+        record_panics();
         let mut d = Self {
             child: None,
             dir: dir.to_path_buf(),
@@ -802,9 +803,46 @@ impl Drop for Dockside {
             let _ = c.wait();
         }
         if std::thread::panicking() {
-            eprintln!("---- dockside log ----\n{}", self.log_text());
+            eprintln!("{}", log_tail(&self.log_text(), LOG_TAIL_LINES));
+            // CI shows the end of the output: say again why the test failed.
+            if let Some(why) = last_panic() {
+                eprintln!("---- the test failed: {why}");
+            }
         }
     }
+}
+
+/// How much of dockside's log a failing test prints (a flood logs 100,000 lines).
+const LOG_TAIL_LINES: usize = 300;
+
+fn log_tail(log: &str, keep: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    let from = lines.len().saturating_sub(keep);
+    format!(
+        "---- dockside log ({from} earlier lines left out) ----\n{}",
+        lines[from..].join("\n")
+    )
+}
+
+thread_local! {
+    // Per thread: the panic and the unwinding drop happen on the test's thread.
+    static LAST_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Records each panic's message (for the log dump above), then reports it as usual.
+fn record_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            LAST_PANIC.with(|last| *last.borrow_mut() = Some(info.to_string()));
+            report(info);
+        }));
+    });
+}
+
+fn last_panic() -> Option<String> {
+    LAST_PANIC.with(|last| last.borrow().clone())
 }
 
 /// A config for one test: its own base topic, state dir, and container prefix.
