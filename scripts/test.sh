@@ -59,7 +59,7 @@ matrix() { # engine, test binaries... (`binary=filter`: only the tests whose nam
 }
 # Docker 28.5, containerd image store, API floor 1.44: what fresh Docker 29 installs are.
 # (stacks: the order test; stack updates are update_management's recreate, run here already)
-matrix sid-cd core commands fault_dockerd updates update_command update_management stats stacks=compose_stack
+matrix sid-cd core commands command_flood fault_dockerd updates update_command update_management stats stacks=compose_stack
 # Docker 28.5 with the legacy store: the image-store-dependent parts.
 matrix sid-legacy updates update_command
 # Docker 26.1 (Debian trixie), containerd store: states, events and update checks.
