@@ -45,13 +45,16 @@ struct Args {
     runs: usize,
     health: usize,
     broker_nodelay: bool,
+    /// The measured containers without a network (`--network none`): no veth
+    /// pair is torn down when one stops, which is what holds back loopback TCP.
+    no_network: bool,
     throughput: Vec<u32>,
     step_secs: u64,
     big: usize,
     dockside: PathBuf,
 }
 
-const USAGE: &str = "dockside-bench [--containers N=100] [--sequential K=20] [--runs R=3] [--health H=10] [--idle-secs S=60] [--commands C=40] [--throughput [RATES=250,500,1000,2000,4000,8000,16000]] [--step-secs S=10] [--big N] [--broker-nodelay] [--dockside PATH]";
+const USAGE: &str = "dockside-bench [--containers N=100] [--sequential K=20] [--runs R=3] [--health H=10] [--idle-secs S=60] [--commands C=40] [--throughput [RATES=250,500,1000,2000,4000,8000,16000]] [--step-secs S=10] [--big N] [--broker-nodelay] [--no-network] [--dockside PATH]";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -62,6 +65,7 @@ fn parse_args() -> Result<Args, String> {
         runs: 3,
         health: 10,
         broker_nodelay: false,
+        no_network: false,
         throughput: Vec::new(),
         step_secs: 10,
         big: 0,
@@ -83,6 +87,7 @@ fn parse_args() -> Result<Args, String> {
             "--step-secs" => a.step_secs = num(v()?)? as u64,
             "--big" => a.big = num(v()?)?,
             "--broker-nodelay" => a.broker_nodelay = true,
+            "--no-network" => a.no_network = true,
             "--dockside" => a.dockside = PathBuf::from(v()?),
             "--throughput" => {
                 a.throughput = vec![250, 500, 1000, 2000, 4000, 8000, 16000];
@@ -315,16 +320,19 @@ fn create_containers(
     prefix: &str,
     n: usize,
     health: usize,
+    no_network: bool,
 ) -> Result<(Vec<String>, Vec<String>), String> {
     println!("creating {n} containers…");
+    let network: &[&str] = if no_network {
+        &["--network", "none"]
+    } else {
+        &[]
+    };
     let mut ids = Vec::new();
     for i in 0..n {
-        ids.push(docker(&[
-            "create",
-            "--name",
-            &format!("{prefix}-{i}"),
-            IMAGE,
-        ])?);
+        let name = format!("{prefix}-{i}");
+        let args = [&["create", "--name", &name][..], network, &[IMAGE]].concat();
+        ids.push(docker(&args)?);
     }
     let mut health_ids = Vec::new();
     for i in 0..health {
@@ -383,7 +391,8 @@ impl Bench {
         let dir = std::env::temp_dir().join(&prefix);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let port = start_broker(args, &dir, guard)?;
-        let (ids, health_ids) = create_containers(&prefix, args.containers, args.health)?;
+        let (ids, health_ids) =
+            create_containers(&prefix, args.containers, args.health, args.no_network)?;
         let arrivals: Arrivals = Default::default();
         let publisher = measure::spawn_subscriber(
             port,

@@ -315,9 +315,9 @@ pub fn report(title: &str, runs: &[Vec<Row>]) {
     println!();
     println!("{title}:");
     println!(
-        "| action | event | n (all runs) | events topic p50 / p99 (median run) | state p50 min/med/max | state p99 min/med/max | state worst | lost |"
+        "| action | event | n (all runs) | events topic p50 / p99 (median run) | state p50 min/med/max | state p99 min/med/max | state worst | state − raw p50 / p99 (all runs) | lost |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut keys: Vec<(String, String)> = runs
         .iter()
         .flatten()
@@ -345,12 +345,18 @@ pub fn report(title: &str, runs: &[Vec<Row>]) {
             ep50.push(pct(&mut e, 50.0));
             ep99.push(pct(&mut e, 99.0));
         }
+        let mut over: Vec<f64> = rows
+            .iter()
+            .flat_map(|r| r.overhead.iter().copied())
+            .collect();
         println!(
-            "| {action} | {event} | {n} | {:.1} / {:.1} | {} | {} | {worst:.1} | {lost} |",
+            "| {action} | {event} | {n} | {:.1} / {:.1} | {} | {} | {worst:.1} | {:.1} / {:.1} | {lost} |",
             pct(&mut ep50, 50.0),
             pct(&mut ep99, 50.0),
             fmt3(&mut sp50),
             fmt3(&mut sp99),
+            pct(&mut over, 50.0),
+            pct(&mut over, 99.0),
         );
     }
 }
