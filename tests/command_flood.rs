@@ -12,14 +12,6 @@ use common::*;
 
 const T: Duration = Duration::from_secs(30);
 
-/// `--init` so that SIGTERM stops the container at once (busybox as PID 1 ignores it).
-fn run(name: &str, extra: &[&str]) -> String {
-    let mut args = vec!["run", "-d", "--init", "--name", name];
-    args.extend_from_slice(extra);
-    args.push(IMAGE);
-    docker(&args)
-}
-
 /// 100,000 commands with distinct request ids published at QoS 0 at the rate
 /// a client reaches (80,000 a second, over a raw socket): every command that
 /// reaches dockside gets exactly one result (`busy` when it cannot even be
@@ -32,7 +24,8 @@ async fn a_flood_of_commands_gets_one_result_each_and_bounded_memory() {
     const RATE: u64 = 80_000;
     let env = Env::new("dsc");
     let name = env.ct.name("flood");
-    run(&name, &[]);
+    // `--init`: SIGTERM stops it at once (busybox as PID 1 ignores it).
+    run_container(&name, &["--init"], &[]);
     let http = free_port();
     let states = Collector::start(env.broker.port, &format!("{}/#", env.base)).await;
     let d = Dockside::start(
