@@ -565,8 +565,11 @@ async fn killed_in_the_middle_of_an_update_the_history_says_failed() {
     let old_name = format!("{app}.dockside-old");
     let deadline = std::time::Instant::now() + T;
     loop {
+        // Between the rename and the create no container has the name:
+        // inspect it only once `ps` lists both.
         let names = docker(&["ps", "-a", "--format", "{{.Names}}"]);
-        if names.lines().any(|n| n == old_name) && inspect(&app)["Id"] != first {
+        let listed = |name: &str| names.lines().any(|n| n == name);
+        if listed(&old_name) && listed(&app) && inspect(&app)["Id"] != first {
             break;
         }
         assert!(
