@@ -133,7 +133,7 @@ impl Endpoint {
                     let confirmed = self.confirm_command(&id, serial);
                     self.apply_inspect(&id, asked, Some(&ins));
                     if let Some(name) = confirmed {
-                        self.check_pending(&name);
+                        self.state_reached(&name);
                     }
                 }
             }

@@ -9,7 +9,13 @@ impl Endpoint {
     pub(super) fn carry_out(&mut self, effects: Vec<Effect>) {
         for e in effects {
             match e {
-                Effect::State { name, state } => self.publish_state(&name, *state, false),
+                Effect::State { name, state } => {
+                    // The command waiting on this state hears of it here,
+                    // after the state is out, not from inside publishing.
+                    if self.publish_state(&name, *state, false) {
+                        self.state_reached(&name);
+                    }
+                }
                 // What users see: from the engine's clock to the state leaving us.
                 Effect::Mirrored { event_nanos } => {
                     crate::metrics::get().observe_since(event_nanos)
@@ -42,13 +48,14 @@ impl Endpoint {
 
     /// A container's state as it is now: published when it changed (or
     /// `force`), recorded in the table, then its followers learn of it.
-    pub(super) fn publish_state(&mut self, name: &str, state: ContainerState, force: bool) {
+    /// True when it was recorded.
+    pub(super) fn publish_state(&mut self, name: &str, state: ContainerState, force: bool) -> bool {
         let state = self.with_problem(name, state);
         if !force && self.table.containers.get(name) == Some(&state) {
-            return;
+            return false;
         }
         if !self.write_state(name, &state, force) {
-            return;
+            return false;
         }
         let first = self
             .table
@@ -56,6 +63,7 @@ impl Endpoint {
             .insert(name.to_string(), state)
             .is_none();
         self.on_state_recorded(name, first, force);
+        true
     }
 
     /// The outbox writes of one state: its discovery first (HA must know the
@@ -89,8 +97,8 @@ impl Endpoint {
     }
 
     /// What follows a recorded state: the image watcher's inventory, the
-    /// stats schedule, the update history (at first sight), the endpoint
-    /// info, and the command waiting for this state.
+    /// stats schedule, the update history (at first sight) and the endpoint
+    /// info. (Commands hear of states from `carry_out`.)
     fn on_state_recorded(&mut self, name: &str, first: bool, force: bool) {
         if let (Some(inv), Some(state)) =
             (&self.settings.inventory, self.table.containers.get(name))
@@ -115,7 +123,6 @@ impl Endpoint {
             self.publish_history(name);
         }
         self.info_changed();
-        self.check_pending(name);
     }
 
     /// The problem flag (SPEC §13) of `state`, with this restart count recorded.
@@ -134,6 +141,7 @@ impl Endpoint {
         let names: Vec<String> = self.crashloops.tracked().cloned().collect();
         for name in names {
             if let Some(state) = self.table.containers.get(&name).cloned() {
+                // Only the problem flag can change: no command waits on it.
                 self.publish_state(&name, state, false);
             }
         }
@@ -333,6 +341,7 @@ impl Endpoint {
         self.publish_info_now();
         self.publish_stacks(true);
         for (name, state) in self.table.snapshot() {
+            // The same states again: no command ends on them.
             self.publish_state(&name, state, true);
         }
     }

@@ -145,6 +145,34 @@ pub(super) struct CommandRunner {
     pub prune_waiting: Option<(Request, std::time::Instant)>,
 }
 
+impl CommandRunner {
+    /// The result of the command on `name`, if `st` ends it (pure: the
+    /// caller sends it). Ended commands leave `pending`; returns whether it
+    /// was part of a batch, and its result.
+    pub(super) fn verdict(
+        &mut self,
+        name: &str,
+        st: &ContainerState,
+    ) -> Option<(bool, CommandResult)> {
+        let p = self.pending.get(name)?;
+        // An `update`'s outcome is the recreate's own verdict (on_update_done):
+        // the old container running again means it was restored, not updated.
+        if !p.engine_done || !p.confirmed || st.id != p.id || p.is_op() {
+            return None;
+        }
+        let state = Some(st.state.clone());
+        let result = match progress(&p.req.action, st, p.prev_started_at.as_deref()) {
+            Progress::Waiting => return None,
+            Progress::Reached => CommandResult::ok(&p.req, state, p.received),
+            Progress::Failed(msg) => {
+                CommandResult::refused(&p.req, Code::EngineError, msg, p.received).with_state(state)
+            }
+        };
+        let p = self.pending.remove(name)?;
+        Some((p.from_all, result))
+    }
+}
+
 impl Endpoint {
     pub(super) async fn on_command(&mut self, cmd: EndpointCommand) -> Result<(), DockerError> {
         match cmd {
@@ -372,7 +400,7 @@ impl Endpoint {
                 let id = p.id.clone();
                 // Confirm with an inspect even if the events are slow.
                 self.schedule_inspect(id);
-                self.check_pending(&name);
+                self.state_reached(&name);
             }
             Err(e) => {
                 let (code, msg) = match e {
@@ -394,35 +422,15 @@ impl Endpoint {
             }
         }
     }
-    /// Called whenever a container's state is published.
-    pub(super) fn check_pending(&mut self, name: &str) {
-        let (Some(p), Some(st)) = (
-            self.runner.pending.get(name),
-            self.table.containers.get(name),
-        ) else {
+    /// A state of `name` was reached (recorded from an event or an inspect,
+    /// or its command was confirmed): the command waiting on it may end here.
+    pub(super) fn state_reached(&mut self, name: &str) {
+        let Some(st) = self.table.containers.get(name) else {
             return;
         };
-        // An `update`'s outcome is the recreate's own verdict (on_update_done):
-        // the old container running again means it was restored, not updated.
-        if !p.engine_done
-            || !p.confirmed
-            || st.id != p.id
-            || crate::command::is_operation(&p.req.action)
-        {
-            return;
+        if let Some((from_all, result)) = self.runner.verdict(name, st) {
+            self.finish_pending(name, from_all, result);
         }
-        let outcome = progress(&p.req.action, st, p.prev_started_at.as_deref());
-        let state = Some(st.state.clone());
-        let result = match outcome {
-            Progress::Waiting => return,
-            Progress::Reached => CommandResult::ok(&p.req, state, p.received),
-            Progress::Failed(msg) => {
-                CommandResult::refused(&p.req, Code::EngineError, msg, p.received).with_state(state)
-            }
-        };
-        let from_all = p.from_all;
-        self.runner.pending.remove(name);
-        self.finish_pending(name, from_all, result);
     }
     /// An inspect numbered `serial` of container `id` answered: a command
     /// on it whose engine call ended before that inspect was asked can now
@@ -566,5 +574,94 @@ mod tests {
             progress("restart", &st("exited", t2), t1),
             Progress::Failed(_)
         ));
+    }
+
+    /// A runner with `action` running on container `c1` (id `id1`, last
+    /// started at 00:00:00), its engine call done, `confirmed` as given.
+    fn runner_with(action: &str, confirmed: bool, from_all: bool) -> CommandRunner {
+        let mut r = CommandRunner::default();
+        let req = Request {
+            action: action.into(),
+            request_id: Some("r1".into()),
+            ..Request::default()
+        };
+        r.pending.insert(
+            "c1".into(),
+            Pending {
+                seq: 1,
+                req,
+                received: std::time::Instant::now(),
+                id: "id1".into(),
+                prev_started_at: Some("2026-01-01T00:00:00Z".into()),
+                engine_done: true,
+                confirm_after: 0,
+                confirmed,
+                deadline: Instant::now() + Duration::from_secs(30),
+                from_all,
+            },
+        );
+        r
+    }
+
+    fn on(id: &str, state: &str, started: Option<&str>) -> ContainerState {
+        let mut s = st(state, started);
+        s.id = id.into();
+        s
+    }
+
+    #[test]
+    fn a_reached_state_ends_its_command_once() {
+        let t2 = Some("2026-01-01T00:00:05Z");
+        let mut r = runner_with("restart", true, false);
+        let (from_all, res) = r.verdict("c1", &on("id1", "running", t2)).expect("ended");
+        assert!(!from_all);
+        assert!(res.ok);
+        assert_eq!(res.request_id.as_deref(), Some("r1"));
+        assert_eq!(res.state.as_deref(), Some("running"));
+        assert!(r.pending.is_empty());
+        // Ended once: the same state again finds nothing waiting.
+        assert!(r.verdict("c1", &on("id1", "running", t2)).is_none());
+    }
+
+    #[test]
+    fn no_verdict_before_confirmation_or_on_another_container() {
+        let t2 = Some("2026-01-01T00:00:05Z");
+        // The engine answered but no later inspect confirmed it yet.
+        let mut r = runner_with("stop", false, false);
+        assert!(r.verdict("c1", &on("id1", "exited", t2)).is_none());
+        // A container recreated under the name is not the one commanded.
+        let mut r = runner_with("stop", true, false);
+        assert!(r.verdict("c1", &on("id2", "exited", t2)).is_none());
+        // A restart that shows the old start time is still waiting.
+        let mut r = runner_with("restart", true, false);
+        let t1 = Some("2026-01-01T00:00:00Z");
+        assert!(r.verdict("c1", &on("id1", "running", t1)).is_none());
+        assert_eq!(r.pending.len(), 1, "still waiting, still pending");
+        // Another name's state ends nothing.
+        assert!(r.verdict("c2", &on("id1", "running", t2)).is_none());
+    }
+
+    #[test]
+    fn an_update_ends_by_its_recreate_not_by_a_state() {
+        let mut r = runner_with("update", true, false);
+        let t2 = Some("2026-01-01T00:00:05Z");
+        assert!(r.verdict("c1", &on("id1", "running", t2)).is_none());
+        assert_eq!(r.pending.len(), 1);
+    }
+
+    #[test]
+    fn a_start_that_dies_at_once_fails_and_a_batch_member_says_so() {
+        let t2 = Some("2026-01-01T00:00:05Z");
+        let mut r = runner_with("start", true, true);
+        let (from_all, res) = r.verdict("c1", &on("id1", "exited", t2)).expect("ended");
+        assert!(from_all);
+        assert!(!res.ok);
+        assert_eq!(res.code, Some(Code::EngineError));
+        assert!(
+            res.error
+                .as_deref()
+                .is_some_and(|e| e.contains("exited right after"))
+        );
+        assert!(r.pending.is_empty());
     }
 }
