@@ -144,6 +144,8 @@ impl Endpoint {
             self.publish_endpoint_device(false);
             self.full_sync().await?;
             self.publish_info_now();
+            // The loop waits for it (events queue meanwhile): say how long.
+            tracing::debug!(endpoint = %self.id, containers = self.table.containers.len(), elapsed_ms = now.elapsed().as_millis() as u64, "reconcile done");
         }
         if ticks.save <= now {
             ticks.save = now + CURSOR_SAVE_EVERY;
